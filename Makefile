@@ -1,0 +1,48 @@
+# The README's commands. Everything runs inside .venv, created on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYX    := $(wildcard ext/*.pyx) $(wildcard engine/_native/*.pxd) $(wildcard bindings/*.pxd) $(wildcard bindings/include/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: install build demo test test-slow bench bench-compare lint profile clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=68" wheel "Cython>=3.1"
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Rebuild the extension when any .pyx/.pxd/.h changed (cythonize skips unchanged modules).
+$(VENV)/.built: $(STAMP) $(PYX) setup.py
+	$(BIN)/python setup.py -q build_ext --inplace
+	touch $@
+
+build: $(VENV)/.built
+
+demo: build
+	$(BIN)/engine demo
+
+test: build
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: build
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Peers (autogen-core, hnswlib) live in the `compare` extra; benches run them in the same run.
+$(VENV)/.compare: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,compare]' --no-build-isolation
+	touch $@
+
+bench: build $(VENV)/.compare
+	$(BIN)/python -m pytest benches $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check engine tests benches
+	$(BIN)/mypy
+
+clean:
+	rm -rf build $(VENV) engine/_native/*.so ext/*.c ext/*.html

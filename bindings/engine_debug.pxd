@@ -1,0 +1,2 @@
+cdef extern from "engine_debug.h":
+    const int ENGINE_DEBUG

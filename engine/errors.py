@@ -1,0 +1,75 @@
+"""The engine's exception hierarchy.
+
+Every error the engine raises on purpose derives from :class:`EngineError`; the
+compiled modules in ``engine._native`` raise these same classes (exception classes
+live in Python, like ``zmq.error``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CycleError",
+    "DecodeError",
+    "EncodeError",
+    "EngineError",
+    "InvalidTransition",
+    "MailboxFull",
+    "NativeUnavailable",
+    "RemoteError",
+    "RoutingError",
+    "SchedulerError",
+    "UndeliverableError",
+]
+
+
+class EngineError(Exception):
+    """Base class of every error raised by agent-engine."""
+
+
+class NativeUnavailable(EngineError, ImportError):
+    """A compiled module is missing while ``ENGINE_REQUIRE_NATIVE=1``."""
+
+
+class DecodeError(EngineError, ValueError):
+    """Bytes could not be decoded into a message: too large, truncated, malformed or mistyped."""
+
+
+class EncodeError(EngineError, TypeError):
+    """A value could not be encoded onto the wire."""
+
+
+class RoutingError(EngineError, LookupError):
+    """A routing request named an unknown target, or a pattern/topic was malformed."""
+
+
+class SchedulerError(EngineError):
+    """A scheduler request was invalid (unknown task, duplicate id, bad argument)."""
+
+
+class CycleError(SchedulerError):
+    """Adding dependencies would create a cycle; ``cycle`` lists the task ids on it."""
+
+    def __init__(self, cycle: list[int]) -> None:
+        self.cycle = list(cycle)
+        super().__init__("dependency cycle: " + " -> ".join(map(str, self.cycle)))
+
+
+class UndeliverableError(EngineError):
+    """No agent can receive the message (unknown agent type, no subscriber, node gone)."""
+
+
+class MailboxFull(EngineError):
+    """An agent's bounded mailbox is full and its policy is ``reject``."""
+
+
+class RemoteError(EngineError):
+    """A handler raised; carries the remote exception's type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}")
+
+
+class InvalidTransition(EngineError):
+    """A state machine was asked for a transition its current state does not allow."""

@@ -1,0 +1,23 @@
+"""Shared fixtures: behaviour tests run on both the reference ("py") and compiled ("native") twins."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def impl_params(py: object, native: object | None) -> list[object]:
+    """pytest params for a py/native pair; the native one is skipped only when not required."""
+    skip = pytest.mark.skip(reason="native extension not built (ENGINE_NO_EXTENSIONS or no build)")
+    return [
+        pytest.param(py, id="py"),
+        pytest.param(native, id="native", marks=() if native is not None else skip),
+    ]
