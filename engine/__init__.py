@@ -21,6 +21,7 @@ from engine.errors import (
     UndeliverableError,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
 
 __version__ = "0.1.0"
 
@@ -40,7 +41,10 @@ __all__ = [
     "NativeUnavailable",
     "RemoteError",
     "RoutingError",
+    "Scheduler",
+    "SchedulerC",
     "SchedulerError",
+    "SchedulerPy",
     "TopicId",
     "UndeliverableError",
     "__version__",
