@@ -125,9 +125,11 @@ class SchedulerPy:
         rate: float | None = None,
         burst: float | None = None,
     ) -> None:
-        p = self._pool(v.as_i64(pool, "pool"))
-        p.slots = v.as_slots(slots)
-        p.rate, p.burst = v.as_rate(rate, burst)
+        pid = v.as_i64(pool, "pool")
+        n_slots = v.as_slots(slots)
+        r, b = v.as_rate(rate, burst)
+        p = self._pool(pid)
+        p.slots, p.rate, p.burst = n_slots, r, b
         p.tokens = p.burst
         if math.isfinite(p.rate):
             p.last = float(self._clock())
@@ -481,7 +483,10 @@ class SchedulerPy:
         return dropped
 
     def _expire(self, t: _Task) -> None:
-        self._remove(t)
+        """``t`` (just taken off its lane by _drr_pop) missed its deadline."""
+        del self._tasks[t.id]
+        self._states[READY] -= 1
+        t.state = 0
         self._counts["expired"] += 1
         self._expired.append(t.id)
         self._expired.extend(self._drop_dependents(t, self._policy))
