@@ -21,6 +21,7 @@ from engine.errors import (
     UndeliverableError,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.routing import Router, RouterC, RouterPy
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,9 @@ __all__ = [
     "MessageId",
     "NativeUnavailable",
     "RemoteError",
+    "Router",
+    "RouterC",
+    "RouterPy",
     "RoutingError",
     "SchedulerError",
     "TopicId",
