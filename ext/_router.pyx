@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, annotation_typing=False
 """Compiled router: the tables behind :class:`engine.routing.Router`.
 
 Python objects live only at the edges: names (AgentId, agent types, topics, pattern

@@ -6,18 +6,21 @@ destinations)``: request ``i`` goes to ``destinations[offsets[i]:offsets[i + 1]]
 """
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Never, final
+
 
 import numpy as np
 import numpy.typing as npt
 
 from engine.messages import AgentId
 
+@final
 class Router:
     """Compiled router: C tables (open addressing, segment trie) behind the Router API."""
 
     max_topics: int
-    def __init__(self, *, max_topics: int = 65536) -> None: ...
+    # Positional arguments are refused (the compiled __init__ slot shows as *args).
+    def __init__(self, *args: Never, max_topics: int = 65536) -> None: ...
     # agents
     def add_agent(self, agent: AgentId) -> int: ...
     def remove_agent(self, agent: AgentId) -> None: ...

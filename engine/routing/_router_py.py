@@ -236,6 +236,8 @@ class RouterPy:
 
     def topic_handles(self, topics: Iterable[str]) -> npt.NDArray[np.int64]:
         """:meth:`topic_handle` for many topics at once."""
+        if isinstance(topics, str):
+            raise RoutingError("topics must be an iterable of str, not a str")
         return np.array([self.topic_handle(t) for t in topics], dtype=np.int64)
 
     def _topic_index(self, topic: object) -> int:
