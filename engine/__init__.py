@@ -22,6 +22,7 @@ from engine.errors import (
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
 from engine.routing import Router, RouterC, RouterPy
+from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,10 @@ __all__ = [
     "RouterC",
     "RouterPy",
     "RoutingError",
+    "Scheduler",
+    "SchedulerC",
     "SchedulerError",
+    "SchedulerPy",
     "TopicId",
     "UndeliverableError",
     "__version__",
