@@ -362,17 +362,20 @@ class ToolRegistry:
             call_id = f"call_{self._seq}"
         call = ToolCall(self, t, args, call_id)
         hooks = self._runtime.hooks if self._runtime is not None else None
-        if hooks is not None and hooks.pre_tool:
-            hooks.call("pre_tool", call, args)
-        t0 = time.perf_counter()
+        if hooks is None:
+            return await self._chain(call, args)
         try:
+            for hook in hooks.pre_tool:
+                hook(call, args)
+            t0 = time.perf_counter()
             result = await self._chain(call, args)
+            seconds = time.perf_counter() - t0
+            for hook in hooks.post_tool:
+                hook(call, result, seconds)
         except Exception as exc:
-            if hooks is not None and hooks.on_error:
+            if hooks.on_error:
                 hooks.call("on_error", call, args, exc)
             raise
-        if hooks is not None and hooks.post_tool:
-            hooks.call("post_tool", call, result, time.perf_counter() - t0)
         return result
 
     async def call_many(

@@ -3,7 +3,9 @@
 Hooks observe: ``pre_handler(ctx, message)``, ``post_handler(ctx, message, result, seconds)``,
 ``pre_tool(call, arguments)``, ``post_tool(call, result, seconds)``,
 ``on_error(ctx_or_call, value, exc)``, ``on_spawn(agent)``, ``on_stop(agent)``.
-A hook must not block; an exception in a hook is logged and never breaks the call.
+A hook must not block. An exception in a ``pre_*``/``post_*`` hook fails that call like
+an exception in the handler would (so a hook can veto); one in ``on_error``, ``on_spawn``
+or ``on_stop`` is logged and ignored.
 
 Middleware wraps: ``async def mw(ctx, value, call_next) -> Any`` where ``ctx`` is a
 :class:`engine.Context` (``ctx.kind == "handler"``) or a :class:`engine.tools.ToolCall`

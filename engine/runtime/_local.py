@@ -51,6 +51,7 @@ from engine.runtime._transport import Transport
 __all__ = ["Policy", "Runtime", "Spawn"]
 
 log = logging.getLogger("engine.runtime")
+_clock = time.perf_counter
 
 Policy = Literal["block", "reject"]
 Factory = Callable[[], Agent]
@@ -81,11 +82,6 @@ class _Type:
         self.capacity = capacity
         self.policy = policy
         self.instances: dict[str, Agent] = {}
-
-
-def _terminal_call(ctx: Context, message: Any) -> Any:
-    route = ctx.route
-    return route.fn(ctx.agent, message, ctx)
 
 
 async def _terminal_async(ctx: Context, message: Any) -> Any:
@@ -145,6 +141,9 @@ class Runtime:
         self._middleware: tuple[Middleware, ...] = ()
         self._chain: Callable[[Any, Any], Awaitable[Any]] = _terminal_async
         self._plain = True
+        self._pre: tuple[Callable[..., Any], ...] = ()
+        self._post: tuple[Callable[..., Any], ...] = ()
+        self._err: tuple[Callable[..., Any], ...] = ()
         self.hooks = Hooks(self._rebuild)
         from engine.tools import ToolRegistry
 
@@ -281,7 +280,9 @@ class Runtime:
 
     def _rebuild(self) -> None:
         self._chain = compose(self._middleware, _terminal_async)
-        self._plain = not self._middleware and self.hooks.empty
+        hooks = self.hooks
+        self._pre, self._post, self._err = hooks.pre_handler, hooks.post_handler, hooks.on_error
+        self._plain = not self._middleware and not self._pre and not self._post and not self._err
         self.tools._rebuild(self._middleware)
 
     # -- agents --------------------------------------------------------------------
@@ -532,28 +533,26 @@ class Runtime:
         query = ctx.query
         if query is not None and query.blocked:
             await query.checkpoint()
-        if self._plain:
-            try:
-                route = ctx.route
-                if route.is_async:
-                    result = await route.fn(ctx.agent, message, ctx)
-                else:
-                    result = route.fn(ctx.agent, message, ctx)
-            except Exception as exc:
-                raise _remote(exc) from exc
-        else:
-            hooks = self.hooks
-            if hooks.pre_handler:
-                hooks.call("pre_handler", ctx, message)
-            t0 = time.perf_counter()
-            try:
+        post = self._post
+        try:
+            for hook in self._pre:
+                hook(ctx, message)
+            t0 = _clock() if post else 0.0
+            route = ctx.route
+            if self._middleware:
                 result = await self._chain(ctx, message)
-            except Exception as exc:
-                if hooks.on_error:
-                    hooks.call("on_error", ctx, message, exc)
-                raise _remote(exc) from exc
-            if hooks.post_handler:
-                hooks.call("post_handler", ctx, message, result, time.perf_counter() - t0)
+            elif route.is_async:
+                result = await route.fn(ctx.agent, message, ctx)
+            else:
+                result = route.fn(ctx.agent, message, ctx)
+            if post:
+                seconds = _clock() - t0
+                for hook in post:
+                    hook(ctx, message, result, seconds)
+        except Exception as exc:
+            if self._err:
+                self.hooks.call("on_error", ctx, message, exc)
+            raise _remote(exc) from exc
         if query is not None:
             query.steps += 1
         return result
@@ -726,8 +725,6 @@ class Runtime:
                 fut.set_exception(UndeliverableError(reason))
 
     def _publish_failed(self, ctx: Context, message: Any, exc: Exception) -> None:
-        if self.hooks.on_error and self._plain:
-            self.hooks.call("on_error", ctx, message, exc)
         log.error(
             "handler %s of %s failed on published %s",
             ctx.route.name,
