@@ -531,8 +531,10 @@ class Runtime:
     async def _call(self, ctx: Context, message: Any) -> Any:
         """One handler invocation with query checks, hooks and middleware."""
         query = ctx.query
-        if query is not None and query.blocked:
-            await query.checkpoint()
+        if query is not None:
+            if query.blocked:
+                await query.checkpoint()
+            query.steps += 1
         post = self._post
         try:
             for hook in self._pre:
@@ -553,8 +555,6 @@ class Runtime:
             if self._err:
                 self.hooks.call("on_error", ctx, message, exc)
             raise _remote(exc) from exc
-        if query is not None:
-            query.steps += 1
         return result
 
     async def _inline_timeout(

@@ -107,14 +107,14 @@ class Query:
         self.state = state
         for fn in self._listeners:
             fn(self, state)
-        if state in _TERMINAL and self._done is not None and not self._done.done():
-            self._done.set_result(None)
 
     # -- control -------------------------------------------------------------------
     def start(self) -> Query:
         """INIT -> RUNNING: schedule the query's root task."""
         if self.state is not S.INIT:
-            raise InvalidTransition(f"query {self.name!r}: start() in state {self.state.name}")
+            raise InvalidTransition(
+                f"query {self.name!r}: start() needs state INIT, not {self.state.name}"
+            )
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         self._set(S.RUNNING)
@@ -129,6 +129,10 @@ class Query:
 
     def resume(self) -> None:
         """PAUSED -> RUNNING."""
+        if self.state is not S.PAUSED:
+            raise InvalidTransition(
+                f"query {self.name!r}: cannot go from {self.state.name} to RUNNING (not paused)"
+            )
         self._set(S.RUNNING)
         self.blocked = self._cancel_requested
         if self._resumed is not None:
@@ -138,7 +142,9 @@ class Query:
     def cancel(self) -> None:
         """Graceful: the query ends as CANCELLED at its next step (INIT ends at once)."""
         if self.state in _TERMINAL:
-            raise InvalidTransition(f"query {self.name!r}: cancel() in state {self.state.name}")
+            raise InvalidTransition(
+                f"query {self.name!r}: cannot go from {self.state.name} to CANCELLED"
+            )
         if self.state is S.INIT:
             self._set(S.CANCELLED)
             return
@@ -151,7 +157,9 @@ class Query:
     def terminate(self) -> None:
         """Immediate: cancel the running step (and every request it waits on) now."""
         if self.state in _TERMINAL:
-            raise InvalidTransition(f"query {self.name!r}: terminate() in state {self.state.name}")
+            raise InvalidTransition(
+                f"query {self.name!r}: cannot go from {self.state.name} to TERMINATED"
+            )
         self._set(S.TERMINATED)
         self.blocked = True
         if self._task is not None:
@@ -175,8 +183,10 @@ class Query:
 
     # -- result --------------------------------------------------------------------
     async def wait(self) -> Any:
-        """Wait for a terminal state; return the result (raise the failure/cancellation)."""
+        """Wait until the query has finished; return its result or raise its failure."""
         if self._done is None:
+            if self.state in _TERMINAL:
+                return self.result()
             raise InvalidTransition(f"query {self.name!r} was never started")
         await asyncio.shield(self._done)
         return self.result()
@@ -215,6 +225,8 @@ class Query:
         finally:
             self._body = _finished  # drop references held by the closure
             self._task = None
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
 
 
 async def _finished(q: Query) -> None:  # pragma: no cover - never called
