@@ -47,6 +47,7 @@ from engine.runtime._hooks import Hooks, Middleware, compose
 from engine.runtime._queries import Query, current_query
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
+from engine.runtime._wire import MessageTypes, error_from_info, error_info
 
 __all__ = ["Policy", "Runtime", "Spawn"]
 
@@ -136,6 +137,7 @@ class Runtime:
         self._started = False
         self._transport = transport
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._messages = MessageTypes()
         self._serving: dict[tuple[str, int], asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._middleware: tuple[Middleware, ...] = ()
@@ -236,6 +238,9 @@ class Runtime:
         pol = self._policy if policy is None else policy
         _check_mailbox(capacity, pol)
         self._types[agent_type] = _Type(agent_type, factory, cls, capacity, pol)
+        if cls is not None:
+            for mtype in cls._routes:
+                self._messages.add(mtype)
         if self._transport is not None and self._started:
             self._transport.announce(agent_type)
 
@@ -933,9 +938,9 @@ class Runtime:
             try:
                 if kind is Kind.ERROR:
                     info = decode_payload(envelope.payload, ErrorInfo)
-                    fut.set_exception(_error_from_info(info))
+                    fut.set_exception(error_from_info(info))
                 else:
-                    fut.set_result(_decode_message(envelope))
+                    fut.set_result(self._messages.decode(envelope))
             except EngineError as exc:
                 fut.set_exception(exc)
         elif kind is Kind.SEND:
@@ -955,7 +960,7 @@ class Runtime:
         transport = self._transport
         assert transport is not None
         try:
-            message = _decode_message(env)
+            message = self._messages.decode(env)
             assert env.recipient is not None
             timeout = None
             if env.deadline:
@@ -964,11 +969,7 @@ class Runtime:
         except asyncio.CancelledError:
             return
         except Exception as exc:
-            info = (
-                ErrorInfo(exc.type_name, exc.message)
-                if isinstance(exc, RemoteError)
-                else ErrorInfo(type(exc).__name__, str(exc))
-            )
+            info = error_info(exc)
             reply = Envelope(
                 id=MessageId(self.origin, self._next_seq()),
                 kind=Kind.ERROR,
@@ -990,7 +991,7 @@ class Runtime:
 
     async def _serve_publish(self, env: Envelope) -> None:
         try:
-            message = _decode_message(env)
+            message = self._messages.decode(env)
             assert env.topic is not None
             await self.publish(message, topic=env.topic, sender=_INBOUND)
         except Exception:
@@ -1043,7 +1044,7 @@ def _find_cycle(pending: dict[AgentId, set[AgentId]]) -> list[str]:
     while node not in seen:
         seen.append(node)
         node = next(d for d in pending[node] if d in pending)
-    cycle = [*seen[seen.index(node):], node]
+    cycle = [*seen[seen.index(node) :], node]
     return [str(a) for a in cycle]
 
 
@@ -1057,41 +1058,3 @@ def _check_mailbox(capacity: object, policy: object) -> None:
 def _check_timeout(timeout: object) -> None:
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-
-
-_classes: dict[str, type] = {}
-
-
-def _message_class(name: str) -> type | None:
-    cls = _classes.get(name)
-    if cls is None:
-        stack: list[type] = [Message]
-        while stack:
-            c = stack.pop()
-            _classes.setdefault(c.__name__, c)
-            stack.extend(c.__subclasses__())
-        cls = _classes.get(name)
-    return cls
-
-
-def _decode_message(env: Envelope) -> Any:
-    if not env.payload_type:
-        return decode_payload(env.payload, Any)
-    cls = _message_class(env.payload_type)
-    if cls is None:
-        raise UndeliverableError(f"unknown message type {env.payload_type!r} in envelope")
-    return decode_payload(env.payload, cls)
-
-
-_ERRORS: Final[dict[str, type[EngineError]]] = {
-    "UndeliverableError": UndeliverableError,
-    "MailboxFull": MailboxFull,
-    "DeadlineExceeded": DeadlineExceeded,
-}
-
-
-def _error_from_info(info: ErrorInfo) -> EngineError:
-    cls = _ERRORS.get(info.type_name)
-    if cls is not None:
-        return cls(info.message)
-    return RemoteError(info.type_name, info.message)
