@@ -65,7 +65,15 @@ class Rounds:
         return (ids,), {}
 
 
-def _record(benchmark: Any, case: str, impl: str, per: float, unit: str = "pair") -> None:
+def _best(benchmark: Any, units: int = 1) -> float | None:
+    """Best round per unit, or None under ``--benchmark-disable`` (a smoke run)."""
+    stats = getattr(benchmark, "stats", None)
+    return None if stats is None else stats.stats.min / units
+
+
+def _record(benchmark: Any, case: str, impl: str, per: float | None, unit: str = "pair") -> None:
+    if per is None:
+        return
     RESULTS[case, impl] = per
     benchmark.extra_info[f"ns_per_{unit}"] = round(per * 1e9, 2)
     for peer in ("heapq", "py"):
@@ -96,7 +104,7 @@ def test_push_pop_heapq(benchmark: Any, case: str) -> None:
     benchmark.group = f"scheduler-{case}"
     benchmark.pedantic(run, rounds=ROUNDS["heapq"], warmup_rounds=1)
     assert len(h) == N
-    _record(benchmark, case, "heapq", benchmark.stats.stats.min / N)
+    _record(benchmark, case, "heapq", _best(benchmark, N))
 
 
 @pytest.mark.parametrize("impl", ["py", "native"])
@@ -110,7 +118,7 @@ def test_push_pop_batch(benchmark: Any, impl: str) -> None:
     benchmark.group = "scheduler-push-pop"
     benchmark.pedantic(run, setup=r.setup, rounds=ROUNDS[impl], warmup_rounds=1)
     assert r.last.size == N and r.s.stats()["ready"] == N
-    _record(benchmark, "push_pop", impl, benchmark.stats.stats.min / N)
+    _record(benchmark, "push_pop", impl, _best(benchmark, N))
 
 
 @pytest.mark.parametrize("impl", ["py", "native"])
@@ -124,7 +132,7 @@ def test_push_pop_batch_distinct_priorities(benchmark: Any, impl: str) -> None:
     benchmark.group = "scheduler-distinct"
     benchmark.pedantic(run, setup=r.setup, rounds=ROUNDS[impl], warmup_rounds=1)
     assert r.last.size == N
-    _record(benchmark, "distinct", impl, benchmark.stats.stats.min / N)
+    _record(benchmark, "distinct", impl, _best(benchmark, N))
 
 
 @pytest.mark.parametrize("impl", ["py", "native"])
@@ -141,7 +149,7 @@ def test_push_pop_single(benchmark: Any, impl: str) -> None:
     rounds = ROUNDS["native_single"] if impl == "native" else ROUNDS[impl]
     benchmark.pedantic(run, setup=r.setup, rounds=rounds, warmup_rounds=1)
     assert None not in r.last
-    _record(benchmark, "single", impl, benchmark.stats.stats.min / N)
+    _record(benchmark, "single", impl, _best(benchmark, N))
 
 
 @pytest.mark.parametrize("impl", ["py", "native"])
@@ -155,7 +163,7 @@ def test_lifecycle_batch(benchmark: Any, impl: str) -> None:
     benchmark.group = "scheduler-lifecycle"
     benchmark.pedantic(run, setup=r.setup, rounds=ROUNDS[impl], warmup_rounds=1)
     assert r.s.stats()["running"] == 0
-    _record(benchmark, "lifecycle", impl, benchmark.stats.stats.min / N)
+    _record(benchmark, "lifecycle", impl, _best(benchmark, N))
 
 
 # -- DAG -------------------------------------------------------------------------------------
@@ -188,7 +196,7 @@ def test_dag_100k(benchmark: Any, impl: str) -> None:
     rounds = 1 if impl == "py" else 8
     done = benchmark.pedantic(run, rounds=rounds, warmup_rounds=0)
     assert done == ids.size
-    _record(benchmark, "dag_100k", impl, benchmark.stats.stats.min, unit="dag")
+    _record(benchmark, "dag_100k", impl, _best(benchmark), unit="dag")
 
 
 # -- fairness --------------------------------------------------------------------------------
@@ -211,7 +219,7 @@ def test_fairness_100_tenants(benchmark: Any, impl: str) -> None:
     worst = max(abs(shares[t] / 5000 - 0.01) / 0.01 for t in range(100))
     EXTRA[f"fair_dev_{impl}"] = worst
     benchmark.extra_info["worst_share_deviation"] = round(worst, 4)
-    _record(benchmark, "fairness", impl, benchmark.stats.stats.min, unit="run")
+    _record(benchmark, "fairness", impl, _best(benchmark), unit="run")
 
 
 # -- gate ------------------------------------------------------------------------------------

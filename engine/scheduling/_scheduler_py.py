@@ -445,9 +445,15 @@ class SchedulerPy:
             self._ring.append(p)
 
     def _unready(self, t: _Task) -> None:
-        t.lane.live -= 1
-        t.lane.pool.ready -= 1
+        lane = t.lane
+        lane.live -= 1
+        lane.pool.ready -= 1
         self._states[READY] -= 1
+        if lane.live == 0:  # every entry left is stale
+            lane.heap.clear()
+        elif len(lane.heap) > 2 * lane.live + 64:  # drop stale entries (bounded memory)
+            lane.heap = [e for e in lane.heap if e[4].token == e[3] and e[4].state == READY]
+            heapq.heapify(lane.heap)
 
     def _remove(self, t: _Task) -> None:
         del self._tasks[t.id]
