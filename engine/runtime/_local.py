@@ -255,6 +255,7 @@ class Runtime:
         if agent_type not in self._types:
             raise UndeliverableError(f"cannot subscribe unregistered agent type {agent_type!r}")
         sub = self._subs.add(agent_type, topic, key)
+        sub.target = self._types[agent_type]
         if self._transport is not None and self._started:
             self._transport.subscribe(topic)
         return sub
@@ -675,18 +676,37 @@ class Runtime:
         mb = agent._mb
         assert mb is not None
         task = agent._task
+        current = current_query.get()
+        seq = 0
         try:
             while mb:
                 route, message, ctx, fut = mb.popleft()
                 if agent._wait:
                     _wake_one(agent)
-                if fut is not None and fut.done():  # the sender gave up (timeout/cancel)
+                seq = ctx.seq
+                query = ctx.query
+                if query is not current:
+                    current_query.set(query)
+                    current = query
+                if fut is None:  # published: nobody waits for a result
+                    try:
+                        if self._plain and query is None:
+                            if route.is_async:
+                                await route.fn(agent, message, ctx)
+                            else:
+                                route.fn(agent, message, ctx)
+                        else:
+                            await self._call(ctx, message)
+                    except Exception as exc:
+                        if not isinstance(exc, QueryCancelled):
+                            self._publish_failed(ctx, message, exc)
+                    finally:
+                        self._active -= 1
+                    continue
+                if fut.done():  # the sender gave up (timeout/cancel)
                     self._active -= 1
                     continue
                 agent._current = fut
-                query = ctx.query
-                if query is not current_query.get():
-                    current_query.set(query)
                 try:
                     if self._plain and query is None:
                         if route.is_async:
@@ -696,26 +716,24 @@ class Runtime:
                     else:
                         result = await self._call(ctx, message)
                 except asyncio.CancelledError:
-                    if fut is None or not fut.cancelled() or self._closed:
+                    if not fut.cancelled() or self._closed:
                         raise
                     if task is not None:
                         task.uncancel()  # only this request was cancelled; keep draining
                 except Exception as exc:
-                    if fut is not None:
-                        if not fut.done():
-                            fut.set_exception(_remote(exc))
-                    elif not isinstance(exc, QueryCancelled):
-                        self._publish_failed(ctx, message, exc)
+                    if not fut.done():
+                        fut.set_exception(_remote(exc))
                 else:
-                    if fut is not None and not fut.done():
+                    if not fut.done():
                         fut.set_result(result)
                 finally:
                     agent._current = None
-                    agent._tick = ctx.seq
                     self._active -= 1
         finally:
             agent._task = None
             agent._busy = False
+            if seq:
+                agent._tick = seq
             if mb:  # cancelled while messages remain: fail them
                 self._fail_mailbox(agent, f"{agent.id} stopped")
             if not self._active:
@@ -774,10 +792,11 @@ class Runtime:
             query = current_query.get()
             mtype = type(message)
             full: list[str] = []
-            types = self._types
             for sub in subs:
-                t = types[sub.agent_type]
-                key = sub.key(topic_id, message)
+                t = sub.target
+                key = sub.fixed
+                if key is None:
+                    key = topic_id.source if sub.by_source else sub.key(topic_id, message)
                 agent = t.instances.get(key)
                 if agent is None:
                     agent = await self._ensure(t, AgentId(t.name, key))

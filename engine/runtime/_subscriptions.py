@@ -39,13 +39,20 @@ def _router() -> Any:
 class Subscription:
     """One subscription: agent type, pattern, and how the instance key is derived."""
 
-    __slots__ = ("agent_type", "id", "key", "pattern")
+    __slots__ = ("agent_type", "by_source", "fixed", "id", "key", "pattern", "target")
 
-    def __init__(self, id: int, agent_type: str, pattern: str, key: KeyFn) -> None:
+    def __init__(
+        self, id: int, agent_type: str, pattern: str, key: KeyFn, fixed: str | None = None
+    ) -> None:
         self.id = id
         self.agent_type = agent_type
         self.pattern = pattern
         self.key = key
+        #: Fast paths for the two common key rules (no call per delivery).
+        self.fixed = fixed
+        self.by_source = key is _source_key
+        #: Set by the runtime: its registration record of ``agent_type``.
+        self.target: Any = None
 
     def __repr__(self) -> str:
         return f"Subscription({self.id}, {self.agent_type!r}, {self.pattern!r})"
@@ -66,17 +73,18 @@ class Subscriptions:
     def add(self, agent_type: str, pattern: str, key: str | KeyFn | None = None) -> Subscription:
         if not isinstance(pattern, str):
             raise TypeError(f"topic pattern must be a str, got {type(pattern).__name__}")
+        fixed: str | None = None
         if key is None:
             keyfn: KeyFn = _source_key
         elif isinstance(key, str):
             fixed = key
-            keyfn = lambda topic, message: fixed  # noqa: E731
+            keyfn = lambda topic, message: key  # noqa: E731
         elif callable(key):
             keyfn = key
         else:
             raise TypeError(f"key must be a str or a function, got {type(key).__name__}")
         self._next += 1
-        sub = Subscription(self._next, agent_type, pattern, keyfn)
+        sub = Subscription(self._next, agent_type, pattern, keyfn, fixed)
         self._sids[sub.id] = self._router.subscribe(pattern, subscriber=sub.id)
         self._by_id[sub.id] = sub
         self._cache.clear()
