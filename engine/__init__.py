@@ -28,7 +28,9 @@ from engine.errors import (
     UndeliverableError,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.routing import Router, RouterC, RouterPy
 from engine.runtime import Query, QueryState, Runtime, Spawn, Transport, run
+from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
 from engine.tools import Tool, ToolRegistry, tool
 
 __version__ = "0.1.0"
@@ -54,9 +56,15 @@ __all__ = [
     "QueryCancelled",
     "QueryState",
     "RemoteError",
+    "Router",
+    "RouterC",
+    "RouterPy",
     "RoutingError",
     "Runtime",
+    "Scheduler",
+    "SchedulerC",
     "SchedulerError",
+    "SchedulerPy",
     "Spawn",
     "Tool",
     "ToolError",
