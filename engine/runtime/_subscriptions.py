@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from engine.errors import RoutingError
 from engine.messages import TopicId
+from engine.routing import Router
 
 __all__ = ["KeyFn", "Subscription", "Subscriptions"]
 
@@ -26,14 +27,6 @@ CACHE_SIZE: Final = 4096
 
 def _source_key(topic: TopicId, message: Any) -> str:
     return topic.source
-
-
-def _router() -> Any:
-    try:
-        from engine.routing import Router  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - only before engine.routing is merged
-        return _FallbackRouter()
-    return Router()
 
 
 class Subscription:
@@ -64,7 +57,7 @@ class Subscriptions:
     __slots__ = ("_by_id", "_cache", "_next", "_router", "_sids")
 
     def __init__(self) -> None:
-        self._router = _router()
+        self._router = Router()
         self._by_id: dict[int, Subscription] = {}
         self._sids: dict[int, int] = {}
         self._cache: dict[str, tuple[Subscription, ...]] = {}
@@ -113,42 +106,3 @@ class Subscriptions:
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-
-class _FallbackRouter:  # pragma: no cover - replaced by engine.routing once merged
-    """Minimal stand-in with the Router contract's subscribe/unsubscribe/match."""
-
-    def __init__(self) -> None:
-        self._subs: dict[int, tuple[list[str], int]] = {}
-        self._n = 0
-
-    @staticmethod
-    def _split(text: str, what: str) -> list[str]:
-        parts = text.split(".")
-        if not text or any(not p for p in parts):
-            raise RoutingError(f"malformed {what} {text!r}: empty segment")
-        return parts
-
-    def subscribe(self, pattern: str, subscriber: int) -> int:
-        self._n += 1
-        self._subs[self._n] = (self._split(pattern, "pattern"), subscriber)
-        return self._n
-
-    def unsubscribe(self, sid: int) -> None:
-        if self._subs.pop(sid, None) is None:
-            raise RoutingError(f"unknown subscription {sid}")
-
-    def match(self, topic: str) -> list[int]:
-        segs = self._split(topic, "topic")
-        return sorted({s for p, s in self._subs.values() if _fits(p, segs)})
-
-
-def _fits(pat: list[str], segs: list[str]) -> bool:  # pragma: no cover
-    if not pat:
-        return not segs
-    head = pat[0]
-    if head == "#":
-        return any(_fits(pat[1:], segs[i:]) for i in range(len(segs) + 1))
-    if not segs:
-        return False
-    return (head == "*" or head == segs[0]) and _fits(pat[1:], segs[1:])
