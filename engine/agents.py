@@ -8,12 +8,14 @@ delivery is one dict lookup, never a chain of ``isinstance`` checks.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import types
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union, overload
 
+from engine.errors import DeadlineExceeded
 from engine.messages import AgentId, MessageId, TopicId
 
 if TYPE_CHECKING:
@@ -220,7 +222,17 @@ class Context:
         return MessageId(self.runtime.origin, self.seq)
 
     async def send(self, message: Any, *, to: AgentId, timeout: float | None = None) -> Any:
-        """Send from this agent (see :meth:`Runtime.send`)."""
+        """Send from this agent (see :meth:`Runtime.send`).
+
+        Without ``timeout`` the request inherits what is left of this message's deadline.
+        """
+        if timeout is None and self.deadline:
+            timeout = self.deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:
+                raise DeadlineExceeded(
+                    f"deadline of {self.route.name} on {self.agent.id} passed before "
+                    f"sending {type(message).__name__} to {to}"
+                )
         return await self.runtime.send(message, to=to, timeout=timeout, sender=self.agent.id)
 
     async def publish(self, message: Any, *, topic: str | TopicId) -> None:

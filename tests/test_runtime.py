@@ -824,3 +824,27 @@ async def test_cancel_crosses_the_transport() -> None:
                 break
             await asyncio.sleep(0.002)
         assert Canceller.cancelled == [AgentId("c", "far")]
+
+
+@uv
+async def test_nested_sends_inherit_the_deadline() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo)
+    rt.register("relay", Relay)
+    Canceller.cancelled.clear()
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(DeadlineExceeded):
+        await rt.send(Slow(5), to=AgentId("relay", "k"), timeout=0.05)
+    assert asyncio.get_running_loop().time() - t0 < 1
+    assert await rt.send(Slow(0.001), to=AgentId("relay", "k"), timeout=1) == "slept"
+
+    class Late(engine.Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> Any:
+            ctx.deadline = asyncio.get_running_loop().time() - 1  # already passed
+            return await ctx.send(msg, to=AgentId("echo"))
+
+    rt.register("late", Late)
+    with pytest.raises(DeadlineExceeded, match="deadline of on_ping on late/default passed"):
+        await rt.send(Ping(1), to=AgentId("late"))
+    await rt.stop()

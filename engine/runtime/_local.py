@@ -88,8 +88,8 @@ async def _terminal_async(ctx: Context, message: Any) -> Any:
 
 def _remote(exc: BaseException) -> BaseException:
     """What the sender sees when a handler raised ``exc``."""
-    if isinstance(exc, (RemoteError, QueryCancelled)):
-        return exc
+    if isinstance(exc, (RemoteError, QueryCancelled, DeadlineExceeded)):
+        return exc  # already says what happened further down the call tree
     err = RemoteError(type(exc).__name__, str(exc))
     err.__cause__ = exc
     return err
