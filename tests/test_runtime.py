@@ -848,3 +848,28 @@ async def test_nested_sends_inherit_the_deadline() -> None:
     with pytest.raises(DeadlineExceeded, match="deadline of on_ping on late/default passed"):
         await rt.send(Ping(1), to=AgentId("late"))
     await rt.stop()
+
+
+@uv
+async def test_stats_gauges() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo)
+    rt.subscribe("echo", topic="t")
+    busy = asyncio.ensure_future(rt.send(Slow(0.02), to=AgentId("echo")))
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(rt.send(Ping(i), to=AgentId("echo"))) for i in range(3)]
+    await asyncio.sleep(0)
+    stats = rt.stats()
+    assert stats == {
+        "agents": 1,
+        "agent_types": 1,
+        "busy_agents": 1,
+        "queued": 3,
+        "in_flight": 4,
+        "remote_pending": 0,
+        "remote_serving": 0,
+        "subscriptions": 1,
+    }
+    await asyncio.gather(busy, *queued)
+    assert rt.stats()["in_flight"] == 0 and rt.stats()["queued"] == 0
+    await rt.stop()

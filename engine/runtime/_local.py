@@ -288,6 +288,20 @@ class Runtime:
     def agent_count(self) -> int:
         return self._count
 
+    def stats(self) -> dict[str, int]:
+        """Point-in-time gauges for metrics collectors (O(agents); call at scrape time)."""
+        instances = [a for t in self._types.values() for a in t.instances.values()]
+        return {
+            "agents": self._count,
+            "agent_types": len(self._types),
+            "busy_agents": sum(1 for a in instances if a._busy),
+            "queued": sum(len(a._mb) for a in instances if a._mb),
+            "in_flight": self._active,
+            "remote_pending": len(self._remote.pending),
+            "remote_serving": len(self._remote.serving),
+            "subscriptions": len(self._subs),
+        }
+
     def agents(self, agent_type: str | None = None) -> list[AgentId]:
         """Ids of live instances (of one type, or all)."""
         types = self._types.values() if agent_type is None else [self._entry(agent_type)]
