@@ -513,13 +513,33 @@ class Runtime:
         if not concurrent:
             agent._busy = True
         try:
-            if self._plain and query is None:
-                try:
-                    if route.is_async:
-                        return await route.fn(agent, message, ctx)
-                    return route.fn(agent, message, ctx)
-                except Exception as exc:
-                    raise _remote(exc) from exc
+            if query is None:
+                if self._plain:
+                    try:
+                        if route.is_async:
+                            return await route.fn(agent, message, ctx)
+                        return route.fn(agent, message, ctx)
+                    except Exception as exc:
+                        raise _remote(exc) from exc
+                if not self._middleware:  # hooks only: same as _call, one coroutine less
+                    post = self._post
+                    try:
+                        for hook in self._pre:
+                            hook(ctx, message)
+                        t0 = _clock() if post else 0.0
+                        if route.is_async:
+                            result = await route.fn(agent, message, ctx)
+                        else:
+                            result = route.fn(agent, message, ctx)
+                        if post:
+                            seconds = _clock() - t0
+                            for hook in post:
+                                hook(ctx, message, result, seconds)
+                    except Exception as exc:
+                        if self._err:
+                            self.hooks.call("on_error", ctx, message, exc)
+                        raise _remote(exc) from exc
+                    return result
             return await self._call(ctx, message)
         finally:
             self._active -= 1
