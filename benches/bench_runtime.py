@@ -1,7 +1,7 @@
 """Runtime benchmarks against autogen-core 0.7.5's SingleThreadedAgentRuntime, same run.
 
-Run: ``make bench PYTEST_ARGS="benches/bench_runtime.py -s"`` (or
-``.venv/bin/python -m pytest benches/bench_runtime.py -s``). Both runtimes run on uvloop
+Run: ``make bench`` (all benchmarks) or
+``.venv/bin/python -m pytest benches/bench_runtime.py -s``. Both runtimes run on uvloop
 with the same workload and a handler that returns at once; each figure is the best of a
 few rounds, and every test asserts the acceptance ratio of issue 3 and prints it.
 Memory figures come from a fresh subprocess (``python benches/bench_runtime.py rss N``).
