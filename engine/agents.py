@@ -8,12 +8,16 @@ delivery is one dict lookup, never a chain of ``isinstance`` checks.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import types
 import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union, overload
 
+import msgspec
+
+from engine.errors import DeadlineExceeded
 from engine.messages import AgentId, MessageId, TopicId
 
 if TYPE_CHECKING:
@@ -178,38 +182,27 @@ class Agent:
         return f"<{type(self).__name__} {aid}>"
 
 
-class Context:
+class Context(msgspec.Struct, eq=False):
     """What a handler knows about the message it is handling (one per delivery).
 
     ``sender`` is the sending agent (None for external callers), ``topic`` is set for
     published messages, ``message_id`` is the envelope id (``correlation`` of its reply),
     ``deadline`` a ``loop.time()`` value or 0.0. Use :meth:`send`/:meth:`publish` so
-    messages carry this agent as their sender and stay in the same query.
+    messages carry this agent as their sender, its deadline and its query.
     """
 
-    __slots__ = ("agent", "deadline", "query", "route", "runtime", "sender", "seq", "topic")
+    # PERF: a msgspec Struct is built in C, about half the cost of a __slots__ class with
+    # an __init__ (measured with 8 fields, 1M constructions, 2026-11).
+    runtime: Runtime
+    agent: Agent
+    route: Route
+    sender: AgentId | None
+    topic: TopicId | None
+    seq: int
+    query: Query | None
+    deadline: float = 0.0
 
     kind: ClassVar[str] = "handler"
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        agent: Agent,
-        route: Route,
-        sender: AgentId | None,
-        topic: TopicId | None,
-        seq: int,
-        query: Query | None,
-        deadline: float = 0.0,
-    ) -> None:
-        self.runtime = runtime
-        self.agent = agent
-        self.route = route
-        self.sender = sender
-        self.topic = topic
-        self.seq = seq
-        self.query = query
-        self.deadline = deadline
 
     @property
     def agent_id(self) -> AgentId:
@@ -220,7 +213,17 @@ class Context:
         return MessageId(self.runtime.origin, self.seq)
 
     async def send(self, message: Any, *, to: AgentId, timeout: float | None = None) -> Any:
-        """Send from this agent (see :meth:`Runtime.send`)."""
+        """Send from this agent (see :meth:`Runtime.send`).
+
+        Without ``timeout`` the request inherits what is left of this message's deadline.
+        """
+        if timeout is None and self.deadline:
+            timeout = self.deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:
+                raise DeadlineExceeded(
+                    f"deadline of {self.route.name} on {self.agent.id} passed before "
+                    f"sending {type(message).__name__} to {to}"
+                )
         return await self.runtime.send(message, to=to, timeout=timeout, sender=self.agent.id)
 
     async def publish(self, message: Any, *, topic: str | TopicId) -> None:

@@ -718,3 +718,158 @@ def test_run_uses_uvloop() -> None:
         return type(asyncio.get_running_loop()).__module__
 
     assert engine.run(which()).startswith("uvloop")
+
+
+# -- one-way post and the mesh Host protocol -------------------------------------
+
+
+@uv
+async def test_post_is_one_way_and_ordered() -> None:
+    rt = Runtime()
+    rt.register("gauge", Gauge)
+    rt.register("rec", Recorder)
+    for i in range(5):
+        await rt.post(Ping(i), to=AgentId("gauge"))
+    await rt.post(Note("n"), to=AgentId("gauge"))  # concurrent handler: runs beside
+    await rt.idle()
+    agent = rt.get(AgentId("gauge"))
+    assert isinstance(agent, Gauge) and agent.order == [0, 1, 2, 3, 4]
+    with pytest.raises(UndeliverableError, match="no agent type 'ghost'"):
+        await rt.post(Ping(1), to=AgentId("ghost"))
+    with pytest.raises(TypeError, match="must be an AgentId"):
+        await rt.post(Ping(1), to="rec")  # type: ignore[arg-type]
+    with pytest.raises(UndeliverableError, match="no handler for Boom"):
+        await rt.post(Boom("x"), to=AgentId("rec"))
+    await rt.stop()
+
+
+@uv
+async def test_runtime_as_mesh_host_handles_envelopes() -> None:
+    from engine.messages import Envelope, ErrorInfo, Kind, MessageId, decode_payload
+    from engine.messages import encode_payload as enc
+
+    rt = Runtime(origin="host")
+    rt.register("echo", Echo)
+    rt.register("rec", Recorder)
+    rt.subscribe("rec", topic="news.*")
+    rt.subscribe("rec", topic="news.*", key="again")
+    assert rt.types == ["echo", "rec"]
+    assert rt.subscriptions == ["news.*"]
+    client = AgentId("client", "c")
+
+    def env(kind: Kind, message: Any, seq: int, **kw: Any) -> Envelope:
+        return Envelope(
+            MessageId("peer", seq),
+            kind,
+            sender=client,
+            payload_type=type(message).__name__,
+            payload=enc(message),
+            **kw,
+        )
+
+    reply = await rt.handle(env(Kind.SEND, Ping(1), 1, recipient=AgentId("echo", "x")))
+    assert reply is not None and reply.kind is Kind.REPLY
+    assert reply.correlation == MessageId("peer", 1) and reply.recipient == client
+    assert reply.payload_type == "Pong" and decode_payload(reply.payload, Pong) == Pong(2)
+
+    error = await rt.handle(env(Kind.SEND, Boom("no"), 2, recipient=AgentId("echo")))
+    assert error is not None and error.kind is Kind.ERROR
+    assert decode_payload(error.payload, ErrorInfo) == ErrorInfo("ValueError", "no")
+
+    missing = await rt.handle(env(Kind.SEND, Ping(1), 3, recipient=AgentId("ghost")))
+    assert missing is not None and missing.kind is Kind.ERROR
+    assert decode_payload(missing.payload, ErrorInfo).type_name == "UndeliverableError"
+
+    bogus = Envelope(
+        MessageId("peer", 4),
+        Kind.SEND,
+        recipient=AgentId("echo"),
+        payload_type="NoSuchMessage",
+        payload=enc(Ping(1)),
+    )
+    failed = await rt.handle(bogus)
+    assert failed is not None
+    assert (
+        "unknown message type 'NoSuchMessage'" in decode_payload(failed.payload, ErrorInfo).message
+    )
+
+    assert await rt.handle(env(Kind.PUBLISH, Note("hi"), 5, topic=TopicId("news.eu", "s"))) is None
+    assert await rt.handle(env(Kind.PUBLISH, Note("one"), 6, recipient=AgentId("rec", "d"))) is None
+    await rt.idle()
+    got = sorted((str(e[1][0]), e[1][1].text) for e in Recorder.journal if e[0] == "msg")
+    assert got == [("rec/again", "hi"), ("rec/d", "one"), ("rec/s", "hi")]
+    await rt.stop()
+
+
+@uv
+async def test_cancel_crosses_the_transport() -> None:
+    from engine.runtime import LoopbackHub
+
+    hub = LoopbackHub()
+    async with (
+        Runtime(transport=hub.transport()) as server,
+        Runtime(transport=hub.transport()) as client,
+    ):
+        server.register("c", Canceller)
+        task = asyncio.ensure_future(client.send(Slow(5), to=AgentId("c", "far")))
+        for _ in range(100):
+            if server.get(AgentId("c", "far")) is not None:
+                break
+            await asyncio.sleep(0.002)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if Canceller.cancelled:
+                break
+            await asyncio.sleep(0.002)
+        assert Canceller.cancelled == [AgentId("c", "far")]
+
+
+@uv
+async def test_nested_sends_inherit_the_deadline() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo)
+    rt.register("relay", Relay)
+    Canceller.cancelled.clear()
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(DeadlineExceeded):
+        await rt.send(Slow(5), to=AgentId("relay", "k"), timeout=0.05)
+    assert asyncio.get_running_loop().time() - t0 < 1
+    assert await rt.send(Slow(0.001), to=AgentId("relay", "k"), timeout=1) == "slept"
+
+    class Late(engine.Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> Any:
+            ctx.deadline = asyncio.get_running_loop().time() - 1  # already passed
+            return await ctx.send(msg, to=AgentId("echo"))
+
+    rt.register("late", Late)
+    with pytest.raises(DeadlineExceeded, match="deadline of on_ping on late/default passed"):
+        await rt.send(Ping(1), to=AgentId("late"))
+    await rt.stop()
+
+
+@uv
+async def test_stats_gauges() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo)
+    rt.subscribe("echo", topic="t")
+    busy = asyncio.ensure_future(rt.send(Slow(0.02), to=AgentId("echo")))
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(rt.send(Ping(i), to=AgentId("echo"))) for i in range(3)]
+    await asyncio.sleep(0)
+    stats = rt.stats()
+    assert stats == {
+        "agents": 1,
+        "agent_types": 1,
+        "busy_agents": 1,
+        "queued": 3,
+        "in_flight": 4,
+        "remote_pending": 0,
+        "remote_serving": 0,
+        "subscriptions": 1,
+    }
+    await asyncio.gather(busy, *queued)
+    assert rt.stats()["in_flight"] == 0 and rt.stats()["queued"] == 0
+    await rt.stop()

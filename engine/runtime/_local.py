@@ -35,19 +35,13 @@ from engine.errors import (
 from engine.messages import (
     AgentId,
     Envelope,
-    ErrorInfo,
-    Kind,
-    Message,
-    MessageId,
     TopicId,
-    decode_payload,
-    encode_payload,
 )
 from engine.runtime._hooks import Hooks, Middleware, compose
 from engine.runtime._queries import Query, current_query
+from engine.runtime._remote import Remote
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
-from engine.runtime._wire import MessageTypes, error_from_info, error_info
 
 __all__ = ["Policy", "Runtime", "Spawn"]
 
@@ -94,8 +88,8 @@ async def _terminal_async(ctx: Context, message: Any) -> Any:
 
 def _remote(exc: BaseException) -> BaseException:
     """What the sender sees when a handler raised ``exc``."""
-    if isinstance(exc, (RemoteError, QueryCancelled)):
-        return exc
+    if isinstance(exc, (RemoteError, QueryCancelled, DeadlineExceeded)):
+        return exc  # already says what happened further down the call tree
     err = RemoteError(type(exc).__name__, str(exc))
     err.__cause__ = exc
     return err
@@ -136,9 +130,7 @@ class Runtime:
         self._closed = False
         self._started = False
         self._transport = transport
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._messages = MessageTypes()
-        self._serving: dict[tuple[str, int], asyncio.Task[Any]] = {}
+        self._remote = Remote(self, transport)
         self._background: set[asyncio.Task[Any]] = set()
         self._middleware: tuple[Middleware, ...] = ()
         self._chain: Callable[[Any, Any], Awaitable[Any]] = _terminal_async
@@ -179,12 +171,12 @@ class Runtime:
             return
         self._closed = True
         tasks = [a._task for t in self._types.values() for a in t.instances.values() if a._task]
-        tasks += list(self._background) + list(self._serving.values())
+        tasks += list(self._background) + list(self._remote.serving.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for fut in self._pending.values():
+        for fut in self._remote.pending.values():
             fut.cancel()
         agents = [a for t in self._types.values() for a in t.instances.values()]
         for t in self._types.values():
@@ -240,7 +232,7 @@ class Runtime:
         self._types[agent_type] = _Type(agent_type, factory, cls, capacity, pol)
         if cls is not None:
             for mtype in cls._routes:
-                self._messages.add(mtype)
+                self._remote.messages.add(mtype)
         if self._transport is not None and self._started:
             self._transport.announce(agent_type)
 
@@ -255,6 +247,7 @@ class Runtime:
         if agent_type not in self._types:
             raise UndeliverableError(f"cannot subscribe unregistered agent type {agent_type!r}")
         sub = self._subs.add(agent_type, topic, key)
+        sub.target = self._types[agent_type]
         if self._transport is not None and self._started:
             self._transport.subscribe(topic)
         return sub
@@ -294,6 +287,20 @@ class Runtime:
     @property
     def agent_count(self) -> int:
         return self._count
+
+    def stats(self) -> dict[str, int]:
+        """Point-in-time gauges for metrics collectors (O(agents); call at scrape time)."""
+        instances = [a for t in self._types.values() for a in t.instances.values()]
+        return {
+            "agents": self._count,
+            "agent_types": len(self._types),
+            "busy_agents": sum(1 for a in instances if a._busy),
+            "queued": sum(len(a._mb) for a in instances if a._mb),
+            "in_flight": self._active,
+            "remote_pending": len(self._remote.pending),
+            "remote_serving": len(self._remote.serving),
+            "subscriptions": len(self._subs),
+        }
 
     def agents(self, agent_type: str | None = None) -> list[AgentId]:
         """Ids of live instances (of one type, or all)."""
@@ -506,13 +513,33 @@ class Runtime:
         if not concurrent:
             agent._busy = True
         try:
-            if self._plain and query is None:
-                try:
-                    if route.is_async:
-                        return await route.fn(agent, message, ctx)
-                    return route.fn(agent, message, ctx)
-                except Exception as exc:
-                    raise _remote(exc) from exc
+            if query is None:
+                if self._plain:
+                    try:
+                        if route.is_async:
+                            return await route.fn(agent, message, ctx)
+                        return route.fn(agent, message, ctx)
+                    except Exception as exc:
+                        raise _remote(exc) from exc
+                if not self._middleware:  # hooks only: same as _call, one coroutine less
+                    post = self._post
+                    try:
+                        for hook in self._pre:
+                            hook(ctx, message)
+                        t0 = _clock() if post else 0.0
+                        if route.is_async:
+                            result = await route.fn(agent, message, ctx)
+                        else:
+                            result = route.fn(agent, message, ctx)
+                        if post:
+                            seconds = _clock() - t0
+                            for hook in post:
+                                hook(ctx, message, result, seconds)
+                    except Exception as exc:
+                        if self._err:
+                            self.hooks.call("on_error", ctx, message, exc)
+                        raise _remote(exc) from exc
+                    return result
             return await self._call(ctx, message)
         finally:
             self._active -= 1
@@ -675,18 +702,37 @@ class Runtime:
         mb = agent._mb
         assert mb is not None
         task = agent._task
+        current = current_query.get()
+        seq = 0
         try:
             while mb:
                 route, message, ctx, fut = mb.popleft()
                 if agent._wait:
                     _wake_one(agent)
-                if fut is not None and fut.done():  # the sender gave up (timeout/cancel)
+                seq = ctx.seq
+                query = ctx.query
+                if query is not current:
+                    current_query.set(query)
+                    current = query
+                if fut is None:  # published: nobody waits for a result
+                    try:
+                        if self._plain and query is None:
+                            if route.is_async:
+                                await route.fn(agent, message, ctx)
+                            else:
+                                route.fn(agent, message, ctx)
+                        else:
+                            await self._call(ctx, message)
+                    except Exception as exc:
+                        if not isinstance(exc, QueryCancelled):
+                            self._publish_failed(ctx, message, exc)
+                    finally:
+                        self._active -= 1
+                    continue
+                if fut.done():  # the sender gave up (timeout/cancel)
                     self._active -= 1
                     continue
                 agent._current = fut
-                query = ctx.query
-                if query is not current_query.get():
-                    current_query.set(query)
                 try:
                     if self._plain and query is None:
                         if route.is_async:
@@ -696,26 +742,24 @@ class Runtime:
                     else:
                         result = await self._call(ctx, message)
                 except asyncio.CancelledError:
-                    if fut is None or not fut.cancelled() or self._closed:
+                    if not fut.cancelled() or self._closed:
                         raise
                     if task is not None:
                         task.uncancel()  # only this request was cancelled; keep draining
                 except Exception as exc:
-                    if fut is not None:
-                        if not fut.done():
-                            fut.set_exception(_remote(exc))
-                    elif not isinstance(exc, QueryCancelled):
-                        self._publish_failed(ctx, message, exc)
+                    if not fut.done():
+                        fut.set_exception(_remote(exc))
                 else:
-                    if fut is not None and not fut.done():
+                    if not fut.done():
                         fut.set_result(result)
                 finally:
                     agent._current = None
-                    agent._tick = ctx.seq
                     self._active -= 1
         finally:
             agent._task = None
             agent._busy = False
+            if seq:
+                agent._tick = seq
             if mb:  # cancelled while messages remain: fail them
                 self._fail_mailbox(agent, f"{agent.id} stopped")
             if not self._active:
@@ -751,12 +795,18 @@ class Runtime:
 
     # -- publish -------------------------------------------------------------------
     async def publish(
-        self, message: Any, *, topic: str | TopicId, sender: AgentId | None = None
+        self,
+        message: Any,
+        *,
+        topic: str | TopicId,
+        sender: AgentId | None = None,
+        local_only: bool = False,
     ) -> int:
         """Fan ``message`` out to the subscribers of ``topic``; returns local deliveries.
 
         Handlers run later, in each agent's own order; their exceptions are logged and
-        passed to ``on_error`` hooks (nobody awaits a reply).
+        passed to ``on_error`` hooks (nobody awaits a reply). With a transport the message
+        also goes out to other runtimes unless ``local_only`` (set for inbound messages).
         """
         if type(topic) is str:
             subs = self._subs.match(topic)
@@ -774,10 +824,11 @@ class Runtime:
             query = current_query.get()
             mtype = type(message)
             full: list[str] = []
-            types = self._types
             for sub in subs:
-                t = types[sub.agent_type]
-                key = sub.key(topic_id, message)
+                t = sub.target
+                key = sub.fixed
+                if key is None:
+                    key = topic_id.source if sub.by_source else sub.key(topic_id, message)
                 agent = t.instances.get(key)
                 if agent is None:
                     agent = await self._ensure(t, AgentId(t.name, key))
@@ -810,18 +861,36 @@ class Runtime:
                     f"published {type(message).__name__} dropped for full mailboxes: "
                     + ", ".join(full)
                 )
-        if self._transport is not None and self._started and sender is not _INBOUND:
-            self._transport.send(
-                Envelope(
-                    id=MessageId(self.origin, seq),
-                    kind=Kind.PUBLISH,
-                    sender=sender,
-                    topic=topic_id,
-                    payload_type=type(message).__name__,
-                    payload=encode_payload(message),
-                )
-            )
+        if self._transport is not None and self._started and not local_only:
+            self._remote.publish(message, topic_id, seq, sender)
         return delivered
+
+    async def post(self, message: Any, *, to: AgentId, sender: AgentId | None = None) -> None:
+        """One-way delivery to one agent: queued like a published message, no reply.
+
+        Returns once the message is in the agent's mailbox (waiting for space under the
+        ``block`` policy; ``MailboxFull`` under ``reject``). Handler errors are logged.
+        """
+        t = self._types.get(to.type) if type(to) is AgentId else None
+        if t is None:
+            if not isinstance(to, AgentId):
+                raise TypeError(f"to= must be an AgentId, got {type(to).__name__}")
+            known = ", ".join(sorted(self._types)) or "none"
+            raise UndeliverableError(
+                f"no agent type {to.type!r} is registered (registered: {known})"
+            )
+        self._check_open()
+        agent = t.instances.get(to.key)
+        if agent is None:
+            agent = await self._ensure(t, to)
+        route = agent._routes.get(type(message)) or self._no_route(agent, message)
+        ctx = Context(self, agent, route, sender, None, self._next_seq(), current_query.get())
+        if route.concurrent:
+            self._active += 1
+            self._spawn_bg(self._run_concurrent(ctx, message))
+            return
+        await self._reserve(t, agent)
+        self._push(agent, (route, message, ctx, None))
 
     async def _run_concurrent(self, ctx: Context, message: Any) -> None:
         try:
@@ -877,133 +946,46 @@ class Runtime:
         q = Query(body, name or f"q{self._seq}")
         return q.start() if start else q
 
-    # -- transport -----------------------------------------------------------------
+    # -- transport and mesh hosting ------------------------------------------------
     async def _send_other(
         self, message: Any, to: AgentId, timeout: float | None, sender: AgentId | None
     ) -> Any:
         if not isinstance(to, AgentId):
             raise TypeError(f"to= must be an AgentId, got {type(to).__name__}")
         self._check_open()
-        transport = self._transport
-        if transport is None or not self._started:
+        if self._transport is None or not self._started:
             known = ", ".join(sorted(self._types)) or "none"
             raise UndeliverableError(
                 f"no agent type {to.type!r} is registered (registered: {known})"
             )
         if timeout is not None:
             _check_timeout(timeout)
-        self._seq = seq = self._seq + 1
-        mid = MessageId(self.origin, seq)
-        env = Envelope(
-            id=mid,
-            kind=Kind.SEND,
-            sender=sender,
-            recipient=to,
-            deadline=time.time() + timeout if timeout is not None else 0.0,
-            payload_type=type(message).__name__,
-            payload=encode_payload(message),
-        )
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
-        self._active += 1
-        try:
-            transport.send(env)
-            if timeout is None:
-                return await fut
-            try:
-                async with asyncio.timeout(timeout):
-                    return await fut
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"{to} did not reply to {type(message).__name__} within {timeout}s"
-                ) from None
-        except asyncio.CancelledError:
-            if not self._closed:
-                transport.send(Envelope(id=mid, kind=Kind.CANCEL, recipient=to, correlation=mid))
-            raise
-        finally:
-            self._pending.pop(seq, None)
-            self._active -= 1
-            if not self._active:
-                self._wake_idle()
+        return await self._remote.send(message, to, timeout, sender)
 
     def deliver(self, envelope: Envelope) -> None:
-        """Transport entry point: accept one inbound envelope."""
-        kind = envelope.kind
-        if kind is Kind.REPLY or kind is Kind.ERROR:
-            corr = envelope.correlation
-            fut = self._pending.get(corr.seq) if corr is not None else None
-            if fut is None or fut.done():
-                return  # late or duplicate reply
-            try:
-                if kind is Kind.ERROR:
-                    info = decode_payload(envelope.payload, ErrorInfo)
-                    fut.set_exception(error_from_info(info))
-                else:
-                    fut.set_result(self._messages.decode(envelope))
-            except EngineError as exc:
-                fut.set_exception(exc)
-        elif kind is Kind.SEND:
-            key = (envelope.id.origin, envelope.id.seq)
-            task = asyncio.get_running_loop().create_task(self._serve(envelope))
-            self._serving[key] = task
-            task.add_done_callback(lambda _t: self._serving.pop(key, None))
-        elif kind is Kind.PUBLISH:
-            self._spawn_bg(self._serve_publish(envelope))
-        elif kind is Kind.CANCEL:
-            corr = envelope.correlation
-            serving = self._serving.get((corr.origin, corr.seq)) if corr is not None else None
-            if serving is not None:
-                serving.cancel()
+        """Transport entry point: accept one inbound envelope (never blocks)."""
+        self._remote.deliver(envelope)
 
-    async def _serve(self, env: Envelope) -> None:
-        transport = self._transport
-        assert transport is not None
-        try:
-            message = self._messages.decode(env)
-            assert env.recipient is not None
-            timeout = None
-            if env.deadline:
-                timeout = max(env.deadline - time.time(), 1e-3)
-            result = await self.send(message, to=env.recipient, timeout=timeout, sender=env.sender)
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:
-            info = error_info(exc)
-            reply = Envelope(
-                id=MessageId(self.origin, self._next_seq()),
-                kind=Kind.ERROR,
-                recipient=env.sender,
-                correlation=env.id,
-                payload_type="ErrorInfo",
-                payload=encode_payload(info),
-            )
-        else:
-            reply = Envelope(
-                id=MessageId(self.origin, self._next_seq()),
-                kind=Kind.REPLY,
-                recipient=env.sender,
-                correlation=env.id,
-                payload_type=type(result).__name__ if isinstance(result, Message) else "",
-                payload=encode_payload(result),
-            )
-        transport.send(reply)
+    async def handle(self, envelope: Envelope) -> Envelope | None:
+        """Mesh ``Host`` entry point: run one delivered SEND/PUBLISH envelope here.
 
-    async def _serve_publish(self, env: Envelope) -> None:
-        try:
-            message = self._messages.decode(env)
-            assert env.topic is not None
-            await self.publish(message, topic=env.topic, sender=_INBOUND)
-        except Exception:
-            log.exception("inbound publish on %s failed", env.topic)
+        Returns the REPLY (or ERROR) envelope for a SEND, None for a PUBLISH.
+        """
+        return await self._remote.handle(envelope)
+
+    @property
+    def types(self) -> list[str]:
+        """Registered agent type names (what this runtime can host)."""
+        return list(self._types)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """Distinct topic patterns this runtime subscribes to."""
+        return list(dict.fromkeys(sub.pattern for sub in self._subs))
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-
-#: Marker sender for publishes that arrived from the transport (not forwarded back).
-_INBOUND: Final = AgentId("_inbound", "_")
 
 
 def _request_done(agent: Agent, fut: asyncio.Future[Any]) -> None:
