@@ -9,15 +9,21 @@ from __future__ import annotations
 
 __all__ = [
     "CycleError",
+    "DeadlineExceeded",
     "DecodeError",
     "EncodeError",
     "EngineError",
     "InvalidTransition",
     "MailboxFull",
     "NativeUnavailable",
+    "QueryCancelled",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "ToolError",
+    "ToolNotFound",
+    "ToolTimeout",
+    "ToolValidationError",
     "UndeliverableError",
 ]
 
@@ -73,3 +79,27 @@ class RemoteError(EngineError):
 
 class InvalidTransition(EngineError):
     """A state machine was asked for a transition its current state does not allow."""
+
+
+class DeadlineExceeded(EngineError, TimeoutError):
+    """A request's timeout or deadline passed before its reply arrived."""
+
+
+class QueryCancelled(EngineError):
+    """A query was cancelled or terminated; raised at its next step boundary."""
+
+
+class ToolError(EngineError):
+    """Base class of tool errors (unknown tool, invalid arguments, timeout)."""
+
+
+class ToolNotFound(ToolError, LookupError):
+    """No tool with the requested name is registered."""
+
+
+class ToolValidationError(ToolError, ValueError):
+    """Tool arguments do not match the tool's signature; the message names the field."""
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """A tool call ran longer than its timeout."""
