@@ -873,3 +873,55 @@ async def test_stats_gauges() -> None:
     await asyncio.gather(busy, *queued)
     assert rt.stats()["in_flight"] == 0 and rt.stats()["queued"] == 0
     await rt.stop()
+
+
+@uv
+async def test_sending_to_itself_while_busy_fails_fast() -> None:
+    class Selfish(Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> Any:
+            return await ctx.send(Note("me"), to=self.id)
+
+        @handler
+        async def on_note(self, msg: Note, ctx: engine.Context) -> str:
+            return msg.text
+
+    rt = Runtime()
+    rt.register("selfish", Selfish)
+    with pytest.raises(RemoteError, match=r"UndeliverableError: .*to itself while busy") as info:
+        await rt.send(Ping(1), to=AgentId("selfish"), timeout=1)
+    assert isinstance(info.value.__cause__, UndeliverableError)
+    await rt.post(Note("fine"), to=AgentId("selfish"))  # one-way to itself is fine
+    await rt.stop_when_idle()
+
+
+@pytest.mark.parametrize("router", ["py", "native"])
+def test_publish_on_both_router_twins(router: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.routing import RouterC, RouterPy
+    from engine.runtime import _subscriptions
+
+    cls = RouterPy if router == "py" else RouterC
+    if cls is None:
+        pytest.skip("native router not built")
+    monkeypatch.setattr(_subscriptions, "Router", cls)
+
+    @uv
+    async def scenario() -> list[str]:
+        rt = Runtime()
+        rt.register("rec", Recorder)
+        assert isinstance(rt._subs._router, cls)
+        rt.subscribe("rec", topic="a.*.c", key="star")
+        rt.subscribe("rec", topic="a.#", key="hash")
+        rt.subscribe("rec", topic="b", key="exact")
+        for topic in ("a.b.c", "a", "a.x.y.c", "b", "b.c"):
+            await rt.publish(Note(topic), topic=topic)
+        await rt.stop_when_idle()
+        return sorted(f"{e[1][0].key}:{e[1][1].text}" for e in Recorder.journal if e[0] == "msg")
+
+    assert scenario() == [
+        "exact:b",
+        "hash:a",
+        "hash:a.b.c",
+        "hash:a.x.y.c",
+        "star:a.b.c",
+    ]

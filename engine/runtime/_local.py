@@ -504,6 +504,11 @@ class Runtime:
         query = current_query.get()
         ctx = Context(self, agent, route, sender, None, seq, query)
         if agent._busy and not route.concurrent:
+            if sender is not None and sender == to:
+                raise UndeliverableError(
+                    f"{to} sent {type(message).__name__} to itself while busy, which would "
+                    "wait forever; use post/publish or a concurrent handler"
+                )
             return await self._enqueue(t, agent, route, message, ctx, timeout)
         if timeout is not None:
             return await self._inline_timeout(agent, route, message, ctx, timeout)
