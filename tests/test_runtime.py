@@ -497,6 +497,9 @@ async def test_subscription_bad_input_and_unsubscribe() -> None:
         rt.subscribe("rec", topic=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key must be a str or a function"):
         rt.subscribe("rec", topic="a", key=5)  # type: ignore[arg-type]
+    rt.subscribe("rec", topic="k", key=lambda t, m: 42)  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match=r"returned int, expected str"):
+        await rt.publish(Ping(1), topic="k")
     sub = rt.subscribe("rec", topic="a")
     assert await rt.publish(Ping(1), topic="a") == 1
     rt.unsubscribe(sub)

@@ -405,7 +405,8 @@ class Runtime:
                         f"{aid} needs {dep}, which is neither live nor in specs"
                     )
         out: dict[AgentId, Agent] = {}
-        for level in _levels(needs):
+        levels = _levels(needs) if any(needs.values()) else [order]
+        for level in levels:
             starting: list[Awaitable[None]] = []
             for aid in level:
                 t = self._types[aid.type]
@@ -418,8 +419,10 @@ class Runtime:
             if starting:
                 results = await asyncio.gather(*starting, return_exceptions=True)
                 for r in results:
-                    if isinstance(r, BaseException):
+                    if isinstance(r, Exception):
                         raise _remote(r) from r
+                    if isinstance(r, BaseException):
+                        raise r
         return [out[a] for a in order]
 
     async def evict(self, agent_id: AgentId) -> bool:
@@ -833,7 +836,15 @@ class Runtime:
                 t = sub.target
                 key = sub.fixed
                 if key is None:
-                    key = topic_id.source if sub.by_source else sub.key(topic_id, message)
+                    if sub.by_source:
+                        key = topic_id.source
+                    else:
+                        key = sub.key(topic_id, message)
+                        if type(key) is not str:
+                            raise TypeError(
+                                f"key function of subscription {sub.id} ({sub.pattern!r}) "
+                                f"returned {type(key).__name__}, expected str"
+                            )
                 agent = t.instances.get(key)
                 if agent is None:
                     agent = await self._ensure(t, AgentId(t.name, key))
