@@ -188,7 +188,7 @@ class Context(msgspec.Struct, eq=False):
     ``sender`` is the sending agent (None for external callers), ``topic`` is set for
     published messages, ``message_id`` is the envelope id (``correlation`` of its reply),
     ``deadline`` a ``loop.time()`` value or 0.0. Use :meth:`send`/:meth:`publish` so
-    messages carry this agent as their sender, its deadline and its query.
+    messages carry this agent as their sender, its deadline, trace context and query.
     """
 
     # PERF: a msgspec Struct is built in C, about half the cost of a __slots__ class with
@@ -201,6 +201,9 @@ class Context(msgspec.Struct, eq=False):
     seq: int
     query: Query | None
     deadline: float = 0.0
+    #: W3C trace context of this delivery; tracing middleware may replace it with its
+    #: span's, and ``ctx.send``/``ctx.publish`` pass it on (also onto the wire).
+    traceparent: str = ""
 
     kind: ClassVar[str] = "handler"
 
@@ -224,11 +227,19 @@ class Context(msgspec.Struct, eq=False):
                     f"deadline of {self.route.name} on {self.agent.id} passed before "
                     f"sending {type(message).__name__} to {to}"
                 )
-        return await self.runtime.send(message, to=to, timeout=timeout, sender=self.agent.id)
+        return await self.runtime.send(
+            message, to=to, timeout=timeout, sender=self.agent.id, traceparent=self.traceparent
+        )
 
     async def publish(self, message: Any, *, topic: str | TopicId) -> None:
         """Publish from this agent (see :meth:`Runtime.publish`)."""
-        await self.runtime.publish(message, topic=topic, sender=self.agent.id)
+        await self.runtime.publish(
+            message, topic=topic, sender=self.agent.id, traceparent=self.traceparent
+        )
+
+    async def post(self, message: Any, *, to: AgentId) -> None:
+        """One-way send from this agent (see :meth:`Runtime.post`)."""
+        await self.runtime.post(message, to=to, sender=self.agent.id, traceparent=self.traceparent)
 
     def __repr__(self) -> str:
         return f"<Context {self.route.name} on {self.agent.id} seq={self.seq}>"

@@ -928,3 +928,46 @@ def test_publish_on_both_router_twins(router: str, monkeypatch: pytest.MonkeyPat
         "hash:a.x.y.c",
         "star:a.b.c",
     ]
+
+
+@uv
+async def test_trace_context_propagates_locally_and_over_the_transport() -> None:
+    from engine.runtime import LoopbackHub
+
+    seen: dict[str, str] = {}
+
+    class Traced(Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> int:
+            seen[f"{ctx.agent_id}"] = ctx.traceparent
+            if msg.n == 0:
+                return 0
+            await ctx.publish(Note("n"), topic="traced")
+            await ctx.post(Note("p"), to=AgentId("rec", "posted"))
+            return int(await ctx.send(Ping(msg.n - 1), to=AgentId("traced", str(msg.n - 1))))
+
+    class Spy(Agent):
+        @handler
+        async def on_note(self, msg: Note, ctx: engine.Context) -> None:
+            seen[f"{ctx.agent_id}"] = ctx.traceparent
+
+    async def new_span(ctx: Any, value: Any, call_next: Any) -> Any:
+        if ctx.kind == "handler" and ctx.agent_id == AgentId("traced", "2"):
+            seen["arrived"] = ctx.traceparent
+            ctx.traceparent = "00-" + "b" * 32 + "-" + "c" * 16 + "-01"
+        return await call_next(ctx, value)
+
+    hub = LoopbackHub()
+    async with Runtime(transport=hub.transport()) as a, Runtime(transport=hub.transport()) as b:
+        a.register("traced", Traced)
+        a.register("rec", Spy)
+        a.subscribe("rec", topic="traced", key="sub")
+        a.use(new_span)
+        root = "00-" + "a" * 32 + "-" + "1" * 16 + "-01"
+        assert await b.send(Ping(2), to=AgentId("traced", "2"), traceparent=root) == 0
+        await a.idle()
+    assert seen["arrived"] == root  # came over the transport
+    child = "00-" + "b" * 32 + "-" + "c" * 16 + "-01"
+    assert seen["traced/2"] == child  # the handler runs inside the middleware's span
+    assert seen["traced/1"] == child and seen["traced/0"] == child
+    assert seen["rec/sub"] == child and seen["rec/posted"] == child

@@ -485,16 +485,19 @@ class Runtime:
         to: AgentId,
         timeout: float | None = None,
         sender: AgentId | None = None,
+        traceparent: str = "",
     ) -> Any:
         """Deliver ``message`` to ``to`` and return the handler's reply.
 
         A handler exception arrives as :class:`RemoteError`; ``timeout`` (seconds)
         raises :class:`DeadlineExceeded` and cancels the handler; cancelling the caller
         cancels the handler too. An unknown agent type raises UndeliverableError.
+        ``traceparent`` (W3C trace context) is carried to the handler's ``ctx`` and onto
+        the wire; ``ctx.send`` passes its own on.
         """
         t = self._types.get(to.type) if type(to) is AgentId else None
         if t is None:
-            return await self._send_other(message, to, timeout, sender)
+            return await self._send_other(message, to, timeout, sender, traceparent)
         if self._closed:
             raise UndeliverableError("runtime is stopped")
         agent = t.instances.get(to.key)
@@ -505,7 +508,7 @@ class Runtime:
             route = self._no_route(agent, message)
         self._seq = seq = self._seq + 1
         query = current_query.get()
-        ctx = Context(self, agent, route, sender, None, seq, query)
+        ctx = Context(self, agent, route, sender, None, seq, query, 0.0, traceparent)
         if agent._busy and not route.concurrent:
             if sender is not None and sender == to:
                 raise UndeliverableError(
@@ -809,6 +812,7 @@ class Runtime:
         topic: str | TopicId,
         sender: AgentId | None = None,
         local_only: bool = False,
+        traceparent: str = "",
     ) -> int:
         """Fan ``message`` out to the subscribers of ``topic``; returns local deliveries.
 
@@ -851,7 +855,7 @@ class Runtime:
                 route = agent._routes.get(mtype) or agent.route_for(mtype)
                 if route is None:
                     continue  # this subscriber does not handle the message class
-                ctx = Context(self, agent, route, sender, topic_id, seq, query)
+                ctx = Context(self, agent, route, sender, topic_id, seq, query, 0.0, traceparent)
                 if route.concurrent:
                     self._active += 1
                     self._spawn_bg(self._run_concurrent(ctx, message))
@@ -878,10 +882,17 @@ class Runtime:
                     + ", ".join(full)
                 )
         if self._transport is not None and self._started and not local_only:
-            self._remote.publish(message, topic_id, seq, sender)
+            self._remote.publish(message, topic_id, seq, sender, traceparent)
         return delivered
 
-    async def post(self, message: Any, *, to: AgentId, sender: AgentId | None = None) -> None:
+    async def post(
+        self,
+        message: Any,
+        *,
+        to: AgentId,
+        sender: AgentId | None = None,
+        traceparent: str = "",
+    ) -> None:
         """One-way delivery to one agent: queued like a published message, no reply.
 
         Returns once the message is in the agent's mailbox (waiting for space under the
@@ -900,7 +911,8 @@ class Runtime:
         if agent is None:
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message)) or self._no_route(agent, message)
-        ctx = Context(self, agent, route, sender, None, self._next_seq(), current_query.get())
+        seq = self._next_seq()
+        ctx = Context(self, agent, route, sender, None, seq, current_query.get(), 0.0, traceparent)
         if route.concurrent:
             self._active += 1
             self._spawn_bg(self._run_concurrent(ctx, message))
@@ -964,7 +976,12 @@ class Runtime:
 
     # -- transport and mesh hosting ------------------------------------------------
     async def _send_other(
-        self, message: Any, to: AgentId, timeout: float | None, sender: AgentId | None
+        self,
+        message: Any,
+        to: AgentId,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str,
     ) -> Any:
         if not isinstance(to, AgentId):
             raise TypeError(f"to= must be an AgentId, got {type(to).__name__}")
@@ -976,7 +993,7 @@ class Runtime:
             )
         if timeout is not None:
             _check_timeout(timeout)
-        return await self._remote.send(message, to, timeout, sender)
+        return await self._remote.send(message, to, timeout, sender, traceparent)
 
     def deliver(self, envelope: Envelope) -> None:
         """Transport entry point: accept one inbound envelope (never blocks)."""
