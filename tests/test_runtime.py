@@ -452,6 +452,15 @@ async def test_factory_returning_non_agent() -> None:
     rt.register("odd", lambda: object())  # type: ignore[arg-type, return-value]
     with pytest.raises(TypeError, match=r"returned object, not an engine\.Agent"):
         await rt.send(Ping(1), to=AgentId("odd"))
+
+    class NeedsArgs(Agent):
+        def __init__(self, db: str) -> None:
+            self.db = db
+
+    rt.register("needy", NeedsArgs)
+    with pytest.raises(UndeliverableError, match="cannot create needy/default: its factory raised"):
+        await rt.send(Ping(1), to=AgentId("needy"))
+    assert rt.agent_count == 0
     await rt.stop()
 
 

@@ -322,7 +322,12 @@ class Runtime:
         return t
 
     def _create(self, t: _Type, agent_id: AgentId) -> Agent:
-        agent = t.factory()
+        try:
+            agent = t.factory()
+        except Exception as exc:
+            raise UndeliverableError(
+                f"cannot create {agent_id}: its factory raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(agent, Agent):
             raise TypeError(
                 f"factory for {t.name!r} returned {type(agent).__name__}, not an engine.Agent"
