@@ -38,7 +38,7 @@ from engine.messages import (
     TopicId,
 )
 from engine.runtime._hooks import Hooks, Middleware, compose
-from engine.runtime._queries import Query, current_query
+from engine.runtime._queries import Query, QueryState, current_query
 from engine.runtime._remote import Remote
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
@@ -132,6 +132,7 @@ class Runtime:
         self._transport = transport
         self._remote = Remote(self, transport)
         self._background: set[asyncio.Task[Any]] = set()
+        self._queries: dict[int, Query] = {}  # id(query) -> query, unfinished only
         self._middleware: tuple[Middleware, ...] = ()
         self._chain: Callable[[Any, Any], Awaitable[Any]] = _terminal_async
         self._plain = True
@@ -170,6 +171,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        for q in list(self._queries.values()):
+            q.terminate()
         tasks = [a._task for t in self._types.values() for a in t.instances.values() if a._task]
         tasks += list(self._background) + list(self._remote.serving.values())
         for task in tasks:
@@ -977,7 +980,18 @@ class Runtime:
 
         self._seq += 1
         q = Query(body, name or f"q{self._seq}")
+        self._queries[id(q)] = q
+        q.add_listener(self._query_changed)
         return q.start() if start else q
+
+    @property
+    def queries(self) -> list[Query]:
+        """Queries started here that have not finished yet."""
+        return list(self._queries.values())
+
+    def _query_changed(self, q: Query, state: QueryState) -> None:
+        if state.terminal:
+            self._queries.pop(id(q), None)
 
     # -- transport and mesh hosting ------------------------------------------------
     async def _send_other(
