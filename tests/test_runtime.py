@@ -980,3 +980,31 @@ async def test_trace_context_propagates_locally_and_over_the_transport() -> None
     assert seen["traced/2"] == child  # the handler runs inside the middleware's span
     assert seen["traced/1"] == child and seen["traced/0"] == child
     assert seen["rec/sub"] == child and seen["rec/posted"] == child
+
+
+@uv
+async def test_handler_that_swallows_cancellation_keeps_the_agent_usable() -> None:
+    class Stubborn(Agent):
+        @handler
+        async def on_slow(self, msg: Slow, ctx: engine.Context) -> str:
+            try:
+                await asyncio.sleep(msg.seconds)
+            except asyncio.CancelledError:
+                return "ignored"  # swallows it
+            async with asyncio.timeout(1):  # structured timeouts still work afterwards
+                await asyncio.sleep(0)
+            return "done"
+
+    rt = Runtime()
+    rt.register("s", Stubborn)
+    to = AgentId("s")
+    first = asyncio.ensure_future(rt.send(Slow(0.01), to=to))
+    await asyncio.sleep(0)
+    with pytest.raises(DeadlineExceeded):
+        await rt.send(Slow(5), to=to, timeout=0.03)  # queued, then cancelled while running
+    assert await first == "done"
+    blocker = asyncio.ensure_future(rt.send(Slow(0.01), to=to))
+    await asyncio.sleep(0)
+    assert await rt.send(Slow(0.001), to=to, timeout=1) == "done"  # via the drain task
+    assert await blocker == "done"
+    await rt.stop()

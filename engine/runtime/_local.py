@@ -17,7 +17,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
 from typing import Any, Final, Literal
 
 import msgspec
@@ -643,14 +642,13 @@ class Runtime:
         ctx: Context,
         timeout: float | None,
     ) -> Any:
-        loop = asyncio.get_running_loop()
         if timeout is None:
-            return await self._queue_and_wait(loop, t, agent, route, message, ctx)
+            return await self._queue_and_wait(t, agent, route, message, ctx)
         _check_timeout(timeout)
-        ctx.deadline = loop.time() + timeout
+        ctx.deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._queue_and_wait(loop, t, agent, route, message, ctx)
+                return await self._queue_and_wait(t, agent, route, message, ctx)
         except TimeoutError:
             if cm.expired():
                 raise DeadlineExceeded(
@@ -659,19 +657,21 @@ class Runtime:
             raise
 
     async def _queue_and_wait(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        t: _Type,
-        agent: Agent,
-        route: Route,
-        message: Any,
-        ctx: Context,
+        self, t: _Type, agent: Agent, route: Route, message: Any, ctx: Context
     ) -> Any:
-        await self._reserve(t, agent)
-        fut: asyncio.Future[Any] = loop.create_future()
-        fut.add_done_callback(partial(_request_done, agent))
+        mb = agent._mb
+        if mb is not None and len(mb) >= t.capacity:
+            await self._reserve(t, agent)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._push(agent, (route, message, ctx, fut))
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The sender gave up (cancel or timeout): a queued request is skipped by the
+            # drain (its future is done); a running one gets its handler cancelled.
+            if agent._current is fut and agent._task is not None:
+                agent._task.cancel()
+            raise
 
     async def _reserve(self, t: _Type, agent: Agent) -> None:
         """Make room for one message in ``agent``'s mailbox (wait or raise per policy)."""
@@ -771,6 +771,8 @@ class Runtime:
                 else:
                     if not fut.done():
                         fut.set_result(result)
+                    elif fut.cancelled() and task is not None and task.cancelling():
+                        task.uncancel()  # the handler swallowed its cancellation
                 finally:
                     agent._current = None
                     self._active -= 1
@@ -1038,12 +1040,6 @@ class Runtime:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-
-def _request_done(agent: Agent, fut: asyncio.Future[Any]) -> None:
-    """A queued request finished or was abandoned: cancel its handler if it is running."""
-    if fut.cancelled() and agent._current is fut and agent._task is not None:
-        agent._task.cancel()
 
 
 def _wake_one(agent: Agent) -> None:
