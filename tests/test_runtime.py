@@ -1008,3 +1008,43 @@ async def test_handler_that_swallows_cancellation_keeps_the_agent_usable() -> No
     assert await rt.send(Slow(0.001), to=to, timeout=1) == "done"  # via the drain task
     assert await blocker == "done"
     await rt.stop()
+
+
+# -- load balancing by type ------------------------------------------------------
+
+
+@uv
+async def test_balanced_type_round_robin_over_live_instances() -> None:
+    rt = Runtime()
+    rt.register("w", Recorder, balance="round_robin")
+    with pytest.raises(UndeliverableError, match="no live instance of 'w'"):
+        await rt.send(Ping(0), to=AgentId("w", "*"))
+    await rt.spawn_many([AgentId("w", k) for k in ("a", "b", "c")])
+    for i in range(9):
+        await rt.send(Ping(i), to=AgentId("w", "*"))
+    handled = [e[1][0].key for e in Recorder.journal if e[0] == "msg"]
+    assert sorted(handled) == sorted("abc" * 3)
+    assert {handled.count(k) for k in "abc"} == {3}
+    assert await rt.evict(AgentId("w", "b"))
+    for i in range(4):
+        await rt.send(Ping(i), to=AgentId("w", "*"))
+    later = [e[1][0].key for e in Recorder.journal if e[0] == "msg"][9:]
+    assert sorted(later) == ["a", "a", "c", "c"]
+    await rt.stop()
+
+
+@uv
+async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo, balance="least_outstanding")
+    await rt.spawn_many([AgentId("echo", "x"), AgentId("echo", "y")])
+    slow = asyncio.ensure_future(rt.send(Slow(0.05), to=AgentId("echo", "*")))
+    await asyncio.sleep(0)
+    busy = next(a for a in rt.agents("echo") if rt.get(a)._busy)  # type: ignore[union-attr]
+    for _ in range(5):  # all go to the idle one: no waiting behind the slow request
+        assert await rt.send(Ping(1), to=AgentId("echo", "*"), timeout=0.02) == Pong(2)
+    assert await slow == "slept"
+    assert busy in (AgentId("echo", "x"), AgentId("echo", "y"))
+    with pytest.raises(RoutingError, match="unknown policy 'fastest'"):
+        rt.register("other", Echo, balance="fastest")
+    await rt.stop()

@@ -12,12 +12,13 @@ whoever frees the agent starts one drain task that works through the mailbox in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
@@ -29,6 +30,7 @@ from engine.errors import (
     MailboxFull,
     QueryCancelled,
     RemoteError,
+    RoutingError,
     UndeliverableError,
 )
 from engine.messages import (
@@ -36,11 +38,15 @@ from engine.messages import (
     Envelope,
     TopicId,
 )
+from engine.routing import Router, RouterPy
 from engine.runtime._hooks import Hooks, Middleware, compose
 from engine.runtime._queries import Query, QueryState, current_query
 from engine.runtime._remote import Remote
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
+
+if TYPE_CHECKING:
+    from engine._native._router import Router as _RouterC
 
 __all__ = ["Policy", "Runtime", "Spawn"]
 
@@ -65,7 +71,7 @@ class Spawn(msgspec.Struct, frozen=True):
 class _Type:
     """Registration of one agent type."""
 
-    __slots__ = ("capacity", "cls", "factory", "instances", "name", "policy")
+    __slots__ = ("balanced", "capacity", "cls", "factory", "instances", "name", "policy")
 
     def __init__(
         self, name: str, factory: Factory, cls: type[Agent] | None, capacity: int, policy: str
@@ -76,6 +82,7 @@ class _Type:
         self.capacity = capacity
         self.policy = policy
         self.instances: dict[str, Agent] = {}
+        self.balanced = False  # instances tracked in the runtime's balancer (key "*")
 
 
 async def _terminal_async(ctx: Context, message: Any) -> Any:
@@ -131,6 +138,7 @@ class Runtime:
         self._transport = transport
         self._remote = Remote(self, transport)
         self._background: set[asyncio.Task[Any]] = set()
+        self._balancer: RouterPy | _RouterC | None = None  # made by the first balanced type
         self._queries: dict[int, Query] = {}  # id(query) -> query, unfinished only
         self._middleware: tuple[Middleware, ...] = ()
         self._chain: Callable[[Any, Any], Awaitable[Any]] = _terminal_async
@@ -217,8 +225,14 @@ class Runtime:
         *,
         mailbox: int | None = None,
         policy: Policy | None = None,
+        balance: str | None = None,
     ) -> None:
-        """Register ``factory`` (an Agent subclass or a function returning an agent)."""
+        """Register ``factory`` (an Agent subclass or a function returning an agent).
+
+        ``balance`` (``"round_robin"`` or ``"least_outstanding"``) makes
+        ``AgentId(agent_type, "*")`` pick one of the live instances through the native
+        router instead of naming one.
+        """
         if not isinstance(agent_type, str) or not agent_type or "/" in agent_type:
             raise ValueError(f"agent type must be a non-empty str without '/', got {agent_type!r}")
         if agent_type in self._types:
@@ -231,7 +245,13 @@ class Runtime:
         capacity = self._mailbox if mailbox is None else mailbox
         pol = self._policy if policy is None else policy
         _check_mailbox(capacity, pol)
-        self._types[agent_type] = _Type(agent_type, factory, cls, capacity, pol)
+        entry = _Type(agent_type, factory, cls, capacity, pol)
+        if balance is not None:
+            if self._balancer is None:
+                self._balancer = Router()
+            self._balancer.set_policy(agent_type, balance)  # RoutingError for unknown names
+            entry.balanced = True
+        self._types[agent_type] = entry
         if cls is not None:
             for mtype in cls._routes:
                 self._remote.messages.add(mtype)
@@ -344,6 +364,9 @@ class Runtime:
         agent._tick = self._seq
         t.instances[agent_id.key] = agent
         self._count += 1
+        if t.balanced:
+            assert self._balancer is not None
+            self._balancer.add_agent(agent_id)
         if self.hooks.on_spawn:
             self.hooks.call("on_spawn", agent)
         if self._max_agents is not None and self._count > self._max_agents:
@@ -359,8 +382,7 @@ class Runtime:
         except BaseException:
             t = self._types.get(agent.id.type)
             if t is not None and t.instances.get(agent.id.key) is agent:
-                del t.instances[agent.id.key]
-                self._count -= 1
+                self._forget(agent)
             self._fail_mailbox(agent, f"{agent.id} failed to start")
             raise
         finally:
@@ -442,8 +464,12 @@ class Runtime:
         return True
 
     def _forget(self, agent: Agent) -> None:
-        del self._types[agent.id.type].instances[agent.id.key]
+        t = self._types[agent.id.type]
+        del t.instances[agent.id.key]
         self._count -= 1
+        if t.balanced:
+            assert self._balancer is not None
+            self._balancer.remove_agent(agent.id)
 
     def _evict_lru(self, keep: Agent) -> None:
         """Evict the oldest eighth of idle agents (amortised O(log n) per creation)."""
@@ -509,6 +535,8 @@ class Runtime:
             raise UndeliverableError("runtime is stopped")
         agent = t.instances.get(to.key)
         if agent is None:
+            if t.balanced and to.key == "*":
+                return await self._send_balanced(t, message, timeout, sender, traceparent)
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message))
         if route is None:
@@ -569,6 +597,36 @@ class Runtime:
                     agent._busy = False
             if not self._active and self._idle_waiters:
                 self._wake_idle()
+
+    async def _send_balanced(
+        self,
+        t: _Type,
+        message: Any,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str,
+    ) -> Any:
+        """``AgentId(type, "*")``: the balancer picks a live instance; acked when done."""
+        balancer = self._balancer
+        assert balancer is not None
+        try:
+            slot = balancer.pick(t.name)
+        except RoutingError:
+            raise UndeliverableError(
+                f"no live instance of {t.name!r} to pick for {type(message).__name__} "
+                "(spawn some first)"
+            ) from None
+        try:
+            return await self.send(
+                message,
+                to=balancer.agent(slot),
+                timeout=timeout,
+                sender=sender,
+                traceparent=traceparent,
+            )
+        finally:
+            with contextlib.suppress(RoutingError):  # evicted meanwhile
+                balancer.ack(slot)
 
     def _no_route(self, agent: Agent, message: Any) -> Route:
         route = agent.route_for(type(message))
