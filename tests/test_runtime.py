@@ -201,6 +201,10 @@ async def test_spawn_many_bad_input() -> None:
         await rt.spawn_many(["rec/a"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="expects an AgentId"):
         await rt.spawn("rec/a")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Spawn needs an AgentId id and AgentId needs"):
+        await rt.spawn_many([Spawn(a, needs=("rec/b",))])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected an AgentId, got str"):
+        await rt.evict("rec/a")  # type: ignore[arg-type]
     assert rt.agent_count == 0
     await rt.stop()
 
@@ -428,7 +432,13 @@ async def test_mailbox_block_policy_applies_backpressure() -> None:
 
 
 def test_bad_runtime_and_register_arguments() -> None:
-    for kwargs in ({"mailbox": 0}, {"mailbox": 1.5}, {"policy": "drop"}, {"max_agents": 0}):
+    for kwargs in (
+        {"mailbox": 0},
+        {"mailbox": 1.5},
+        {"policy": "drop"},
+        {"max_agents": 0},
+        {"origin": ""},
+    ):
         with pytest.raises(ValueError):
             Runtime(**kwargs)  # type: ignore[arg-type]
     rt = Runtime()
@@ -517,6 +527,8 @@ async def test_subscription_bad_input_and_unsubscribe() -> None:
         rt.unsubscribe(sub.id)
     with pytest.raises(TypeError, match="topic must be a str or TopicId"):
         await rt.publish(Ping(1), topic=3)  # type: ignore[arg-type]
+    with pytest.raises(RoutingError):
+        await rt.publish(Ping(1), topic="a..b")
     await rt.stop()
 
 
@@ -689,6 +701,8 @@ async def test_middleware_order_rewrites_and_errors() -> None:
         await rt.send(Ping(60), to=AgentId("echo"))
     remove()
     assert await rt.send(Ping(60), to=AgentId("echo")) == Pong(61)
+    with pytest.raises(ValueError, match="was already removed"):
+        remove()
     with pytest.raises(TypeError, match="middleware must be callable"):
         rt.use(None)  # type: ignore[arg-type]
     await rt.stop()

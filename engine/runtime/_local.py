@@ -123,6 +123,8 @@ class Runtime:
         _check_mailbox(mailbox, policy)
         if max_agents is not None and (not isinstance(max_agents, int) or max_agents < 1):
             raise ValueError(f"max_agents must be a positive int or None, got {max_agents!r}")
+        if origin is not None and (not isinstance(origin, str) or not origin):
+            raise ValueError(f"origin must be a non-empty str, got {origin!r}")
         self.origin: str = origin or os.urandom(8).hex()
         self._mailbox = mailbox
         self._policy = policy
@@ -288,6 +290,8 @@ class Runtime:
 
         def remove() -> None:
             items = list(self._middleware)
+            if middleware not in items:
+                raise ValueError(f"middleware {middleware!r} was already removed")
             items.remove(middleware)
             self._middleware = tuple(items)
             self._rebuild()
@@ -331,6 +335,8 @@ class Runtime:
 
     def get(self, agent_id: AgentId) -> Agent | None:
         """The live instance for ``agent_id`` or None (does not create it)."""
+        if not isinstance(agent_id, AgentId):
+            raise TypeError(f"expected an AgentId, got {type(agent_id).__name__}")
         t = self._types.get(agent_id.type)
         return None if t is None else t.instances.get(agent_id.key)
 
@@ -419,6 +425,8 @@ class Runtime:
         for spec in specs:
             if isinstance(spec, Spawn):
                 aid, need = spec.id, spec.needs
+                if not isinstance(aid, AgentId) or not all(isinstance(d, AgentId) for d in need):
+                    raise TypeError(f"Spawn needs an AgentId id and AgentId needs, got {spec!r}")
             elif isinstance(spec, AgentId):
                 aid, need = spec, ()
             else:
