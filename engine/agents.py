@@ -185,10 +185,11 @@ class Agent:
 class Context(msgspec.Struct, eq=False):
     """What a handler knows about the message it is handling (one per delivery).
 
-    ``sender`` is the sending agent (None for external callers), ``topic`` is set for
-    published messages, ``message_id`` is the envelope id (``correlation`` of its reply),
-    ``deadline`` a ``loop.time()`` value or 0.0. Use :meth:`send`/:meth:`publish` so
-    messages carry this agent as their sender, its deadline, trace context and query.
+    ``message`` is the message being handled, ``sender`` the sending agent (None for
+    external callers), ``topic`` is set for published messages, ``message_id`` is the
+    envelope id (the ``correlation`` of its reply), ``deadline`` a ``loop.time()`` value
+    or 0.0. Use :meth:`send`/:meth:`publish`/:meth:`post` so messages carry this agent as
+    their sender, its deadline, trace context and query.
     """
 
     # PERF: a msgspec Struct is built in C, about half the cost of a __slots__ class with
@@ -196,6 +197,7 @@ class Context(msgspec.Struct, eq=False):
     runtime: Runtime
     agent: Agent
     route: Route
+    message: Any
     sender: AgentId | None
     topic: TopicId | None
     seq: int
@@ -204,6 +206,9 @@ class Context(msgspec.Struct, eq=False):
     #: W3C trace context of this delivery; tracing middleware may replace it with its
     #: span's, and ``ctx.send``/``ctx.publish`` pass it on (also onto the wire).
     traceparent: str = ""
+    # The future of a queued request (None for published/posted messages). A queued
+    # delivery is this one object: fewer allocations, less work for the cycle GC.
+    _reply: asyncio.Future[Any] | None = None
 
     kind: ClassVar[str] = "handler"
 

@@ -551,7 +551,7 @@ class Runtime:
             route = self._no_route(agent, message)
         self._seq = seq = self._seq + 1
         query = current_query.get()
-        ctx = Context(self, agent, route, sender, None, seq, query, 0.0, traceparent)
+        ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if agent._busy and not route.concurrent:
             if sender is not None and sender == to:
                 raise UndeliverableError(
@@ -729,7 +729,8 @@ class Runtime:
         if mb is not None and len(mb) >= t.capacity:
             await self._reserve(t, agent)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._push(agent, (route, message, ctx, fut))
+        ctx._reply = fut
+        self._push(agent, ctx)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -761,13 +762,11 @@ class Runtime:
                     _wake_one(agent)  # pass our wake-up on
                 raise
 
-    def _push(
-        self, agent: Agent, item: tuple[Route, Any, Context, asyncio.Future[Any] | None]
-    ) -> None:
+    def _push(self, agent: Agent, ctx: Context) -> None:
         mb = agent._mb
         if mb is None:
             mb = agent._mb = deque()
-        mb.append(item)
+        mb.append(ctx)
         self._active += 1
         if not agent._busy:
             agent._busy = True
@@ -791,7 +790,10 @@ class Runtime:
         seq = 0
         try:
             while mb:
-                route, message, ctx, fut = mb.popleft()
+                ctx = mb.popleft()
+                route = ctx.route
+                message = ctx.message
+                fut = ctx._reply
                 if agent._wait:
                     _wake_one(agent)
                 seq = ctx.seq
@@ -841,6 +843,7 @@ class Runtime:
                         task.uncancel()  # the handler swallowed its cancellation
                 finally:
                     agent._current = None
+                    ctx._reply = None  # no ctx -> future -> error -> frame -> ctx cycle
                     self._active -= 1
         finally:
             agent._task = None
@@ -855,7 +858,7 @@ class Runtime:
     def _fail_mailbox(self, agent: Agent, reason: str) -> None:
         mb = agent._mb
         while mb:
-            _, _, _, fut = mb.popleft()
+            fut = mb.popleft()._reply
             self._active -= 1
             if fut is not None and not fut.done():
                 fut.set_exception(UndeliverableError(reason))
@@ -931,7 +934,9 @@ class Runtime:
                 route = agent._routes.get(mtype) or agent.route_for(mtype)
                 if route is None:
                     continue  # this subscriber does not handle the message class
-                ctx = Context(self, agent, route, sender, topic_id, seq, query, 0.0, traceparent)
+                ctx = Context(
+                    self, agent, route, message, sender, topic_id, seq, query, 0.0, traceparent
+                )
                 if route.concurrent:
                     self._active += 1
                     self._spawn_bg(self._run_concurrent(ctx, message))
@@ -946,7 +951,7 @@ class Runtime:
                     mb = agent._mb
                 if mb is None:
                     mb = agent._mb = deque()
-                mb.append((route, message, ctx, None))
+                mb.append(ctx)
                 self._active += 1
                 delivered += 1
                 if not agent._busy:
@@ -988,13 +993,14 @@ class Runtime:
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message)) or self._no_route(agent, message)
         seq = self._next_seq()
-        ctx = Context(self, agent, route, sender, None, seq, current_query.get(), 0.0, traceparent)
+        query = current_query.get()
+        ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if route.concurrent:
             self._active += 1
             self._spawn_bg(self._run_concurrent(ctx, message))
             return
         await self._reserve(t, agent)
-        self._push(agent, (route, message, ctx, None))
+        self._push(agent, ctx)
 
     async def _run_concurrent(self, ctx: Context, message: Any) -> None:
         try:
