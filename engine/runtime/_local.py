@@ -20,11 +20,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import msgspec
-
 from engine.agents import Agent, Context, Route
 from engine.errors import (
-    CycleError,
     DeadlineExceeded,
     EngineError,
     MailboxFull,
@@ -42,6 +39,7 @@ from engine.routing import Router, RouterPy
 from engine.runtime._hooks import Hooks, Middleware, compose
 from engine.runtime._queries import Query, QueryState, current_query
 from engine.runtime._remote import Remote
+from engine.runtime._spawn import Spawn, levels
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
 
@@ -59,13 +57,6 @@ Factory = Callable[[], Agent]
 #: Default mailbox capacity (messages) per agent instance.
 DEFAULT_MAILBOX: Final = 1024
 _POLICIES: Final = ("block", "reject")
-
-
-class Spawn(msgspec.Struct, frozen=True):
-    """A spawn request for :meth:`Runtime.spawn_many`: ``needs`` are spawned (started) first."""
-
-    id: AgentId
-    needs: tuple[AgentId, ...] = ()
 
 
 class _Type:
@@ -442,8 +433,7 @@ class Runtime:
                         f"{aid} needs {dep}, which is neither live nor in specs"
                     )
         out: dict[AgentId, Agent] = {}
-        levels = _levels(needs) if any(needs.values()) else [order]
-        for level in levels:
+        for level in levels(needs) if any(needs.values()) else [order]:
             starting: list[Awaitable[None]] = []
             for aid in level:
                 t = self._types[aid.type]
@@ -1121,33 +1111,6 @@ def _wake_one(agent: Agent) -> None:
         if not fut.done():
             fut.set_result(None)
             return
-
-
-def _levels(needs: dict[AgentId, tuple[AgentId, ...]]) -> list[list[AgentId]]:
-    """Topological levels of the spawn graph (Kahn); CycleError names a cycle."""
-    pending = {a: {d for d in n if d in needs} for a, n in needs.items()}
-    levels: list[list[AgentId]] = []
-    done: set[AgentId] = set()
-    while pending:
-        ready = [a for a, d in pending.items() if d <= done]
-        if not ready:
-            raise CycleError(_find_cycle(pending))  # type: ignore[arg-type]
-        for a in ready:
-            del pending[a]
-        done.update(ready)
-        levels.append(ready)
-    return levels
-
-
-def _find_cycle(pending: dict[AgentId, set[AgentId]]) -> list[str]:
-    start = next(iter(pending))
-    seen: list[AgentId] = []
-    node = start
-    while node not in seen:
-        seen.append(node)
-        node = next(d for d in pending[node] if d in pending)
-    cycle = [*seen[seen.index(node) :], node]
-    return [str(a) for a in cycle]
 
 
 def _check_mailbox(capacity: object, policy: object) -> None:
