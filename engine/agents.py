@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union, overload
 import msgspec
 
 from engine.errors import DeadlineExceeded
-from engine.messages import AgentId, MessageId, TopicId
+from engine.messages import AgentId, Envelope, Kind, MessageId, TopicId, encode_payload
 
 if TYPE_CHECKING:
     from collections import deque
@@ -219,6 +220,28 @@ class Context(msgspec.Struct, eq=False):
     @property
     def message_id(self) -> MessageId:
         return MessageId(self.runtime.origin, self.seq)
+
+    def envelope(self, *, with_payload: bool = False) -> Envelope:
+        """This delivery's headers as the :class:`~engine.messages.Envelope` a transport
+        would carry (in process nothing is encoded; this builds it on demand).
+
+        ``deadline`` becomes UNIX time; ``with_payload`` also encodes the message.
+        """
+        deadline = 0.0
+        if self.deadline:
+            deadline = time.time() + (self.deadline - asyncio.get_running_loop().time())
+        message = self.message
+        return Envelope(
+            id=self.message_id,
+            kind=Kind.SEND if self.topic is None else Kind.PUBLISH,
+            sender=self.sender,
+            recipient=self.agent.id,
+            topic=self.topic,
+            deadline=deadline,
+            traceparent=self.traceparent,
+            payload_type=type(message).__name__,
+            payload=encode_payload(message if with_payload else None),
+        )
 
     async def send(self, message: Any, *, to: AgentId, timeout: float | None = None) -> Any:
         """Send from this agent (see :meth:`Runtime.send`).

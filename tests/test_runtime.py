@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -1061,4 +1062,32 @@ async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
     assert busy in (AgentId("echo", "x"), AgentId("echo", "y"))
     with pytest.raises(RoutingError, match="unknown policy 'fastest'"):
         rt.register("other", Echo, balance="fastest")
+    await rt.stop()
+
+
+@uv
+async def test_context_envelope_matches_the_wire_headers() -> None:
+    from engine.messages import Kind, decode, decode_payload, encode
+
+    got: list[Any] = []
+
+    class Probe(Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> None:
+            got.append(ctx.envelope(with_payload=True))
+            got.append(ctx.envelope())
+
+    rt = Runtime(origin="o1")
+    rt.register("probe", Probe)
+    rt.subscribe("probe", topic="t")
+    await rt.send(Ping(3), to=AgentId("probe"), timeout=5, traceparent="00-x")
+    await rt.publish(Ping(4), topic="t")
+    await rt.idle()
+    sent, bare, published, _ = got
+    assert sent.kind is Kind.SEND and sent.recipient == AgentId("probe")
+    assert sent.id.origin == "o1" and sent.traceparent == "00-x"
+    assert 0 < sent.deadline - time.time() <= 5
+    assert decode_payload(decode(encode(sent)).payload, Ping) == Ping(3)
+    assert decode(encode(bare)).payload_type == "Ping"  # headers only, still valid
+    assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
     await rt.stop()
