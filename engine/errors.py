@@ -12,6 +12,7 @@ __all__ = [
     "CycleError",
     "DecodeError",
     "DimensionError",
+    "EmbeddingError",
     "EncodeError",
     "EngineError",
     "InvalidTransition",
@@ -114,3 +115,7 @@ class UnknownIdError(VectorStoreError, KeyError):
 
 class CorruptFileError(VectorStoreError):
     """A saved store could not be read back: truncated, not a store, or checksum mismatch."""
+
+
+class EmbeddingError(VectorStoreError):
+    """An embedder was given bad input or its backend failed (HTTP error, bad response)."""

@@ -55,11 +55,12 @@ def test_auto_promotes_tunes_and_meets_target(data: np.ndarray) -> None:
     base, queries = data[:5000], data[5000:5200]
     vs.add(np.arange(5000), base)
     st = vs.stats()
-    assert st["index"] in ("ivfpq", "sq8") and st["recall_estimate"] >= 0.95
-    assert st["params"] if st["index"] == "ivfpq" else True
+    assert st["index"] in ("hnsw", "sq8"), st
+    assert st["recall_estimate"] >= 0.95
+    if st["index"] == "hnsw":
+        assert st["params"]["efSearch"] >= 16
     found, _ = vs.search(queries, k=10)
     assert recall(found, exact_ids(queries, base, 10)) >= 0.93  # held-out queries
-    assert st["bytes_per_vector"] < 32 * 4  # quantised: below float32
 
 
 def test_search_single_vector_and_small_store() -> None:
@@ -241,7 +242,7 @@ def test_compaction_after_many_removals(data: np.ndarray) -> None:
     assert ids[:, 0].tolist() == list(range(3500, 3510))
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "sq8", "IVF16,Flat"])
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw", "sq8", "IVF16,Flat"])
 def test_other_index_kinds(kind: str, data: np.ndarray) -> None:
     vs = VectorStore(32, index=kind, promote_at=1000, background=False, target_recall=0.9)
     vs.add(np.arange(3000), data[:3000])
@@ -251,3 +252,5 @@ def test_other_index_kinds(kind: str, data: np.ndarray) -> None:
     assert st["index"] == kind
     floor = 0.5 if kind.startswith("IVF") else 0.88  # factory strings are not tuned
     assert recall(found, exact_ids(q, data[:3000], 10)) >= floor
+    if kind in ("ivfpq", "sq8"):  # codes well below float32 (graph links dominate at 32-d)
+        assert st["bytes_per_vector"] < 32 * 4 * 0.6

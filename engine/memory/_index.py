@@ -9,7 +9,7 @@ Kinds (see docs/memory.md for the measurements behind the default):
   ``flat``   exact ``IndexFlat``                                      4·d B/vector
   ``ivfpq``  IVF + PQ fast-scan (4-bit, d/4 sub-quantisers) with SQ8 re-rank (``IndexRefine``)
              ~1.2·d B/vector; tuned: ``nprobe``, ``k_factor``
-  ``hnsw``   HNSW16 over SQ8                       ~1.4·d B/vector; tuned: ``efSearch``
+  ``hnsw``   HNSW12 over SQ8 (efConstruction 80)   ~1.3·d B/vector; tuned: ``efSearch``
   ``sq8``    flat 8-bit scalar quantiser (exact scan of codes)       d B/vector
   anything else goes to ``faiss.index_factory`` (not tuned: parameters stay as built).
 """
@@ -30,6 +30,8 @@ __all__ = ["Built", "build", "exact_topk", "make_params", "reconstruct"]
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 KINDS = ("flat", "ivfpq", "hnsw", "sq8")
+HNSW_M = 12
+HNSW_EF_CONSTRUCTION = 80
 _faiss: Any = faiss  # the bundled stubs miss a few classes and mistype IndexHNSWSQ
 
 
@@ -76,7 +78,10 @@ def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, str]:
         index = faiss.IndexRefine(base, refine)  # the SWIG wrapper keeps base/refine alive
         return index, f"IVF{nlist},PQ{m}x4fs+SQ8 re-rank"
     if kind == "hnsw":
-        return _faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, 16, fm), "HNSW16,SQ8"
+        # M=12 keeps links (2M int32 at level 0) + SQ8 codes under d*4/3 bytes at 384-d
+        index = _faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, fm)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return index, f"HNSW{HNSW_M},SQ8"
     if kind == "sq8":
         return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, fm), "SQ8"
     return faiss.index_factory(dim, kind, fm), kind
@@ -173,7 +178,7 @@ def _tune(
             for p in probes:
                 grids.append({"nprobe": p, "k_factor": kf})
     elif built.kind == "hnsw":
-        for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+        for ef in (16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512):
             grids.append({"efSearch": max(ef, k + 1)})
     else:
         built.recall = recall_of({})

@@ -1,4 +1,9 @@
-"""A small readers-writer lock: searches share, mutations are exclusive, writers go first."""
+"""A small fair readers-writer lock: searches share, mutations are exclusive.
+
+Writers go before newly arriving readers (adds are not starved by a search stream), and
+readers already waiting when a writer releases go before the next writer (a loop of short
+writes, like chunked flushes, does not starve searches).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,19 @@ class RWLock:
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
+        self._waiting_readers = 0
+        self._reader_turn = False
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._waiting_writers:
+            self._waiting_readers += 1
+            while self._writer or (self._waiting_writers and not self._reader_turn):
                 self._cond.wait()
+            self._waiting_readers -= 1
             self._readers += 1
+            if not self._waiting_readers:
+                self._reader_turn = False
         try:
             yield
         finally:
@@ -34,7 +45,7 @@ class RWLock:
     def write(self) -> Iterator[None]:
         with self._cond:
             self._waiting_writers += 1
-            while self._writer or self._readers:
+            while self._writer or self._readers or (self._reader_turn and self._waiting_readers):
                 self._cond.wait()
             self._waiting_writers -= 1
             self._writer = True
@@ -43,4 +54,5 @@ class RWLock:
         finally:
             with self._cond:
                 self._writer = False
+                self._reader_turn = self._waiting_readers > 0
                 self._cond.notify_all()

@@ -45,8 +45,15 @@ I64 = npt.NDArray[np.int64]
 Scalar = str | int | float | bool | None
 Where = Mapping[str, Scalar | Sequence[Scalar]]
 
-_FLUSH_AT = 256  # fresh vectors flushed into the main index in chunks of this size
+# Fresh vectors move into the main index once there are FLUSH_AT[kind], CHUNK[kind] per
+# write lock: HNSW inserts cost ~1 ms each at 100k, IVF ones ~0.1 ms; a flat scan of 1,024
+# fresh vectors costs ~30 µs per query (benches/bench_memory.py, 2026-11).
+_FLUSH_AT = {"hnsw": 1024}
+_CHUNK = {"hnsw": 16}
+_FLUSH_DEFAULT = 256
 _NO_NS = -1
+# What "auto" promotes to: measured in benches/bench_memory.py (see docs/memory.md).
+AUTO_KIND = "hnsw"
 
 
 def _as_matrix(x: Any, dim: int, what: str) -> F32:
@@ -66,8 +73,8 @@ def _as_matrix(x: Any, dim: int, what: str) -> F32:
 class VectorStore:
     """Vectors with int64 ids, searched by FAISS to a recall target.
 
-    ``index``: ``"auto"`` (exact while small, then IVF-PQ fast-scan with SQ8 re-rank),
-    ``"flat"``, ``"ivfpq"``, ``"hnsw"`` (HNSW16 over SQ8), ``"sq8"`` or a FAISS factory
+    ``index``: ``"auto"`` (exact while small, then the measured best quantised kind),
+    ``"flat"``, ``"ivfpq"``, ``"hnsw"`` (HNSW12 over SQ8), ``"sq8"`` or a FAISS factory
     string. Quantised kinds are exact until ``promote_at`` vectors, then trained on the
     data and tuned (``nprobe``, ``k_factor``, ``efSearch``) so that recall@10 on a sample of
     the store's own vectors meets ``target_recall``; re-trained when the data doubles.
@@ -128,7 +135,7 @@ class VectorStore:
         # indexes
         self._main: _index.Built | None = None
         self._main_n = 0
-        self._auto_kind = "ivfpq"  # what "auto" promotes to (sq8 when PQ misses the target)
+        self._auto_kind = AUTO_KIND  # what "auto" promotes to (sq8/flat if it misses the target)
         self._fresh = self._new_flat()
         # background build
         self._builder: threading.Thread | None = None
@@ -283,18 +290,24 @@ class VectorStore:
         return bool(self._ids.get_many(np.array([id_], np.int64), out) == 0)
 
     def _flush(self) -> None:
-        """Move fresh vectors into the main index, ``_FLUSH_AT`` at a time (short write locks)."""
+        """Move fresh vectors into the main index in small chunks (short write locks)."""
+        main = self._main
+        if main is None or self._fresh.ntotal < _FLUSH_AT.get(main.kind, _FLUSH_DEFAULT):
+            return
         while True:
             with self._lock.write():
                 main = self._main
-                nf = self._fresh.ntotal
-                if main is None or nf < _FLUSH_AT:
+                if main is None:
                     return
-                chunk = faiss.rev_swig_ptr(self._fresh.get_xb(), _FLUSH_AT * self.dim)
-                chunk = np.array(chunk, np.float32).reshape(_FLUSH_AT, self.dim)
+                nf = self._fresh.ntotal
+                step = _CHUNK.get(main.kind, _FLUSH_DEFAULT)
+                if nf < step:
+                    return
+                chunk = faiss.rev_swig_ptr(self._fresh.get_xb(), step * self.dim)
+                chunk = np.array(chunk, np.float32).reshape(step, self.dim)
                 main.index.add(chunk)
-                self._fresh.remove_ids(faiss.IDSelectorRange(0, _FLUSH_AT))
-                self._main_n += _FLUSH_AT
+                self._fresh.remove_ids(faiss.IDSelectorRange(0, step))
+                self._main_n += step
 
     def _sweep(self) -> None:
         """Expire slots whose TTL passed (cheap no-op until the earliest expiry)."""
@@ -399,9 +412,7 @@ class VectorStore:
         s_out[:, :kk] = np.where(i >= 0, slots[np.maximum(i, 0)], -1)
         return d_out, s_out
 
-    def _search_indexes(
-        self, q: F32, k: int, bitmap: Any, selectivity: float
-    ) -> tuple[F32, I64]:
+    def _search_indexes(self, q: F32, k: int, bitmap: Any, selectivity: float) -> tuple[F32, I64]:
         parts_d: list[F32] = []
         parts_i: list[I64] = []
         main = self._main
@@ -532,7 +543,7 @@ class VectorStore:
                     and built.recall is not None
                     and built.recall < self.target_recall
                 ):
-                    # PQ cannot reach the target on this data even re-ranked: exact SQ8 scan
+                    # the graph/PQ index misses the target on this data: exact SQ8 scan
                     alt = _index.build("sq8", x, self.metric, self.target_recall, seed=self.seed)
                     if alt.recall is not None and alt.recall > built.recall:
                         built = alt
@@ -547,7 +558,7 @@ class VectorStore:
                     with self._lock.read():
                         assert self._pending is not None
                         todo = self._pending[replayed:]
-                    if sum(len(p) for p in todo) < _FLUSH_AT:
+                    if sum(len(p) for p in todo) < _FLUSH_DEFAULT:
                         break
                     for part in todo:
                         built.index.add(part)
