@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Built", "build", "exact_topk", "make_params", "reconstruct"]
+__all__ = ["Built", "build", "exact_topk", "make_params", "reconstruct", "single_thread"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -46,6 +46,14 @@ class Built:
     recall: float | None = None  # estimated recall@k on the store's own data
     trained_on: int = 0
     build_seconds: float = 0.0
+    order: I64 | None = None  # FAISS id i holds row order[i] of the build matrix
+    _plain: tuple[Any, list[Any]] | None = None
+
+    def plain_params(self) -> tuple[Any, list[Any]]:
+        """The unfiltered search parameters, built once (read-only, shared by threads)."""
+        if self._plain is None:
+            self._plain = make_params(self.kind, self.params, None)
+        return self._plain
 
 
 def faiss_metric(metric: str) -> int:
@@ -106,21 +114,37 @@ def build(
     margin: float = 0.01,
     seed: int = 0,
 ) -> Built:
-    """Train ``kind`` on ``x`` (n, d), add all rows as ids 0..n-1, tune to ``target_recall``."""
+    """Train ``kind`` on ``x`` (n, d), add every row, tune to ``target_recall``.
+
+    ``tune_queries`` random rows are held out: the index is built on the others, tuned with
+    the held-out rows as queries (exact answers from ``faiss.knn``), then they are added
+    last. (Rows already in the index make easy queries: HNSW links and IVF cells are built
+    around them, so tuning on them overestimates recall.) ``built.order`` says which row
+    each FAISS id holds.
+    """
     t0 = time.perf_counter()
     n, dim = x.shape
     rng = np.random.default_rng(seed)
     index, desc = _new_index(kind, dim, metric, n)
+    held = min(tune_queries, n // 10) if kind != "flat" and n >= 20 * (k + 1) else 0
+    if held:
+        perm = rng.permutation(n)
+        order = np.concatenate([np.sort(perm[held:]), np.sort(perm[:held])]).astype(np.int64)
+        x = x[order]
+    else:
+        order = np.arange(n, dtype=np.int64)
     if not index.is_trained:
         index.train(_train_sample(x, kind, n, rng))
     step = 65_536
-    for lo in range(0, n, step):
-        index.add(x[lo : lo + step])
-    built = Built(index, kind, desc, trained_on=n)
+    for lo in range(0, n - held, step):
+        index.add(x[lo : min(lo + step, n - held)])
+    built = Built(index, kind, desc, trained_on=n, order=order)
     if kind == "flat":
         built.recall = 1.0
-    elif n > k + 1:
-        _tune(built, x, metric, min(target_recall + margin, 1.0), k, tune_queries, rng)
+    elif held:
+        _tune(built, x[: n - held], x[n - held :], metric, min(target_recall + margin, 1.0), k)
+    if held:
+        index.add(x[n - held :])
     built.build_seconds = time.perf_counter() - t0
     return built
 
@@ -135,38 +159,37 @@ def exact_topk(q: F32, x: F32, k: int, metric: str) -> tuple[F32, I64]:
     return d, i
 
 
-def _recall(found: I64, truth: I64, self_ids: I64, k: int) -> float:
-    total = 0.0
-    for row, t, s in zip(found, truth, self_ids, strict=True):
-        want = [v for v in t.tolist() if v != s and v >= 0][:k]
-        got = [v for v in row.tolist() if v != s and v >= 0][:k]
-        if want:
-            total += len(set(want) & set(got)) / len(want)
-        else:
-            total += 1.0
-    return total / len(found)
+def _recall(found: I64, truth: I64, k: int) -> float:
+    hits = 0
+    for row, t in zip(found, truth, strict=True):
+        hits += len(set(row[:k].tolist()) & set(t[:k].tolist()))
+    return hits / (k * len(found))
 
 
-def _tune(
-    built: Built,
-    x: F32,
-    metric: str,
-    target: float,
-    k: int,
-    nq: int,
-    rng: np.random.Generator,
-) -> None:
-    """Pick the fastest search parameters whose recall@k on a sample of the store's own
-    vectors (as queries, self-match excluded, exact answers from ``faiss.knn``) meets ``target``."""
-    nq = min(nq, len(x))
-    rows = rng.choice(len(x), nq, replace=False).astype(np.int64)
-    q = np.ascontiguousarray(x[rows])
-    _, truth = exact_topk(q, x, k + 1, metric)
+class single_thread:
+    """Run FAISS on one OpenMP thread in the calling thread (the ICV is per thread).
+
+    A single query gains nothing from a thread team, and on a busy machine the team's
+    barrier waits for a descheduled thread: p99 x10 (benches/memory_table.py, 2026-11)."""
+
+    def __enter__(self) -> None:
+        self._prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        faiss.omp_set_num_threads(self._prev)
+
+
+def _tune(built: Built, x: F32, q: F32, metric: str, target: float, k: int) -> None:
+    """Pick the fastest search parameters whose recall@k for the held-out queries ``q``
+    against ``x`` (exact answers from ``faiss.knn``) meets ``target``."""
+    nq = len(q)
+    _, truth = exact_topk(q, x, k, metric)
 
     def recall_of(params: dict[str, int]) -> float:
         p, _keep = make_params(built.kind, params, None)
-        _, found = built.index.search(q, k + 1, params=p)
-        return _recall(found, truth, rows, k)
+        _, found = built.index.search(q, k, params=p)
+        return _recall(found, truth, k)
 
     grids: list[dict[str, int]] = []
     if built.kind == "ivfpq":
@@ -205,10 +228,11 @@ def _tune(
     timed: list[tuple[float, dict[str, int], float]] = []
     for params, r in passing:
         p, _keep = make_params(built.kind, params, None)
-        t = time.perf_counter()
-        for i in range(min(nq, 64)):
-            built.index.search(q[i : i + 1], k, params=p)
-        timed.append((time.perf_counter() - t, params, r))
+        with single_thread():
+            t = time.perf_counter()
+            for i in range(min(nq, 64)):
+                built.index.search(q[i : i + 1], k, params=p)
+            timed.append((time.perf_counter() - t, params, r))
     timed.sort(key=lambda t: t[0])
     _, built.params, built.recall = timed[0]
 

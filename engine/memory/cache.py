@@ -169,6 +169,44 @@ class SemanticCache:
                 self._drop(victims)
                 self.evictions += len(victims)
 
+    def put_many(
+        self,
+        prompts: list[str],
+        values: list[Any],
+        kind: str = "response",
+        *,
+        ttl: float | None = None,
+        vectors: Any = None,
+    ) -> None:
+        """Cache many entries at once (one index insertion; for warming a cache)."""
+        if len(prompts) != len(values):
+            raise VectorStoreError(f"{len(prompts)} prompts for {len(values)} values")
+        life = ttl if ttl is not None else self.ttl
+        if life is not None and not life > 0:
+            raise VectorStoreError(f"ttl must be positive, got {life!r}")
+        vecs = (
+            self.embedder.embed(prompts)
+            if vectors is None
+            else np.asarray(vectors, np.float32).reshape(len(prompts), -1)
+        )
+        with self._lock:
+            stale = [self._exact[(kind, p)] for p in prompts if (kind, p) in self._exact]
+            if stale:
+                self._drop(stale)
+            first = self._next_id
+            self._next_id += len(prompts)
+            ids = list(range(first, first + len(prompts)))
+            self._store(kind).add(ids, vecs, ttl=life)
+            expires = time.time() + life if life is not None else float("inf")
+            for eid, p, v in zip(ids, prompts, values, strict=True):
+                self._entries[eid] = _Entry(eid, kind, p, v, expires)
+                self._exact[(kind, p)] = eid
+            over = len(self._entries) - self.max_entries
+            if over > 0:
+                victims = [e for _, e in zip(range(over), self._entries, strict=False)]
+                self._drop(victims)
+                self.evictions += len(victims)
+
     def _drop(self, ids: list[int]) -> None:
         by_kind: dict[str, list[int]] = {}
         for eid in ids:

@@ -17,9 +17,11 @@ meanwhile are replayed into the new index, which is then swapped in under a shor
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +54,27 @@ _FLUSH_AT = {"hnsw": 1024}
 _CHUNK = {"hnsw": 16}
 _FLUSH_DEFAULT = 256
 _NO_NS = -1
+# Batches are split over a pool of threads each running FAISS on one OpenMP thread:
+# dynamic scheduling beats OpenMP's static split on a shared machine, 2-4x batch QPS
+# (benches/memory_table.py, 2026-11). Up to _SMALL_BATCH queries run in the caller.
+_SMALL_BATCH = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1,
+                thread_name_prefix="vectorstore-search",
+                initializer=faiss.omp_set_num_threads,
+                initargs=(1,),
+            )
+        return _pool
+
+
 # What "auto" promotes to: measured in benches/bench_memory.py (see docs/memory.md).
 AUTO_KIND = "hnsw"
 
@@ -353,12 +376,21 @@ class VectorStore:
                 d, s = self._search_subset(q, k, bitmap[0], bitmap[1])
             else:
                 alive = max(1, self._n - self._dead)
-                d, s = self._search_indexes(
-                    q,
-                    k,
-                    None if bitmap is None else bitmap[0],
-                    1.0 if bitmap is None else bitmap[1] / alive,
-                )
+                bm = None if bitmap is None else bitmap[0]
+                sel = 1.0 if bitmap is None else bitmap[1] / alive
+                if nq <= _SMALL_BATCH:
+                    with _index.single_thread():
+                        d, s = self._search_indexes(q, k, bm, sel)
+                else:
+                    pool = _search_pool()
+                    step = max(8, -(-nq // (4 * (os.cpu_count() or 1))))
+                    futures = [
+                        pool.submit(self._search_indexes, q[lo : lo + step], k, bm, sel)
+                        for lo in range(0, nq, step)
+                    ]
+                    parts = [f.result() for f in futures]
+                    d = np.concatenate([p[0] for p in parts])
+                    s = np.concatenate([p[1] for p in parts])
             ids = np.empty_like(s)
             V.map_ids(s, self._ext, ids)
             return ids, d
@@ -420,7 +452,10 @@ class VectorStore:
             sel = None
             if bitmap is not None:
                 sel = faiss.IDSelectorBitmap(self._main_n, faiss.swig_ptr(bitmap))
-            params, keep = _index.make_params(main.kind, main.params, sel, selectivity)
+            if sel is None:
+                params, keep = main.plain_params()
+            else:
+                params, keep = _index.make_params(main.kind, main.params, sel, selectivity)
             d, i = main.index.search(q, k, params=params)
             del keep
             parts_d.append(d)
@@ -553,6 +588,8 @@ class VectorStore:
                         built = _index.build("flat", x, self.metric, 1.0)
                         self._auto_kind = "flat"
                 del x
+                if built.order is not None:
+                    alive_slots = alive_slots[built.order]
                 replayed = 0
                 while True:
                     with self._lock.read():
