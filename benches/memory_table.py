@@ -99,7 +99,10 @@ def engine_row(
 ) -> tuple[dict[str, Any], VectorStore]:
     t = time.perf_counter()
     vs = VectorStore(ds.base.shape[1], index=kind, target_recall=0.95, background=False)
-    vs.add(np.arange(len(ds.base)), ds.base)
+    ids = np.arange(len(ds.base))
+    small = ids % 100 == 7  # a namespace holding 1% (used by the filtered section)
+    vs.add(ids[small], ds.base[small], namespace="one-percent")
+    vs.add(ids[~small], ds.base[~small], namespace="rest")
     build = time.perf_counter() - t
     found, _ = vs.search(ds.queries, k=10)
     st = vs.stats()
@@ -189,13 +192,10 @@ def section_small(ds: Dataset) -> None:
     )
 
 
-def section_filtered(ds: Dataset, gt: np.ndarray) -> None:
-    n, dim = ds.base.shape
+def section_filtered(vs: VectorStore, ds: Dataset, gt: np.ndarray) -> None:
+    n = len(ds.base)
     ids = np.arange(n)
-    small = ids % 100 == 7  # a namespace holding 1% of the vectors
-    vs = VectorStore(dim, target_recall=0.95, background=False)
-    vs.add(ids[small], ds.base[small], namespace="one-percent")
-    vs.add(ids[~small], ds.base[~small], namespace="rest")
+    small = ids % 100 == 7  # the namespace holding 1% of the vectors (see engine_row)
     sub = ds.base[small]
     _, sub_gt = faiss.knn(ds.queries, sub, 10, metric=faiss.METRIC_INNER_PRODUCT)
     sub_gt = ids[small][sub_gt]
@@ -349,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         auto = section_table(ds, gt, args.kinds.split(","))
     if "small" in sections:
         section_small(ds)
+    if auto is None and ("filtered" in sections or "online" in sections):
+        _, auto = engine_row("auto", "auto", ds, gt)
     if "filtered" in sections:
-        section_filtered(ds, gt)
+        assert auto is not None
+        section_filtered(auto, ds, gt)
     if "online" in sections:
-        if auto is None:
-            auto = VectorStore(ds.base.shape[1], background=False)
-            auto.add(np.arange(len(ds.base)), ds.base)
+        assert auto is not None
         section_online(auto, ds)
     if "gil" in sections:
         section_gil()

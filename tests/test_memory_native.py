@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from types import ModuleType
 
 import numpy as np
@@ -172,3 +174,34 @@ def test_merge_topk_orders(V: ModuleType) -> None:
     assert oi.tolist() == [[3, 1, 2]]
     V.merge_topk(d, i, 3, False, od, oi)
     assert oi.tolist() == [[2, 1, 3]]
+
+
+@needs_native
+def test_native_releases_the_gil() -> None:
+    """Python code in another thread advances *during* one native call.
+
+    The native thread reads a counter just before and just after a single ``normalize``
+    call; the main thread spins incrementing it. Holding the GIL for the call would leave
+    the counter unchanged across it."""
+    assert NATIVE is not None
+    x = np.random.default_rng(0).standard_normal((60_000, 384)).astype(np.float32)
+    counter = [0]
+    started = threading.Event()
+    done = threading.Event()
+    delta: list[int] = []
+
+    def native() -> None:
+        started.set()
+        time.sleep(0.01)  # let the spinner start
+        before = counter[0]
+        NATIVE.normalize(x)
+        delta.append(counter[0] - before)
+        done.set()
+
+    th = threading.Thread(target=native)
+    th.start()
+    started.wait()
+    while not done.is_set():
+        counter[0] += 1
+    th.join()
+    assert delta[0] > 1000, delta

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(t) + "\n")
     (args.out / "README.md").write_text(
         f"# Built by benches/data/build_vectors.py\n\n- model: {model}\n"
-        f"- base: {len(base_t)} x {x.shape[1]}, queries: {len(query_t)}, exact top-{k} by IndexFlatIP\n"
+        f"- base: {len(base_t)} x {x.shape[1]}, queries: {len(query_t)}, "
+        f"exact top-{k} by IndexFlatIP\n"
     )
     print(f"wrote {args.out} ({len(base_t)} base, {len(query_t)} queries, {model})")
     return 0

@@ -626,8 +626,9 @@ class VectorStore:
         alive = np.zeros((len(ext) + 7) // 8 + 8, np.uint8)
         new_slots = np.flatnonzero(bits).astype(np.int64)
         V.bitmap_set(new_slots, alive)
-        old_to_new = dict(zip(order.tolist(), range(len(order)), strict=True))
-        meta = {old_to_new[s]: m for s, m in self._meta.items() if s in old_to_new}
+        old_to_new = np.full(max(n, 1), -1, np.int64)
+        old_to_new[order] = np.arange(len(order), dtype=np.int64)
+        meta = {int(old_to_new[s]): m for s, m in self._meta.items() if old_to_new[s] >= 0}
         self._ext, self._ns, self._expire, self._alive = ext, ns, expire, alive
         self._n = new_n
         self._dead = new_n - len(new_slots)
