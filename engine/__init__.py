@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from engine import errors
 from engine._native import HAS_NATIVE, native_info
+from engine.agents import Agent, Context, handler
 from engine.errors import (
     CorruptFileError,
     CycleError,
+    DeadlineExceeded,
     DecodeError,
     DimensionError,
     EmbeddingError,
@@ -19,9 +21,14 @@ from engine.errors import (
     InvalidVectorError,
     MailboxFull,
     NativeUnavailable,
+    QueryCancelled,
     RemoteError,
     RoutingError,
     SchedulerError,
+    ToolError,
+    ToolNotFound,
+    ToolTimeout,
+    ToolValidationError,
     UndeliverableError,
     UnknownIdError,
     VectorStoreError,
@@ -36,15 +43,22 @@ from engine.memory import (
     VectorStore,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.routing import Router, RouterC, RouterPy
+from engine.runtime import Query, QueryState, Runtime, Spawn, Transport, run
+from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
+from engine.tools import Tool, ToolRegistry, tool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HAS_NATIVE",
+    "Agent",
     "AgentId",
+    "Context",
     "ConversationMemory",
     "CorruptFileError",
     "CycleError",
+    "DeadlineExceeded",
     "DecodeError",
     "DimensionError",
     "EmbeddingError",
@@ -61,17 +75,38 @@ __all__ = [
     "MessageId",
     "NativeUnavailable",
     "OpenAIEmbedder",
+    "Query",
+    "QueryCancelled",
+    "QueryState",
     "RemoteError",
+    "Router",
+    "RouterC",
+    "RouterPy",
     "RoutingError",
+    "Runtime",
+    "Scheduler",
+    "SchedulerC",
     "SchedulerError",
+    "SchedulerPy",
     "SemanticCache",
     "SentenceTransformerEmbedder",
+    "Spawn",
+    "Tool",
+    "ToolError",
+    "ToolNotFound",
+    "ToolRegistry",
+    "ToolTimeout",
+    "ToolValidationError",
     "TopicId",
+    "Transport",
     "UndeliverableError",
     "UnknownIdError",
     "VectorStore",
     "VectorStoreError",
     "__version__",
     "errors",
+    "handler",
     "native_info",
+    "run",
+    "tool",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CorruptFileError",
     "CycleError",
+    "DeadlineExceeded",
     "DecodeError",
     "DimensionError",
     "EmbeddingError",
@@ -19,9 +20,14 @@ __all__ = [
     "InvalidVectorError",
     "MailboxFull",
     "NativeUnavailable",
+    "QueryCancelled",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "ToolError",
+    "ToolNotFound",
+    "ToolTimeout",
+    "ToolValidationError",
     "UndeliverableError",
     "UnknownIdError",
     "VectorStoreError",
@@ -119,3 +125,27 @@ class CorruptFileError(VectorStoreError):
 
 class EmbeddingError(VectorStoreError):
     """An embedder was given bad input or its backend failed (HTTP error, bad response)."""
+
+
+class DeadlineExceeded(EngineError, TimeoutError):
+    """A request's timeout or deadline passed before its reply arrived."""
+
+
+class QueryCancelled(EngineError):
+    """A query was cancelled or terminated; raised at its next step boundary."""
+
+
+class ToolError(EngineError):
+    """Base class of tool errors (unknown tool, invalid arguments, timeout)."""
+
+
+class ToolNotFound(ToolError, LookupError):
+    """No tool with the requested name is registered."""
+
+
+class ToolValidationError(ToolError, ValueError):
+    """Tool arguments do not match the tool's signature; the message names the field."""
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """A tool call ran longer than its timeout."""
