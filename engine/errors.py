@@ -8,12 +8,16 @@ live in Python, like ``zmq.error``).
 from __future__ import annotations
 
 __all__ = [
+    "CorruptFileError",
     "CycleError",
     "DeadlineExceeded",
     "DecodeError",
+    "DimensionError",
+    "EmbeddingError",
     "EncodeError",
     "EngineError",
     "InvalidTransition",
+    "InvalidVectorError",
     "MailboxFull",
     "NativeUnavailable",
     "QueryCancelled",
@@ -25,6 +29,8 @@ __all__ = [
     "ToolTimeout",
     "ToolValidationError",
     "UndeliverableError",
+    "UnknownIdError",
+    "VectorStoreError",
 ]
 
 
@@ -79,6 +85,46 @@ class RemoteError(EngineError):
 
 class InvalidTransition(EngineError):
     """A state machine was asked for a transition its current state does not allow."""
+
+
+class VectorStoreError(EngineError):
+    """A vector store, semantic cache or embedder request was invalid."""
+
+
+class DimensionError(VectorStoreError, ValueError):
+    """Vectors do not have the store's dimension (``expected`` vs ``got``)."""
+
+    def __init__(self, expected: int, got: int, what: str = "vectors") -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"{what} have dimension {got}, the store expects {expected}")
+
+
+class InvalidVectorError(VectorStoreError, ValueError):
+    """A vector holds NaN or infinity (``row`` is the first offending row)."""
+
+    def __init__(self, row: int, what: str = "vectors") -> None:
+        self.row = row
+        super().__init__(f"{what} row {row} holds NaN or infinity")
+
+
+class UnknownIdError(VectorStoreError, KeyError):
+    """Ids that are not in the store were named (``ids`` lists up to the first ten)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = list(ids)
+        super().__init__(f"unknown ids: {self.ids[:10]}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class CorruptFileError(VectorStoreError):
+    """A saved store could not be read back: truncated, not a store, or checksum mismatch."""
+
+
+class EmbeddingError(VectorStoreError):
+    """An embedder was given bad input or its backend failed (HTTP error, bad response)."""
 
 
 class DeadlineExceeded(EngineError, TimeoutError):
