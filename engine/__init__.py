@@ -8,6 +8,7 @@ from __future__ import annotations
 from engine import errors
 from engine._native import HAS_NATIVE, native_info
 from engine.errors import (
+    AuditError,
     CycleError,
     DecodeError,
     EncodeError,
@@ -18,15 +19,27 @@ from engine.errors import (
     RemoteError,
     RoutingError,
     SchedulerError,
+    TraceContextError,
     UndeliverableError,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.observe import (
+    AuditLog,
+    Metrics,
+    ObserveServer,
+    Sampler,
+    Tracer,
+    configure_logging,
+    log_context,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HAS_NATIVE",
     "AgentId",
+    "AuditError",
+    "AuditLog",
     "CycleError",
     "DecodeError",
     "EncodeError",
@@ -37,13 +50,20 @@ __all__ = [
     "MailboxFull",
     "Message",
     "MessageId",
+    "Metrics",
     "NativeUnavailable",
+    "ObserveServer",
     "RemoteError",
     "RoutingError",
+    "Sampler",
     "SchedulerError",
     "TopicId",
+    "TraceContextError",
+    "Tracer",
     "UndeliverableError",
     "__version__",
+    "configure_logging",
     "errors",
+    "log_context",
     "native_info",
 ]

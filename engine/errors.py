@@ -8,6 +8,7 @@ live in Python, like ``zmq.error``).
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
     "CycleError",
     "DecodeError",
     "EncodeError",
@@ -18,6 +19,7 @@ __all__ = [
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "TraceContextError",
     "UndeliverableError",
 ]
 
@@ -73,3 +75,18 @@ class RemoteError(EngineError):
 
 class InvalidTransition(EngineError):
     """A state machine was asked for a transition its current state does not allow."""
+
+
+class TraceContextError(EngineError, ValueError):
+    """A W3C ``traceparent`` value is malformed (the message says which rule it breaks)."""
+
+
+class AuditError(EngineError):
+    """An audit log failed verification or could not be appended to.
+
+    ``line`` is the 1-based line of the first bad record (0 when not about one record).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
