@@ -12,7 +12,11 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands (each has register(subparsers)).
-COMMANDS: tuple[str, ...] = ("engine._demo", "engine.observe._cli_audit")
+COMMANDS: tuple[str, ...] = (
+    "engine._demo",
+    "engine.observe._cli_audit",
+    "engine.observe._cli_bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

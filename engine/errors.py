@@ -13,6 +13,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "EngineError",
+    "GateError",
     "InvalidTransition",
     "MailboxFull",
     "NativeUnavailable",
@@ -90,3 +91,7 @@ class AuditError(EngineError):
     def __init__(self, message: str, line: int = 0) -> None:
         self.line = line
         super().__init__(f"line {line}: {message}" if line else message)
+
+
+class GateError(EngineError):
+    """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
