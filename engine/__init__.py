@@ -32,6 +32,8 @@ from engine.observe import (
     configure_logging,
     log_context,
 )
+from engine.routing import Router, RouterC, RouterPy
+from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
 
 __version__ = "0.1.0"
 
@@ -54,9 +56,15 @@ __all__ = [
     "NativeUnavailable",
     "ObserveServer",
     "RemoteError",
+    "Router",
+    "RouterC",
+    "RouterPy",
     "RoutingError",
     "Sampler",
+    "Scheduler",
+    "SchedulerC",
     "SchedulerError",
+    "SchedulerPy",
     "TopicId",
     "TraceContextError",
     "Tracer",

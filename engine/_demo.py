@@ -1,4 +1,4 @@
-"""``engine demo``: the main job. Until the orchestrator lands, an honest showcase of what exists."""
+"""``engine demo``: the main job; until the orchestrator lands, a showcase of what exists."""
 
 from __future__ import annotations
 
