@@ -71,14 +71,14 @@ def bench(repo: Path, *args: str) -> tuple[int, dict[str, object]]:
     return code, orjson.loads(report.read_bytes()) if report.exists() else {}
 
 
-TIMING = ("--compare", "HEAD", "--rounds", "2", "--max-time", "0.02")
+TIMING = ("--compare", "HEAD", "--rounds", "4", "--max-time", "0.02")
 
 
 def test_unchanged_tree_passes(repo: Path) -> None:
     code, report = bench(repo, *TIMING)
     (result,) = report["results"]  # type: ignore[misc]
     assert code == 0 and result["verdict"] == "ok"
-    assert len(result["base"]) == len(result["head"]) == 2  # interleaved rounds
+    assert len(result["base"]) == len(result["head"]) == 4  # interleaved rounds
     assert 0.85 < result["ratio"] < 1.15
 
 
@@ -137,7 +137,8 @@ def test_bad_options(argv: list[str]) -> None:
 
 def test_plain_run_writes_pytest_benchmark_json(repo: Path) -> None:
     out = repo.parent / "plain.json"
-    assert main(["bench", "--root", str(repo), "--json", str(out), "--", "benches"]) == 0
+    argv = ["bench", "--root", str(repo), "--json", str(out), "--max-time", "0.02", "benches"]
+    assert main(argv) == 0
     doc = orjson.loads(out.read_bytes())
     assert [b["name"] for b in doc["benchmarks"]] == ["test_work"]
     assert doc["benchmarks"][0]["stats"]["rounds"] >= 1
@@ -148,6 +149,8 @@ def test_judge_rules() -> None:
     assert r.verdict == "regressed" and r.noise < 0.02
     noisy = gate.judge(gate.BenchResult("y", [1.0, 1.0, 1.0], [1.05, 1.6, 1.12]), 0.1)
     assert noisy.verdict == "ok" and noisy.ratio == pytest.approx(1.12)
+    unpaired = gate.judge(gate.BenchResult("u", [1.0, 2.0], [3.0]), 0.1, paired=False)
+    assert unpaired.ratio == 2.0 and unpaired.noise == 0.0
     assert gate.judge(gate.BenchResult("z", [], [1.0]), 0.1).verdict == "new"
     assert gate.judge(gate.BenchResult("w", [1.0], []), 0.1).verdict == "missing"
     assert gate.judge(gate.BenchResult("v", [1.0], [0.5]), 0.1).verdict == "improved"

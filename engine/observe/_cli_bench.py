@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 report = gate.compare_timing(
                     base, head, paths, rounds=args.rounds, select=args.k,
-                    threshold=args.threshold, max_time=args.max_time, stat=args.stat, log=log,
+                    threshold=args.threshold, max_time=args.max_time or 0.05, stat=args.stat,
+                    log=log,
                 )
     except GateError as exc:
         print(f"engine bench: {exc}", file=sys.stderr)
@@ -117,6 +118,8 @@ def _plain(args: argparse.Namespace, root: Path, paths: list[Path]) -> int:
            "python_files=bench_*.py test_*.py", "--benchmark-only", f"--benchmark-json={out}"]
     if args.k:
         cmd += ["-k", args.k]
+    if args.max_time:
+        cmd += [f"--benchmark-max-time={args.max_time}"]
     code = subprocess.run(cmd, cwd=root).returncode
     print(f"benchmark JSON: {out}", file=sys.stderr)
     return code
@@ -147,10 +150,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--compare", metavar="REF", help="git ref to compare the working tree against")
     p.add_argument("--threshold", type=_fraction, default=gate.DEFAULT_THRESHOLD,
                    help="fail when slower by more than this beyond noise (0.1 or 10%%)")
-    p.add_argument("--rounds", type=_positive_int, default=5,
-                   help="interleaved pytest runs per side (timing mode)")
-    p.add_argument("--max-time", type=float, default=0.1,
-                   help="pytest-benchmark max time per benchmark and round")
+    p.add_argument("--rounds", type=_positive_int, default=15,
+                   help="interleaved rounds per side (timing mode)")
+    p.add_argument("--max-time", type=float, default=None,
+                   help="pytest-benchmark max time per benchmark (and round; compare: 0.05)")
     p.add_argument("--stat", choices=("min", "median", "mean"), default="min",
                    help="per-round statistic compared (timing mode)")
     p.add_argument("--instructions", action="store_true",

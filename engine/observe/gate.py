@@ -6,12 +6,12 @@ byte-identical (the common case) and built with ``setup.py build_ext --inplace``
 Both sides run head's benchmark files, each side importing its own ``engine`` (the tree root
 is the child's working directory and first ``PYTHONPATH`` entry; checked before measuring).
 
-Timing mode runs pytest-benchmark ``rounds`` times per side, interleaved (base, head, head,
-base, ...) so drift of a shared machine hits both alike. For each benchmark the ratio is
-``median(head) / median(base)`` of the per-round statistic (``min`` by default), and the
-noise is the standard error of that median, estimated from the median absolute deviation of
-the per-round ratios (paired by round). A benchmark regresses
-when ``ratio - noise > 1 + threshold``.
+Timing mode keeps one pytest process per side alive and runs pytest-benchmark in each
+``rounds`` times, alternating (base, head, head, base, ...) every fraction of a second, so
+the load of a shared machine hits both alike. Each round pairs base's and head's statistic
+(``min`` by default); the ratio is the median of the per-round ratios ``head / base`` and the
+noise the standard error of that median, estimated from their median absolute deviation.
+A benchmark regresses when ``ratio - noise > 1 + threshold``.
 
 Instruction mode (``--instructions``) counts instructions of the hot-path probes in
 ``benches/hotpath.py`` under ``valgrind --tool=callgrind``: deterministic, so the same
@@ -20,6 +20,7 @@ threshold applies with zero noise.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import io
 import math
@@ -235,33 +236,89 @@ def check_imports(side: Side) -> None:
 # -- timing mode ------------------------------------------------------------------------
 
 
-def run_pytest_benchmarks(
-    side: Side, paths: Sequence[Path], out: Path, *, select: str | None, max_time: float,
-    min_rounds: int, timeout: float = 1800,
-) -> tuple[dict[str, float], dict[str, dict[str, Any]], str]:
-    """One pytest-benchmark run of ``paths`` against ``side``: (stat by name, raw, output)."""
-    cmd = [
-        sys.executable, "-m", "pytest", *map(str, paths), "-q", "-p", "no:cacheprovider",
-        "-p", "no:randomly", "-p", "no:hypothesispytest",
-        "-o", "python_files=bench_*.py test_*.py", "--benchmark-only",
-        f"--benchmark-json={out}",
-        f"--benchmark-max-time={max_time}", f"--benchmark-min-rounds={min_rounds}",
-        "--benchmark-warmup=on", "--benchmark-disable-gc", "--continue-on-collection-errors",
-    ]
-    if select:
-        cmd += ["-k", select]
-    proc = subprocess.run(
-        cmd, cwd=side.root, env=child_env(side), capture_output=True, timeout=timeout
-    )
-    text = (proc.stdout + proc.stderr).decode(errors="replace")
-    # 1: some benchmark failed or did not import; 5: none ran (pytest-benchmark writes no JSON)
-    if proc.returncode not in (0, 1, 5):
-        raise GateError(f"{side.name}: pytest exited {proc.returncode}:\n{text[-3000:]}")
-    if not out.exists():
-        return {}, {}, text
-    doc = orjson.loads(out.read_bytes())
-    raw = {b["fullname"].split("::", 1)[-1]: b["stats"] for b in doc["benchmarks"]}
-    return {k: v["min"] for k, v in raw.items()}, raw, text
+#: A long-lived pytest process for one side: each stdin line is a JSON path to write; it
+#: answers with pytest's exit code on stdout (pytest's own output goes to stderr).
+_WORKER: Final = r"""
+import contextlib, sys
+import pytest
+args = sys.argv[1:]
+for line in sys.stdin:
+    out = line.strip()
+    if not out:
+        break
+    with contextlib.redirect_stdout(sys.stderr):
+        code = pytest.main([*args, "--benchmark-json=" + out])
+    sys.stdout.write(f"{int(code)}\n")
+    sys.stdout.flush()
+"""
+
+
+class _Worker:
+    """Runs pytest-benchmark again and again in one process importing ``side``'s engine.
+
+    Keeping the process alive makes a round cost ~the benchmarks themselves, so base and
+    head can alternate every fraction of a second and see the same machine load.
+    """
+
+    def __init__(
+        self, side: Side, paths: Sequence[Path], log_path: Path, *, select: str | None,
+        max_time: float, min_rounds: int,
+    ) -> None:
+        self.side = side
+        self.log_path = log_path
+        args = [
+            *map(str, paths), "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+            "-p", "no:hypothesispytest", "-o", "python_files=bench_*.py test_*.py",
+            "--benchmark-only", f"--benchmark-max-time={max_time}",
+            f"--benchmark-min-rounds={min_rounds}", "--benchmark-warmup=off",
+            "--benchmark-disable-gc", "--continue-on-collection-errors",
+        ]
+        if select:
+            args += ["-k", select]
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, *args], cwd=side.root, env=child_env(side),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+        )
+
+    def run(self, out: Path) -> tuple[dict[str, dict[str, Any]], bool]:
+        """One round: (stats by benchmark name, whether pytest reported failures)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{out}\n".encode())
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except BrokenPipeError:
+            answer = b""
+        if not answer:
+            self.close()
+            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+            raise GateError(f"{self.side.name}: benchmark process died:\n{tail}")
+        code = int(answer)
+        # 1: some benchmark failed or did not import; 5: none ran (no JSON is written then)
+        if code not in (0, 1, 5):
+            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+            raise GateError(f"{self.side.name}: pytest exited {code}:\n{tail}")
+        if not out.exists():
+            return {}, code == 1
+        doc = orjson.loads(out.read_bytes())
+        return {b["fullname"].split("::", 1)[-1]: b["stats"] for b in doc["benchmarks"]}, code == 1
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._log.close()
 
 
 def _failed(pytest_output: str) -> bool:
@@ -286,9 +343,12 @@ def judge(result: BenchResult, threshold: float, *, paired: bool = True) -> Benc
     if not result.base:
         result.verdict = "new"
         return result
-    result.ratio = statistics.median(result.head) / statistics.median(result.base)
     if paired and len(result.base) == len(result.head):
-        result.noise = _mad_noise([h / b for h, b in zip(result.head, result.base, strict=True)])
+        ratios = [h / b for h, b in zip(result.head, result.base, strict=True)]
+        result.ratio = statistics.median(ratios)
+        result.noise = _mad_noise(ratios)
+    else:
+        result.ratio = statistics.median(result.head) / statistics.median(result.base)
     if result.ratio - result.noise > 1 + threshold:
         result.verdict = "regressed"
     elif result.ratio + result.noise < 1 - threshold:
@@ -299,11 +359,15 @@ def judge(result: BenchResult, threshold: float, *, paired: bool = True) -> Benc
 
 
 def compare_timing(
-    base: Side, head: Side, paths: Sequence[Path], *, rounds: int = 5, select: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD, max_time: float = 0.1, min_rounds: int = 5,
+    base: Side, head: Side, paths: Sequence[Path], *, rounds: int = 15, select: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD, max_time: float = 0.05, min_rounds: int = 5,
     stat: str = "min", log: Any = print,
 ) -> GateReport:
-    """Run the benchmarks of ``paths`` on both sides, interleaved, and judge each one."""
+    """Run the benchmarks of ``paths`` on both sides, interleaved, and judge each one.
+
+    One long-lived pytest process per side; a first unrecorded round warms both up, then
+    ``rounds`` rounds alternate base/head, head/base, ...
+    """
     if rounds < 1:
         raise GateError("rounds must be >= 1")
     if not 0 < threshold < 10:
@@ -312,21 +376,30 @@ def compare_timing(
         check_imports(side)
     values: dict[str, dict[str, list[float]]] = {}
     errors: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
-        for i in range(rounds):
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, contextlib.ExitStack() as st:
+        workers = {}
+        for side in (base, head):
+            w = _Worker(side, paths, Path(tmp) / f"{side.name}.log", select=select,
+                        max_time=max_time, min_rounds=min_rounds)
+            st.callback(w.close)
+            workers[side.name] = w
+        for i in range(rounds + 1):
             order = (base, head) if i % 2 == 0 else (head, base)
             for side in order:
                 out = Path(tmp) / f"{side.name}-{i}.json"
-                _, raw, text = run_pytest_benchmarks(
-                    side, paths, out, select=select, max_time=max_time, min_rounds=min_rounds
-                )
-                if side is head and _failed(text) and not any("head:" in e for e in errors):
-                    errors.append("head: benchmarks failed or did not import:\n" + text[-2000:])
+                raw, failed = workers[side.name].run(out)
+                if i == 0:  # warm-up round: imports, caches, CPU frequency
+                    if failed and side is head:
+                        errors.append("head: benchmarks failed or did not import (see below)")
+                    continue
                 for name, stats in raw.items():
                     values.setdefault(name, {"base": [], "head": []})[side.name].append(
                         float(stats[stat])
                     )
-            log(f"round {i + 1}/{rounds} done")
+            if i:
+                log(f"round {i}/{rounds} done")
+        if errors:
+            errors.append(workers["head"].log_path.read_bytes()[-2000:].decode(errors="replace"))
     results = [
         judge(BenchResult(name, v["base"], v["head"]), threshold)
         for name, v in sorted(values.items())
