@@ -16,6 +16,7 @@ COMMANDS: tuple[str, ...] = (
     "engine._demo",
     "engine.observe._cli_audit",
     "engine.observe._cli_bench",
+    "engine.observe._cli_profile",
     "engine.observe.top",
 )
 
