@@ -7,18 +7,25 @@ from __future__ import annotations
 
 from engine import errors
 from engine._native import HAS_NATIVE, native_info
+from engine.agents import Agent, Context, handler
 from engine.errors import (
     AuditError,
     CycleError,
+    DeadlineExceeded,
     DecodeError,
     EncodeError,
     EngineError,
     InvalidTransition,
     MailboxFull,
     NativeUnavailable,
+    QueryCancelled,
     RemoteError,
     RoutingError,
     SchedulerError,
+    ToolError,
+    ToolNotFound,
+    ToolTimeout,
+    ToolValidationError,
     TraceContextError,
     UndeliverableError,
 )
@@ -33,16 +40,21 @@ from engine.observe import (
     log_context,
 )
 from engine.routing import Router, RouterC, RouterPy
+from engine.runtime import Query, QueryState, Runtime, Spawn, Transport, run
 from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
+from engine.tools import Tool, ToolRegistry, tool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HAS_NATIVE",
+    "Agent",
     "AgentId",
     "AuditError",
     "AuditLog",
+    "Context",
     "CycleError",
+    "DeadlineExceeded",
     "DecodeError",
     "EncodeError",
     "EngineError",
@@ -55,23 +67,38 @@ __all__ = [
     "Metrics",
     "NativeUnavailable",
     "ObserveServer",
+    "Query",
+    "QueryCancelled",
+    "QueryState",
     "RemoteError",
     "Router",
     "RouterC",
     "RouterPy",
     "RoutingError",
+    "Runtime",
     "Sampler",
     "Scheduler",
     "SchedulerC",
     "SchedulerError",
     "SchedulerPy",
+    "Spawn",
+    "Tool",
+    "ToolError",
+    "ToolNotFound",
+    "ToolRegistry",
+    "ToolTimeout",
+    "ToolValidationError",
     "TopicId",
     "TraceContextError",
     "Tracer",
+    "Transport",
     "UndeliverableError",
     "__version__",
     "configure_logging",
     "errors",
+    "handler",
     "log_context",
     "native_info",
+    "run",
+    "tool",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AuditError",
     "CycleError",
+    "DeadlineExceeded",
     "DecodeError",
     "EncodeError",
     "EngineError",
@@ -17,9 +18,14 @@ __all__ = [
     "InvalidTransition",
     "MailboxFull",
     "NativeUnavailable",
+    "QueryCancelled",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "ToolError",
+    "ToolNotFound",
+    "ToolTimeout",
+    "ToolValidationError",
     "TraceContextError",
     "UndeliverableError",
 ]
@@ -95,3 +101,27 @@ class AuditError(EngineError):
 
 class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
+
+
+class DeadlineExceeded(EngineError, TimeoutError):
+    """A request's timeout or deadline passed before its reply arrived."""
+
+
+class QueryCancelled(EngineError):
+    """A query was cancelled or terminated; raised at its next step boundary."""
+
+
+class ToolError(EngineError):
+    """Base class of tool errors (unknown tool, invalid arguments, timeout)."""
+
+
+class ToolNotFound(ToolError, LookupError):
+    """No tool with the requested name is registered."""
+
+
+class ToolValidationError(ToolError, ValueError):
+    """Tool arguments do not match the tool's signature; the message names the field."""
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """A tool call ran longer than its timeout."""

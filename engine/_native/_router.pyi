@@ -8,7 +8,6 @@ destinations)``: request ``i`` goes to ``destinations[offsets[i]:offsets[i + 1]]
 from collections.abc import Iterable
 from typing import Any, Never, final
 
-
 import numpy as np
 import numpy.typing as npt
 

@@ -316,20 +316,24 @@ class RouterPy:
         return self._match(self._topic_index(topic))
 
     def _match(self, idx: int) -> list[int]:
+        if not self._wild:
+            return sorted(self._exact[idx])
         found = set(self._exact[idx])
-        if self._wild:
-            segs = self._topic_segs[idx]
-            for pattern, counts in self._wild.items():
-                if _matches(pattern, segs):
-                    found.update(counts)
+        segs = self._topic_segs[idx]
+        for pattern, counts in self._wild.items():
+            if _matches(pattern, segs):
+                found.update(counts)
         return sorted(found)
 
     # -- batches --------------------------------------------------------------------------
 
     def _check_topic(self, handle: int, i: int, name: str = "targets") -> int:
         idx = handle & _MASK32
-        if handle < 0 or idx >= len(self._topic_gen) or self._topic_name[idx] is None or (
-            self._topic_gen[idx] != handle >> 32
+        if (
+            handle < 0
+            or idx >= len(self._topic_gen)
+            or self._topic_name[idx] is None
+            or (self._topic_gen[idx] != handle >> 32)
         ):
             raise RoutingError(f"{name}[{i}]: stale or invalid topic handle {handle}")
         return idx
