@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -180,6 +180,10 @@ class Metrics:
         """Count ``n`` messages of ``kind`` (a plain int add; exported on scrape)."""
         d = self._hot.messages
         d[kind] = d.get(kind, 0) + n
+
+    def set_message_totals(self, counts: Mapping[str, int]) -> None:
+        """Replace the totals of the given kinds (for owners that keep their own counters)."""
+        self._hot.messages.update(counts)
 
     def message_latency(self, seconds: float) -> None:
         """Record one message latency (buffered; folded into buckets on scrape)."""
