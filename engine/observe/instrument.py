@@ -137,5 +137,5 @@ def serve(
     if hasattr(source, "peers"):
         m = instrument_broker(cast(_BrokerLike, source), metrics)
     else:
-        m = instrument_runtime(cast(_RuntimeLike, source), metrics)
+        m = instrument_runtime(source, metrics)
     return ObserveServer(m, host=host, port=port).start()
