@@ -56,8 +56,15 @@ def test_hot_counters_exported_on_scrape() -> None:
     for _ in range(5):
         m.message("send")
     m.message("reply", 3)
+    m.hot.send += 2  # the int slots add to the same series
+    m.hot.publish += 1
+    m.message("nack")
     got = samples(m.exposition().decode(), "engine_messages_total")
-    assert got == {(("kind", "send"),): 5.0, (("kind", "reply"),): 3.0}
+    assert got == {
+        (("kind", "send"),): 7.0, (("kind", "reply"),): 3.0, (("kind", "publish"),): 1.0,
+        (("kind", "nack"),): 1.0,
+    }
+    assert m.messages_total() == {"send": 7, "reply": 3, "publish": 1, "nack": 1}
 
 
 def test_latency_is_batched_then_folded_into_buckets() -> None:

@@ -2,8 +2,9 @@
 
 Two kinds of recorder:
 
-* **hot path** (one call per message): :meth:`Metrics.message` and
-  :meth:`Metrics.message_latency` only add to plain Python ints / a short float list.
+* **hot path** (one per message): the int slots of :attr:`Metrics.hot`
+  (``m.hot.send += 1``), :meth:`Metrics.message` and :meth:`Metrics.message_latency` only
+  add to plain Python ints / a short float list.
   Nothing touches prometheus-client until a scrape: the registry reads the ints and folds
   the pending latencies into histogram buckets when it is collected. Call them from the
   thread that owns the runtime (the event loop); a scrape from another thread is safe.
@@ -29,6 +30,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "TASK_BUCKETS",
     "EngineRegistry",
+    "HotCounters",
     "Metrics",
     "default_metrics",
 ]
@@ -64,10 +66,31 @@ class EngineRegistry(CollectorRegistry):
         return super().collect()
 
 
+class HotCounters:
+    """Message counts as plain int slots: ``hot.send += 1`` is the whole cost (~20 ns).
+
+    The owner of a hot path (runtime, broker, node) keeps a reference and increments the
+    fields inline; the registry reads them at scrape time.
+    """
+
+    __slots__ = ("cancel", "error", "publish", "reply", "send")
+
+    def __init__(self) -> None:
+        self.send = 0
+        self.reply = 0
+        self.error = 0
+        self.publish = 0
+        self.cancel = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
 class _HotPath(Collector):
     """Plain-int message counters and a batched latency histogram, read at scrape time."""
 
     def __init__(self, buckets: Sequence[float]) -> None:
+        self.counters = HotCounters()
         self.messages: dict[str, int] = {}
         self.pending: list[float] = []
         self.bounds: list[float] = sorted(float(b) for b in buckets)
@@ -90,7 +113,7 @@ class _HotPath(Collector):
             "engine_messages", "Messages handled by kind (send, reply, error, publish, cancel).",
             labels=["kind"],
         )
-        for kind, n in sorted(self.messages.items()):
+        for kind, n in sorted(self.totals().items()):
             msgs.add_metric([kind], n)
         yield msgs
         with self.lock:
@@ -105,6 +128,13 @@ class _HotPath(Collector):
             buckets=cumulative,
             sum_value=total,
         )
+
+    def totals(self) -> dict[str, int]:
+        """Counts by kind: the int slots plus the dict of other kinds (zeros omitted)."""
+        out = {k: v for k, v in self.counters.as_dict().items() if v}
+        for kind, n in list(self.messages.items()):
+            out[kind] = out.get(kind, 0) + n
+        return out
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily("engine_messages", "", labels=["kind"])
@@ -176,8 +206,16 @@ class Metrics:
         )
 
     # -- hot path ---------------------------------------------------------------------------
+    @property
+    def hot(self) -> HotCounters:
+        """Int slots for the hottest paths: ``hot.send += 1`` (cheaper than any call)."""
+        return self._hot.counters
+
     def message(self, kind: str, n: int = 1) -> None:
-        """Count ``n`` messages of ``kind`` (a plain int add; exported on scrape)."""
+        """Count ``n`` messages of ``kind`` (a dict add, ~60 ns; exported on scrape).
+
+        On a per-message path prefer the :attr:`hot` slots, which avoid the call.
+        """
         d = self._hot.messages
         d[kind] = d.get(kind, 0) + n
 
@@ -222,8 +260,8 @@ class Metrics:
 
     # -- export -----------------------------------------------------------------------------
     def messages_total(self) -> dict[str, int]:
-        """A snapshot of the hot message counters by kind."""
-        return dict(self._hot.messages)
+        """A snapshot of the message counters by kind (zeros omitted)."""
+        return self._hot.totals()
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric (what ``/metrics`` serves)."""
