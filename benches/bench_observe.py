@@ -61,47 +61,47 @@ def report(benchmark: Any, bench_report: list[str], name: str, **figures: float)
 
 def bare(n: int) -> None:
     x = 0
-    for _ in range(n):
-        x += 1
+    for i in range(n):
+        x ^= i
 
 
 def hot_counter(n: int) -> None:
     hot = _M.hot
     x = 0
-    for _ in range(n):
-        x += 1
+    for i in range(n):
+        x ^= i
         hot.send += 1
 
 
 def dict_counter(n: int) -> None:
     m = _M
     x = 0
-    for _ in range(n):
-        x += 1
+    for i in range(n):
+        x ^= i
         m.message("send")
 
 
 def prom_counter(n: int) -> None:
     c = _C.labels("send")
     x = 0
-    for _ in range(n):
-        x += 1
+    for i in range(n):
+        x ^= i
         c.inc()
 
 
 def hot_latency(n: int) -> None:
     m = _M
     x = 0
-    for _ in range(n):
-        x += 1
+    for i in range(n):
+        x ^= i
         m.message_latency(0.0001)
 
 
 def prom_latency(n: int) -> None:
     h = _H
     x = 0
-    for _ in range(n):
-        x += 1
+    for i in range(n):
+        x ^= i
         h.observe(0.0001)
 
 
