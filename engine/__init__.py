@@ -9,6 +9,7 @@ from engine import errors
 from engine._native import HAS_NATIVE, native_info
 from engine.agents import Agent, Context, handler
 from engine.errors import (
+    AuditError,
     CorruptFileError,
     CycleError,
     DeadlineExceeded,
@@ -29,6 +30,7 @@ from engine.errors import (
     ToolNotFound,
     ToolTimeout,
     ToolValidationError,
+    TraceContextError,
     UndeliverableError,
     UnknownIdError,
     VectorStoreError,
@@ -43,6 +45,15 @@ from engine.memory import (
     VectorStore,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.observe import (
+    AuditLog,
+    Metrics,
+    ObserveServer,
+    Sampler,
+    Tracer,
+    configure_logging,
+    log_context,
+)
 from engine.routing import Router, RouterC, RouterPy
 from engine.runtime import Query, QueryState, Runtime, Spawn, Transport, run
 from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
@@ -54,6 +65,8 @@ __all__ = [
     "HAS_NATIVE",
     "Agent",
     "AgentId",
+    "AuditError",
+    "AuditLog",
     "Context",
     "ConversationMemory",
     "CorruptFileError",
@@ -73,7 +86,9 @@ __all__ = [
     "MailboxFull",
     "Message",
     "MessageId",
+    "Metrics",
     "NativeUnavailable",
+    "ObserveServer",
     "OpenAIEmbedder",
     "Query",
     "QueryCancelled",
@@ -84,6 +99,7 @@ __all__ = [
     "RouterPy",
     "RoutingError",
     "Runtime",
+    "Sampler",
     "Scheduler",
     "SchedulerC",
     "SchedulerError",
@@ -98,14 +114,18 @@ __all__ = [
     "ToolTimeout",
     "ToolValidationError",
     "TopicId",
+    "TraceContextError",
+    "Tracer",
     "Transport",
     "UndeliverableError",
     "UnknownIdError",
     "VectorStore",
     "VectorStoreError",
     "__version__",
+    "configure_logging",
     "errors",
     "handler",
+    "log_context",
     "native_info",
     "run",
     "tool",
