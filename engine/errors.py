@@ -15,6 +15,7 @@ __all__ = [
     "InvalidTransition",
     "MailboxFull",
     "NativeUnavailable",
+    "ProtocolError",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
@@ -73,3 +74,7 @@ class RemoteError(EngineError):
 
 class InvalidTransition(EngineError):
     """A state machine was asked for a transition its current state does not allow."""
+
+
+class ProtocolError(EngineError, ValueError):
+    """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""

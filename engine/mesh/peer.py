@@ -1,0 +1,589 @@
+"""An asyncio mesh peer: one DEALER socket that submits work, hosts agents, or both.
+
+I/O is batched: the socket's file descriptor wakes the loop, which then drains every
+waiting message with NOBLOCK; everything a loop iteration produces (submissions, replies,
+acks) leaves as one multipart message per kind, flushed once via ``call_soon``. No
+per-message awaits touch ZeroMQ.
+
+:class:`engine.mesh.MeshClient` and :class:`engine.mesh.Node` are this class with other
+defaults; ``Runtime(mesh=...)`` uses it with the runtime as host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+import zmq
+
+from engine.errors import (
+    DecodeError,
+    EngineError,
+    ProtocolError,
+    RemoteError,
+    UndeliverableError,
+)
+from engine.mesh import protocol as P
+from engine.mesh.protocol import DisconnectCode, FrameKind, NackCode, NackItem, Role
+from engine.mesh.security import CurveClient
+from engine.messages import (
+    AgentId,
+    Codec,
+    Envelope,
+    ErrorInfo,
+    Kind,
+    MessageId,
+    MessageIds,
+    TopicId,
+    decode_payload,
+    encode_payload,
+)
+
+__all__ = ["Host", "MeshPeer", "decode_reply"]
+
+log = logging.getLogger("engine.mesh.peer")
+
+_FINAL_NACKS = {
+    NackCode.UNROUTABLE: "unroutable",
+    NackCode.DEAD_LETTERED: "dead-lettered",
+    NackCode.FORBIDDEN: "forbidden",
+    NackCode.EXPIRED: "expired",
+}
+
+
+class Host(Protocol):
+    """What a peer needs from whatever runs its agents (AgentHost, or a Runtime)."""
+
+    @property
+    def types(self) -> Sequence[str]: ...
+
+    @property
+    def subscriptions(self) -> Sequence[str]: ...
+
+    async def handle(self, envelope: Envelope) -> Envelope | None:
+        """Run one delivered envelope; return the REPLY/ERROR envelope for a SEND."""
+        ...
+
+
+class _Out:
+    __slots__ = ("acks", "deliver", "nacks", "other", "reply")
+
+    def __init__(self) -> None:
+        self.deliver: list[bytes] = []
+        self.reply: list[bytes] = []
+        self.acks: list[MessageId] = []
+        self.nacks: list[NackItem] = []
+        self.other: list[list[bytes]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.deliver or self.reply or self.acks or self.nacks or self.other)
+
+
+class MeshPeer:
+    """A peer of the mesh. ``await start()`` connects and registers; ``await close()`` leaves.
+
+    As a client: :meth:`send` (request/reply), :meth:`publish`, :meth:`request` (raw
+    envelopes). As a node: pass ``host``; deliveries run on it with at most
+    ``concurrency`` at a time, and the broker never has more than ``2 * concurrency``
+    outstanding here. A delivery already executed here (same envelope id) is answered
+    from a bounded cache instead of running again.
+    """
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        name: str | None = None,
+        role: Role | str = Role.ORCHESTRATOR,
+        host: Host | None = None,
+        concurrency: int = 64,
+        heartbeat: float = 0.5,
+        curve: CurveClient | None = None,
+        hmac_key: bytes | None = None,
+        max_frame: int = P.MAX_FRAME,
+        idempotency_cache: int = 100_000,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.connect = connect
+        self.name = name or f"peer-{os.urandom(4).hex()}"
+        self.role = Role(role)
+        self.host = host
+        self.concurrency = concurrency
+        self.heartbeat = heartbeat
+        self.curve = curve
+        self.hmac_key = hmac_key
+        self.ids = MessageIds()
+        self.broker_id: str | None = None
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("executed", "duplicates", "replies", "resent", "reconnects", "malformed"), 0
+        )
+        self._codec = Codec(max_frame)
+        self._sock: zmq.Socket[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._out = _Out()
+        self._flush_scheduled = False
+        self._registered = asyncio.Event()
+        self._last_heard = 0.0
+        self._last_register = 0.0
+        self._tick_task: asyncio.Task[None] | None = None
+        self._fatal: EngineError | None = None
+        self._closing = False
+        # client side
+        self._window = 0
+        self._window_free = asyncio.Event()
+        self._unacked: dict[MessageId, bytes] = {}
+        self._requests: dict[MessageId, tuple[bytes, asyncio.Future[Envelope]]] = {}
+        self._publishes: dict[MessageId, asyncio.Future[None]] = {}
+        # node side
+        self._sem = asyncio.Semaphore(concurrency)
+        self._running: set[MessageId] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: OrderedDict[MessageId, bytes | None] = OrderedDict()
+        self._cache_size = idempotency_cache
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect and register; raises ``TimeoutError`` if no broker answers in time."""
+        self._loop = asyncio.get_running_loop()
+        self._open()
+        self._tick_task = self._loop.create_task(self._ticker())
+        try:
+            await asyncio.wait_for(self._registered.wait(), timeout)
+        except TimeoutError:
+            await self.close(graceful=False)
+            raise TimeoutError(
+                f"no mesh broker answered at {self.connect} within {timeout} s"
+            ) from None
+        if self._fatal is not None:
+            err = self._fatal
+            await self.close(graceful=False)
+            raise err
+
+    async def close(self, graceful: bool = True, timeout: float = 5.0) -> None:
+        """Leave the mesh: finish running deliveries (when graceful), then DISCONNECT."""
+        if self._closing:
+            return
+        self._closing = True
+        if graceful and self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        if self._sock is not None:
+            if graceful:
+                self._flush()
+                self._send(P.frames(FrameKind.DISCONNECT, P.encode(
+                    P.Disconnect(DisconnectCode.LEAVING, "closing"))))
+            self._close_socket(linger=200 if graceful else 0)
+        err = UndeliverableError("mesh peer closed")
+        for _, fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for pfut in self._publishes.values():
+            if not pfut.done():
+                pfut.set_exception(err)
+        self._requests.clear()
+        self._publishes.clear()
+
+    async def __aenter__(self) -> MeshPeer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _open(self) -> None:
+        assert self._loop is not None
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 200_000)
+        sock.setsockopt(zmq.RCVHWM, 200_000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.connect(self.connect)
+        self._sock = sock
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self._drain)
+        self._last_heard = time.monotonic()
+        self._send_register()
+
+    def _close_socket(self, linger: int = 0) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        sock.close(linger)
+
+    def _send_register(self) -> None:
+        self._last_register = time.monotonic()
+        host = self.host
+        reg = P.Register(
+            name=self.name,
+            role=self.role,
+            types=list(host.types) if host else [],
+            subscriptions=list(host.subscriptions) if host else [],
+            origins=[self.ids.origin],
+            credit=2 * self.concurrency if host else 0,
+            heartbeat_ms=int(self.heartbeat * 1000),
+        )
+        self._send(P.frames(FrameKind.REGISTER, P.encode(reg)))
+
+    async def _ticker(self) -> None:
+        hb = P.frames(FrameKind.HEARTBEAT)
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            now = time.monotonic()
+            if self._sock is None:
+                continue
+            if now - self._last_heard > 3 * self.heartbeat:
+                log.info("%s: broker silent for %.2f s; reconnecting", self.name,
+                         now - self._last_heard)
+                self.stats["reconnects"] += 1
+                self._registered.clear()
+                self._close_socket()
+                self._open()
+                continue
+            if not self._registered.is_set() and now - self._last_register > 1.0:
+                self._send_register()
+            self._send(list(hb))
+            self._flush()
+            self._drain()
+
+    # -- input -----------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        recv = sock.recv_multipart
+        for _ in range(4096):
+            try:
+                msg = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                return
+            self._last_heard = time.monotonic()
+            try:
+                self._on_message(msg)
+            except (ProtocolError, DecodeError) as exc:
+                self.stats["malformed"] += 1
+                log.warning("%s: dropped malformed message from broker: %s", self.name, exc)
+        else:
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
+        if self._out:
+            self._flush()
+
+    def _on_message(self, msg: list[bytes]) -> None:
+        kind, bodies = P.parse(msg, self.hmac_key)
+        if kind is FrameKind.DELIVER:
+            self._on_deliver(bodies)
+        elif kind is FrameKind.REPLY:
+            self._on_reply(bodies)
+        elif kind is FrameKind.ACK:
+            self._on_ack(P.decode_ids(bodies))
+        elif kind is FrameKind.NACK:
+            self._on_nack(P.decode_nacks(bodies))
+        elif kind is FrameKind.REGISTER:
+            self._on_welcome(P.decode_welcome(bodies))
+        elif kind is FrameKind.DISCONNECT:
+            self._on_disconnect(P.decode_disconnect(bodies))
+
+    def _on_welcome(self, welcome: P.Welcome) -> None:
+        previous, self.broker_id = self.broker_id, welcome.broker
+        self._window = welcome.credit
+        self._registered.set()
+        self._window_free.set()
+        if previous is not None:
+            # Re-registered (broker restarted, or it forgot us): resend everything unanswered.
+            pending = list(self._unacked.values())
+            pending += [data for mid, (data, _) in self._requests.items()
+                        if mid not in self._unacked]
+            if pending:
+                log.info("%s: re-registered; resending %d messages", self.name, len(pending))
+                self.stats["resent"] += len(pending)
+                self._out.deliver.extend(pending)
+
+    def _on_disconnect(self, msg: P.Disconnect) -> None:
+        code = msg.code
+        if code in (DisconnectCode.UNKNOWN_PEER, DisconnectCode.SHUTDOWN):
+            self._registered.clear()
+            if code == DisconnectCode.UNKNOWN_PEER:
+                self._send_register()
+            return
+        self._fatal = EngineError(f"broker refused this peer: {msg.reason}")
+        log.error("%s: %s", self.name, self._fatal)
+        self._registered.set()  # wake start() so it raises
+
+    # -- client side -----------------------------------------------------------------
+
+    async def _submit(self, data: bytes, mid: MessageId) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        while len(self._unacked) >= self._window or not self._registered.is_set():
+            self._window_free.clear()
+            await self._window_free.wait()
+            if self._fatal is not None:
+                raise self._fatal
+        self._unacked[mid] = data
+        self._out.deliver.append(data)
+        self._schedule_flush()
+
+    async def request(self, envelope: Envelope, timeout: float | None = None) -> Envelope:
+        """Send a SEND envelope; return its REPLY or ERROR envelope."""
+        assert self._loop is not None, "start() the peer first"
+        data = self._codec.encode(envelope)
+        fut: asyncio.Future[Envelope] = self._loop.create_future()
+        mid = envelope.id
+        self._requests[mid] = (data, fut)
+        try:
+            await self._submit(data, mid)
+            return await asyncio.wait_for(fut, timeout) if timeout else await fut
+        finally:
+            self._requests.pop(mid, None)
+            self._unacked.pop(mid, None)
+
+    async def send(
+        self,
+        message: Any,
+        to: AgentId,
+        *,
+        timeout: float | None = None,
+        reply_type: Any = None,
+    ) -> Any:
+        """Request/reply to an agent on any node; returns the decoded reply message.
+
+        ``to.key == "*"`` lets the broker pick any instance of the type. A handler error
+        raises :class:`RemoteError`; no route raises :class:`UndeliverableError`.
+        """
+        env = Envelope(
+            self.ids.next(), Kind.SEND, recipient=to,
+            deadline=time.time() + timeout if timeout else 0.0,
+            payload_type=type(message).__name__, payload=encode_payload(message),
+        )
+        return decode_reply(await self.request(env, timeout), reply_type)
+
+    async def publish(self, message: Any, topic: TopicId | str) -> None:
+        """Publish to a topic; returns once the broker has handed it to every subscriber."""
+        assert self._loop is not None, "start() the peer first"
+        if isinstance(topic, str):
+            topic = TopicId(topic)
+        env = Envelope(self.ids.next(), Kind.PUBLISH, topic=topic,
+                       payload_type=type(message).__name__, payload=encode_payload(message))
+        data = self._codec.encode(env)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._publishes[env.id] = fut
+        try:
+            await self._submit(data, env.id)
+            await fut
+        finally:
+            self._publishes.pop(env.id, None)
+            self._unacked.pop(env.id, None)
+
+    def _on_ack(self, ids: list[MessageId]) -> None:
+        unacked, pubs = self._unacked, self._publishes
+        for mid in ids:
+            unacked.pop(mid, None)
+            fut = pubs.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if len(unacked) < self._window:
+            self._window_free.set()
+
+    def _on_nack(self, items: list[NackItem]) -> None:
+        for item in items:
+            mid = item.id
+            data = self._unacked.pop(mid, None)
+            if item.code == NackCode.BUSY and data is not None:
+                assert self._loop is not None
+                self._loop.call_later(0.05, self._resubmit, mid, data)
+                continue
+            label = _FINAL_NACKS.get(NackCode(item.code), "refused") if item.code in \
+                NackCode._value2member_map_ else "refused"
+            err = UndeliverableError(f"{label}: {item.reason}")
+            req = self._requests.get(mid)
+            if req is not None and not req[1].done():
+                req[1].set_exception(err)
+            pub = self._publishes.get(mid)
+            if pub is not None and not pub.done():
+                pub.set_exception(err)
+        self._window_free.set()
+
+    def _resubmit(self, mid: MessageId, data: bytes) -> None:
+        if mid in self._requests or mid in self._publishes:
+            self._unacked[mid] = data
+            self._out.deliver.append(data)
+            self._schedule_flush()
+
+    def _on_reply(self, bodies: list[bytes]) -> None:
+        decode, requests = self._codec.decode, self._requests
+        for body in bodies:
+            env = decode(body)
+            corr = env.correlation
+            if corr is None:
+                raise ProtocolError("REPLY envelope without correlation")
+            self._unacked.pop(corr, None)
+            req = requests.get(corr)
+            if req is not None and not req[1].done():
+                self.stats["replies"] += 1
+                req[1].set_result(env)
+        self._window_free.set()
+
+    # -- node side -------------------------------------------------------------------
+
+    def _on_deliver(self, bodies: list[bytes]) -> None:
+        host = self.host
+        decode = self._codec.decode
+        for body in bodies:
+            try:
+                env = decode(body)
+            except DecodeError as exc:
+                self.stats["malformed"] += 1
+                log.warning("%s: undecodable delivery dropped: %s", self.name, exc)
+                continue
+            mid = env.id
+            if mid in self._done:
+                self.stats["duplicates"] += 1
+                cached = self._done[mid]
+                if cached is None:
+                    self._out.acks.append(mid)
+                else:
+                    self._out.reply.append(cached)
+                continue
+            if mid in self._running:
+                self.stats["duplicates"] += 1
+                continue
+            if host is None or self._closing:
+                self._out.nacks.append(NackItem(mid, NackCode.REJECTED, "not hosting agents"))
+                continue
+            self._running.add(mid)
+            assert self._loop is not None
+            task = self._loop.create_task(self._execute(host, env))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._schedule_flush()
+
+    async def _execute(self, host: Host, env: Envelope) -> None:
+        async with self._sem:
+            try:
+                reply = await host.handle(env)
+            except Exception as exc:  # the host failed, not the handler: report as ERROR
+                reply = error_reply(env, exc, self.ids.next())
+        self.stats["executed"] += 1
+        mid = env.id
+        self._running.discard(mid)
+        data: bytes | None = None
+        if env.kind is Kind.SEND and reply is not None:
+            data = self._codec.encode(reply)
+            self._out.reply.append(data)
+        else:
+            self._out.acks.append(mid)
+        done = self._done
+        done[mid] = data
+        if len(done) > self._cache_size:
+            done.popitem(last=False)
+        self._schedule_flush()
+
+    # -- output ----------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self._sock is None:
+            return
+        self._out = _Out()
+        limit = P.MAX_BODIES
+        msgs = out.other
+        if out.nacks:
+            msgs.append(P.frames(FrameKind.NACK, P.encode_nacks(out.nacks)))
+        if out.acks:
+            msgs.append(P.frames(FrameKind.ACK, P.encode_ids(out.acks)))
+        for kind, bodies in ((FrameKind.REPLY, out.reply), (FrameKind.DELIVER, out.deliver)):
+            for i in range(0, len(bodies), limit):
+                msgs.append(P.frames(kind, *bodies[i : i + limit]))
+        for i, frames in enumerate(msgs):
+            if not self._send(frames):
+                self._out.other.extend(msgs[i:])  # retried by the next tick
+                break
+        sock = self._sock
+        if sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            assert self._loop is not None
+            self._loop.call_soon(self._drain)
+
+    def _send(self, frames: list[bytes]) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        if self.hmac_key is not None:
+            P.sign(frames, self.hmac_key)
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            if self.hmac_key is not None:  # unsign: it will be signed again on retry
+                frames[1] = bytes([frames[1][0] & 0x7F])
+                frames.pop()
+            return False
+        return True
+
+
+def error_reply(env: Envelope, exc: BaseException, mid: MessageId) -> Envelope:
+    """The ERROR envelope answering ``env`` for a handler that raised ``exc``."""
+    info = ErrorInfo(type(exc).__name__, str(exc))
+    return Envelope(mid, Kind.ERROR, sender=env.recipient, recipient=env.sender,
+                    correlation=env.id, payload_type="ErrorInfo",
+                    payload=msgspec.Raw(msgspec.msgpack.encode(info)))
+
+
+_TYPES: dict[str, type] = {}
+
+
+def _message_class(name: str) -> type | None:
+    from engine.messages import Message
+
+    cls = _TYPES.get(name)
+    if cls is None:
+        todo: deque[type] = deque(Message.__subclasses__())
+        while todo:
+            c = todo.popleft()
+            _TYPES.setdefault(c.__name__, c)
+            todo.extend(c.__subclasses__())
+        cls = _TYPES.get(name)
+    return cls
+
+
+def decode_reply(env: Envelope, reply_type: Any = None) -> Any:
+    """The message inside a REPLY envelope; raises :class:`RemoteError` for an ERROR one."""
+    if env.kind is Kind.ERROR:
+        try:
+            info = decode_payload(env.payload, ErrorInfo)
+        except DecodeError:
+            raise RemoteError("UnknownError", "undecodable error reply") from None
+        raise RemoteError(info.type_name, info.message)
+    if reply_type is None:
+        if env.payload_type == "" or env.payload == b"\xc0" or not bytes(env.payload):
+            return None
+        reply_type = _message_class(env.payload_type)
+        if reply_type is None:
+            return env.payload
+    return decode_payload(env.payload, reply_type)
