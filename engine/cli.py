@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands (each has register(subparsers)).
-COMMANDS: tuple[str, ...] = ("engine._demo",)
+COMMANDS: tuple[str, ...] = ("engine._demo", "engine.mesh._cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,6 +126,7 @@ class Broker:
         max_frame: int = P.MAX_FRAME,
         max_queued: int = 1_000_000,
         route_timeout: float = 10.0,
+        startup_grace: float | None = None,
         hmac_key: bytes | None = None,
         policy: str = "least_outstanding",
         batch: int = 2048,
@@ -138,6 +139,8 @@ class Broker:
         self.max_frame = max_frame
         self.max_queued = max_queued
         self.route_timeout = route_timeout
+        # After a (re)start, unknown types wait this long for their nodes to re-register.
+        self.startup_grace = startup_grace if startup_grace is not None else max(2.0, 4 * heartbeat)
         self.hmac_key = hmac_key
         self.policy = policy
         self.batch = batch
@@ -510,8 +513,13 @@ class Broker:
         target = self._choose(recipient, d)
         if target is None:
             type_ = recipient.type
-            if type_ in self._known_types or time.monotonic() - self._started < self.route_timeout:
-                self._parked.setdefault(type_, deque()).append((time.monotonic(), d))
+            now = time.monotonic()
+            if type_ in self._known_types:
+                expiry = now + self.route_timeout
+            else:
+                expiry = self._started + self.startup_grace
+            if now < expiry:
+                self._parked.setdefault(type_, deque()).append((expiry, d))
                 self._queued += 1
             else:
                 self._finish(d, NackCode.UNROUTABLE, f"no node hosts agent type {type_!r}")
@@ -702,10 +710,15 @@ class Broker:
             elif due:
                 self._queue_raw(peer.ident, list(hb))
         for type_, parked in list(self._parked.items()):
-            while parked and now - parked[0][0] > self.route_timeout:
-                self._queued -= 1
-                d = parked.popleft()[1]
-                self._finish(d, NackCode.UNROUTABLE, f"no node hosts agent type {type_!r}")
+            if any(expiry <= now for expiry, _ in parked):
+                keep: deque[tuple[float, _Delivery]] = deque()
+                for expiry, d in parked:
+                    if expiry > now:
+                        keep.append((expiry, d))
+                        continue
+                    self._queued -= 1
+                    self._finish(d, NackCode.UNROUTABLE, f"no node hosts agent type {type_!r}")
+                parked = self._parked[type_] = keep
             if not parked:
                 del self._parked[type_]
 

@@ -381,20 +381,24 @@ class MeshPeer:
 
     async def publish(self, message: Any, topic: TopicId | str) -> None:
         """Publish to a topic; returns once the broker has handed it to every subscriber."""
-        assert self._loop is not None, "start() the peer first"
         if isinstance(topic, str):
             topic = TopicId(topic)
         env = Envelope(self.ids.next(), Kind.PUBLISH, topic=topic,
                        payload_type=type(message).__name__, payload=encode_payload(message))
-        data = self._codec.encode(env)
+        await self.submit(env)
+
+    async def submit(self, envelope: Envelope) -> None:
+        """Submit any envelope; returns once the broker handed it on (its ACK)."""
+        assert self._loop is not None, "start() the peer first"
+        data = self._codec.encode(envelope)
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._publishes[env.id] = fut
+        self._publishes[envelope.id] = fut
         try:
-            await self._submit(data, env.id)
+            await self._submit(data, envelope.id)
             await fut
         finally:
-            self._publishes.pop(env.id, None)
-            self._unacked.pop(env.id, None)
+            self._publishes.pop(envelope.id, None)
+            self._unacked.pop(envelope.id, None)
 
     def _on_ack(self, ids: list[MessageId]) -> None:
         unacked, pubs = self._unacked, self._publishes

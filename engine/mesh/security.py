@@ -29,7 +29,7 @@ from engine.mesh.protocol import Role
 __all__ = ["CurveClient", "CurveServer", "generate_keys"]
 
 DEFAULT_NAMES = ("orchestrator", "worker", "monitor")
-_ROLE_RX = re.compile(rb'^\s*role\s*=\s*"([a-z]+)"', re.M)
+_ROLE_RX = re.compile(rb'^\s*role\s*=\s*"?([a-z]+)"?', re.M)
 
 
 def generate_keys(directory: str | Path, names: tuple[str, ...] = DEFAULT_NAMES) -> list[Path]:
@@ -48,6 +48,10 @@ def generate_keys(directory: str | Path, names: tuple[str, ...] = DEFAULT_NAMES)
             role = name if name in {r.value for r in Role} else Role.WORKER.value
             meta = {} if name == "broker" else {"role": role}
             pub, sec = zmq.auth.create_certificates(str(root), name, metadata=meta)
+            if meta:  # pyzmq writes metadata to the secret file only; the broker reads public
+                text = Path(pub).read_text()
+                line = f'    role = "{role}"\n'
+                Path(pub).write_text(text.replace("metadata\n", "metadata\n" + line, 1))
             written += [Path(pub), Path(sec)]
             Path(sec).chmod(0o600)
         if name != "broker":
