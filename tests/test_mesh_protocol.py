@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -91,7 +93,5 @@ def test_random_frames_only_ever_raise_protocol_error(msg: list[bytes], keyed: b
         return
     assert isinstance(kind, FrameKind) and isinstance(bodies, list)
     for decoder in (P.decode_register, P.decode_ids, P.decode_nacks, P.decode_credit):
-        try:
+        with contextlib.suppress(ProtocolError):
             decoder(bodies)
-        except ProtocolError:
-            pass
