@@ -136,8 +136,11 @@ def run_dlq(args: argparse.Namespace) -> int:
         done: list[int] = []
         try:
             for d in letters:
-                env = msgspec.structs.replace(decode(d.envelope), attempt=0)
-                await client.submit(env)
+                # a fresh id from this tool: the message never completed, and the reply
+                # (awaited, then discarded) comes back here
+                env = msgspec.structs.replace(decode(d.envelope), id=client.ids.next(),
+                                              attempt=0)
+                await asyncio.wait_for(client.submit(env), args.timeout)
                 done.append(d.id)
         finally:
             store.remove_dead(done)
@@ -202,6 +205,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--curve-dir", default=None)
     p.add_argument("--id", dest="ids", type=int, action="append", default=None)
     p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per replayed message")
     p.set_defaults(func=run_dlq)
 
 

@@ -571,7 +571,7 @@ class Broker:
                 n += 1
                 inflight[d.key] = d
                 out.deliver.append(d.data)
-                if d.source:
+                if d.source and d.env.kind is not Kind.SEND:  # a SEND's REPLY is its ACK
                     src = self._out.get(d.source)
                     if src is None:
                         src = self._out[d.source] = _Out()

@@ -387,9 +387,48 @@ class MeshPeer:
                        payload_type=type(message).__name__, payload=encode_payload(message))
         await self.submit(env)
 
-    async def submit(self, envelope: Envelope) -> None:
-        """Submit any envelope; returns once the broker handed it on (its ACK)."""
+    async def tell(self, message: Any, to: AgentId) -> None:
+        """One-way to one agent (no reply); returns once the broker handed it to a node."""
+        env = Envelope(self.ids.next(), Kind.PUBLISH, recipient=to,
+                       payload_type=type(message).__name__, payload=encode_payload(message))
+        await self.submit(env)
+
+    async def tell_many(self, messages: Sequence[Any], to: AgentId) -> int:
+        """Batch one-way: queue every message, awaiting only when the window is full.
+
+        Returns once the broker has accepted (handed on) all of them; the count accepted.
+        """
         assert self._loop is not None, "start() the peer first"
+        ids, encode, unacked = self.ids, self._codec.encode, self._unacked
+        pending: list[MessageId] = []
+        for message in messages:
+            env = Envelope(ids.next(), Kind.PUBLISH, recipient=to,
+                           payload_type=type(message).__name__, payload=encode_payload(message))
+            if len(unacked) >= self._window or not self._registered.is_set():
+                await self._submit(encode(env), env.id)
+            else:
+                data = encode(env)
+                unacked[env.id] = data
+                self._out.deliver.append(data)
+                self._schedule_flush()
+            pending.append(env.id)
+        while unacked:
+            self._window_free.clear()
+            await self._window_free.wait()
+            if self._fatal is not None:
+                raise self._fatal
+        return len(pending)
+
+    async def submit(self, envelope: Envelope) -> None:
+        """Submit any envelope; returns once the broker handed it on (its ACK).
+
+        A SEND is settled by its REPLY instead (the broker never ACKs a SEND): this awaits
+        the reply and discards it — use :meth:`request` to see it.
+        """
+        assert self._loop is not None, "start() the peer first"
+        if envelope.kind is Kind.SEND:
+            await self.request(envelope)
+            return
         data = self._codec.encode(envelope)
         fut: asyncio.Future[None] = self._loop.create_future()
         self._publishes[envelope.id] = fut

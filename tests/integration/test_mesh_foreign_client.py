@@ -69,7 +69,6 @@ def test_raw_pyzmq_msgspec_client_joins_serves_and_calls() -> None:
             env = ["v1", ["rawc", 1], SEND, None, ["echo", "x"], None, None, 0, 0.0, "", 0, "",
                    "Ping", ping]
             client.send_multipart([SIG, bytes([DELIVER]), enc.encode(env)])
-            assert dec.decode(recv_kind(client, ACK)[0]) == [["rawc", 1]]
             reply = dec.decode(recv_kind(client, REPLY)[0])
             assert reply[0] == "v1" and reply[2] == REPLY_KIND and reply[6] == ["rawc", 1]
             assert reply[12] == "Pong" and reply[13]["n"] == 42
@@ -86,13 +85,19 @@ def test_raw_pyzmq_msgspec_client_joins_serves_and_calls() -> None:
             got = dec.decode(recv_kind(client, REPLY)[0])
             assert got[6] == ["rawc", 2] and got[13]["n"] == 14
 
-            # 3) a worker may not submit: the broker NACKs with FORBIDDEN (code 4)
+            # 3) a one-way message (PUBLISH with a recipient) is ACKed once handed to a node
+            tell = ["v1", ["rawc", 3], 4, None, ["echo", "x"], None, None, 0, 0.0, "", 0, "",
+                    "Ping", ping]
+            client.send_multipart([SIG, bytes([DELIVER]), enc.encode(tell)])
+            assert dec.decode(recv_kind(client, ACK)[0]) == [["rawc", 3]]
+
+            # 4) a worker may not submit: the broker NACKs with FORBIDDEN (code 4)
             worker.send_multipart([SIG, bytes([DELIVER]), enc.encode(
                 ["v1", ["raww", 2], SEND, None, ["echo", "x"]])])
             nack = dec.decode(recv_kind(worker, NACK)[0])
             assert nack[0][0] == ["raww", 2] and nack[0][1] == 4
 
-            # 4) a frame of an unknown protocol version gets DISCONNECT BAD_VERSION (3)
+            # 5) a frame of an unknown protocol version gets DISCONNECT BAD_VERSION (3)
             client.send_multipart([b"AEM\x09", bytes([HEARTBEAT])])
             bye = dec.decode(recv_kind(client, DISCONNECT)[0])
             assert bye["code"] == 3 and "version" in bye["reason"]
