@@ -123,7 +123,7 @@ def run_raw(keys: str | None) -> dict[str, float]:
             # one-way
             t0 = time.perf_counter()
             send = sock.send_multipart
-            for i in range(ONEWAY_N):
+            for _ in range(ONEWAY_N):
                 send([b"O", b"", BLOB])
             send([b"E", b"", b""])
             send([b"E", b"", b""])
@@ -135,7 +135,7 @@ def run_raw(keys: str | None) -> dict[str, float]:
             assert counted == ONEWAY_N
             # sequential round trips
             lat: list[float] = []
-            for i in range(SEQ_N):
+            for _ in range(SEQ_N):
                 t = time.perf_counter()
                 send([b"R", b"1", BLOB])
                 sock.recv_multipart()
