@@ -96,9 +96,10 @@ def test_random_and_truncated_frames_do_not_stop_the_broker(broker: Broker) -> N
         [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(1, 5))]
         for _ in range(300)
     ]
-    junk += [[P.SIGNATURE, bytes([k]), rng.randbytes(rng.randrange(0, 30))] for k in range(1, 9)]
-    junk += [[P.SIGNATURE, bytes([P.FrameKind.DELIVER]), good[:n]] for n in range(len(good))]
-    junk += [[P.SIGNATURE, bytes([P.FrameKind.REGISTER]), b"\x81\xa4name\xc0"]]
+    junk += [[P.header(k), rng.randbytes(rng.randrange(0, 30))] for k in range(0, 12)]
+    junk += [[P.header(P.FrameKind.DELIVER), good[:n]] for n in range(len(good))]
+    junk += [[P.header(P.FrameKind.REGISTER), b"\x81\xa4name\xc0"]]
+    junk += [[P.header(P.FrameKind.ACK)[:n]] for n in range(5)]
 
     async def main() -> None:
         ctx = zmq.Context.instance()
@@ -170,9 +171,9 @@ class _Rejecter:
         while True:
             if self.sock.poll(0):
                 msg = self.sock.recv_multipart()
-                if msg[1][0] == P.FrameKind.DELIVER:
+                if msg[0] == P.header(P.FrameKind.DELIVER):
                     items = [P.NackItem(msgspec.msgpack.decode(b, type=Envelope).id,
-                                        P.NackCode.REJECTED, "no") for b in msg[2:]]
+                                        P.NackCode.REJECTED, "no") for b in msg[1:]]
                     self.sock.send_multipart(P.frames(P.FrameKind.NACK, P.encode_nacks(items)))
             else:
                 await asyncio.sleep(0.002)

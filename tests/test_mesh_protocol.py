@@ -17,7 +17,7 @@ from engine.messages import MessageId
 
 def test_frames_roundtrip_and_bodies() -> None:
     msg = P.frames(FrameKind.DELIVER, b"a", b"b")
-    assert msg[0] == b"AEM\x01"
+    assert msg[0] == b"AEM\x01\x03" and len(msg) == 3
     kind, bodies = P.parse(msg)
     assert kind is FrameKind.DELIVER and bodies == [b"a", b"b"]
     ids = [MessageId("o", 1), MessageId("o", 2)]
@@ -37,7 +37,8 @@ def test_register_is_a_forward_compatible_map() -> None:
 def test_signed_messages_verify_and_tampering_is_caught() -> None:
     key = b"secret"
     msg = P.sign(P.frames(FrameKind.REPLY, b"body"), key)
-    assert msg[1][0] & 0x80 and len(msg[-1]) == 32
+    assert msg[0][4] & 0x80 and len(msg[-1]) == 32
+    assert P.unsign(list(msg)) == P.frames(FrameKind.REPLY, b"body")
     kind, bodies = P.parse(list(msg), key)
     assert kind is FrameKind.REPLY and bodies == [b"body"]
     tampered = list(msg)
@@ -53,13 +54,14 @@ def test_signed_messages_verify_and_tampering_is_caught() -> None:
 @pytest.mark.parametrize(
     ("msg", "match"),
     [
-        ([b"AEM\x01"], "at least 2"),
-        ([b"HTTP", b"\x01"], "bad signature"),
-        ([b"AEM\x02", b"\x01"], "unsupported protocol version 2"),
-        ([b"AEM\x01", b"\x01\x02"], "kind frame has 2 bytes"),
-        ([b"AEM\x01", b"\x63"], "unknown frame kind 99"),
-        ([b"AEM\x01", bytes([0x83])], "without a MAC"),
-        ([b"AEM\x01", b"\x03", *[b"x"] * (P.MAX_BODIES + 1)], "exceed the limit"),
+        ([], "empty message"),
+        ([b"HTTP/"], "bad header"),
+        ([b"AEM\x01"], "bad header"),
+        ([b"AEM\x01\x01\x02"], "bad header"),
+        ([b"AEM\x02\x01"], "unsupported protocol version 2"),
+        ([b"AEM\x01\x63"], "unknown frame kind 99"),
+        ([b"AEM\x01\x83"], "without a MAC"),
+        ([b"AEM\x01\x03", *[b"x"] * (P.MAX_BODIES + 1)], "exceed the limit"),
     ],
 )
 def test_bad_frames_raise_protocol_error(msg: list[bytes], match: str) -> None:

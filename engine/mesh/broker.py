@@ -280,7 +280,7 @@ class Broker:
 
     def _on_curve_message(self, parts: list[zmq.Frame]) -> None:
         msg = [p.bytes for p in parts]
-        if len(msg) > 2 and msg[2][:1] == bytes([FrameKind.REGISTER]):
+        if len(msg) > 1 and len(msg[1]) == P.HEADER_SIZE and msg[1][4] == FrameKind.REGISTER:
             try:
                 role = Role(str(parts[1].get("User-Id")))
             except (ValueError, zmq.ZMQError):

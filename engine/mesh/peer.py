@@ -600,8 +600,7 @@ class MeshPeer:
             sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             if self.hmac_key is not None:  # unsign: it will be signed again on retry
-                frames[1] = bytes([frames[1][0] & 0x7F])
-                frames.pop()
+                P.unsign(frames)
             return False
         return True
 

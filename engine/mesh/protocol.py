@@ -3,9 +3,9 @@
 Peers (nodes, clients) hold a ZeroMQ DEALER socket connected to the broker's ROUTER.
 Every ZeroMQ message, in either direction, is a multipart message::
 
-    frame 0   b"AEM\\x01"          signature + protocol version (4 bytes)
-    frame 1   kind                 one byte (``FrameKind``); bit 0x80 set = signed (HMAC)
-    frame 2.. bodies               MessagePack, kind-specific (zero or more)
+    frame 0   b"AEM\\x01" + kind    header: signature, protocol version, kind (5 bytes);
+                                   kind bit 0x80 set = signed (HMAC)
+    frame 1.. bodies               MessagePack, kind-specific (zero or more)
     last      mac                  only when signed: HMAC-SHA256 over the frames before it
 
 The ROUTER side additionally sees (and prepends) the peer's routing id, as ZeroMQ does.
@@ -43,6 +43,7 @@ __all__ = [
     "encode_ids",
     "encode_nacks",
     "frames",
+    "header",
     "parse",
     "sign",
 ]
@@ -56,6 +57,7 @@ MAX_BODIES: Final = 4096
 #: Size of the HMAC-SHA256 trailer of a signed message.
 MAC_SIZE: Final = 32
 SIGNED: Final = 0x80
+HEADER_SIZE: Final = 5
 
 
 class FrameKind(enum.IntEnum):
@@ -151,18 +153,32 @@ _welcome_dec = msgspec.msgpack.Decoder(Welcome)
 _disconnect_dec = msgspec.msgpack.Decoder(Disconnect)
 _int_dec = msgspec.msgpack.Decoder(int)
 
-_KINDS: Final = [bytes([k]) for k in range(256)]
+# PERF: signature and kind share one header frame: each frame is a zmq_msg_send/recv,
+# and 3 -> 2 frames saved ~6 us per hop (in-process DEALER->ROUTER loop, 2026-11).
+_HEADERS: Final = [SIGNATURE + bytes([k]) for k in range(256)]
+
+
+def header(kind: int) -> bytes:
+    """Frame 0 of a message of ``kind``."""
+    return _HEADERS[kind]
 
 
 def frames(kind: FrameKind, *bodies: bytes) -> list[bytes]:
     """The frames of one unsigned message (without the routing id)."""
-    return [SIGNATURE, _KINDS[kind], *bodies]
+    return [_HEADERS[kind], *bodies]
 
 
 def sign(msg: list[bytes], key: bytes) -> list[bytes]:
     """Sign ``msg`` (as built by :func:`frames`) in place: set bit 0x80, append the MAC."""
-    msg[1] = _KINDS[msg[1][0] | SIGNED]
+    msg[0] = _HEADERS[msg[0][4] | SIGNED]
     msg.append(_mac(key, msg))
+    return msg
+
+
+def unsign(msg: list[bytes]) -> list[bytes]:
+    """Undo :func:`sign` (to re-sign after a failed send)."""
+    msg[0] = _HEADERS[msg[0][4] & ~SIGNED]
+    msg.pop()
     return msg
 
 
@@ -180,16 +196,14 @@ def parse(msg: list[bytes], key: bytes | None = None) -> tuple[FrameKind, list[b
     ``msg`` excludes the routing id. With ``key`` set, only correctly signed messages
     pass. Raises :class:`ProtocolError` naming the problem.
     """
-    if len(msg) < 2:
-        raise ProtocolError(f"message has {len(msg)} frame(s); at least 2 expected")
-    sig = msg[0]
-    if sig != SIGNATURE:
-        if len(sig) == 4 and sig[:3] == b"AEM":
-            raise ProtocolError(f"unsupported protocol version {sig[3]} (speaking {VERSION})")
-        raise ProtocolError("bad signature frame: not an agent-engine mesh message")
-    if len(msg[1]) != 1:
-        raise ProtocolError(f"kind frame has {len(msg[1])} bytes; 1 expected")
-    raw = msg[1][0]
+    if not msg:
+        raise ProtocolError("empty message: a header frame is expected")
+    head = msg[0]
+    if len(head) != HEADER_SIZE or head[:4] != SIGNATURE:
+        if len(head) >= 4 and head[:3] == b"AEM" and head[3] != VERSION:
+            raise ProtocolError(f"unsupported protocol version {head[3]} (speaking {VERSION})")
+        raise ProtocolError("bad header frame: not an agent-engine mesh message")
+    raw = head[4]
     try:
         kind = FrameKind(raw & ~SIGNED)
     except ValueError:
@@ -198,15 +212,15 @@ def parse(msg: list[bytes], key: bytes | None = None) -> tuple[FrameKind, list[b
     if key is not None:
         if not signed:
             raise ProtocolError("unsigned message while HMAC signatures are required")
-        if len(msg) < 3 or not hmac.compare_digest(msg[-1], _mac(key, msg[:-1])):
+        if len(msg) < 2 or not hmac.compare_digest(msg[-1], _mac(key, msg[:-1])):
             raise ProtocolError("bad HMAC signature")
-        bodies = msg[2:-1]
+        bodies = msg[1:-1]
     elif signed:
-        if len(msg) < 3 or len(msg[-1]) != MAC_SIZE:
+        if len(msg) < 2 or len(msg[-1]) != MAC_SIZE:
             raise ProtocolError("signed message without a MAC trailer")
-        bodies = msg[2:-1]
+        bodies = msg[1:-1]
     else:
-        bodies = msg[2:]
+        bodies = msg[1:]
     if len(bodies) > MAX_BODIES:
         raise ProtocolError(f"{len(bodies)} bodies exceed the limit of {MAX_BODIES}")
     return kind, bodies

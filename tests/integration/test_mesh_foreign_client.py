@@ -36,14 +36,14 @@ def recv_kind(sock: zmq.Socket[Any], kind: int, timeout: float = 10.0) -> list[b
     while time.monotonic() < deadline:
         if sock.poll(100):
             frames = sock.recv_multipart()
-            assert frames[0] == SIG
-            if frames[1][0] == kind:
-                return frames[2:]
+            assert frames[0][:4] == SIG and len(frames[0]) == 5
+            if frames[0][4] == kind:
+                return frames[1:]
     raise AssertionError(f"no frame of kind {kind} within {timeout} s")
 
 
 def register(sock: zmq.Socket[Any], **fields: Any) -> dict[str, Any]:
-    sock.send_multipart([SIG, bytes([REGISTER]), enc.encode(fields)])
+    sock.send_multipart([SIG + bytes([REGISTER]), enc.encode(fields)])
     welcome: dict[str, Any] = dec.decode(recv_kind(sock, REGISTER)[0])
     return welcome
 
@@ -68,7 +68,7 @@ def test_raw_pyzmq_msgspec_client_joins_serves_and_calls() -> None:
             ping = {"@type": "Ping", "n": 41}
             env = ["v1", ["rawc", 1], SEND, None, ["echo", "x"], None, None, 0, 0.0, "", 0, "",
                    "Ping", ping]
-            client.send_multipart([SIG, bytes([DELIVER]), enc.encode(env)])
+            client.send_multipart([SIG + bytes([DELIVER]), enc.encode(env)])
             reply = dec.decode(recv_kind(client, REPLY)[0])
             assert reply[0] == "v1" and reply[2] == REPLY_KIND and reply[6] == ["rawc", 1]
             assert reply[12] == "Pong" and reply[13]["n"] == 42
@@ -76,29 +76,29 @@ def test_raw_pyzmq_msgspec_client_joins_serves_and_calls() -> None:
             # 2) call the raw worker through the broker: it sees DELIVER and answers REPLY
             env2 = ["v1", ["rawc", 2], SEND, None, ["rawecho", "*"], None, None, 0, 0.0, "", 0,
                     "", "Ping", {"@type": "Ping", "n": 7}]
-            client.send_multipart([SIG, bytes([DELIVER]), enc.encode(env2)])
+            client.send_multipart([SIG + bytes([DELIVER]), enc.encode(env2)])
             delivered = dec.decode(recv_kind(worker, DELIVER)[0])
             assert delivered[1] == ["rawc", 2] and delivered[4] == ["rawecho", "*"]
             answer = ["v1", ["raww", 1], REPLY_KIND, delivered[4], None, None, delivered[1],
                       0, 0.0, "", 0, "", "Pong", {"@type": "Pong", "n": delivered[13]["n"] * 2}]
-            worker.send_multipart([SIG, bytes([REPLY]), enc.encode(answer)])
+            worker.send_multipart([SIG + bytes([REPLY]), enc.encode(answer)])
             got = dec.decode(recv_kind(client, REPLY)[0])
             assert got[6] == ["rawc", 2] and got[13]["n"] == 14
 
             # 3) a one-way message (PUBLISH with a recipient) is ACKed once handed to a node
             tell = ["v1", ["rawc", 3], 4, None, ["echo", "x"], None, None, 0, 0.0, "", 0, "",
                     "Ping", ping]
-            client.send_multipart([SIG, bytes([DELIVER]), enc.encode(tell)])
+            client.send_multipart([SIG + bytes([DELIVER]), enc.encode(tell)])
             assert dec.decode(recv_kind(client, ACK)[0]) == [["rawc", 3]]
 
             # 4) a worker may not submit: the broker NACKs with FORBIDDEN (code 4)
-            worker.send_multipart([SIG, bytes([DELIVER]), enc.encode(
+            worker.send_multipart([SIG + bytes([DELIVER]), enc.encode(
                 ["v1", ["raww", 2], SEND, None, ["echo", "x"]])])
             nack = dec.decode(recv_kind(worker, NACK)[0])
             assert nack[0][0] == ["raww", 2] and nack[0][1] == 4
 
             # 5) a frame of an unknown protocol version gets DISCONNECT BAD_VERSION (3)
-            client.send_multipart([b"AEM\x09", bytes([HEARTBEAT])])
+            client.send_multipart([b"AEM\x09" + bytes([HEARTBEAT])])
             bye = dec.decode(recv_kind(client, DISCONNECT)[0])
             assert bye["code"] == 3 and "version" in bye["reason"]
         finally:
