@@ -12,6 +12,7 @@ from engine.mesh.node import Node
 from engine.mesh.peer import Host, MeshPeer, decode_reply
 from engine.mesh.protocol import FrameKind, NackCode, Role
 from engine.mesh.security import generate_keys
+from engine.mesh.transport import MeshTransport
 
 __all__ = [
     "AgentHost",
@@ -21,6 +22,7 @@ __all__ = [
     "MeshClient",
     "MeshContext",
     "MeshPeer",
+    "MeshTransport",
     "NackCode",
     "Node",
     "Role",

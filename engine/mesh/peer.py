@@ -46,7 +46,7 @@ from engine.messages import (
     encode_payload,
 )
 
-__all__ = ["Host", "MeshPeer", "decode_reply"]
+__all__ = ["Host", "MeshPeer", "Sink", "decode_reply"]
 
 log = logging.getLogger("engine.mesh.peer")
 
@@ -70,6 +70,15 @@ class Host(Protocol):
     async def handle(self, envelope: Envelope) -> Envelope | None:
         """Run one delivered envelope; return the REPLY/ERROR envelope for a SEND."""
         ...
+
+
+class Sink(Protocol):
+    """Where a transport-mode peer hands inbound envelopes (the runtime's TransportHost)."""
+
+    @property
+    def origin(self) -> str: ...
+
+    def deliver(self, envelope: Envelope) -> None: ...
 
 
 class _Out:
@@ -136,6 +145,7 @@ class MeshPeer:
         self._tick_task: asyncio.Task[None] | None = None
         self._fatal: EngineError | None = None
         self._closing = False
+        self._forgotten = False
         # client side
         self._window = 0
         self._window_free = asyncio.Event()
@@ -148,6 +158,11 @@ class MeshPeer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: OrderedDict[MessageId, bytes | None] = OrderedDict()
         self._cache_size = idempotency_cache
+        # transport mode (Runtime(mesh=...)): inbound envelopes go to a sink
+        self._sink: Sink | None = None
+        self._backlog: deque[tuple[MessageId, bytes]] = deque()
+        self.announced: dict[str, None] = {}
+        self.patterns: dict[str, None] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -232,13 +247,16 @@ class MeshPeer:
     def _send_register(self) -> None:
         self._last_register = time.monotonic()
         host = self.host
+        types = list(host.types) if host else list(self.announced)
+        subs = list(host.subscriptions) if host else list(self.patterns)
+        serving = host is not None or self._sink is not None
         reg = P.Register(
             name=self.name,
             role=self.role,
-            types=list(host.types) if host else [],
-            subscriptions=list(host.subscriptions) if host else [],
+            types=types,
+            subscriptions=subs,
             origins=[self.ids.origin],
-            credit=2 * self.concurrency if host else 0,
+            credit=2 * self.concurrency if serving else 0,
             heartbeat_ms=int(self.heartbeat * 1000),
         )
         self._send(P.frames(FrameKind.REGISTER, P.encode(reg)))
@@ -255,6 +273,7 @@ class MeshPeer:
                          now - self._last_heard)
                 self.stats["reconnects"] += 1
                 self._registered.clear()
+                self._forgotten = True
                 self._close_socket()
                 self._open()
                 continue
@@ -310,7 +329,10 @@ class MeshPeer:
         self._window = welcome.credit
         self._registered.set()
         self._window_free.set()
-        if previous is not None:
+        if self._backlog:
+            self._pump()
+        forgotten, self._forgotten = self._forgotten, False
+        if previous is not None and (forgotten or previous != welcome.broker):
             # Re-registered (broker restarted, or it forgot us): resend everything unanswered.
             pending = list(self._unacked.values())
             pending += [data for mid, (data, _) in self._requests.items()
@@ -324,6 +346,7 @@ class MeshPeer:
         code = msg.code
         if code in (DisconnectCode.UNKNOWN_PEER, DisconnectCode.SHUTDOWN):
             self._registered.clear()
+            self._forgotten = True
             if code == DisconnectCode.UNKNOWN_PEER:
                 self._send_register()
             return
@@ -448,6 +471,8 @@ class MeshPeer:
                 fut.set_result(None)
         if len(unacked) < self._window:
             self._window_free.set()
+        if self._backlog:
+            self._pump()
 
     def _on_nack(self, items: list[NackItem]) -> None:
         for item in items:
@@ -466,7 +491,14 @@ class MeshPeer:
             pub = self._publishes.get(mid)
             if pub is not None and not pub.done():
                 pub.set_exception(err)
+            if req is None and pub is None and self._sink is not None and data is not None:
+                self._sink.deliver(Envelope(
+                    self.ids.next(), Kind.ERROR, correlation=mid, payload_type="ErrorInfo",
+                    payload=msgspec.Raw(msgspec.msgpack.encode(
+                        ErrorInfo(UndeliverableError.__name__, str(err))))))
         self._window_free.set()
+        if self._backlog:
+            self._pump()
 
     def _resubmit(self, mid: MessageId, data: bytes) -> None:
         if mid in self._requests or mid in self._publishes:
@@ -481,12 +513,65 @@ class MeshPeer:
             corr = env.correlation
             if corr is None:
                 raise ProtocolError("REPLY envelope without correlation")
-            self._unacked.pop(corr, None)
+            if self._unacked.pop(corr, None) is None and self._sink is not None:
+                continue  # a duplicate reply (after a resend): the sink already has one
             req = requests.get(corr)
-            if req is not None and not req[1].done():
+            if req is not None:
+                if not req[1].done():
+                    self.stats["replies"] += 1
+                    req[1].set_result(env)
+            elif self._sink is not None:
                 self.stats["replies"] += 1
-                req[1].set_result(env)
+                self._sink.deliver(env)
         self._window_free.set()
+        if self._backlog:
+            self._pump()
+
+    # -- transport mode --------------------------------------------------------------
+
+    def attach(self, sink: Sink) -> None:
+        """Hand every inbound envelope to ``sink.deliver`` (a Runtime), before start()."""
+        self._sink = sink
+        self.ids = MessageIds(sink.origin)
+
+    def post(self, envelope: Envelope) -> None:
+        """Queue an envelope without waiting (transport mode).
+
+        REPLY/ERROR answer a delivery this peer received (cached for idempotency);
+        SEND/PUBLISH/CANCEL are submitted within the window, the rest wait in a backlog.
+        """
+        data = self._codec.encode(envelope)
+        if envelope.kind is Kind.REPLY or envelope.kind is Kind.ERROR:
+            corr = envelope.correlation
+            if corr is not None:
+                self._running.discard(corr)
+                self._remember(corr, data)
+            self._out.reply.append(data)
+            self._schedule_flush()
+            return
+        self._backlog.append((envelope.id, data))
+        self._pump()
+
+    def _pump(self) -> None:
+        backlog, unacked = self._backlog, self._unacked
+        if not self._registered.is_set():
+            return
+        while backlog and len(unacked) < self._window:
+            mid, data = backlog.popleft()
+            unacked[mid] = data
+            self._out.deliver.append(data)
+        self._schedule_flush()
+
+    def reregister(self) -> None:
+        """Send REGISTER again (announced types or subscriptions changed)."""
+        if self._sock is not None:
+            self._send_register()
+
+    def _remember(self, mid: MessageId, data: bytes | None) -> None:
+        done = self._done
+        done[mid] = data
+        if len(done) > self._cache_size:
+            done.popitem(last=False)
 
     # -- node side -------------------------------------------------------------------
 
@@ -511,6 +596,17 @@ class MeshPeer:
                 continue
             if mid in self._running:
                 self.stats["duplicates"] += 1
+                continue
+            sink = self._sink
+            if sink is not None and not self._closing:
+                self.stats["executed"] += 1
+                if env.kind is Kind.SEND:
+                    self._running.add(mid)  # answered by post(REPLY/ERROR)
+                    sink.deliver(env)
+                else:
+                    sink.deliver(env)
+                    self._remember(mid, None)
+                    self._out.acks.append(mid)
                 continue
             if host is None or self._closing:
                 self._out.nacks.append(NackItem(mid, NackCode.REJECTED, "not hosting agents"))
@@ -553,10 +649,7 @@ class MeshPeer:
             self._out.reply.append(data)
         else:
             self._out.acks.append(mid)
-        done = self._done
-        done[mid] = data
-        if len(done) > self._cache_size:
-            done.popitem(last=False)
+        self._remember(mid, data)
         self._schedule_flush()
 
     # -- output ----------------------------------------------------------------------
