@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CycleError",
+    "DeadlineExceeded",
     "DecodeError",
     "EncodeError",
     "EngineError",
@@ -16,9 +17,14 @@ __all__ = [
     "MailboxFull",
     "NativeUnavailable",
     "ProtocolError",
+    "QueryCancelled",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "ToolError",
+    "ToolNotFound",
+    "ToolTimeout",
+    "ToolValidationError",
     "UndeliverableError",
 ]
 
@@ -78,3 +84,27 @@ class InvalidTransition(EngineError):
 
 class ProtocolError(EngineError, ValueError):
     """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
+
+
+class DeadlineExceeded(EngineError, TimeoutError):
+    """A request's timeout or deadline passed before its reply arrived."""
+
+
+class QueryCancelled(EngineError):
+    """A query was cancelled or terminated; raised at its next step boundary."""
+
+
+class ToolError(EngineError):
+    """Base class of tool errors (unknown tool, invalid arguments, timeout)."""
+
+
+class ToolNotFound(ToolError, LookupError):
+    """No tool with the requested name is registered."""
+
+
+class ToolValidationError(ToolError, ValueError):
+    """Tool arguments do not match the tool's signature; the message names the field."""
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """A tool call ran longer than its timeout."""

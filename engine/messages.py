@@ -184,6 +184,8 @@ class Codec:
             raise DecodeError(f"invalid envelope: {exc}") from None
         except msgspec.DecodeError as exc:
             raise DecodeError(f"malformed envelope: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"malformed envelope: invalid UTF-8 ({exc.reason})") from None
         except RecursionError:
             raise DecodeError("malformed envelope: nesting too deep") from None
 
@@ -213,3 +215,5 @@ def decode_payload(raw: msgspec.Raw | bytes, type_: type[M]) -> M:
         raise DecodeError(f"invalid payload: {exc}") from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"malformed payload: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"malformed payload: invalid UTF-8 ({exc.reason})") from None

@@ -1,4 +1,4 @@
-"""Shared fixtures: behaviour tests run on both the reference ("py") and compiled ("native") twins."""
+"""Shared fixtures: behaviour tests run on the reference ("py") and compiled ("native") twins."""
 
 from __future__ import annotations
 

@@ -1,0 +1,79 @@
+"""What the runtime needs at its transport boundary: message classes by wire name, errors.
+
+A :class:`~engine.messages.Message` travels as ``payload_type`` (its class name, which is
+also its msgspec tag) plus the encoded payload. :class:`MessageTypes` maps names back to
+classes: the message classes of the runtime's registered agents first, then any live
+``Message`` subclass (the most recently defined wins when names repeat).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    MailboxFull,
+    RemoteError,
+    UndeliverableError,
+)
+from engine.messages import Envelope, ErrorInfo, Message, decode_payload
+
+__all__ = ["MessageTypes", "error_from_info", "error_info"]
+
+
+class MessageTypes:
+    """Per-runtime map of wire names to message classes (grows with what it has seen)."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, type] = {}
+
+    def add(self, cls: type) -> None:
+        if isinstance(cls, type) and issubclass(cls, Message):
+            self._by_name[cls.__name__] = cls
+
+    def get(self, name: str) -> type | None:
+        cls = self._by_name.get(name)
+        if cls is None:
+            stack: list[type] = [Message]
+            while stack:
+                c = stack.pop(0)
+                if c.__name__ == name:
+                    cls = c
+                stack.extend(c.__subclasses__())
+            if cls is not None:
+                self._by_name[name] = cls
+        return cls
+
+    def decode(self, env: Envelope) -> Any:
+        """The envelope's message object (DecodeError/UndeliverableError if impossible)."""
+        if not env.payload_type:
+            return decode_payload(env.payload, Any)
+        cls = self.get(env.payload_type)
+        if cls is None:
+            raise UndeliverableError(f"unknown message type {env.payload_type!r} in envelope")
+        return decode_payload(env.payload, cls)
+
+
+_ERRORS: Final[dict[str, type[EngineError]]] = {
+    "UndeliverableError": UndeliverableError,
+    "MailboxFull": MailboxFull,
+    "DeadlineExceeded": DeadlineExceeded,
+}
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """The ``Kind.ERROR`` payload for ``exc`` (a RemoteError keeps the original type)."""
+    if isinstance(exc, RemoteError):
+        return ErrorInfo(exc.type_name, exc.message)
+    return ErrorInfo(type(exc).__name__, str(exc))
+
+
+def error_from_info(info: ErrorInfo) -> EngineError:
+    """The exception a sender sees for an ERROR reply: engine errors keep their class."""
+    cls = _ERRORS.get(info.type_name)
+    if cls is not None:
+        return cls(info.message)
+    return RemoteError(info.type_name, info.message)
