@@ -22,6 +22,7 @@ __all__ = [
     "InvalidVectorError",
     "MailboxFull",
     "NativeUnavailable",
+    "ProtocolError",
     "QueryCancelled",
     "RemoteError",
     "RoutingError",
@@ -145,6 +146,8 @@ class AuditError(EngineError):
 
 class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
+class ProtocolError(EngineError, ValueError):
+    """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
 
 
 class DeadlineExceeded(EngineError, TimeoutError):
