@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -565,6 +565,65 @@ def _outcome(fn: Callable[[Any], object], s: Any) -> tuple[object, ...]:
         assert res.dtype == np.int64
         return ("ok", res.tolist())
     return ("ok", res)
+
+
+@pytest.mark.skipif(SchedulerC is None, reason="native extension not built")
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+    weights=st.lists(st.integers(1, 5), min_size=4, max_size=4),
+    slots=st.lists(st.sampled_from([None, 1, 3]), min_size=3, max_size=3),
+    chunk=st.integers(1, 40),
+)
+def test_twins_agree_on_large_mixed_workloads(
+    n: int, seed: int, weights: list[int], slots: list[int | None], chunk: int
+) -> None:
+    """Deeper DRR/pool/dependency interplay than the state machine reaches: hundreds of tasks
+    over 4 tenants and 3 pools, drained in chunks while completing, failing and cancelling."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(n * 2)[:n].astype(np.int64)
+    counts = np.where(np.arange(n) > 0, rng.integers(0, 3, n), 0)
+    deps = np.concatenate(
+        [rng.choice(ids[:i], min(int(c), i), replace=False) for i, c in enumerate(counts)]
+        + [np.empty(0, np.int64)]
+    ).astype(np.int64)
+    counts = np.array([min(int(c), i) for i, c in enumerate(counts)], np.int64)
+    args = (ids, rng.integers(0, 4, n), np.where(rng.random(n) < 0.2, 3.0, INF))
+    kwargs = {"tenants": rng.integers(0, 4, n), "pools": rng.integers(0, 3, n),
+              "dep_counts": counts, "deps": deps}
+    actions = rng.integers(0, 10, 4 * n)
+    logs = []
+    for cls in (SchedulerPy, SchedulerC):
+        clock = FakeClock()
+        s = cls(clock=clock, on_dep_failure="fail" if seed % 2 else "cancel")
+        for t, w in enumerate(weights):
+            s.set_weight(t, w)
+        for pool, k in enumerate(slots):
+            s.set_pool(pool, slots=k)
+        s.push_many(*args, **kwargs)
+        log: list[object] = []
+        running: list[int] = []
+        for step, act in enumerate(actions.tolist()):
+            if step == n // 2:
+                clock.t = 3.0  # exactly at the deadlines: still dispatchable
+            elif step == n:
+                clock.t = 5.0  # the deadlines at 3.0 expire from here on
+            out = s.pop_ready(chunk).tolist()
+            log.append(out)
+            running.extend(out)
+            if running and act < 7:
+                log.append(s.complete(running.pop(0)))
+            elif running and act == 7:
+                log.append(s.fail(running.pop()).tolist())
+            elif act == 8 and len(s):
+                victim = int(ids[step % n])
+                log.append(s.cancel(victim).tolist() if victim in s else None)
+                if victim in running:
+                    running.remove(victim)
+        log.append((s.stats(), s.expired().tolist()))
+        logs.append(log)
+    assert logs[0] == logs[1]
 
 
 @pytest.mark.skipif(SchedulerC is None, reason="native extension not built")
