@@ -1243,7 +1243,11 @@ cdef class SchedulerC:
         # Lanes first (they may allocate); then phase 1 inserts WAITING tasks and edges and
         # rolls back on a bad id; phase 2 makes the dependency-free ones ready, in order.
         cdef int32_t* slots = <int32_t*>PyMem_Malloc(n * sizeof(int32_t) + 1)
-        if slots == NULL:
+        # slots of the dependencies, kept from validation for the linking (one lookup each)
+        cdef int32_t* dslots = <int32_t*>PyMem_Malloc(total * sizeof(int32_t) + 1)
+        if slots == NULL or dslots == NULL:
+            PyMem_Free(slots)
+            PyMem_Free(dslots)
             raise MemoryError()
         cdef int32_t s, ds
         cdef int64_t tid, d, ten = 0, pl = 0
@@ -1272,9 +1276,11 @@ cdef class SchedulerC:
                     if d == tid:
                         err = CycleError([tid, tid])
                         break
-                    if hm_get(&self.tids, d) < 0:
+                    ds = hm_get(&self.tids, d)
+                    if ds < 0:
                         err = SchedulerError(f"tasks[{i}]: unknown dependency id {d}")
                         break
+                    dslots[j] = ds
                 if err is not None:
                     break
                 s = self._alloc_task()
@@ -1293,7 +1299,7 @@ cdef class SchedulerC:
                 t.first_edge = -1
                 t.last_edge = -1
                 for j in range(off, off + nd):
-                    self._add_edge(hm_get(&self.tids, flat[j]), s)
+                    self._add_edge(dslots[j], s)
                 off += nd
                 slots[i] = s
                 done += 1
@@ -1312,6 +1318,7 @@ cdef class SchedulerC:
                     self._make_ready(slots[i])
         finally:
             PyMem_Free(slots)
+            PyMem_Free(dslots)
 
     def add_dependency(self, task, dep):
         cdef int32_t s = self._find(task, "task")
