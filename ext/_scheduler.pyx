@@ -816,6 +816,16 @@ cdef class SchedulerC:
                 heap_pop(bk.heap, bk.hsize)
                 bk.hsize -= 1
             lane.entries -= 1
+            if bk.run_count == 0 and bk.hsize == 0:
+                # PERF: this level is done; the next pop releases it (a bucket-hash delete)
+                # and starts on a child of the level root: fetch those lines now. All-distinct
+                # priorities (one bucket per task): see docs/performance.md.
+                prefetch(&self.bmap.tab[hm_home(
+                    &self.bmap, (<int64_t>li << 32) | <uint32_t>bk.prio)])
+                if lane.nlevels > 1:
+                    prefetch(&self.bks[lane.levels[1].bucket])
+                if lane.nlevels > 2:
+                    prefetch(&self.bks[lane.levels[2].bucket])
             if clean:
                 return
             t = &self.tasks[out.slot]
