@@ -516,6 +516,13 @@ def test_push_many_bad_arrays(impl: Any, kwargs: dict[str, Any], message: str) -
         (lambda s: s.set_pool(1, rate=1.0, burst=0.5), "burst must be a finite number >= 1"),
         (lambda s: s.set_pool(1, burst=2), "burst given without rate"),
         (lambda s: s.complete_many([[1]]), "tasks must be a 1-d array"),
+        (lambda s: s.complete_many(np.array([1.5])), "tasks must be an integer array"),
+        (lambda s: s.complete_many(["a"]), "tasks must be an integer array"),
+        (lambda s: s.pop_ready("3"), "n must be an integer, got str"),
+        (lambda s: s.pop_ready(2**64), "n 18446744073709551616 is outside the int64 range"),
+        (lambda s: s.set_weight("t", 1), "tenant must be an integer, got str"),
+        (lambda s: s.set_pool(None), "pool must be an integer, got NoneType"),
+        (lambda s: s.in_use("p"), "pool must be an integer, got str"),
     ],
 )
 def test_bad_scalar_arguments(impl: Any, call: Callable[[Any], object], message: str) -> None:
