@@ -262,6 +262,7 @@ cdef class Router:
         self.epoch = 1
         self.stamp = 0
         self._edges_init(64)
+        _grow(<void **>&self.out, &self.out_cap, 1024, sizeof(int64_t))  # never NULL
         self.nnodes = 0
         self._new_node(0)  # the root
 
@@ -772,7 +773,7 @@ cdef class Router:
             na = nb
             if na == 0:
                 break
-        if a != self.act_a:
+        if a != self.act_a and na:
             memcpy(self.act_a, a, <size_t>na * sizeof(int32_t))
         return na
 
@@ -807,9 +808,10 @@ cdef class Router:
         # each topic keeps its last result until a wildcard (or its own exact) subscription
         # changes.
         if t.cache_epoch == self.epoch:
-            self._out_reserve(t.cache_n)
-            memcpy(self.out + start, t.cache, <size_t>t.cache_n * sizeof(int64_t))
-            self.out_n += t.cache_n
+            if t.cache_n:
+                self._out_reserve(t.cache_n)
+                memcpy(self.out + start, t.cache, <size_t>t.cache_n * sizeof(int64_t))
+                self.out_n += t.cache_n
             return 0
         na = self._nfa(t.segs, t.nsegs)
         total = s.n
@@ -847,7 +849,8 @@ cdef class Router:
         self.out_n = start + j
         if j > t.cache_cap:
             _grow(<void **>&t.cache, &t.cache_cap, j, sizeof(int64_t))
-        memcpy(t.cache, self.out + start, <size_t>j * sizeof(int64_t))
+        if j:
+            memcpy(t.cache, self.out + start, <size_t>j * sizeof(int64_t))
         t.cache_n = j
         t.cache_epoch = self.epoch
         return 0
