@@ -639,7 +639,7 @@ class TwinTopics(_Twins):
 @pytest.mark.parametrize("machine", [TwinAgents, TwinTopics], ids=["agents", "topics"])
 def test_twins_agree_on_random_operation_sequences(machine: type[_Twins]) -> None:
     case = machine.TestCase
-    case.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+    case.settings = settings(max_examples=100, stateful_step_count=35, deadline=None)
     case().runTest()
 
 
