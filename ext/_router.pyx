@@ -35,6 +35,7 @@ from engine.errors import RoutingError
 from engine.messages import AgentId
 from engine.routing._patterns import (
     POLICIES,
+    as_index,
     as_int64,
     as_kinds,
     check_subscriber,
@@ -355,8 +356,9 @@ cdef class Router:
 
     cdef Py_ssize_t _live(self, object slot) except -1:
         cdef Py_ssize_t s
-        if isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < self.nslots:
-            s = slot
+        found = as_index(slot)
+        if found is not None and 0 <= found < self.nslots:
+            s = found
             if self.slots[s].type >= 0:
                 return s
         raise RoutingError(f"unknown slot {slot!r}")
@@ -432,14 +434,13 @@ cdef class Router:
     def ack(self, slot: int, n: int = 1) -> None:
         """Record ``n`` completions for ``slot`` (its outstanding count never drops below 0)."""
         cdef Py_ssize_t s = self._live(slot)
-        cdef int64_t left
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        count = as_index(n)
+        if count is None or count < 0:
             raise RoutingError(f"ack count must be an int >= 0, got {n!r}")
-        if n >= self.slots[s].outstanding:
+        if count >= self.slots[s].outstanding:
             self.slots[s].outstanding = 0
         else:
-            left = self.slots[s].outstanding - <int64_t>n
-            self.slots[s].outstanding = left
+            self.slots[s].outstanding -= <int64_t>count
 
     def outstanding(self, slot: int) -> int:
         """Picks of ``slot`` not yet acknowledged."""

@@ -6,6 +6,7 @@ A topic is dotted segments (``"pings.eu"``); a pattern may use whole-segment wil
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Final
 
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = [
     "KIND_TYPE",
     "MAX_TOPIC_LENGTH",
     "POLICIES",
+    "as_index",
     "as_int64",
     "as_kinds",
     "check_subscriber",
@@ -79,13 +81,24 @@ def is_exact(segs: tuple[str, ...]) -> bool:
     return "*" not in segs and "#" not in segs
 
 
+def as_index(value: object) -> int | None:
+    """``value`` as an int when it is an integer (``int``, numpy integers), never a bool."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def check_subscriber(subscriber: object) -> int:
-    """A subscriber is an int that fits in int64."""
-    if not isinstance(subscriber, int) or isinstance(subscriber, bool):
+    """A subscriber is an integer that fits in int64."""
+    sub = as_index(subscriber)
+    if sub is None:
         raise RoutingError(f"subscriber must be an int, got {type(subscriber).__name__}")
-    if not _INT64_MIN <= subscriber <= _INT64_MAX:
-        raise RoutingError(f"subscriber {subscriber} does not fit in int64")
-    return subscriber
+    if not _INT64_MIN <= sub <= _INT64_MAX:
+        raise RoutingError(f"subscriber {sub} does not fit in int64")
+    return sub
 
 
 def _as_array(values: Any, dtype: type[np.integer[Any]], name: str) -> npt.NDArray[Any]:

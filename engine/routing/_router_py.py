@@ -22,6 +22,7 @@ from engine.routing._patterns import (
     KIND_TOPIC,
     KIND_TYPE,
     POLICIES,
+    as_index,
     as_int64,
     as_kinds,
     check_subscriber,
@@ -135,7 +136,7 @@ class RouterPy:
 
     def agent(self, slot: int) -> AgentId:
         """The agent registered at ``slot``."""
-        return self._live(slot)
+        return self._agents[self._live(slot)]  # type: ignore[return-value]
 
     def handle(self, agent: AgentId) -> int:
         """A ``KIND_DIRECT`` target for :meth:`route_many`; stale once the agent is removed."""
@@ -145,11 +146,10 @@ class RouterPy:
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def _live(self, slot: object) -> AgentId:
-        if isinstance(slot, int) and 0 <= slot < len(self._agents):
-            agent = self._agents[slot]
-            if agent is not None:
-                return agent
+    def _live(self, slot: object) -> int:
+        s = as_index(slot)
+        if s is not None and 0 <= s < len(self._agents) and self._agents[s] is not None:
+            return s
         raise RoutingError(f"unknown slot {slot!r}")
 
     # -- by type --------------------------------------------------------------------------
@@ -214,15 +214,15 @@ class RouterPy:
 
     def ack(self, slot: int, n: int = 1) -> None:
         """Record ``n`` completions for ``slot`` (its outstanding count never drops below 0)."""
-        self._live(slot)
-        if not isinstance(n, int) or n < 0:
+        s = self._live(slot)
+        count = as_index(n)
+        if count is None or count < 0:
             raise RoutingError(f"ack count must be an int >= 0, got {n!r}")
-        self._outstanding[slot] = max(0, self._outstanding[slot] - n)
+        self._outstanding[s] = max(0, self._outstanding[s] - count)
 
     def outstanding(self, slot: int) -> int:
         """Picks of ``slot`` not yet acknowledged."""
-        self._live(slot)
-        return self._outstanding[slot]
+        return self._outstanding[self._live(slot)]
 
     # -- topics ---------------------------------------------------------------------------
 
