@@ -38,6 +38,7 @@ from engine.routing._patterns import (
     as_index,
     as_int64,
     as_kinds,
+    check_max_topics,
     check_subscriber,
     is_exact,
     parse_pattern,
@@ -237,13 +238,10 @@ cdef class Router:
         self.out = NULL
 
     def __init__(self, *, max_topics: int = 65536) -> None:
-        if not isinstance(max_topics, int) or isinstance(max_topics, bool) or not (
-            1 <= max_topics <= 0x7FFFFFFF
-        ):
-            raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
+        cdef int limit = check_max_topics(max_topics)
         if self.edge_keys != NULL:
             raise RoutingError("Router.__init__ called twice")
-        self.max_topics = max_topics
+        self.max_topics = limit
         self._slot_of = {}
         self._agents = []
         self._free_slots = []

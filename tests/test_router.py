@@ -142,7 +142,7 @@ def test_max_topics_must_be_positive(impl: R | None) -> None:
     cls = impl or RouterC
     if cls is None:
         pytest.skip("native extension not built")
-    for bad in (0, -3, "10", 1.5):
+    for bad in (0, -3, "10", 1.5, True, 2**31):
         with pytest.raises(RoutingError, match="max_topics must be an int >= 1"):
             cls(max_topics=bad)
 

@@ -23,6 +23,7 @@ __all__ = [
     "as_index",
     "as_int64",
     "as_kinds",
+    "check_max_topics",
     "check_subscriber",
     "is_exact",
     "parse_pattern",
@@ -89,6 +90,14 @@ def as_index(value: object) -> int | None:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def check_max_topics(max_topics: object) -> int:
+    """The LRU bound on interned topics: an int in 1 .. 2**31 - 1."""
+    n = as_index(max_topics)
+    if n is None or not 1 <= n <= 0x7FFFFFFF:
+        raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
+    return n
 
 
 def check_subscriber(subscriber: object) -> int:

@@ -25,6 +25,7 @@ from engine.routing._patterns import (
     as_index,
     as_int64,
     as_kinds,
+    check_max_topics,
     check_subscriber,
     is_exact,
     parse_pattern,
@@ -55,9 +56,7 @@ class RouterPy:
     """
 
     def __init__(self, *, max_topics: int = 65536) -> None:
-        if not isinstance(max_topics, int) or max_topics < 1:
-            raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
-        self.max_topics = max_topics
+        self.max_topics = check_max_topics(max_topics)
         # agents, by slot
         self._slot_of: dict[AgentId, int] = {}
         self._agents: list[AgentId | None] = []
