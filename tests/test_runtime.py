@@ -1091,3 +1091,75 @@ async def test_context_envelope_matches_the_wire_headers() -> None:
     assert decode(encode(bare)).payload_type == "Ping"  # headers only, still valid
     assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
     await rt.stop()
+
+
+# -- randomized invariants -------------------------------------------------------
+
+
+class Journal(Agent):
+    """Records the order it handles messages in; sleeps a little on odd numbers."""
+
+    log: list[tuple[str, int]] = []
+
+    @handler
+    async def on_ping(self, msg: Ping, ctx: engine.Context) -> int:
+        if msg.n % 2:
+            await asyncio.sleep(0.0005)
+        Journal.log.append((self.id.key, msg.n))
+        return msg.n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_mix_keeps_order_and_accounting(seed: int) -> None:
+    """Random sends (some timing out or cancelled), publishes and posts on small mailboxes.
+
+    Invariants: every reply is the requester's own; one-way messages from one sender are
+    handled in the order sent; nothing runs twice; afterwards nothing is busy or queued.
+    """
+    import random
+
+    rng = random.Random(seed)
+    Journal.log = []
+
+    @uv
+    async def scenario() -> None:
+        rt = Runtime(mailbox=8)
+        rt.register("j", Journal)
+        rt.subscribe("j", topic="j.*")
+        keys = ["a", "b", "c"]
+        requests: list[tuple[int, asyncio.Future[Any]]] = []
+        one_way: dict[str, list[int]] = {k: [] for k in keys}
+        for n in range(600):
+            key = rng.choice(keys)
+            op = rng.random()
+            if op < 0.5:
+                timeout = rng.choice([None, None, 0.05, 0.0005])
+                to = AgentId("j", key)
+                requests.append(
+                    (n, asyncio.ensure_future(rt.send(Ping(n), to=to, timeout=timeout)))
+                )
+            elif op < 0.75:
+                await rt.publish(Ping(n), topic=TopicId(f"j.{key}", key))
+                one_way[key].append(n)
+            else:
+                await rt.post(Ping(n), to=AgentId("j", key))
+                one_way[key].append(n)
+            if rng.random() < 0.1 and requests:
+                rng.choice(requests)[1].cancel()
+            if rng.random() < 0.2:
+                await asyncio.sleep(0)
+        results = await asyncio.gather(*(f for _, f in requests), return_exceptions=True)
+        await rt.idle()
+        for (n, _), r in zip(requests, results, strict=True):
+            assert r == n or isinstance(r, (DeadlineExceeded, asyncio.CancelledError)), (n, r)
+        assert rt._active == 0
+        for key in keys:
+            agent = rt.get(AgentId("j", key))
+            assert agent is not None and not agent._busy and not agent._mb
+            handled = [n for k, n in Journal.log if k == key]
+            assert len(set(handled)) == len(handled), "a message was handled twice"
+            mine = set(one_way[key])
+            assert [n for n in handled if n in mine] == one_way[key]
+        await rt.stop()
+
+    scenario()
