@@ -1163,3 +1163,40 @@ def test_random_mix_keeps_order_and_accounting(seed: int) -> None:
         await rt.stop()
 
     scenario()
+
+
+@uv
+async def test_message_counts() -> None:
+    from engine.runtime import LoopbackHub
+
+    hub = LoopbackHub()
+    async with (
+        Runtime(transport=hub.transport()) as rt,
+        Runtime(transport=hub.transport()) as other,
+    ):
+        rt.register("echo", Echo)
+        rt.register("rec", Recorder)
+        rt.subscribe("rec", topic="t")
+        rt.subscribe("rec", topic="t", key="second")
+        for i in range(3):
+            await rt.send(Ping(i), to=AgentId("echo"))
+        with pytest.raises(RemoteError):
+            await rt.send(Boom("x"), to=AgentId("echo"))
+        await rt.publish(Ping(1), topic="t")
+        await rt.post(Ping(1), to=AgentId("rec"))
+        q = rt.start_query(Ping(5), to=AgentId("echo"))
+        await q.wait()
+        assert await other.send(Ping(1), to=AgentId("echo"), timeout=2) == Pong(2)
+        await rt.idle()
+        counts = rt.message_counts()
+        assert counts == {
+            "send": 3 + 1 + 1 + 1,  # direct, the failing one, the query's, the served one
+            "publish": 1,
+            "delivered": 2,
+            "post": 1,
+            "remote_send": 0,
+            "served": 1,
+            "error": 1,
+        }
+        assert other.message_counts()["remote_send"] == 1
+        assert other.message_counts()["send"] == 0
