@@ -1200,3 +1200,37 @@ async def test_message_counts() -> None:
         }
         assert other.message_counts()["remote_send"] == 1
         assert other.message_counts()["send"] == 0
+
+
+@uv
+async def test_deadline_heap_stays_small_and_fires_in_order() -> None:
+    from engine.runtime._deadlines import Deadlines
+
+    d = Deadlines()
+    me = asyncio.current_task()
+    assert me is not None
+    loop = asyncio.get_running_loop()
+    for _ in range(10_000):  # finished requests leave no lasting entries
+        d.done(d.add(loop.time() + 60, me))
+    assert len(d) == 0 and len(d._heap) <= 70
+
+    fired: list[str] = []
+
+    async def sleeper(name: str) -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            fired.append(name)
+            raise
+
+    tasks = {n: asyncio.ensure_future(sleeper(n)) for n in ("late", "early", "never")}
+    await asyncio.sleep(0)
+    late = d.add(loop.time() + 0.03, tasks["late"])
+    early = d.add(loop.time() + 0.01, tasks["early"])  # re-arms the timer earlier
+    never = d.add(loop.time() + 0.02, tasks["never"])
+    d.done(never)
+    await asyncio.sleep(0.06)
+    assert fired == ["early", "late"] and early[3] and late[3] and not never[3]
+    tasks["never"].cancel()
+    d.close()
+    assert len(d) == 0

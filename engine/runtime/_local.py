@@ -36,6 +36,7 @@ from engine.messages import (
     TopicId,
 )
 from engine.routing import Router, RouterPy
+from engine.runtime._deadlines import Deadlines
 from engine.runtime._hooks import Hooks, Middleware, compose
 from engine.runtime._queries import Query, QueryState, current_query
 from engine.runtime._remote import Remote
@@ -135,6 +136,7 @@ class Runtime:
         self._started = False
         self._transport = transport
         self._remote = Remote(self, transport)
+        self._deadlines = Deadlines()
         self._background: set[asyncio.Task[Any]] = set()
         self._balancer: RouterPy | _RouterC | None = None  # made by the first balanced type
         self._queries: dict[int, Query] = {}  # id(query) -> query, unfinished only
@@ -192,6 +194,7 @@ class Runtime:
         self._count = 0
         await self._stop_agents(agents)
         self.tools.close()
+        self._deadlines.close()
         if self._transport is not None and self._started:
             await self._transport.close()
         self._wake_idle()
@@ -677,16 +680,33 @@ class Runtime:
         self._active += 1
         if not route.concurrent:
             agent._busy = True
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self._deadlines.add(ctx.deadline, task)
         try:
-            async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._call(ctx, message)
-        except TimeoutError:
-            if cm.expired():
+            if self._plain and ctx.query is None:
+                try:
+                    if route.is_async:
+                        result = await route.fn(agent, message, ctx)
+                    else:
+                        result = route.fn(agent, message, ctx)
+                except Exception as exc:
+                    raise self._failed(exc) from exc
+            else:
+                result = await self._call(ctx, message)
+        except asyncio.CancelledError:
+            if deadline[3]:  # expired
+                task.uncancel()
                 raise DeadlineExceeded(
                     f"{agent.id} did not reply to {type(message).__name__} within {timeout}s"
                 ) from None
             raise
+        else:
+            if deadline[3]:  # expired, but the handler swallowed its cancellation
+                task.uncancel()
+            return result
         finally:
+            self._deadlines.done(deadline)
             self._active -= 1
             agent._tick = ctx.seq
             if not route.concurrent:
@@ -707,15 +727,24 @@ class Runtime:
             return await self._queue_and_wait(t, agent, route, message, ctx)
         _check_timeout(timeout)
         ctx.deadline = asyncio.get_running_loop().time() + timeout
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self._deadlines.add(ctx.deadline, task)
         try:
-            async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._queue_and_wait(t, agent, route, message, ctx)
-        except TimeoutError:
-            if cm.expired():
+            result = await self._queue_and_wait(t, agent, route, message, ctx)
+        except asyncio.CancelledError:
+            if deadline[3]:  # expired
+                task.uncancel()
                 raise DeadlineExceeded(
                     f"{agent.id} did not reply to {type(message).__name__} within {timeout}s"
                 ) from None
             raise
+        else:
+            if deadline[3]:  # expired
+                task.uncancel()
+            return result
+        finally:
+            self._deadlines.done(deadline)
 
     async def _queue_and_wait(
         self, t: _Type, agent: Agent, route: Route, message: Any, ctx: Context
