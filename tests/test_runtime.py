@@ -1234,3 +1234,14 @@ async def test_deadline_heap_stays_small_and_fires_in_order() -> None:
     tasks["never"].cancel()
     d.close()
     assert len(d) == 0
+
+
+def test_runtime_survives_a_new_event_loop() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo)
+
+    async def once() -> Any:
+        return await rt.send(Ping(1), to=AgentId("echo"), timeout=1)
+
+    assert engine.run(once()) == Pong(2)
+    assert asyncio.run(once()) == Pong(2)  # timers re-armed on the new loop

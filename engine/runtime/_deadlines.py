@@ -65,9 +65,12 @@ class Deadlines:
             self._live -= 1
 
     def _arm(self, when: float) -> None:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or the runtime moved to a new event loop
+            if self._loop is not None and self._handle is not None and not self._loop.is_closed():
+                self._handle.cancel()
+            self._handle = None
+            self._loop = loop
         if self._handle is not None:
             self._handle.cancel()
         self._handle = loop.call_at(when, self._fire)
