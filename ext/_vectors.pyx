@@ -7,7 +7,7 @@ Bitmaps are little-endian within a byte, as ``faiss.IDSelectorBitmap`` reads the
 """
 
 cimport cython
-from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memset
@@ -407,3 +407,80 @@ def merge_topk(const float[:, ::1] d, const int64_t[:, ::1] i, Py_ssize_t k, bin
                     j -= 1
                 out_d[r, j] = v
                 out_i[r, j] = i[r, c]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+def score_sq8(const uint8_t[:, ::1] codes, const int64_t[::1] slots, const float[::1] q,
+              const float[::1] vmin, const float[::1] vdiff, bint l2, float[::1] out):
+    """Score ``q`` against the 8-bit scalar-quantised rows ``codes[slots]`` without decoding
+    them into a buffer (FAISS QT_8bit: x = vmin + (code + 0.5) / 255 * vdiff).
+
+    Inner product folds the decode into per-query weights (one uint8 x float dot per row);
+    ``l2`` gives squared distances. ``out[i]`` is the score of ``slots[i]``."""
+    cdef Py_ssize_t i, j, n = slots.shape[0], d = codes.shape[1], rows = codes.shape[0]
+    cdef int64_t s
+    cdef double bias = 0.0, acc, diff
+    cdef float* w
+    if q.shape[0] != d or vmin.shape[0] != d or vdiff.shape[0] != d:
+        raise ValueError("q, vmin and vdiff must have the codes' width")
+    if out.shape[0] < n:
+        raise ValueError("out is shorter than slots")
+    for i in range(n):
+        if slots[i] < 0 or slots[i] >= rows:
+            raise ValueError(f"slot {slots[i]} outside the codes")
+    w = <float*>PyMem_Malloc(max(d, 1) * sizeof(float))
+    if w == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            if not l2:
+                for j in range(d):
+                    w[j] = q[j] * vdiff[j] / 255.0
+                    bias += q[j] * vmin[j] + 0.5 * w[j]
+                for i in range(n):
+                    s = slots[i]
+                    acc = 0.0
+                    for j in range(d):
+                        acc += w[j] * codes[s, j]
+                    out[i] = <float>(bias + acc)
+            else:
+                for i in range(n):
+                    s = slots[i]
+                    acc = 0.0
+                    for j in range(d):
+                        diff = q[j] - (vmin[j] + (codes[s, j] + 0.5) / 255.0 * vdiff[j])
+                        acc += diff * diff
+                    out[i] = <float>acc
+    finally:
+        PyMem_Free(w)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def score_f32(const float[:, ::1] x, const int64_t[::1] slots, const float[::1] q, bint l2,
+              float[::1] out):
+    """Score ``q`` against rows ``x[slots]``: inner products, or squared distances (``l2``)."""
+    cdef Py_ssize_t i, j, n = slots.shape[0], d = x.shape[1], rows = x.shape[0]
+    cdef int64_t s
+    cdef float acc, diff
+    if q.shape[0] != d:
+        raise ValueError("q must have the rows' width")
+    if out.shape[0] < n:
+        raise ValueError("out is shorter than slots")
+    for i in range(n):
+        if slots[i] < 0 or slots[i] >= rows:
+            raise ValueError(f"slot {slots[i]} outside the rows")
+    with nogil:
+        for i in range(n):
+            s = slots[i]
+            acc = 0.0
+            if l2:
+                for j in range(d):
+                    diff = q[j] - x[s, j]
+                    acc += diff * diff
+            else:
+                for j in range(d):
+                    acc += q[j] * x[s, j]
+            out[i] = acc

@@ -421,7 +421,7 @@ class VectorStore:
         return out, count
 
     def _search_subset(self, q: F32, k: int, bitmap: Any, count: int) -> tuple[F32, I64]:
-        """Exact top-k over the (few) eligible slots: gather, decode, ``faiss.knn``."""
+        """Top-k over the (few) eligible slots, scored natively on the stored codes."""
         nq = len(q)
         pad = -np.inf if self._largest else np.inf
         d_out = np.full((nq, k), pad, np.float32)
@@ -431,17 +431,38 @@ class VectorStore:
         slots = np.empty(count, np.int64)
         V.bitmap_to_slots(bitmap, self._n, slots)
         split = int(np.searchsorted(slots, self._main_n))
-        parts = []
+        l2 = self.metric == "l2"
+        scores = np.empty((nq, count), np.float32)
         if split:
-            assert self._main is not None
-            parts.append(_index.reconstruct(self._main.index, self._main.kind, slots[:split]))
+            main = self._main
+            assert main is not None
+            how, codes, vmin, vdiff = _index.codes_of(main.index, main.kind)
+            mine = slots[:split]
+            for r in range(nq):
+                if how == "sq8":
+                    V.score_sq8(codes, mine, q[r], vmin, vdiff, l2, scores[r, :split])
+                elif how == "f32":
+                    V.score_f32(codes, mine, q[r], l2, scores[r, :split])
+            if how == "other":
+                x = _index.reconstruct(main.index, main.kind, mine)
+                scores[:, :split] = ((q[:, None, :] - x[None]) ** 2).sum(-1) if l2 else q @ x.T
         if split < count:
-            parts.append(self._fresh.reconstruct_batch(slots[split:] - self._main_n))
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        d, i = _index.exact_topk(q, x, k, self.metric)
-        kk = d.shape[1]
-        d_out[:, :kk] = d
-        s_out[:, :kk] = np.where(i >= 0, slots[np.maximum(i, 0)], -1)
+            rows = faiss.rev_swig_ptr(self._fresh.get_xb(), self._fresh.ntotal * self.dim)
+            rows = rows.reshape(self._fresh.ntotal, self.dim)
+            local = np.ascontiguousarray(slots[split:] - self._main_n)
+            for r in range(nq):
+                V.score_f32(rows, local, q[r], l2, scores[r, split:])
+        kk = min(k, count)
+        key = -scores if self._largest else scores
+        top = (
+            np.argpartition(key, kk - 1, axis=1)[:, :kk]
+            if kk < count
+            else np.tile(np.arange(count), (nq, 1))
+        )
+        order = np.take_along_axis(key, top, 1).argsort(axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        d_out[:, :kk] = np.take_along_axis(scores, top, 1)
+        s_out[:, :kk] = slots[top]
         return d_out, s_out
 
     def _search_indexes(self, q: F32, k: int, bitmap: Any, selectivity: float) -> tuple[F32, I64]:
