@@ -132,6 +132,15 @@ def test_ttl_sweep(V: ModuleType) -> None:
     assert out[:count].tolist() == [1] and nxt == math.inf
 
 
+def test_filter_alive(V: ModuleType) -> None:
+    alive = np.array([0b10100101, 0b1], np.uint8)
+    out = np.empty(5, np.int64)
+    n = V.filter_alive(np.array([7, 1, 0, 8, 2], np.int64), alive, out)
+    assert out[:n].tolist() == [7, 0, 8, 2]
+    with pytest.raises(ValueError):
+        V.filter_alive(np.array([16], np.int64), alive, out)
+
+
 def test_map_ids(V: ModuleType) -> None:
     table = np.array([10, 11, 12], np.int64)
     slots = np.array([[2, -1, 0], [5, 1, 1]], np.int64)

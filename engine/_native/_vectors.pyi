@@ -30,6 +30,11 @@ def filter_bitmap(
     alive: npt.NDArray[np.uint8],  # const uint8_t[::1]
     out: npt.NDArray[np.uint8],  # uint8_t[::1]
 ) -> int: ...
+def filter_alive(
+    slots: npt.NDArray[np.int64],  # const int64_t[::1]
+    alive: npt.NDArray[np.uint8],  # const uint8_t[::1]
+    out: npt.NDArray[np.int64],  # int64_t[::1]
+) -> int: ...
 def bitmap_and(
     a: npt.NDArray[np.uint8],  # const uint8_t[::1]
     b: npt.NDArray[np.uint8],  # const uint8_t[::1]

@@ -20,6 +20,7 @@ __all__ = [
     "bitmap_set",
     "bitmap_to_slots",
     "check_finite",
+    "filter_alive",
     "filter_bitmap",
     "map_ids",
     "merge_topk",
@@ -83,9 +84,10 @@ def normalize(x: F32) -> int:
     bad = check_finite(x)
     if bad >= 0:
         return bad
-    norms = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1))
+    wide = x.astype(np.float64)
+    norms = np.sqrt((wide**2).sum(axis=1))
     norms[norms == 0] = 1.0
-    x /= norms[:, None].astype(np.float32)
+    x[...] = (wide / norms[:, None]).astype(np.float32)
     return -1
 
 
@@ -223,3 +225,13 @@ def score_f32(x: F32, slots: I64, q: F32, l2: bool, out: F32) -> None:
     rows = x[slots].astype(np.float64)
     qq = q.astype(np.float64)
     out[: len(slots)] = ((rows - qq) ** 2).sum(axis=1) if l2 else rows @ qq
+
+
+def filter_alive(slots: I64, alive: U8, out: I64) -> int:
+    """Copy the ``slots`` whose alive bit is set into ``out`` (order kept); return how many."""
+    if len(out) < len(slots):
+        raise ValueError("out is shorter than slots")
+    _check_slots(slots, len(alive) * 8)
+    keep = [s for s in slots.tolist() if (alive[s >> 3] >> (s & 7)) & 1]
+    out[: len(keep)] = keep
+    return len(keep)

@@ -156,6 +156,8 @@ class VectorStore:
         self._next_expiry = math.inf
         self._ids = V.IdMap(0)
         self._ns_codes: dict[str, int] = {}
+        self._ns_size: dict[int, int] = {}  # slots per namespace code (dead ones included)
+        self._ns_slots: dict[int, I64] = {}  # cached slot lists of small namespaces
         self._ns_names: list[str] = []
         self._meta: dict[int, dict[str, Any]] = {}
         self._postings: dict[tuple[str, Scalar], set[int]] = {}
@@ -279,6 +281,9 @@ class VectorStore:
             self._grow(start + n)
             self._ext[start : start + n] = ids_a
             self._ns[start : start + n] = code
+            if code >= 0:
+                self._ns_size[code] = self._ns_size.get(code, 0) + n
+                self._ns_slots.pop(code, None)
             self._expire[start : start + n] = expire
             V.bitmap_set(slots, self._alive)
             self._n = start + n
@@ -383,9 +388,14 @@ class VectorStore:
             pad = -np.inf if self._largest else np.inf
             if self._n == 0:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), pad, np.float32)
-            bitmap = self._filter(namespace, where)
-            if bitmap is not None and bitmap[1] <= self.exact_below:
-                d, s = self._search_subset(q, k, bitmap[0], bitmap[1])
+            small = self._small_namespace(namespace) if where is None else None
+            bitmap = None if small is not None else self._filter(namespace, where)
+            if small is not None:
+                d, s = self._search_subset(q, k, small)
+            elif bitmap is not None and bitmap[1] <= self.exact_below:
+                slots = np.empty(bitmap[1], np.int64)
+                V.bitmap_to_slots(bitmap[0], self._n, slots)
+                d, s = self._search_subset(q, k, slots)
             else:
                 alive = max(1, self._n - self._dead)
                 bm = None if bitmap is None else bitmap[0]
@@ -432,16 +442,33 @@ class VectorStore:
                 count = V.bitmap_and(out, keep, out)
         return out, count
 
-    def _search_subset(self, q: F32, k: int, bitmap: Any, count: int) -> tuple[F32, I64]:
-        """Top-k over the (few) eligible slots, scored natively on the stored codes."""
+    def _small_namespace(self, namespace: str | None) -> I64 | None:
+        """Alive slots of a namespace of at most ``exact_below`` slots (cached per namespace,
+        skipping the O(n) bitmap), or None when that does not apply."""
+        if namespace is None:
+            return None
+        code = self._ns_code(namespace, create=False)
+        if code == -2:
+            return np.empty(0, np.int64)
+        if code < 0 or self._ns_size.get(code, 0) > self.exact_below:
+            return None
+        slots = self._ns_slots.get(code)
+        if slots is None:
+            slots = np.flatnonzero(self._ns[: self._n] == code).astype(np.int64)
+            self._ns_slots[code] = slots
+        out = np.empty(len(slots), np.int64)
+        return out[: V.filter_alive(slots, self._alive, out)]
+
+    def _search_subset(self, q: F32, k: int, slots: I64) -> tuple[F32, I64]:
+        """Top-k over the (few) eligible ``slots`` (ascending), scored natively on the
+        stored codes."""
         nq = len(q)
+        count = len(slots)
         pad = -np.inf if self._largest else np.inf
         d_out = np.full((nq, k), pad, np.float32)
         s_out = np.full((nq, k), -1, np.int64)
         if count == 0:
             return d_out, s_out
-        slots = np.empty(count, np.int64)
-        V.bitmap_to_slots(bitmap, self._n, slots)
         split = int(np.searchsorted(slots, self._main_n))
         l2 = self.metric == "l2"
         scores = np.empty((nq, count), np.float32)
@@ -675,6 +702,9 @@ class VectorStore:
         self._main = built
         self._main_n = new_n
         self._fresh = self._new_flat()
+        codes, sizes = np.unique(ns[:new_n], return_counts=True)
+        self._ns_size = {int(c): int(z) for c, z in zip(codes, sizes, strict=True) if c >= 0}
+        self._ns_slots = {}
         self._bytes_cache = (-1, 0)
 
     # ------------------------------------------------------------------ introspection
