@@ -338,7 +338,8 @@ class VectorStore:
                 chunk = faiss.rev_swig_ptr(self._fresh.get_xb(), step * self.dim)
                 chunk = np.array(chunk, np.float32).reshape(step, self.dim)
                 index = faiss.clone_index(main.index)  # nobody mutates main in place
-            index.add(chunk)
+            with _index.single_thread():  # leave the other cores to concurrent searches
+                index.add(chunk)
             with self._lock.write():
                 if self._main is not main or self._main_n != base_n:
                     return  # a re-build swapped in meanwhile and holds these vectors
