@@ -9,6 +9,7 @@ from engine import errors
 from engine._native import HAS_NATIVE, native_info
 from engine.agents import Agent, Context, handler
 from engine.errors import (
+    AuditError,
     CorruptFileError,
     CycleError,
     DeadlineExceeded,
@@ -21,6 +22,7 @@ from engine.errors import (
     InvalidVectorError,
     MailboxFull,
     NativeUnavailable,
+    ProtocolError,
     QueryCancelled,
     RemoteError,
     RoutingError,
@@ -29,6 +31,7 @@ from engine.errors import (
     ToolNotFound,
     ToolTimeout,
     ToolValidationError,
+    TraceContextError,
     UndeliverableError,
     UnknownIdError,
     VectorStoreError,
@@ -43,6 +46,15 @@ from engine.memory import (
     VectorStore,
 )
 from engine.messages import AgentId, Envelope, Kind, Message, MessageId, TopicId
+from engine.observe import (
+    AuditLog,
+    Metrics,
+    ObserveServer,
+    Sampler,
+    Tracer,
+    configure_logging,
+    log_context,
+)
 from engine.routing import Router, RouterC, RouterPy
 from engine.runtime import Query, QueryState, Runtime, Spawn, Transport, run
 from engine.scheduling import Scheduler, SchedulerC, SchedulerPy
@@ -54,6 +66,8 @@ __all__ = [
     "HAS_NATIVE",
     "Agent",
     "AgentId",
+    "AuditError",
+    "AuditLog",
     "Context",
     "ConversationMemory",
     "CorruptFileError",
@@ -73,8 +87,11 @@ __all__ = [
     "MailboxFull",
     "Message",
     "MessageId",
+    "Metrics",
     "NativeUnavailable",
+    "ObserveServer",
     "OpenAIEmbedder",
+    "ProtocolError",
     "Query",
     "QueryCancelled",
     "QueryState",
@@ -84,6 +101,7 @@ __all__ = [
     "RouterPy",
     "RoutingError",
     "Runtime",
+    "Sampler",
     "Scheduler",
     "SchedulerC",
     "SchedulerError",
@@ -98,14 +116,18 @@ __all__ = [
     "ToolTimeout",
     "ToolValidationError",
     "TopicId",
+    "TraceContextError",
+    "Tracer",
     "Transport",
     "UndeliverableError",
     "UnknownIdError",
     "VectorStore",
     "VectorStoreError",
     "__version__",
+    "configure_logging",
     "errors",
     "handler",
+    "log_context",
     "native_info",
     "run",
     "tool",

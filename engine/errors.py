@@ -8,6 +8,7 @@ live in Python, like ``zmq.error``).
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
     "CorruptFileError",
     "CycleError",
     "DeadlineExceeded",
@@ -16,10 +17,12 @@ __all__ = [
     "EmbeddingError",
     "EncodeError",
     "EngineError",
+    "GateError",
     "InvalidTransition",
     "InvalidVectorError",
     "MailboxFull",
     "NativeUnavailable",
+    "ProtocolError",
     "QueryCancelled",
     "RemoteError",
     "RoutingError",
@@ -28,6 +31,7 @@ __all__ = [
     "ToolNotFound",
     "ToolTimeout",
     "ToolValidationError",
+    "TraceContextError",
     "UndeliverableError",
     "UnknownIdError",
     "VectorStoreError",
@@ -125,6 +129,29 @@ class CorruptFileError(VectorStoreError):
 
 class EmbeddingError(VectorStoreError):
     """An embedder was given bad input or its backend failed (HTTP error, bad response)."""
+
+
+class TraceContextError(EngineError, ValueError):
+    """A W3C ``traceparent`` value is malformed (the message says which rule it breaks)."""
+
+
+class AuditError(EngineError):
+    """An audit log failed verification or could not be appended to.
+
+    ``line`` is the 1-based line of the first bad record (0 when not about one record).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+class GateError(EngineError):
+    """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
+
+
+class ProtocolError(EngineError, ValueError):
+    """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
 
 
 class DeadlineExceeded(EngineError, TimeoutError):

@@ -35,8 +35,10 @@ from engine.errors import RoutingError
 from engine.messages import AgentId
 from engine.routing._patterns import (
     POLICIES,
+    as_index,
     as_int64,
     as_kinds,
+    check_max_topics,
     check_subscriber,
     is_exact,
     parse_pattern,
@@ -87,6 +89,10 @@ ctypedef struct CTopic:
     uint32_t gen  # bumped on eviction: stale handles are refused
     int live
     SubList exact
+    int64_t *cache  # last full match result while wildcards are unchanged
+    Py_ssize_t cache_n
+    Py_ssize_t cache_cap
+    uint64_t cache_epoch  # == Router.epoch when valid; 0 = invalid
 
 ctypedef struct CNode:
     int32_t star  # child via `*`, -1 if none
@@ -205,6 +211,7 @@ cdef class Router:
     cdef Py_ssize_t nnodes, nodes_cap
     cdef list _free_nodes
     cdef Py_ssize_t nwild  # live wildcard subscriptions
+    cdef uint64_t epoch  # bumped by every wildcard change: invalidates every topic's cache
     cdef uint64_t *edge_keys
     cdef int32_t *edge_vals
     cdef Py_ssize_t edges_n, edges_cap
@@ -231,13 +238,10 @@ cdef class Router:
         self.out = NULL
 
     def __init__(self, *, max_topics: int = 65536) -> None:
-        if not isinstance(max_topics, int) or isinstance(max_topics, bool) or not (
-            1 <= max_topics <= 0x7FFFFFFF
-        ):
-            raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
+        cdef int limit = check_max_topics(max_topics)
         if self.edge_keys != NULL:
             raise RoutingError("Router.__init__ called twice")
-        self.max_topics = max_topics
+        self.max_topics = limit
         self._slot_of = {}
         self._agents = []
         self._free_slots = []
@@ -254,8 +258,10 @@ cdef class Router:
         self._subs = {}
         self._next_sid = 0
         self.nwild = 0
+        self.epoch = 1
         self.stamp = 0
         self._edges_init(64)
+        _grow(<void **>&self.out, &self.out_cap, 1024, sizeof(int64_t))  # never NULL
         self.nnodes = 0
         self._new_node(0)  # the root
 
@@ -266,6 +272,7 @@ cdef class Router:
         for i in range(self.ntopics):
             PyMem_Free(self.topics[i].segs)
             _sub_free(&self.topics[i].exact)
+            PyMem_Free(self.topics[i].cache)
         for i in range(self.nnodes):
             _sub_free(&self.nodes[i].subs)
         PyMem_Free(self.slots)
@@ -347,8 +354,9 @@ cdef class Router:
 
     cdef Py_ssize_t _live(self, object slot) except -1:
         cdef Py_ssize_t s
-        if isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < self.nslots:
-            s = slot
+        found = as_index(slot)
+        if found is not None and 0 <= found < self.nslots:
+            s = found
             if self.slots[s].type >= 0:
                 return s
         raise RoutingError(f"unknown slot {slot!r}")
@@ -424,14 +432,13 @@ cdef class Router:
     def ack(self, slot: int, n: int = 1) -> None:
         """Record ``n`` completions for ``slot`` (its outstanding count never drops below 0)."""
         cdef Py_ssize_t s = self._live(slot)
-        cdef int64_t left
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        count = as_index(n)
+        if count is None or count < 0:
             raise RoutingError(f"ack count must be an int >= 0, got {n!r}")
-        if n >= self.slots[s].outstanding:
+        if count >= self.slots[s].outstanding:
             self.slots[s].outstanding = 0
         else:
-            left = self.slots[s].outstanding - <int64_t>n
-            self.slots[s].outstanding = left
+            self.slots[s].outstanding -= <int64_t>count
 
     def outstanding(self, slot: int) -> int:
         """Picks of ``slot`` not yet acknowledged."""
@@ -534,6 +541,7 @@ cdef class Router:
         t.segs = NULL
         t.nsegs = 0
         t.live = 0
+        t.cache_epoch = 0
         t.gen += 1
         self._free_topics.append(idx)
 
@@ -681,6 +689,7 @@ cdef class Router:
             self.nodes[node].refs += 1
         _sub_add(&self.nodes[node].subs, sub)
         self.nwild += 1
+        self.epoch += 1
         return 0
 
     cdef int _wild_remove(self, tuple segs, int64_t sub) except -1:
@@ -692,6 +701,7 @@ cdef class Router:
             path.append(node)
         _sub_remove(&self.nodes[node].subs, sub)
         self.nwild -= 1
+        self.epoch += 1
         for k in range(len(segs), 0, -1):
             child = path[k]
             self.nodes[child].refs -= 1
@@ -762,7 +772,7 @@ cdef class Router:
             na = nb
             if na == 0:
                 break
-        if a != self.act_a:
+        if a != self.act_a and na:
             memcpy(self.act_a, a, <size_t>na * sizeof(int32_t))
         return na
 
@@ -784,13 +794,24 @@ cdef class Router:
         cdef int64_t *o
         cdef int64_t last
         # PERF: exact topics with no wildcard subscription skip the trie entirely: one index
-        # into topics[] + a copy (benches/bench_router.py::test_exact_topic, 2026-11).
+        # into topics[] + a copy; 100k subscriptions route like 10 (0.86-0.97x,
+        # benches/bench_router.py::test_route_many[native-exact_*], 2026-11).
         if self.nwild == 0:
             self._out_reserve(s.n)
             o = self.out + start
             for i in range(s.n):
                 o[i] = s.items[i].sub
             self.out_n += s.n
+            return 0
+        # PERF: with wildcards, the NFA costs ~420 instructions per 3-segment topic vs ~130
+        # for a cached copy (callgrind, 50 x 10k mixed batches; docs/performance.md, 2026-11):
+        # each topic keeps its last result until a wildcard (or its own exact) subscription
+        # changes.
+        if t.cache_epoch == self.epoch:
+            if t.cache_n:
+                self._out_reserve(t.cache_n)
+                memcpy(self.out + start, t.cache, <size_t>t.cache_n * sizeof(int64_t))
+                self.out_n += t.cache_n
             return 0
         na = self._nfa(t.segs, t.nsegs)
         total = s.n
@@ -826,6 +847,12 @@ cdef class Router:
             for i in range(1, j):
                 assert o[i - 1] < o[i], "match output must be ascending and unique"
         self.out_n = start + j
+        if j > t.cache_cap:
+            _grow(<void **>&t.cache, &t.cache_cap, j, sizeof(int64_t))
+        if j:
+            memcpy(t.cache, self.out + start, <size_t>j * sizeof(int64_t))
+        t.cache_n = j
+        t.cache_epoch = self.epoch
         return 0
 
     def subscribe(self, pattern: str, subscriber: int) -> int:
@@ -837,6 +864,7 @@ cdef class Router:
             idx = self._topic_index(pattern)
             self._unpinned.pop(idx, None)
             _sub_add(&self.topics[idx].exact, sub)
+            self.topics[idx].cache_epoch = 0
             ids = None
         else:
             ids = tuple(
@@ -858,6 +886,7 @@ cdef class Router:
             raise RoutingError(f"unknown subscription {sid!r}") from None
         if ids is None:
             _sub_remove(&self.topics[idx].exact, sub)
+            self.topics[idx].cache_epoch = 0
             if self.topics[idx].exact.n == 0:
                 self._unpinned[idx] = None
                 while len(self._unpinned) > self.max_topics:

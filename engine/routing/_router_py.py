@@ -22,8 +22,10 @@ from engine.routing._patterns import (
     KIND_TOPIC,
     KIND_TYPE,
     POLICIES,
+    as_index,
     as_int64,
     as_kinds,
+    check_max_topics,
     check_subscriber,
     is_exact,
     parse_pattern,
@@ -54,9 +56,7 @@ class RouterPy:
     """
 
     def __init__(self, *, max_topics: int = 65536) -> None:
-        if not isinstance(max_topics, int) or max_topics < 1:
-            raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
-        self.max_topics = max_topics
+        self.max_topics = check_max_topics(max_topics)
         # agents, by slot
         self._slot_of: dict[AgentId, int] = {}
         self._agents: list[AgentId | None] = []
@@ -80,6 +80,7 @@ class RouterPy:
         # subscriptions
         self._subs: dict[int, tuple[tuple[str, ...], int, int]] = {}  # sid -> (segs, topic, sub)
         self._wild: dict[tuple[str, ...], dict[int, int]] = {}  # pattern -> subscriber counts
+        self._cache: dict[int, list[int]] = {}  # topic -> match result, while wildcards stay
         self._next_sid = 0
 
     # -- agents -------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class RouterPy:
 
     def agent(self, slot: int) -> AgentId:
         """The agent registered at ``slot``."""
-        return self._live(slot)
+        return self._agents[self._live(slot)]  # type: ignore[return-value]
 
     def handle(self, agent: AgentId) -> int:
         """A ``KIND_DIRECT`` target for :meth:`route_many`; stale once the agent is removed."""
@@ -144,11 +145,10 @@ class RouterPy:
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def _live(self, slot: object) -> AgentId:
-        if isinstance(slot, int) and 0 <= slot < len(self._agents):
-            agent = self._agents[slot]
-            if agent is not None:
-                return agent
+    def _live(self, slot: object) -> int:
+        s = as_index(slot)
+        if s is not None and 0 <= s < len(self._agents) and self._agents[s] is not None:
+            return s
         raise RoutingError(f"unknown slot {slot!r}")
 
     # -- by type --------------------------------------------------------------------------
@@ -213,15 +213,15 @@ class RouterPy:
 
     def ack(self, slot: int, n: int = 1) -> None:
         """Record ``n`` completions for ``slot`` (its outstanding count never drops below 0)."""
-        self._live(slot)
-        if not isinstance(n, int) or n < 0:
+        s = self._live(slot)
+        count = as_index(n)
+        if count is None or count < 0:
             raise RoutingError(f"ack count must be an int >= 0, got {n!r}")
-        self._outstanding[slot] = max(0, self._outstanding[slot] - n)
+        self._outstanding[s] = max(0, self._outstanding[s] - count)
 
     def outstanding(self, slot: int) -> int:
         """Picks of ``slot`` not yet acknowledged."""
-        self._live(slot)
-        return self._outstanding[slot]
+        return self._outstanding[self._live(slot)]
 
     # -- topics ---------------------------------------------------------------------------
 
@@ -272,6 +272,7 @@ class RouterPy:
         self._topic_segs[idx] = ()
         self._topic_gen[idx] = (self._topic_gen[idx] + 1) & _MASK32
         self._free_topics.append(idx)
+        self._cache.pop(idx, None)
 
     def subscribe(self, pattern: str, subscriber: int) -> int:
         """Deliver topics matching ``pattern`` to ``subscriber``; returns a subscription id."""
@@ -285,6 +286,7 @@ class RouterPy:
         else:
             counts = self._wild.setdefault(segs, {})
         counts[sub] = counts.get(sub, 0) + 1
+        self._invalidate(idx)
         sid = self._next_sid
         self._next_sid += 1
         self._subs[sid] = (segs, idx, sub)
@@ -300,6 +302,7 @@ class RouterPy:
         counts[sub] -= 1
         if counts[sub] == 0:
             del counts[sub]
+        self._invalidate(idx)
         if idx >= 0 and not counts:
             self._unpinned[idx] = None
             while len(self._unpinned) > self.max_topics:
@@ -307,23 +310,33 @@ class RouterPy:
         elif idx < 0 and not counts:
             del self._wild[segs]
 
+    def _invalidate(self, idx: int) -> None:
+        """Forget cached matches: one topic's (exact change) or all (wildcard change)."""
+        if idx >= 0:
+            self._cache.pop(idx, None)
+        else:
+            self._cache.clear()
+
     def subscription_count(self) -> int:
         """Number of live subscriptions."""
         return len(self._subs)
 
     def match(self, topic: str) -> list[int]:
         """Subscribers of ``topic``: ascending, each once."""
-        return self._match(self._topic_index(topic))
+        return list(self._match(self._topic_index(topic)))
 
     def _match(self, idx: int) -> list[int]:
         if not self._wild:
             return sorted(self._exact[idx])
-        found = set(self._exact[idx])
-        segs = self._topic_segs[idx]
-        for pattern, counts in self._wild.items():
-            if _matches(pattern, segs):
-                found.update(counts)
-        return sorted(found)
+        cached = self._cache.get(idx)
+        if cached is None:
+            found = set(self._exact[idx])
+            segs = self._topic_segs[idx]
+            for pattern, counts in self._wild.items():
+                if _matches(pattern, segs):
+                    found.update(counts)
+            cached = self._cache[idx] = sorted(found)
+        return cached
 
     # -- batches --------------------------------------------------------------------------
 
