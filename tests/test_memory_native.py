@@ -132,6 +132,15 @@ def test_ttl_sweep(V: ModuleType) -> None:
     assert out[:count].tolist() == [1] and nxt == math.inf
 
 
+def test_filter_alive(V: ModuleType) -> None:
+    alive = np.array([0b10100101, 0b1], np.uint8)
+    out = np.empty(5, np.int64)
+    n = V.filter_alive(np.array([7, 1, 0, 8, 2], np.int64), alive, out)
+    assert out[:n].tolist() == [7, 0, 8, 2]
+    with pytest.raises(ValueError):
+        V.filter_alive(np.array([16], np.int64), alive, out)
+
+
 def test_map_ids(V: ModuleType) -> None:
     table = np.array([10, 11, 12], np.int64)
     slots = np.array([[2, -1, 0], [5, 1, 1]], np.int64)
@@ -205,3 +214,31 @@ def test_native_releases_the_gil() -> None:
         counter[0] += 1
     th.join()
     assert delta[0] > 1000, delta
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_score_sq8_matches_faiss_decode(V: ModuleType, l2: bool) -> None:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    sq = faiss.IndexScalarQuantizer(24, faiss.ScalarQuantizer.QT_8bit)
+    sq.train(x)
+    sq.add(x)
+    trained = faiss.vector_to_array(sq.sq.trained).astype(np.float32)
+    codes = faiss.rev_swig_ptr(sq.codes.data(), 300 * 24).reshape(300, 24)
+    slots = np.array([0, 5, 299, 5], np.int64)
+    out = np.empty(4, np.float32)
+    V.score_sq8(codes, slots, x[1], trained[:24], trained[24:], l2, out)
+    dec = sq.reconstruct_batch(slots)
+    want = ((dec - x[1]) ** 2).sum(1) if l2 else dec @ x[1]
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+    floats = np.empty(4, np.float32)
+    V.score_f32(x, slots, x[1], l2, floats)
+    np.testing.assert_allclose(
+        floats, ((x[slots] - x[1]) ** 2).sum(1) if l2 else x[slots] @ x[1], rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="outside"):
+        V.score_f32(x, np.array([300], np.int64), x[1], l2, floats)
+    with pytest.raises(ValueError, match="width"):
+        V.score_sq8(codes, slots, x[1][:5], trained[:24], trained[24:], l2, out)

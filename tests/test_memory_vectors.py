@@ -1,4 +1,7 @@
-"""VectorStore behaviour on real FAISS and real SQLite files, with both glue twins."""
+"""VectorStore behaviour on real FAISS and real SQLite files.
+
+Tests taking the ``glue`` fixture run on both twins of the native glue (py / native); the
+index-building ones run on the glue in use, to keep the suite fast."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from tests._memory_data import clustered, exact_ids, recall
 from tests.conftest import impl_params
 
 
-@pytest.fixture(params=impl_params(_vectors_py, NATIVE), autouse=True)
+@pytest.fixture(params=impl_params(_vectors_py, NATIVE))
 def glue(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     mod: ModuleType = request.param
     monkeypatch.setattr(vectors_mod, "V", mod)
@@ -37,7 +40,7 @@ def data() -> np.ndarray:
     return clustered(6000, 32, seed=1)
 
 
-def test_flat_exact_and_ids_are_external(data: np.ndarray) -> None:
+def test_flat_exact_and_ids_are_external(glue: ModuleType, data: np.ndarray) -> None:
     vs = VectorStore(32, index="flat")
     ids = np.arange(1000, dtype=np.int64) * 7 - 2**40
     vs.add(ids, data[:1000])
@@ -63,7 +66,7 @@ def test_auto_promotes_tunes_and_meets_target(data: np.ndarray) -> None:
     assert recall(found, exact_ids(queries, base, 10)) >= 0.93  # held-out queries
 
 
-def test_search_single_vector_and_small_store() -> None:
+def test_search_single_vector_and_small_store(glue: ModuleType) -> None:
     vs = VectorStore(4, metric="l2", index="flat")
     vs.add([1, 2], [[0, 0, 0, 0], [1, 0, 0, 0]])
     ids, d = vs.search(np.array([0.9, 0, 0, 0]), k=3)
@@ -74,7 +77,7 @@ def test_search_single_vector_and_small_store() -> None:
     assert (ids == -1).all() and (s == -np.inf).all()
 
 
-def test_bad_inputs_raise_typed_errors() -> None:
+def test_bad_inputs_raise_typed_errors(glue: ModuleType) -> None:
     vs = VectorStore(8)
     good = np.ones((2, 8), np.float32)
     with pytest.raises(DimensionError, match="dimension 7"):
@@ -110,7 +113,7 @@ def test_bad_inputs_raise_typed_errors() -> None:
         VectorStore(0)
 
 
-def test_remove_upsert_and_contains(data: np.ndarray) -> None:
+def test_remove_upsert_and_contains(glue: ModuleType, data: np.ndarray) -> None:
     vs = VectorStore(32, promote_at=1000, background=False)
     vs.add(np.arange(2000), data[:2000])
     vs.remove([0, 1, 2])
@@ -122,9 +125,15 @@ def test_remove_upsert_and_contains(data: np.ndarray) -> None:
     assert ids[0, 0] == 3 and len(vs) == 1997
     ids, _ = vs.search(data[3:4], k=10)
     assert 3 not in ids
+    for lo in range(4100, 4700, 200):  # online adds: flushed copy-on-write into the index
+        vs.add(np.arange(lo, lo + 200), data[lo : lo + 200])
+    st = vs.stats()
+    assert st["fresh"] < 512 and st["slots"] >= 2600 and len(vs) == 2597
+    ids, _ = vs.search(data[4100:4700], k=1)
+    assert (ids[:, 0] == np.arange(4100, 4700)).mean() >= 0.97
 
 
-def test_namespaces_and_where_filters(data: np.ndarray) -> None:
+def test_namespaces_and_where_filters(glue: ModuleType, data: np.ndarray) -> None:
     vs = VectorStore(32, promote_at=2000, background=False, exact_below=100)
     meta = [{"kind": "doc" if i % 3 else "note", "n": i % 5} for i in range(5000)]
     vs.add(np.arange(4950), data[:4950], metadata=meta[:4950], namespace="shared")
@@ -134,6 +143,9 @@ def test_namespaces_and_where_filters(data: np.ndarray) -> None:
     assert set(ids.ravel()) <= set(range(4950, 5000))
     truth = exact_ids(q, data[4950:5000], 10) + 4950
     assert recall(ids, truth) >= 0.95  # small namespace: exact plan
+    vs.remove([int(ids[0, 0])])
+    again, _ = vs.search(q[:1], k=10, namespace="agent-7")
+    assert ids[0, 0] not in again and again[0, 0] == ids[0, 1]  # removed ones skipped
     ids, _ = vs.search(q, k=10, where={"kind": "note", "n": [1, 2]})  # broad: FAISS selector
     sel = np.array([i for i in range(5000) if i % 3 == 0 and i % 5 in (1, 2)])
     assert set(ids.ravel()) - {-1} <= set(sel.tolist())
@@ -146,7 +158,7 @@ def test_namespaces_and_where_filters(data: np.ndarray) -> None:
         vs.search(q, where={"kind": [["x"]]})
 
 
-def test_ttl_expiry() -> None:
+def test_ttl_expiry(glue: ModuleType) -> None:
     vs = VectorStore(4, index="flat")
     vs.add([1], [[1, 0, 0, 0]], ttl=0.05)
     vs.add([2], [[0.9, 0.1, 0, 0]])
@@ -156,7 +168,7 @@ def test_ttl_expiry() -> None:
     assert 1 not in vs and len(vs) == 1
 
 
-def test_save_load_roundtrip(tmp_path: Path, data: np.ndarray) -> None:
+def test_save_load_roundtrip(glue: ModuleType, tmp_path: Path, data: np.ndarray) -> None:
     vs = VectorStore(32, promote_at=1000, background=False)
     vs.add(np.arange(3000), data[:3000], metadata=[{"i": i} for i in range(3000)], namespace="a")
     vs.add(np.arange(3000, 3100), data[3000:3100])  # some stay in the fresh buffer
@@ -175,7 +187,7 @@ def test_save_load_roundtrip(tmp_path: Path, data: np.ndarray) -> None:
     assert back.search(data[:5], k=3, namespace="a")[0].max() < 3000
 
 
-def test_corrupt_files_raise(tmp_path: Path) -> None:
+def test_corrupt_files_raise(glue: ModuleType, tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"definitely not sqlite" * 100)
     with pytest.raises(CorruptFileError):
@@ -232,7 +244,7 @@ def test_background_build_serves_searches_and_finds_new_vectors(data: np.ndarray
     assert (ids[:, 0] == np.arange(4000, 4100)).mean() >= 0.95  # new vectors are found
 
 
-def test_compaction_after_many_removals(data: np.ndarray) -> None:
+def test_compaction_after_many_removals(glue: ModuleType, data: np.ndarray) -> None:
     vs = VectorStore(32, index="flat", background=False)
     vs.add(np.arange(4000), data[:4000])
     vs.remove(np.arange(0, 3000))

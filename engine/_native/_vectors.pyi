@@ -1,10 +1,13 @@
 """Stub of engine._native._vectors (ext/_vectors.pyx; twin engine/memory/_vectors_py.py)."""
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
+@final
 class IdMap:
-    def __init__(self, capacity: int = 0) -> None: ...
+    def __new__(cls, capacity: int = 0) -> IdMap: ...
     def __len__(self) -> int: ...
     def clear(self) -> None: ...
     def put_many(
@@ -26,6 +29,11 @@ def filter_bitmap(
     code: int,
     alive: npt.NDArray[np.uint8],  # const uint8_t[::1]
     out: npt.NDArray[np.uint8],  # uint8_t[::1]
+) -> int: ...
+def filter_alive(
+    slots: npt.NDArray[np.int64],  # const int64_t[::1]
+    alive: npt.NDArray[np.uint8],  # const uint8_t[::1]
+    out: npt.NDArray[np.int64],  # int64_t[::1]
 ) -> int: ...
 def bitmap_and(
     a: npt.NDArray[np.uint8],  # const uint8_t[::1]
@@ -60,4 +68,20 @@ def merge_topk(
     largest: bool,
     out_d: npt.NDArray[np.float32],  # float[:, ::1]
     out_i: npt.NDArray[np.int64],  # int64_t[:, ::1]
+) -> None: ...
+def score_sq8(
+    codes: npt.NDArray[np.uint8],  # const uint8_t[:, ::1]
+    slots: npt.NDArray[np.int64],  # const int64_t[::1]
+    q: npt.NDArray[np.float32],  # const float[::1]
+    vmin: npt.NDArray[np.float32],  # const float[::1]
+    vdiff: npt.NDArray[np.float32],  # const float[::1]
+    l2: bool,
+    out: npt.NDArray[np.float32],  # float[::1]
+) -> None: ...
+def score_f32(
+    x: npt.NDArray[np.float32],  # const float[:, ::1]
+    slots: npt.NDArray[np.int64],  # const int64_t[::1]
+    q: npt.NDArray[np.float32],  # const float[::1]
+    l2: bool,
+    out: npt.NDArray[np.float32],  # float[::1]
 ) -> None: ...

@@ -271,6 +271,24 @@ def make_params(
     return p, [sel]
 
 
+def codes_of(index: Any, kind: str) -> tuple[str, Any, Any, Any]:
+    """Where a subset can be scored without decoding: ``("sq8", codes, vmin, vdiff)`` for
+    8-bit scalar-quantised storage, ``("f32", rows, None, None)`` for flat storage, or
+    ``("other", None, None, None)`` (then :func:`reconstruct`). Views are zero-copy and
+    valid until the index grows."""
+    if kind == "flat":
+        rows = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)
+        return "f32", rows.reshape(index.ntotal, index.d), None, None
+    src = {"hnsw": "storage", "ivfpq": "refine_index"}.get(kind)
+    sq = faiss.downcast_index(getattr(index, src)) if src else index
+    if isinstance(sq, faiss.IndexScalarQuantizer) and sq.sq.qtype == faiss.ScalarQuantizer.QT_8bit:
+        d = sq.d
+        trained = faiss.vector_to_array(sq.sq.trained).astype(np.float32)
+        codes = faiss.rev_swig_ptr(sq.codes.data(), sq.ntotal * sq.code_size)
+        return "sq8", codes.reshape(sq.ntotal, sq.code_size), trained[:d], trained[d:]
+    return "other", None, None, None
+
+
 def reconstruct(index: Any, kind: str, slots: I64) -> F32:
     """Decoded vectors of ``slots`` (exact for flat, SQ8-decoded for quantised kinds)."""
     src = index.refine_index if kind == "ivfpq" else index

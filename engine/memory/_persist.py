@@ -219,6 +219,8 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
         store._dead = n - len(live)
         store._ids.put_many(np.ascontiguousarray(store._ext[live]), live)
         store._ns_names = list(names)
+        codes, sizes = np.unique(store._ns[:n], return_counts=True)
+        store._ns_size = {int(c): int(z) for c, z in zip(codes, sizes, strict=True) if c >= 0}
         store._ns_codes = {name: i for i, name in enumerate(names)}
         for s, m_ in meta.items():
             if 0 <= s < n and bits[s]:

@@ -20,10 +20,13 @@ __all__ = [
     "bitmap_set",
     "bitmap_to_slots",
     "check_finite",
+    "filter_alive",
     "filter_bitmap",
     "map_ids",
     "merge_topk",
     "normalize",
+    "score_f32",
+    "score_sq8",
     "ttl_sweep",
 ]
 
@@ -81,9 +84,10 @@ def normalize(x: F32) -> int:
     bad = check_finite(x)
     if bad >= 0:
         return bad
-    norms = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1))
+    wide = x.astype(np.float64)
+    norms = np.sqrt((wide**2).sum(axis=1))
     norms[norms == 0] = 1.0
-    x /= norms[:, None].astype(np.float32)
+    x[...] = (wide / norms[:, None]).astype(np.float32)
     return -1
 
 
@@ -189,3 +193,45 @@ def merge_topk(d: F32, i: I64, k: int, largest: bool, out_d: F32, out_i: I64) ->
         for j, (dist, c) in enumerate(cand[:k]):
             out_d[r, j] = dist
             out_i[r, j] = i[r, c]
+
+
+def _check_slots(slots: I64, rows: int) -> None:
+    if len(slots) and (slots.min() < 0 or slots.max() >= rows):
+        bad = slots[(slots < 0) | (slots >= rows)][0]
+        raise ValueError(f"slot {bad} outside the rows")
+
+
+def score_sq8(codes: U8, slots: I64, q: F32, vmin: F32, vdiff: F32, l2: bool, out: F32) -> None:
+    """Score ``q`` against the QT_8bit rows ``codes[slots]`` (x = vmin + (c+0.5)/255*vdiff)."""
+    d = codes.shape[1]
+    if len(q) != d or len(vmin) != d or len(vdiff) != d:
+        raise ValueError("q, vmin and vdiff must have the codes' width")
+    if len(out) < len(slots):
+        raise ValueError("out is shorter than slots")
+    _check_slots(slots, codes.shape[0])
+    x = vmin.astype(np.float64) + (codes[slots].astype(np.float64) + 0.5) / 255.0 * vdiff
+    qq = q.astype(np.float64)
+    res = ((x - qq) ** 2).sum(axis=1) if l2 else x @ qq
+    out[: len(slots)] = res
+
+
+def score_f32(x: F32, slots: I64, q: F32, l2: bool, out: F32) -> None:
+    """Score ``q`` against rows ``x[slots]``: inner products, or squared distances (``l2``)."""
+    if len(q) != x.shape[1]:
+        raise ValueError("q must have the rows' width")
+    if len(out) < len(slots):
+        raise ValueError("out is shorter than slots")
+    _check_slots(slots, x.shape[0])
+    rows = x[slots].astype(np.float64)
+    qq = q.astype(np.float64)
+    out[: len(slots)] = ((rows - qq) ** 2).sum(axis=1) if l2 else rows @ qq
+
+
+def filter_alive(slots: I64, alive: U8, out: I64) -> int:
+    """Copy the ``slots`` whose alive bit is set into ``out`` (order kept); return how many."""
+    if len(out) < len(slots):
+        raise ValueError("out is shorter than slots")
+    _check_slots(slots, len(alive) * 8)
+    keep = [s for s in slots.tolist() if (alive[s >> 3] >> (s & 7)) & 1]
+    out[: len(keep)] = keep
+    return len(keep)

@@ -55,7 +55,9 @@ class SemanticCache:
 
     ``thresholds`` override :data:`DEFAULT_THRESHOLDS` per kind; other kinds use
     ``default_threshold``. ``ttl`` (seconds, None = forever) is the default lifetime.
-    Thread-safe.
+    ``target_recall`` of the per-kind stores is 0.90: a hit needs a near-duplicate, which
+    graph search finds first even with a small beam, and a rare miss only costs the call
+    the cache would have saved. Thread-safe.
     """
 
     def __init__(
@@ -67,7 +69,7 @@ class SemanticCache:
         ttl: float | None = 3600.0,
         max_entries: int = 100_000,
         index: str = "auto",
-        target_recall: float = 0.95,
+        target_recall: float = 0.90,
     ) -> None:
         if max_entries < 1:
             raise VectorStoreError(f"max_entries must be >= 1, got {max_entries}")

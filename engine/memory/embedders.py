@@ -6,6 +6,7 @@ Every embedder has ``dim`` and ``embed(texts) -> float32 (n, dim)`` with L2-norm
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
 import zlib
@@ -179,14 +180,14 @@ class SentenceTransformerEmbedder:
     def __init__(
         self, model: str = "all-MiniLM-L6-v2", *, device: str = "cpu", batch_size: int = 64
     ) -> None:
-        try:
-            from sentence_transformers import SentenceTransformer
+        try:  # optional extra: imported by name so type checkers need not have it
+            st: Any = importlib.import_module("sentence_transformers")
         except ImportError as exc:
             raise ImportError(
                 "SentenceTransformerEmbedder needs sentence-transformers: "
                 "pip install 'agent-engine[embeddings]'"
             ) from exc
-        self._model = SentenceTransformer(model, device=device)
+        self._model = st.SentenceTransformer(model, device=device)
         self.batch_size = batch_size
         get_dim = self._model.get_sentence_embedding_dimension
         self._dim = int(get_dim() or 0)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,12 +48,14 @@ I64 = npt.NDArray[np.int64]
 Scalar = str | int | float | bool | None
 Where = Mapping[str, Scalar | Sequence[Scalar]]
 
-# Fresh vectors move into the main index once there are FLUSH_AT[kind], CHUNK[kind] per
-# write lock: HNSW inserts cost ~1 ms each at 100k, IVF ones ~0.1 ms; a flat scan of 1,024
-# fresh vectors costs ~30 µs per query (benches/bench_memory.py, 2026-11).
-_FLUSH_AT = {"hnsw": 1024}
-_CHUNK = {"hnsw": 16}
-_FLUSH_DEFAULT = 256
+# Fresh vectors move into the main index once there are _FLUSH_AT of them, copy-on-write:
+# the main index is cloned, the clone takes the inserts with no lock held (HNSW inserts
+# cost ~1 ms each at 100k), and is swapped in under a write lock held for microseconds.
+# Chunked in-place inserts under the write lock instead stalled searches for 20 ms at p50
+# while 10k vectors were added (benches/memory_table.py, 2026-11). A flat scan of 512
+# fresh vectors costs ~20 µs per query.
+_FLUSH_AT = 512
+_FLUSH_DEFAULT = 256  # replay granularity of background re-builds
 _NO_NS = -1
 # Batches are split over a pool of threads each running FAISS on one OpenMP thread:
 # dynamic scheduling beats OpenMP's static split on a shared machine, 2-4x batch QPS
@@ -141,6 +144,7 @@ class VectorStore:
         self._lock = RWLock()
         self._sweep_lock = threading.Lock()
         self._build_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._largest = metric != "l2"
         # per-slot state
         self._n = 0
@@ -152,6 +156,8 @@ class VectorStore:
         self._next_expiry = math.inf
         self._ids = V.IdMap(0)
         self._ns_codes: dict[str, int] = {}
+        self._ns_size: dict[int, int] = {}  # slots per namespace code (dead ones included)
+        self._ns_slots: dict[int, I64] = {}  # cached slot lists of small namespaces
         self._ns_names: list[str] = []
         self._meta: dict[int, dict[str, Any]] = {}
         self._postings: dict[tuple[str, Scalar], set[int]] = {}
@@ -275,6 +281,9 @@ class VectorStore:
             self._grow(start + n)
             self._ext[start : start + n] = ids_a
             self._ns[start : start + n] = code
+            if code >= 0:
+                self._ns_size[code] = self._ns_size.get(code, 0) + n
+                self._ns_slots.pop(code, None)
             self._expire[start : start + n] = expire
             V.bitmap_set(slots, self._alive)
             self._n = start + n
@@ -313,24 +322,33 @@ class VectorStore:
         return bool(self._ids.get_many(np.array([id_], np.int64), out) == 0)
 
     def _flush(self) -> None:
-        """Move fresh vectors into the main index in small chunks (short write locks)."""
+        """Move fresh vectors into the main index, copy-on-write (see ``_FLUSH_AT``)."""
         main = self._main
-        if main is None or self._fresh.ntotal < _FLUSH_AT.get(main.kind, _FLUSH_DEFAULT):
+        if main is None or self._fresh.ntotal < _FLUSH_AT:
             return
-        while True:
-            with self._lock.write():
+        if not self._flush_lock.acquire(blocking=False):
+            return  # another thread is flushing; its successor will pick these up
+        try:
+            with self._lock.read():
                 main = self._main
                 if main is None:
                     return
-                nf = self._fresh.ntotal
-                step = _CHUNK.get(main.kind, _FLUSH_DEFAULT)
-                if nf < step:
-                    return
+                base_n = self._main_n
+                step = self._fresh.ntotal & ~7  # keep main_n a multiple of 8
                 chunk = faiss.rev_swig_ptr(self._fresh.get_xb(), step * self.dim)
                 chunk = np.array(chunk, np.float32).reshape(step, self.dim)
-                main.index.add(chunk)
+                index = faiss.clone_index(main.index)  # nobody mutates main in place
+            with _index.single_thread():  # leave the other cores to concurrent searches
+                index.add(chunk)
+            with self._lock.write():
+                if self._main is not main or self._main_n != base_n:
+                    return  # a re-build swapped in meanwhile and holds these vectors
+                self._main = replace(main, index=index)
                 self._fresh.remove_ids(faiss.IDSelectorRange(0, step))
                 self._main_n += step
+                self._bytes_cache = (-1, 0)
+        finally:
+            self._flush_lock.release()
 
     def _sweep(self) -> None:
         """Expire slots whose TTL passed (cheap no-op until the earliest expiry)."""
@@ -371,9 +389,14 @@ class VectorStore:
             pad = -np.inf if self._largest else np.inf
             if self._n == 0:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), pad, np.float32)
-            bitmap = self._filter(namespace, where)
-            if bitmap is not None and bitmap[1] <= self.exact_below:
-                d, s = self._search_subset(q, k, bitmap[0], bitmap[1])
+            small = self._small_namespace(namespace) if where is None else None
+            bitmap = None if small is not None else self._filter(namespace, where)
+            if small is not None:
+                d, s = self._search_subset(q, k, small)
+            elif bitmap is not None and bitmap[1] <= self.exact_below:
+                slots = np.empty(bitmap[1], np.int64)
+                V.bitmap_to_slots(bitmap[0], self._n, slots)
+                d, s = self._search_subset(q, k, slots)
             else:
                 alive = max(1, self._n - self._dead)
                 bm = None if bitmap is None else bitmap[0]
@@ -420,28 +443,66 @@ class VectorStore:
                 count = V.bitmap_and(out, keep, out)
         return out, count
 
-    def _search_subset(self, q: F32, k: int, bitmap: Any, count: int) -> tuple[F32, I64]:
-        """Exact top-k over the (few) eligible slots: gather, decode, ``faiss.knn``."""
+    def _small_namespace(self, namespace: str | None) -> I64 | None:
+        """Alive slots of a namespace of at most ``exact_below`` slots (cached per namespace,
+        skipping the O(n) bitmap), or None when that does not apply."""
+        if namespace is None:
+            return None
+        code = self._ns_code(namespace, create=False)
+        if code == -2:
+            return np.empty(0, np.int64)
+        if code < 0 or self._ns_size.get(code, 0) > self.exact_below:
+            return None
+        slots = self._ns_slots.get(code)
+        if slots is None:
+            slots = np.flatnonzero(self._ns[: self._n] == code).astype(np.int64)
+            self._ns_slots[code] = slots
+        out = np.empty(len(slots), np.int64)
+        return out[: V.filter_alive(slots, self._alive, out)]
+
+    def _search_subset(self, q: F32, k: int, slots: I64) -> tuple[F32, I64]:
+        """Top-k over the (few) eligible ``slots`` (ascending), scored natively on the
+        stored codes."""
         nq = len(q)
+        count = len(slots)
         pad = -np.inf if self._largest else np.inf
         d_out = np.full((nq, k), pad, np.float32)
         s_out = np.full((nq, k), -1, np.int64)
         if count == 0:
             return d_out, s_out
-        slots = np.empty(count, np.int64)
-        V.bitmap_to_slots(bitmap, self._n, slots)
         split = int(np.searchsorted(slots, self._main_n))
-        parts = []
+        l2 = self.metric == "l2"
+        scores = np.empty((nq, count), np.float32)
         if split:
-            assert self._main is not None
-            parts.append(_index.reconstruct(self._main.index, self._main.kind, slots[:split]))
+            main = self._main
+            assert main is not None
+            how, codes, vmin, vdiff = _index.codes_of(main.index, main.kind)
+            mine = slots[:split]
+            for r in range(nq):
+                if how == "sq8":
+                    V.score_sq8(codes, mine, q[r], vmin, vdiff, l2, scores[r, :split])
+                elif how == "f32":
+                    V.score_f32(codes, mine, q[r], l2, scores[r, :split])
+            if how == "other":
+                x = _index.reconstruct(main.index, main.kind, mine)
+                scores[:, :split] = ((q[:, None, :] - x[None]) ** 2).sum(-1) if l2 else q @ x.T
         if split < count:
-            parts.append(self._fresh.reconstruct_batch(slots[split:] - self._main_n))
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        d, i = _index.exact_topk(q, x, k, self.metric)
-        kk = d.shape[1]
-        d_out[:, :kk] = d
-        s_out[:, :kk] = np.where(i >= 0, slots[np.maximum(i, 0)], -1)
+            rows = faiss.rev_swig_ptr(self._fresh.get_xb(), self._fresh.ntotal * self.dim)
+            rows = rows.reshape(self._fresh.ntotal, self.dim)
+            local = np.ascontiguousarray(slots[split:] - self._main_n)
+            for r in range(nq):
+                V.score_f32(rows, local, q[r], l2, scores[r, split:])
+        kk = min(k, count)
+        key = -scores if self._largest else scores
+        top = (
+            np.argpartition(key, kk - 1, axis=1)[:, :kk]
+            if kk < count
+            else np.tile(np.arange(count), (nq, 1))
+        )
+        order = np.take_along_axis(key, top, 1).argsort(axis=1, kind="stable")
+        top = np.take_along_axis(top, order, 1)
+        d_out[:, :kk] = np.take_along_axis(scores, top, 1)
+        s_out[:, :kk] = slots[top]
         return d_out, s_out
 
     def _search_indexes(self, q: F32, k: int, bitmap: Any, selectivity: float) -> tuple[F32, I64]:
@@ -642,6 +703,9 @@ class VectorStore:
         self._main = built
         self._main_n = new_n
         self._fresh = self._new_flat()
+        codes, sizes = np.unique(ns[:new_n], return_counts=True)
+        self._ns_size = {int(c): int(z) for c, z in zip(codes, sizes, strict=True) if c >= 0}
+        self._ns_slots = {}
         self._bytes_cache = (-1, 0)
 
     # ------------------------------------------------------------------ introspection
