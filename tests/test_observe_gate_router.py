@@ -110,6 +110,7 @@ def test_slowed_router_fails_the_gate(repo: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_unchanged_tree_passes_ten_times(repo: Path) -> None:
     for i in range(10):
         code, report = compare(repo, rounds=10)
