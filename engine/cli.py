@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # Modules that contribute subcommands (each has register(subparsers)).
 COMMANDS: tuple[str, ...] = (
     "engine._demo",
+    "engine.mesh._cli",
     "engine.observe._cli_audit",
     "engine.observe._cli_bench",
     "engine.observe._cli_profile",

@@ -12,42 +12,39 @@ whoever frees the agent starts one drain task that works through the mailbox in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
-from typing import Any, Final, Literal
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from engine.agents import Agent, Context, Route
 from engine.errors import (
-    CycleError,
     DeadlineExceeded,
     EngineError,
     MailboxFull,
     QueryCancelled,
     RemoteError,
+    RoutingError,
     UndeliverableError,
 )
 from engine.messages import (
     AgentId,
     Envelope,
-    ErrorInfo,
-    Kind,
-    Message,
-    MessageId,
     TopicId,
-    decode_payload,
-    encode_payload,
 )
+from engine.routing import Router, RouterPy
 from engine.runtime._hooks import Hooks, Middleware, compose
-from engine.runtime._queries import Query, current_query
+from engine.runtime._queries import Query, QueryState, current_query
+from engine.runtime._remote import Remote
+from engine.runtime._spawn import Spawn, levels
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
-from engine.runtime._wire import MessageTypes, error_from_info, error_info
+
+if TYPE_CHECKING:
+    from engine._native._router import Router as _RouterC
 
 __all__ = ["Policy", "Runtime", "Spawn"]
 
@@ -62,17 +59,10 @@ DEFAULT_MAILBOX: Final = 1024
 _POLICIES: Final = ("block", "reject")
 
 
-class Spawn(msgspec.Struct, frozen=True):
-    """A spawn request for :meth:`Runtime.spawn_many`: ``needs`` are spawned (started) first."""
-
-    id: AgentId
-    needs: tuple[AgentId, ...] = ()
-
-
 class _Type:
     """Registration of one agent type."""
 
-    __slots__ = ("capacity", "cls", "factory", "instances", "name", "policy")
+    __slots__ = ("balanced", "capacity", "cls", "factory", "instances", "name", "policy")
 
     def __init__(
         self, name: str, factory: Factory, cls: type[Agent] | None, capacity: int, policy: str
@@ -83,6 +73,7 @@ class _Type:
         self.capacity = capacity
         self.policy = policy
         self.instances: dict[str, Agent] = {}
+        self.balanced = False  # instances tracked in the runtime's balancer (key "*")
 
 
 async def _terminal_async(ctx: Context, message: Any) -> Any:
@@ -94,8 +85,8 @@ async def _terminal_async(ctx: Context, message: Any) -> Any:
 
 def _remote(exc: BaseException) -> BaseException:
     """What the sender sees when a handler raised ``exc``."""
-    if isinstance(exc, (RemoteError, QueryCancelled)):
-        return exc
+    if isinstance(exc, (RemoteError, QueryCancelled, DeadlineExceeded)):
+        return exc  # already says what happened further down the call tree
     err = RemoteError(type(exc).__name__, str(exc))
     err.__cause__ = exc
     return err
@@ -123,6 +114,8 @@ class Runtime:
         _check_mailbox(mailbox, policy)
         if max_agents is not None and (not isinstance(max_agents, int) or max_agents < 1):
             raise ValueError(f"max_agents must be a positive int or None, got {max_agents!r}")
+        if origin is not None and (not isinstance(origin, str) or not origin):
+            raise ValueError(f"origin must be a non-empty str, got {origin!r}")
         self.origin: str = origin or os.urandom(8).hex()
         self._mailbox = mailbox
         self._policy = policy
@@ -136,10 +129,10 @@ class Runtime:
         self._closed = False
         self._started = False
         self._transport = transport
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._messages = MessageTypes()
-        self._serving: dict[tuple[str, int], asyncio.Task[Any]] = {}
+        self._remote = Remote(self, transport)
         self._background: set[asyncio.Task[Any]] = set()
+        self._balancer: RouterPy | _RouterC | None = None  # made by the first balanced type
+        self._queries: dict[int, Query] = {}  # id(query) -> query, unfinished only
         self._middleware: tuple[Middleware, ...] = ()
         self._chain: Callable[[Any, Any], Awaitable[Any]] = _terminal_async
         self._plain = True
@@ -178,13 +171,15 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        for q in list(self._queries.values()):
+            q.terminate()
         tasks = [a._task for t in self._types.values() for a in t.instances.values() if a._task]
-        tasks += list(self._background) + list(self._serving.values())
+        tasks += list(self._background) + list(self._remote.serving.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for fut in self._pending.values():
+        for fut in self._remote.pending.values():
             fut.cancel()
         agents = [a for t in self._types.values() for a in t.instances.values()]
         for t in self._types.values():
@@ -223,8 +218,14 @@ class Runtime:
         *,
         mailbox: int | None = None,
         policy: Policy | None = None,
+        balance: str | None = None,
     ) -> None:
-        """Register ``factory`` (an Agent subclass or a function returning an agent)."""
+        """Register ``factory`` (an Agent subclass or a function returning an agent).
+
+        ``balance`` (``"round_robin"`` or ``"least_outstanding"``) makes
+        ``AgentId(agent_type, "*")`` pick one of the live instances through the native
+        router instead of naming one.
+        """
         if not isinstance(agent_type, str) or not agent_type or "/" in agent_type:
             raise ValueError(f"agent type must be a non-empty str without '/', got {agent_type!r}")
         if agent_type in self._types:
@@ -237,10 +238,16 @@ class Runtime:
         capacity = self._mailbox if mailbox is None else mailbox
         pol = self._policy if policy is None else policy
         _check_mailbox(capacity, pol)
-        self._types[agent_type] = _Type(agent_type, factory, cls, capacity, pol)
+        entry = _Type(agent_type, factory, cls, capacity, pol)
+        if balance is not None:
+            if self._balancer is None:
+                self._balancer = Router()
+            self._balancer.set_policy(agent_type, balance)  # RoutingError for unknown names
+            entry.balanced = True
+        self._types[agent_type] = entry
         if cls is not None:
             for mtype in cls._routes:
-                self._messages.add(mtype)
+                self._remote.messages.add(mtype)
         if self._transport is not None and self._started:
             self._transport.announce(agent_type)
 
@@ -255,6 +262,7 @@ class Runtime:
         if agent_type not in self._types:
             raise UndeliverableError(f"cannot subscribe unregistered agent type {agent_type!r}")
         sub = self._subs.add(agent_type, topic, key)
+        sub.target = self._types[agent_type]
         if self._transport is not None and self._started:
             self._transport.subscribe(topic)
         return sub
@@ -273,6 +281,8 @@ class Runtime:
 
         def remove() -> None:
             items = list(self._middleware)
+            if middleware not in items:
+                raise ValueError(f"middleware {middleware!r} was already removed")
             items.remove(middleware)
             self._middleware = tuple(items)
             self._rebuild()
@@ -295,6 +305,20 @@ class Runtime:
     def agent_count(self) -> int:
         return self._count
 
+    def stats(self) -> dict[str, int]:
+        """Point-in-time gauges for metrics collectors (O(agents); call at scrape time)."""
+        instances = [a for t in self._types.values() for a in t.instances.values()]
+        return {
+            "agents": self._count,
+            "agent_types": len(self._types),
+            "busy_agents": sum(1 for a in instances if a._busy),
+            "queued": sum(len(a._mb) for a in instances if a._mb),
+            "in_flight": self._active,
+            "remote_pending": len(self._remote.pending),
+            "remote_serving": len(self._remote.serving),
+            "subscriptions": len(self._subs),
+        }
+
     def agents(self, agent_type: str | None = None) -> list[AgentId]:
         """Ids of live instances (of one type, or all)."""
         types = self._types.values() if agent_type is None else [self._entry(agent_type)]
@@ -302,6 +326,8 @@ class Runtime:
 
     def get(self, agent_id: AgentId) -> Agent | None:
         """The live instance for ``agent_id`` or None (does not create it)."""
+        if not isinstance(agent_id, AgentId):
+            raise TypeError(f"expected an AgentId, got {type(agent_id).__name__}")
         t = self._types.get(agent_id.type)
         return None if t is None else t.instances.get(agent_id.key)
 
@@ -315,7 +341,12 @@ class Runtime:
         return t
 
     def _create(self, t: _Type, agent_id: AgentId) -> Agent:
-        agent = t.factory()
+        try:
+            agent = t.factory()
+        except Exception as exc:
+            raise UndeliverableError(
+                f"cannot create {agent_id}: its factory raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(agent, Agent):
             raise TypeError(
                 f"factory for {t.name!r} returned {type(agent).__name__}, not an engine.Agent"
@@ -330,6 +361,9 @@ class Runtime:
         agent._tick = self._seq
         t.instances[agent_id.key] = agent
         self._count += 1
+        if t.balanced:
+            assert self._balancer is not None
+            self._balancer.add_agent(agent_id)
         if self.hooks.on_spawn:
             self.hooks.call("on_spawn", agent)
         if self._max_agents is not None and self._count > self._max_agents:
@@ -345,8 +379,7 @@ class Runtime:
         except BaseException:
             t = self._types.get(agent.id.type)
             if t is not None and t.instances.get(agent.id.key) is agent:
-                del t.instances[agent.id.key]
-                self._count -= 1
+                self._forget(agent)
             self._fail_mailbox(agent, f"{agent.id} failed to start")
             raise
         finally:
@@ -383,6 +416,8 @@ class Runtime:
         for spec in specs:
             if isinstance(spec, Spawn):
                 aid, need = spec.id, spec.needs
+                if not isinstance(aid, AgentId) or not all(isinstance(d, AgentId) for d in need):
+                    raise TypeError(f"Spawn needs an AgentId id and AgentId needs, got {spec!r}")
             elif isinstance(spec, AgentId):
                 aid, need = spec, ()
             else:
@@ -398,7 +433,7 @@ class Runtime:
                         f"{aid} needs {dep}, which is neither live nor in specs"
                     )
         out: dict[AgentId, Agent] = {}
-        for level in _levels(needs):
+        for level in levels(needs) if any(needs.values()) else [order]:
             starting: list[Awaitable[None]] = []
             for aid in level:
                 t = self._types[aid.type]
@@ -411,8 +446,10 @@ class Runtime:
             if starting:
                 results = await asyncio.gather(*starting, return_exceptions=True)
                 for r in results:
-                    if isinstance(r, BaseException):
+                    if isinstance(r, Exception):
                         raise _remote(r) from r
+                    if isinstance(r, BaseException):
+                        raise r
         return [out[a] for a in order]
 
     async def evict(self, agent_id: AgentId) -> bool:
@@ -425,8 +462,12 @@ class Runtime:
         return True
 
     def _forget(self, agent: Agent) -> None:
-        del self._types[agent.id.type].instances[agent.id.key]
+        t = self._types[agent.id.type]
+        del t.instances[agent.id.key]
         self._count -= 1
+        if t.balanced:
+            assert self._balancer is not None
+            self._balancer.remove_agent(agent.id)
 
     def _evict_lru(self, keep: Agent) -> None:
         """Evict the oldest eighth of idle agents (amortised O(log n) per creation)."""
@@ -475,28 +516,38 @@ class Runtime:
         to: AgentId,
         timeout: float | None = None,
         sender: AgentId | None = None,
+        traceparent: str = "",
     ) -> Any:
         """Deliver ``message`` to ``to`` and return the handler's reply.
 
         A handler exception arrives as :class:`RemoteError`; ``timeout`` (seconds)
         raises :class:`DeadlineExceeded` and cancels the handler; cancelling the caller
         cancels the handler too. An unknown agent type raises UndeliverableError.
+        ``traceparent`` (W3C trace context) is carried to the handler's ``ctx`` and onto
+        the wire; ``ctx.send`` passes its own on.
         """
         t = self._types.get(to.type) if type(to) is AgentId else None
         if t is None:
-            return await self._send_other(message, to, timeout, sender)
+            return await self._send_other(message, to, timeout, sender, traceparent)
         if self._closed:
             raise UndeliverableError("runtime is stopped")
         agent = t.instances.get(to.key)
         if agent is None:
+            if t.balanced and to.key == "*":
+                return await self._send_balanced(t, message, timeout, sender, traceparent)
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message))
         if route is None:
             route = self._no_route(agent, message)
         self._seq = seq = self._seq + 1
         query = current_query.get()
-        ctx = Context(self, agent, route, sender, None, seq, query)
+        ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if agent._busy and not route.concurrent:
+            if sender is not None and sender == to:
+                raise UndeliverableError(
+                    f"{to} sent {type(message).__name__} to itself while busy, which would "
+                    "wait forever; use post/publish or a concurrent handler"
+                )
             return await self._enqueue(t, agent, route, message, ctx, timeout)
         if timeout is not None:
             return await self._inline_timeout(agent, route, message, ctx, timeout)
@@ -506,13 +557,33 @@ class Runtime:
         if not concurrent:
             agent._busy = True
         try:
-            if self._plain and query is None:
-                try:
-                    if route.is_async:
-                        return await route.fn(agent, message, ctx)
-                    return route.fn(agent, message, ctx)
-                except Exception as exc:
-                    raise _remote(exc) from exc
+            if query is None:
+                if self._plain:
+                    try:
+                        if route.is_async:
+                            return await route.fn(agent, message, ctx)
+                        return route.fn(agent, message, ctx)
+                    except Exception as exc:
+                        raise _remote(exc) from exc
+                if not self._middleware:  # hooks only: same as _call, one coroutine less
+                    post = self._post
+                    try:
+                        for hook in self._pre:
+                            hook(ctx, message)
+                        t0 = _clock() if post else 0.0
+                        if route.is_async:
+                            result = await route.fn(agent, message, ctx)
+                        else:
+                            result = route.fn(agent, message, ctx)
+                        if post:
+                            seconds = _clock() - t0
+                            for hook in post:
+                                hook(ctx, message, result, seconds)
+                    except Exception as exc:
+                        if self._err:
+                            self.hooks.call("on_error", ctx, message, exc)
+                        raise _remote(exc) from exc
+                    return result
             return await self._call(ctx, message)
         finally:
             self._active -= 1
@@ -524,6 +595,36 @@ class Runtime:
                     agent._busy = False
             if not self._active and self._idle_waiters:
                 self._wake_idle()
+
+    async def _send_balanced(
+        self,
+        t: _Type,
+        message: Any,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str,
+    ) -> Any:
+        """``AgentId(type, "*")``: the balancer picks a live instance; acked when done."""
+        balancer = self._balancer
+        assert balancer is not None
+        try:
+            slot = balancer.pick(t.name)
+        except RoutingError:
+            raise UndeliverableError(
+                f"no live instance of {t.name!r} to pick for {type(message).__name__} "
+                "(spawn some first)"
+            ) from None
+        try:
+            return await self.send(
+                message,
+                to=balancer.agent(slot),
+                timeout=timeout,
+                sender=sender,
+                traceparent=traceparent,
+            )
+        finally:
+            with contextlib.suppress(RoutingError):  # evicted meanwhile
+                balancer.ack(slot)
 
     def _no_route(self, agent: Agent, message: Any) -> Route:
         route = agent.route_for(type(message))
@@ -597,14 +698,13 @@ class Runtime:
         ctx: Context,
         timeout: float | None,
     ) -> Any:
-        loop = asyncio.get_running_loop()
         if timeout is None:
-            return await self._queue_and_wait(loop, t, agent, route, message, ctx)
+            return await self._queue_and_wait(t, agent, route, message, ctx)
         _check_timeout(timeout)
-        ctx.deadline = loop.time() + timeout
+        ctx.deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._queue_and_wait(loop, t, agent, route, message, ctx)
+                return await self._queue_and_wait(t, agent, route, message, ctx)
         except TimeoutError:
             if cm.expired():
                 raise DeadlineExceeded(
@@ -613,19 +713,22 @@ class Runtime:
             raise
 
     async def _queue_and_wait(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        t: _Type,
-        agent: Agent,
-        route: Route,
-        message: Any,
-        ctx: Context,
+        self, t: _Type, agent: Agent, route: Route, message: Any, ctx: Context
     ) -> Any:
-        await self._reserve(t, agent)
-        fut: asyncio.Future[Any] = loop.create_future()
-        fut.add_done_callback(partial(_request_done, agent))
-        self._push(agent, (route, message, ctx, fut))
-        return await fut
+        mb = agent._mb
+        if mb is not None and len(mb) >= t.capacity:
+            await self._reserve(t, agent)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ctx._reply = fut
+        self._push(agent, ctx)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The sender gave up (cancel or timeout): a queued request is skipped by the
+            # drain (its future is done); a running one gets its handler cancelled.
+            if agent._current is fut and agent._task is not None:
+                agent._task.cancel()
+            raise
 
     async def _reserve(self, t: _Type, agent: Agent) -> None:
         """Make room for one message in ``agent``'s mailbox (wait or raise per policy)."""
@@ -649,13 +752,11 @@ class Runtime:
                     _wake_one(agent)  # pass our wake-up on
                 raise
 
-    def _push(
-        self, agent: Agent, item: tuple[Route, Any, Context, asyncio.Future[Any] | None]
-    ) -> None:
+    def _push(self, agent: Agent, ctx: Context) -> None:
         mb = agent._mb
         if mb is None:
             mb = agent._mb = deque()
-        mb.append(item)
+        mb.append(ctx)
         self._active += 1
         if not agent._busy:
             agent._busy = True
@@ -675,18 +776,40 @@ class Runtime:
         mb = agent._mb
         assert mb is not None
         task = agent._task
+        current = current_query.get()
+        seq = 0
         try:
             while mb:
-                route, message, ctx, fut = mb.popleft()
+                ctx = mb.popleft()
+                route = ctx.route
+                message = ctx.message
+                fut = ctx._reply
                 if agent._wait:
                     _wake_one(agent)
-                if fut is not None and fut.done():  # the sender gave up (timeout/cancel)
+                seq = ctx.seq
+                query = ctx.query
+                if query is not current:
+                    current_query.set(query)
+                    current = query
+                if fut is None:  # published: nobody waits for a result
+                    try:
+                        if self._plain and query is None:
+                            if route.is_async:
+                                await route.fn(agent, message, ctx)
+                            else:
+                                route.fn(agent, message, ctx)
+                        else:
+                            await self._call(ctx, message)
+                    except Exception as exc:
+                        if not isinstance(exc, QueryCancelled):
+                            self._publish_failed(ctx, message, exc)
+                    finally:
+                        self._active -= 1
+                    continue
+                if fut.done():  # the sender gave up (timeout/cancel)
                     self._active -= 1
                     continue
                 agent._current = fut
-                query = ctx.query
-                if query is not current_query.get():
-                    current_query.set(query)
                 try:
                     if self._plain and query is None:
                         if route.is_async:
@@ -696,26 +819,27 @@ class Runtime:
                     else:
                         result = await self._call(ctx, message)
                 except asyncio.CancelledError:
-                    if fut is None or not fut.cancelled() or self._closed:
+                    if not fut.cancelled() or self._closed:
                         raise
                     if task is not None:
                         task.uncancel()  # only this request was cancelled; keep draining
                 except Exception as exc:
-                    if fut is not None:
-                        if not fut.done():
-                            fut.set_exception(_remote(exc))
-                    elif not isinstance(exc, QueryCancelled):
-                        self._publish_failed(ctx, message, exc)
+                    if not fut.done():
+                        fut.set_exception(_remote(exc))
                 else:
-                    if fut is not None and not fut.done():
+                    if not fut.done():
                         fut.set_result(result)
+                    elif fut.cancelled() and task is not None and task.cancelling():
+                        task.uncancel()  # the handler swallowed its cancellation
                 finally:
                     agent._current = None
-                    agent._tick = ctx.seq
+                    ctx._reply = None  # no ctx -> future -> error -> frame -> ctx cycle
                     self._active -= 1
         finally:
             agent._task = None
             agent._busy = False
+            if seq:
+                agent._tick = seq
             if mb:  # cancelled while messages remain: fail them
                 self._fail_mailbox(agent, f"{agent.id} stopped")
             if not self._active:
@@ -724,7 +848,7 @@ class Runtime:
     def _fail_mailbox(self, agent: Agent, reason: str) -> None:
         mb = agent._mb
         while mb:
-            _, _, _, fut = mb.popleft()
+            fut = mb.popleft()._reply
             self._active -= 1
             if fut is not None and not fut.done():
                 fut.set_exception(UndeliverableError(reason))
@@ -751,12 +875,19 @@ class Runtime:
 
     # -- publish -------------------------------------------------------------------
     async def publish(
-        self, message: Any, *, topic: str | TopicId, sender: AgentId | None = None
+        self,
+        message: Any,
+        *,
+        topic: str | TopicId,
+        sender: AgentId | None = None,
+        local_only: bool = False,
+        traceparent: str = "",
     ) -> int:
         """Fan ``message`` out to the subscribers of ``topic``; returns local deliveries.
 
         Handlers run later, in each agent's own order; their exceptions are logged and
-        passed to ``on_error`` hooks (nobody awaits a reply).
+        passed to ``on_error`` hooks (nobody awaits a reply). With a transport the message
+        also goes out to other runtimes unless ``local_only`` (set for inbound messages).
         """
         if type(topic) is str:
             subs = self._subs.match(topic)
@@ -774,17 +905,28 @@ class Runtime:
             query = current_query.get()
             mtype = type(message)
             full: list[str] = []
-            types = self._types
             for sub in subs:
-                t = types[sub.agent_type]
-                key = sub.key(topic_id, message)
+                t = sub.target
+                key = sub.fixed
+                if key is None:
+                    if sub.by_source:
+                        key = topic_id.source
+                    else:
+                        key = sub.key(topic_id, message)
+                        if type(key) is not str:
+                            raise TypeError(
+                                f"key function of subscription {sub.id} ({sub.pattern!r}) "
+                                f"returned {type(key).__name__}, expected str"
+                            )
                 agent = t.instances.get(key)
                 if agent is None:
                     agent = await self._ensure(t, AgentId(t.name, key))
                 route = agent._routes.get(mtype) or agent.route_for(mtype)
                 if route is None:
                     continue  # this subscriber does not handle the message class
-                ctx = Context(self, agent, route, sender, topic_id, seq, query)
+                ctx = Context(
+                    self, agent, route, message, sender, topic_id, seq, query, 0.0, traceparent
+                )
                 if route.concurrent:
                     self._active += 1
                     self._spawn_bg(self._run_concurrent(ctx, message))
@@ -799,7 +941,7 @@ class Runtime:
                     mb = agent._mb
                 if mb is None:
                     mb = agent._mb = deque()
-                mb.append((route, message, ctx, None))
+                mb.append(ctx)
                 self._active += 1
                 delivered += 1
                 if not agent._busy:
@@ -810,18 +952,45 @@ class Runtime:
                     f"published {type(message).__name__} dropped for full mailboxes: "
                     + ", ".join(full)
                 )
-        if self._transport is not None and self._started and sender is not _INBOUND:
-            self._transport.send(
-                Envelope(
-                    id=MessageId(self.origin, seq),
-                    kind=Kind.PUBLISH,
-                    sender=sender,
-                    topic=topic_id,
-                    payload_type=type(message).__name__,
-                    payload=encode_payload(message),
-                )
-            )
+        if self._transport is not None and self._started and not local_only:
+            self._remote.publish(message, topic_id, seq, sender, traceparent)
         return delivered
+
+    async def post(
+        self,
+        message: Any,
+        *,
+        to: AgentId,
+        sender: AgentId | None = None,
+        traceparent: str = "",
+    ) -> None:
+        """One-way delivery to one agent: queued like a published message, no reply.
+
+        Returns once the message is in the agent's mailbox (waiting for space under the
+        ``block`` policy; ``MailboxFull`` under ``reject``). Handler errors are logged.
+        """
+        t = self._types.get(to.type) if type(to) is AgentId else None
+        if t is None:
+            if not isinstance(to, AgentId):
+                raise TypeError(f"to= must be an AgentId, got {type(to).__name__}")
+            known = ", ".join(sorted(self._types)) or "none"
+            raise UndeliverableError(
+                f"no agent type {to.type!r} is registered (registered: {known})"
+            )
+        self._check_open()
+        agent = t.instances.get(to.key)
+        if agent is None:
+            agent = await self._ensure(t, to)
+        route = agent._routes.get(type(message)) or self._no_route(agent, message)
+        seq = self._next_seq()
+        query = current_query.get()
+        ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
+        if route.concurrent:
+            self._active += 1
+            self._spawn_bg(self._run_concurrent(ctx, message))
+            return
+        await self._reserve(t, agent)
+        self._push(agent, ctx)
 
     async def _run_concurrent(self, ctx: Context, message: Any) -> None:
         try:
@@ -875,141 +1044,64 @@ class Runtime:
 
         self._seq += 1
         q = Query(body, name or f"q{self._seq}")
+        self._queries[id(q)] = q
+        q.add_listener(self._query_changed)
         return q.start() if start else q
 
-    # -- transport -----------------------------------------------------------------
+    @property
+    def queries(self) -> list[Query]:
+        """Queries started here that have not finished yet."""
+        return list(self._queries.values())
+
+    def _query_changed(self, q: Query, state: QueryState) -> None:
+        if state.terminal:
+            self._queries.pop(id(q), None)
+
+    # -- transport and mesh hosting ------------------------------------------------
     async def _send_other(
-        self, message: Any, to: AgentId, timeout: float | None, sender: AgentId | None
+        self,
+        message: Any,
+        to: AgentId,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str,
     ) -> Any:
         if not isinstance(to, AgentId):
             raise TypeError(f"to= must be an AgentId, got {type(to).__name__}")
         self._check_open()
-        transport = self._transport
-        if transport is None or not self._started:
+        if self._transport is None or not self._started:
             known = ", ".join(sorted(self._types)) or "none"
             raise UndeliverableError(
                 f"no agent type {to.type!r} is registered (registered: {known})"
             )
         if timeout is not None:
             _check_timeout(timeout)
-        self._seq = seq = self._seq + 1
-        mid = MessageId(self.origin, seq)
-        env = Envelope(
-            id=mid,
-            kind=Kind.SEND,
-            sender=sender,
-            recipient=to,
-            deadline=time.time() + timeout if timeout is not None else 0.0,
-            payload_type=type(message).__name__,
-            payload=encode_payload(message),
-        )
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = fut
-        self._active += 1
-        try:
-            transport.send(env)
-            if timeout is None:
-                return await fut
-            try:
-                async with asyncio.timeout(timeout):
-                    return await fut
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"{to} did not reply to {type(message).__name__} within {timeout}s"
-                ) from None
-        except asyncio.CancelledError:
-            if not self._closed:
-                transport.send(Envelope(id=mid, kind=Kind.CANCEL, recipient=to, correlation=mid))
-            raise
-        finally:
-            self._pending.pop(seq, None)
-            self._active -= 1
-            if not self._active:
-                self._wake_idle()
+        return await self._remote.send(message, to, timeout, sender, traceparent)
 
     def deliver(self, envelope: Envelope) -> None:
-        """Transport entry point: accept one inbound envelope."""
-        kind = envelope.kind
-        if kind is Kind.REPLY or kind is Kind.ERROR:
-            corr = envelope.correlation
-            fut = self._pending.get(corr.seq) if corr is not None else None
-            if fut is None or fut.done():
-                return  # late or duplicate reply
-            try:
-                if kind is Kind.ERROR:
-                    info = decode_payload(envelope.payload, ErrorInfo)
-                    fut.set_exception(error_from_info(info))
-                else:
-                    fut.set_result(self._messages.decode(envelope))
-            except EngineError as exc:
-                fut.set_exception(exc)
-        elif kind is Kind.SEND:
-            key = (envelope.id.origin, envelope.id.seq)
-            task = asyncio.get_running_loop().create_task(self._serve(envelope))
-            self._serving[key] = task
-            task.add_done_callback(lambda _t: self._serving.pop(key, None))
-        elif kind is Kind.PUBLISH:
-            self._spawn_bg(self._serve_publish(envelope))
-        elif kind is Kind.CANCEL:
-            corr = envelope.correlation
-            serving = self._serving.get((corr.origin, corr.seq)) if corr is not None else None
-            if serving is not None:
-                serving.cancel()
+        """Transport entry point: accept one inbound envelope (never blocks)."""
+        self._remote.deliver(envelope)
 
-    async def _serve(self, env: Envelope) -> None:
-        transport = self._transport
-        assert transport is not None
-        try:
-            message = self._messages.decode(env)
-            assert env.recipient is not None
-            timeout = None
-            if env.deadline:
-                timeout = max(env.deadline - time.time(), 1e-3)
-            result = await self.send(message, to=env.recipient, timeout=timeout, sender=env.sender)
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:
-            info = error_info(exc)
-            reply = Envelope(
-                id=MessageId(self.origin, self._next_seq()),
-                kind=Kind.ERROR,
-                recipient=env.sender,
-                correlation=env.id,
-                payload_type="ErrorInfo",
-                payload=encode_payload(info),
-            )
-        else:
-            reply = Envelope(
-                id=MessageId(self.origin, self._next_seq()),
-                kind=Kind.REPLY,
-                recipient=env.sender,
-                correlation=env.id,
-                payload_type=type(result).__name__ if isinstance(result, Message) else "",
-                payload=encode_payload(result),
-            )
-        transport.send(reply)
+    async def handle(self, envelope: Envelope) -> Envelope | None:
+        """Mesh ``Host`` entry point: run one delivered SEND/PUBLISH envelope here.
 
-    async def _serve_publish(self, env: Envelope) -> None:
-        try:
-            message = self._messages.decode(env)
-            assert env.topic is not None
-            await self.publish(message, topic=env.topic, sender=_INBOUND)
-        except Exception:
-            log.exception("inbound publish on %s failed", env.topic)
+        Returns the REPLY (or ERROR) envelope for a SEND, None for a PUBLISH.
+        """
+        return await self._remote.handle(envelope)
+
+    @property
+    def types(self) -> list[str]:
+        """Registered agent type names (what this runtime can host)."""
+        return list(self._types)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """Distinct topic patterns this runtime subscribes to."""
+        return list(dict.fromkeys(sub.pattern for sub in self._subs))
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-
-#: Marker sender for publishes that arrived from the transport (not forwarded back).
-_INBOUND: Final = AgentId("_inbound", "_")
-
-
-def _request_done(agent: Agent, fut: asyncio.Future[Any]) -> None:
-    """A queued request finished or was abandoned: cancel its handler if it is running."""
-    if fut.cancelled() and agent._current is fut and agent._task is not None:
-        agent._task.cancel()
 
 
 def _wake_one(agent: Agent) -> None:
@@ -1019,33 +1111,6 @@ def _wake_one(agent: Agent) -> None:
         if not fut.done():
             fut.set_result(None)
             return
-
-
-def _levels(needs: dict[AgentId, tuple[AgentId, ...]]) -> list[list[AgentId]]:
-    """Topological levels of the spawn graph (Kahn); CycleError names a cycle."""
-    pending = {a: {d for d in n if d in needs} for a, n in needs.items()}
-    levels: list[list[AgentId]] = []
-    done: set[AgentId] = set()
-    while pending:
-        ready = [a for a, d in pending.items() if d <= done]
-        if not ready:
-            raise CycleError(_find_cycle(pending))  # type: ignore[arg-type]
-        for a in ready:
-            del pending[a]
-        done.update(ready)
-        levels.append(ready)
-    return levels
-
-
-def _find_cycle(pending: dict[AgentId, set[AgentId]]) -> list[str]:
-    start = next(iter(pending))
-    seen: list[AgentId] = []
-    node = start
-    while node not in seen:
-        seen.append(node)
-        node = next(d for d in pending[node] if d in pending)
-    cycle = [*seen[seen.index(node) :], node]
-    return [str(a) for a in cycle]
 
 
 def _check_mailbox(capacity: object, policy: object) -> None:

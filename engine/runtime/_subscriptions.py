@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from engine.errors import RoutingError
 from engine.messages import TopicId
+from engine.routing import Router
 
 __all__ = ["KeyFn", "Subscription", "Subscriptions"]
 
@@ -28,24 +29,23 @@ def _source_key(topic: TopicId, message: Any) -> str:
     return topic.source
 
 
-def _router() -> Any:
-    try:
-        from engine.routing import Router  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - only before engine.routing is merged
-        return _FallbackRouter()
-    return Router()
-
-
 class Subscription:
     """One subscription: agent type, pattern, and how the instance key is derived."""
 
-    __slots__ = ("agent_type", "id", "key", "pattern")
+    __slots__ = ("agent_type", "by_source", "fixed", "id", "key", "pattern", "target")
 
-    def __init__(self, id: int, agent_type: str, pattern: str, key: KeyFn) -> None:
+    def __init__(
+        self, id: int, agent_type: str, pattern: str, key: KeyFn, fixed: str | None = None
+    ) -> None:
         self.id = id
         self.agent_type = agent_type
         self.pattern = pattern
         self.key = key
+        #: Fast paths for the two common key rules (no call per delivery).
+        self.fixed = fixed
+        self.by_source = key is _source_key
+        #: Set by the runtime: its registration record of ``agent_type``.
+        self.target: Any = None
 
     def __repr__(self) -> str:
         return f"Subscription({self.id}, {self.agent_type!r}, {self.pattern!r})"
@@ -57,7 +57,7 @@ class Subscriptions:
     __slots__ = ("_by_id", "_cache", "_next", "_router", "_sids")
 
     def __init__(self) -> None:
-        self._router = _router()
+        self._router = Router()
         self._by_id: dict[int, Subscription] = {}
         self._sids: dict[int, int] = {}
         self._cache: dict[str, tuple[Subscription, ...]] = {}
@@ -66,17 +66,18 @@ class Subscriptions:
     def add(self, agent_type: str, pattern: str, key: str | KeyFn | None = None) -> Subscription:
         if not isinstance(pattern, str):
             raise TypeError(f"topic pattern must be a str, got {type(pattern).__name__}")
+        fixed: str | None = None
         if key is None:
             keyfn: KeyFn = _source_key
         elif isinstance(key, str):
             fixed = key
-            keyfn = lambda topic, message: fixed  # noqa: E731
+            keyfn = lambda topic, message: key  # noqa: E731
         elif callable(key):
             keyfn = key
         else:
             raise TypeError(f"key must be a str or a function, got {type(key).__name__}")
         self._next += 1
-        sub = Subscription(self._next, agent_type, pattern, keyfn)
+        sub = Subscription(self._next, agent_type, pattern, keyfn, fixed)
         self._sids[sub.id] = self._router.subscribe(pattern, subscriber=sub.id)
         self._by_id[sub.id] = sub
         self._cache.clear()
@@ -105,42 +106,3 @@ class Subscriptions:
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-
-class _FallbackRouter:  # pragma: no cover - replaced by engine.routing once merged
-    """Minimal stand-in with the Router contract's subscribe/unsubscribe/match."""
-
-    def __init__(self) -> None:
-        self._subs: dict[int, tuple[list[str], int]] = {}
-        self._n = 0
-
-    @staticmethod
-    def _split(text: str, what: str) -> list[str]:
-        parts = text.split(".")
-        if not text or any(not p for p in parts):
-            raise RoutingError(f"malformed {what} {text!r}: empty segment")
-        return parts
-
-    def subscribe(self, pattern: str, subscriber: int) -> int:
-        self._n += 1
-        self._subs[self._n] = (self._split(pattern, "pattern"), subscriber)
-        return self._n
-
-    def unsubscribe(self, sid: int) -> None:
-        if self._subs.pop(sid, None) is None:
-            raise RoutingError(f"unknown subscription {sid}")
-
-    def match(self, topic: str) -> list[int]:
-        segs = self._split(topic, "topic")
-        return sorted({s for p, s in self._subs.values() if _fits(p, segs)})
-
-
-def _fits(pat: list[str], segs: list[str]) -> bool:  # pragma: no cover
-    if not pat:
-        return not segs
-    head = pat[0]
-    if head == "#":
-        return any(_fits(pat[1:], segs[i:]) for i in range(len(segs) + 1))
-    if not segs:
-        return False
-    return (head == "*" or head == segs[0]) and _fits(pat[1:], segs[1:])

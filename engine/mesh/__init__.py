@@ -1,0 +1,33 @@
+"""The ZeroMQ mesh: a ROUTER broker, DEALER nodes hosting agents, and clients.
+
+See ``docs/protocol.md`` for the wire protocol and ``docs/multi-host.md`` for deployment.
+"""
+
+from __future__ import annotations
+
+from engine.mesh._hosting import AgentHost, MeshContext, load_agent_classes, type_name_of
+from engine.mesh.broker import Broker
+from engine.mesh.client import MeshClient
+from engine.mesh.node import Node
+from engine.mesh.peer import Host, MeshPeer, decode_reply
+from engine.mesh.protocol import FrameKind, NackCode, Role
+from engine.mesh.security import generate_keys
+from engine.mesh.transport import MeshTransport
+
+__all__ = [
+    "AgentHost",
+    "Broker",
+    "FrameKind",
+    "Host",
+    "MeshClient",
+    "MeshContext",
+    "MeshPeer",
+    "MeshTransport",
+    "NackCode",
+    "Node",
+    "Role",
+    "decode_reply",
+    "generate_keys",
+    "load_agent_classes",
+    "type_name_of",
+]

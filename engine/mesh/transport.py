@@ -1,0 +1,64 @@
+"""The ZeroMQ transport of ``engine.runtime``: ``Runtime(mesh="tcp://HOST:5555")``.
+
+It implements the runtime's ``Transport`` protocol (``start(host)``, ``send``,
+``announce``, ``subscribe``, ``close``) on a :class:`~engine.mesh.peer.MeshPeer` in
+transport mode: outbound envelopes are queued without blocking (the window and a backlog
+are the flow control), inbound ones go to ``host.deliver``. Agent types the runtime
+registers are announced to the broker, so its local agents serve mesh traffic too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.mesh.peer import MeshPeer, Sink
+from engine.mesh.protocol import Role
+from engine.mesh.security import CurveClient
+from engine.messages import Envelope
+
+__all__ = ["MeshTransport"]
+
+
+class MeshTransport:
+    """Connects one runtime to a mesh broker."""
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        name: str | None = None,
+        role: Role | str = Role.ORCHESTRATOR,
+        concurrency: int = 64,
+        curve_dir: str | None = None,
+        curve_key: str = "orchestrator",
+        connect_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        curve = CurveClient.from_dir(curve_dir, curve_key) if curve_dir else None
+        self.peer = MeshPeer(connect, name=name, role=role, concurrency=concurrency,
+                             curve=curve, **kwargs)
+        self.connect_timeout = connect_timeout
+        self._started = False
+
+    async def start(self, host: Sink) -> None:
+        self.peer.attach(host)
+        await self.peer.start(timeout=self.connect_timeout)
+        self._started = True
+
+    def send(self, envelope: Envelope) -> None:
+        self.peer.post(envelope)
+
+    def announce(self, agent_type: str) -> None:
+        if agent_type not in self.peer.announced:
+            self.peer.announced[agent_type] = None
+            if self._started:
+                self.peer.reregister()
+
+    def subscribe(self, pattern: str) -> None:
+        if pattern not in self.peer.patterns:
+            self.peer.patterns[pattern] = None
+            if self._started:
+                self.peer.reregister()
+
+    async def close(self) -> None:
+        await self.peer.close()

@@ -1,0 +1,300 @@
+"""Broker behaviour with real ZeroMQ sockets on 127.0.0.1 (broker thread, asyncio peers)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+from mesh_agents import Boom, Echo, Listener, Ping, Pong, Sleep
+from mesh_procs import free_port
+
+from engine import cli
+from engine.errors import RemoteError, UndeliverableError
+from engine.mesh import Broker, MeshClient, Node
+from engine.mesh import protocol as P
+from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
+
+pytestmark = pytest.mark.timeout(60)
+HB = 0.1
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, route_timeout=1.0, startup_grace=0.2)
+    b.start()
+    yield b
+    b.stop()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_routing_direct_by_type_topic_and_errors(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        Listener.SEEN.clear()
+        async with Node(ep, {"echo": Echo, "listener": Listener}, name="a", heartbeat=HB) as a, \
+                Node(ep, {"echo": Echo}, name="b", heartbeat=HB) as b, \
+                MeshClient(ep, heartbeat=HB) as c:
+            assert (await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)) == Pong(
+                2, node=os.environ.get("MESH_NODE_NAME", str(os.getpid())))
+            await asyncio.gather(*(c.send(Ping(i), to=AgentId("echo", "*")) for i in range(40)))
+            assert a.stats["executed"] > 5 and b.stats["executed"] > 5  # both nodes serve
+            with pytest.raises(RemoteError, match="ValueError: kaput"):
+                await c.send(Boom("kaput"), to=AgentId("echo", "x"), timeout=5)
+            await c.publish(Ping(7), "pings.eu")
+            await c.publish(Ping(8), "nobody.listens")  # accepted, delivered to none
+            for _ in range(100):
+                if Listener.SEEN:
+                    break
+                await asyncio.sleep(0.01)
+            assert Listener.SEEN == [("default", 7)]
+            with pytest.raises(UndeliverableError, match=r"no node hosts agent type .ghost."):
+                await c.send(Ping(0), to=AgentId("ghost", "x"), timeout=5)
+
+    run(main())
+    assert broker.stats["malformed"] == 0
+
+
+def test_credit_window_bounds_deliveries_to_a_slow_node(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"echo": Echo}, name="slow", concurrency=1, heartbeat=HB), \
+                MeshClient(ep, heartbeat=HB) as c:
+            work = asyncio.gather(*(c.send(Sleep(0.01, i), to=AgentId("echo", "*"))
+                                    for i in range(30)))
+            peak = 0
+            while not work.done():
+                info = broker.peers()["slow"]
+                peak = max(peak, info["inflight"])
+                assert info["inflight"] <= info["window"] == 2
+                await asyncio.sleep(0.003)
+            assert [p.n for p in await work] == list(range(30))
+            assert peak == 2
+
+    run(main())
+
+
+def test_random_and_truncated_frames_do_not_stop_the_broker(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+    rng = random.Random(4)
+    good = encode(Envelope(MessageId("fz", 1), Kind.SEND, recipient=AgentId("echo", "x"),
+                           payload_type="Ping", payload=encode_payload(Ping(1))))
+    junk: list[list[bytes]] = [
+        [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(1, 5))]
+        for _ in range(300)
+    ]
+    junk += [[P.header(k), rng.randbytes(rng.randrange(0, 30))] for k in range(0, 12)]
+    junk += [[P.header(P.FrameKind.DELIVER), good[:n]] for n in range(len(good))]
+    junk += [[P.header(P.FrameKind.REGISTER), b"\x81\xa4name\xc0"]]
+    junk += [[P.header(P.FrameKind.ACK)[:n]] for n in range(5)]
+
+    async def main() -> None:
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(ep)
+        # register as an orchestrator so the broker parses its DELIVERs too
+        raw.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
+            P.Register("fuzzer", role=P.Role.ORCHESTRATOR))))
+        await asyncio.sleep(0.05)
+        for msg in junk:
+            raw.send_multipart(msg)
+        async with Node(ep, {"echo": Echo}, name="ok", heartbeat=HB), \
+                MeshClient(ep, heartbeat=HB) as c:
+            for _ in range(3):
+                for msg in junk[:50]:
+                    raw.send_multipart(msg)
+                assert (await c.send(Ping(5), to=AgentId("echo", "y"), timeout=5)).n == 6
+        raw.close()
+
+    run(main())
+    assert broker.stats["malformed"] >= 300
+
+
+def test_worker_role_may_not_submit(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"echo": Echo}, name="w", heartbeat=HB) as worker:
+            with pytest.raises(UndeliverableError, match="forbidden"):
+                await worker.send(Ping(1), to=AgentId("echo", "x"), timeout=5)
+
+    run(main())
+    assert broker.stats["unauthorized"] == 1
+
+
+def test_hmac_required_drops_unsigned_peers() -> None:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, hmac_key=b"k1")
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"echo": Echo}, heartbeat=HB, hmac_key=b"k1"), \
+                MeshClient(ep, heartbeat=HB, hmac_key=b"k1") as c:
+            assert (await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)).n == 2
+        with pytest.raises(TimeoutError):
+            await MeshClient(ep, heartbeat=HB).start(timeout=0.5)
+        with pytest.raises(TimeoutError):
+            await MeshClient(ep, heartbeat=HB, hmac_key=b"wrong").start(timeout=0.5)
+
+    try:
+        run(main())
+    finally:
+        b.stop()
+    assert b.stats["malformed"] >= 2
+
+
+class _Rejecter:
+    """A raw worker that NACKs REJECTED everything it gets."""
+
+    def __init__(self, ep: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(ep)
+        self.sock.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
+            P.Register("rejecter", types=["flaky"], credit=4, heartbeat_ms=100_000))))
+
+    async def serve(self) -> None:
+        while True:
+            if self.sock.poll(0):
+                msg = self.sock.recv_multipart()
+                if msg[0] == P.header(P.FrameKind.DELIVER):
+                    items = [P.NackItem(msgspec.msgpack.decode(b, type=Envelope).id,
+                                        P.NackCode.REJECTED, "no") for b in msg[1:]]
+                    self.sock.send_multipart(P.frames(P.FrameKind.NACK, P.encode_nacks(items)))
+            else:
+                await asyncio.sleep(0.002)
+
+
+def test_dead_letters_are_listed_and_replayed(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'mesh.db'}"
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, store=url, max_attempts=3)
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        rej = _Rejecter(ep)
+        serving = asyncio.ensure_future(rej.serve())
+        async with MeshClient(ep, heartbeat=HB) as c:
+            with pytest.raises(UndeliverableError, match=r"dead-lettered after 3 attempts"):
+                await c.send(Ping(3), to=AgentId("flaky", "k"), timeout=5)
+        serving.cancel()
+        rej.sock.close()
+
+    try:
+        run(main())
+        assert cli.main(["dlq", "list", "--store", url]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(rows) == 1 and rows[0]["recipient"] == "flaky/k" and rows[0]["attempts"] == 3
+
+        async def serve_flaky() -> None:
+            class Flaky(Echo):
+                pass
+            async with Node(ep, {"flaky": Flaky}, name="fixed", heartbeat=HB) as node:
+                code = await asyncio.to_thread(
+                    cli.main, ["dlq", "replay", "--store", url, "--connect", ep])
+                assert code == 0
+                for _ in range(200):
+                    if node.stats["executed"]:
+                        break
+                    await asyncio.sleep(0.01)
+                assert node.stats["executed"] == 1
+
+        run(serve_flaky())
+        assert cli.main(["dlq", "list", "--store", url]) == 0
+        assert "replayed 1" in capsys.readouterr().out
+    finally:
+        b.stop()
+
+
+def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'mesh.db'}"
+    port = free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    first = Broker(ep, heartbeat=HB, store=url, startup_grace=30)
+    first.start()
+
+    async def submit() -> None:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 1000)
+        raw.connect(ep)
+        raw.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
+            P.Register("once", role=P.Role.ORCHESTRATOR))))
+        raw.send_multipart(P.frames(P.FrameKind.DELIVER, encode(Envelope(
+            MessageId("once", 1), Kind.SEND, recipient=AgentId("echo", "p"),
+            payload_type="Ping", payload=encode_payload(Ping(9))))))
+        for _ in range(200):
+            if first.queued:
+                break
+            await asyncio.sleep(0.01)
+        raw.close()
+
+    run(submit())
+    assert first.queued == 1  # accepted, no node yet
+    first.stop()
+    second = Broker(ep, heartbeat=HB, store=url)
+    second.start()
+
+    async def serve() -> None:
+        async with Node(ep, {"echo": Echo}, name="late", heartbeat=HB) as node:
+            for _ in range(300):
+                if node.stats["executed"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert node.stats["executed"] == 1
+
+    try:
+        run(serve())
+    finally:
+        second.stop()
+
+
+def test_metrics_endpoint_exports_broker_counters() -> None:
+    port = free_port()
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, metrics_port=port)
+    b.start()
+    try:
+        async def main() -> None:
+            async with Node(b.endpoints[0], {"echo": Echo}, heartbeat=HB), \
+                    MeshClient(b.endpoints[0], heartbeat=HB) as c:
+                await c.send(Ping(1), to=AgentId("echo", "m"), timeout=5)
+
+        run(main())
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = body.decode()
+        assert "engine_mesh_delivered_total 1.0" in text
+        assert "engine_mesh_peers" in text
+    finally:
+        b.stop()
+
+
+def test_bad_arguments_are_typed_errors() -> None:
+    from engine.errors import EngineError
+    from engine.mesh import load_agent_classes
+
+    with pytest.raises(EngineError, match=r"expected pkg\.module:AgentClass"):
+        load_agent_classes("nocolon")
+    with pytest.raises(EngineError, match="cannot load agent class"):
+        load_agent_classes("mesh_agents:Missing")
+    assert load_agent_classes("mesh_agents:Echo,lst=mesh_agents:Listener") == {
+        "echo": Echo, "lst": Listener}
+    with pytest.raises(EngineError, match="unsupported store URL"):
+        Broker(store="postgres://x")
+    with pytest.raises(ValueError, match="concurrency"):
+        MeshClient("tcp://127.0.0.1:1", concurrency=0)
+
+

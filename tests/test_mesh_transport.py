@@ -1,0 +1,95 @@
+"""MeshTransport: the runtime's Transport protocol over the mesh (runtime-side stand-in host)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from mesh_agents import Ping
+
+from engine.mesh import Broker, MeshTransport
+from engine.messages import (
+    AgentId,
+    Envelope,
+    ErrorInfo,
+    Kind,
+    MessageIds,
+    TopicId,
+    decode_payload,
+    encode_payload,
+)
+
+pytestmark = pytest.mark.timeout(60)
+HB = 0.1
+
+
+class FakeRuntime:
+    """The two things a transport needs from a runtime: ``origin`` and ``deliver``."""
+
+    def __init__(self, transport: MeshTransport) -> None:
+        self.ids = MessageIds()
+        self.origin = self.ids.origin
+        self.transport = transport
+        self.inbox: list[Envelope] = []
+        self.waiters: dict[object, asyncio.Future[Envelope]] = {}
+
+    def deliver(self, env: Envelope) -> None:
+        self.inbox.append(env)
+        if env.kind is Kind.SEND:  # serve "echo": Ping(n) -> Ping(n * 10)
+            msg = decode_payload(env.payload, Ping)
+            self.transport.send(Envelope(self.ids.next(), Kind.REPLY, sender=env.recipient,
+                                         correlation=env.id, payload_type="Ping",
+                                         payload=encode_payload(Ping(msg.n * 10))))
+        elif env.correlation in self.waiters:
+            self.waiters.pop(env.correlation).set_result(env)
+
+    async def call(self, n: int, type_: str) -> Envelope:
+        env = Envelope(self.ids.next(), Kind.SEND, recipient=AgentId(type_, "k"),
+                       payload_type="Ping", payload=encode_payload(Ping(n)))
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[env.id] = fut
+        self.transport.send(env)
+        return await asyncio.wait_for(fut, 5)
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, route_timeout=0.5, startup_grace=0.2)
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        ta, tb = MeshTransport(ep, heartbeat=HB), MeshTransport(ep, heartbeat=HB)
+        server, client = FakeRuntime(ta), FakeRuntime(tb)
+        await ta.start(server)
+        ta.announce("echo")
+        ta.subscribe("news.*")
+        await tb.start(client)
+        for _ in range(100):
+            if broker.peers().get(ta.peer.name, {}).get("types") == ["echo"]:
+                break
+            await asyncio.sleep(0.01)
+        replies = await asyncio.gather(*(client.call(i, "echo") for i in range(300)))
+        assert [decode_payload(r.payload, Ping).n for r in replies] == [i * 10 for i in range(300)]
+        tb.send(Envelope(client.ids.next(), Kind.PUBLISH, topic=TopicId("news.eu"),
+                         payload_type="Ping", payload=encode_payload(Ping(5))))
+        for _ in range(100):
+            if any(e.kind is Kind.PUBLISH for e in server.inbox):
+                break
+            await asyncio.sleep(0.01)
+        assert [e.topic for e in server.inbox if e.kind is Kind.PUBLISH] == [TopicId("news.eu")]
+        # no server for the type: the runtime receives an ERROR envelope, not silence
+        err = await client.call(1, "ghost")
+        assert err.kind is Kind.ERROR
+        info = decode_payload(err.payload, ErrorInfo)
+        assert info.type_name == "UndeliverableError" and "ghost" in info.message
+        await tb.close()
+        await ta.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
