@@ -33,9 +33,6 @@ def values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-@pytest.mark.skipif(
-    not hasattr(Runtime, "stats"), reason="Runtime.stats() has not landed in this build yet"
-)
 def test_runtime_state_exported_on_scrape() -> None:
     async def main() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         rt = Runtime()
@@ -87,3 +84,63 @@ def test_serve_runtime_metrics_over_http() -> None:
             await rt.stop()
 
     asyncio.run(main())
+
+
+# -- broker --------------------------------------------------------------------------------
+
+
+class Ping(Message):
+    n: int
+
+
+class Pong(Message):
+    n: int
+
+
+class MeshEcho:
+    async def on_ping(self, msg: Ping) -> Pong:
+        return Pong(msg.n + 1)
+
+
+class Planner:
+    async def on_ping(self, msg: Ping) -> Pong:
+        return Pong(-msg.n)
+
+
+def test_broker_metrics_nodes_and_top(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+    from engine.mesh import Broker, MeshClient, Node
+
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=0.5)
+    broker.start()
+    srv = serve(broker, 0)
+    ep = broker.endpoints[0]
+
+    async def traffic() -> None:
+        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=0.5) as n1, \
+                Node(ep, {"echo": MeshEcho, "planner": Planner}, name="n2", heartbeat=0.5), \
+                MeshClient(ep, heartbeat=0.5) as client:
+            node_srv = serve(n1, 0)
+            replies = await asyncio.gather(
+                *(client.send(Ping(i), to=AgentId("echo", "*"), timeout=10) for i in range(20))
+            )
+            assert sorted(r.n for r in replies) == list(range(1, 21))
+            snap = await asyncio.to_thread(fetch, srv.url + "/metrics")
+            assert {("n1", "echo"), ("n2", "echo"), ("n2", "planner")} <= set(snap.node_agents)
+            assert snap.messages["submitted"] >= 20 and snap.messages["reply"] >= 20
+            assert snap.workers["ready"] + snap.workers["saturated"] == 2
+            argv = ["top", "--url", f"127.0.0.1:{srv.port}", "--once", "--interval", "0.1"]
+            assert await asyncio.to_thread(main, argv) == 0
+            node_snap = await asyncio.to_thread(fetch, node_srv.url + "/metrics")
+            node_srv.close()
+            assert set(node_snap.node_agents) == {("n1", "echo")}
+            assert node_snap.messages["executed"] == n1.stats["executed"] > 0
+
+    try:
+        asyncio.run(asyncio.wait_for(traffic(), 60))
+    finally:
+        srv.close()
+        broker.stop()
+    out = capsys.readouterr().out
+    for text in ("n1", "n2", "planner", "submitted", "reply", "workers ready"):
+        assert text in out, text

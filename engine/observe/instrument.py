@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 from engine.observe.metrics import Metrics
 from engine.observe.server import ObserveServer
 
-__all__ = ["ALL_TYPES", "instrument_broker", "instrument_runtime", "serve"]
+__all__ = ["ALL_TYPES", "instrument_broker", "instrument_node", "instrument_runtime", "serve"]
 
 #: ``agent_type`` label of gauges a source only knows in total.
 ALL_TYPES = "(all)"
@@ -126,16 +126,42 @@ def instrument_broker(broker: _BrokerLike, metrics: Metrics | None = None) -> Me
     return m
 
 
+class _PeerLike(Protocol):
+    name: str
+    stats: dict[str, int]
+
+
+def instrument_node(node: _PeerLike, metrics: Metrics | None = None) -> Metrics:
+    """Export a mesh node's (or client's) counters on scrape.
+
+    ``engine_messages_total{kind}`` from ``node.stats`` (executed, replies, duplicates,
+    resent, ...), ``engine_node_agents{node, agent_type}`` = 1 per hosted type.
+    """
+    m = metrics if metrics is not None else Metrics()
+    host = getattr(node, "host", None)
+    types = list(getattr(host, "types", ()) or ())
+    for t in types:
+        m.node_agents.labels(node.name, t).set(1)
+
+    def refresh() -> None:
+        m.set_message_totals(dict(node.stats))
+
+    m.on_collect(refresh)
+    return m
+
+
 def serve(
-    source: _RuntimeLike | _BrokerLike,
+    source: _RuntimeLike | _BrokerLike | _PeerLike,
     port: int,
     *,
     host: str = "127.0.0.1",
     metrics: Metrics | None = None,
 ) -> ObserveServer:
-    """Instrument a runtime or broker and serve ``/metrics`` + ``/debug/profile`` on ``port``."""
+    """Instrument a runtime, broker or node; serve ``/metrics`` + ``/debug/profile`` on ``port``."""
     if hasattr(source, "peers"):
         m = instrument_broker(cast(_BrokerLike, source), metrics)
+    elif isinstance(getattr(source, "stats", None), Mapping):
+        m = instrument_node(cast(_PeerLike, source), metrics)
     else:
-        m = instrument_runtime(source, metrics)
+        m = instrument_runtime(cast(_RuntimeLike, source), metrics)
     return ObserveServer(m, host=host, port=port).start()
