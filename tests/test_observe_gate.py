@@ -57,7 +57,9 @@ def repo(tmp_path: Path) -> Path:
     (root / "benches" / "bench_work.py").write_text(BENCH)
     (root / "benches" / "hotpath.py").write_text(HOTPATH)
     (root / "pyproject.toml").write_text(
-        "[tool.pytest.ini_options]\naddopts = \"-p no:cacheprovider\"\n"
+        # pythonpath = ["."] puts head's root first on sys.path inside pytest: the gate must
+        # still measure base's code on the base side
+        '[tool.pytest.ini_options]\naddopts = "-p no:cacheprovider"\npythonpath = ["."]\n'
     )
     git(root, "init", "-q")
     git(root, "add", "-A")
