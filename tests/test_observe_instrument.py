@@ -55,6 +55,27 @@ def test_runtime_state_exported_on_scrape() -> None:
     assert v[("after_active", ())] == 0
 
 
+def test_derived_replies() -> None:
+    async def main() -> dict[str, int]:
+        rt = Runtime()
+        rt.register("slow", Slow)
+        m = instrument_runtime(rt, Metrics(), derive_replies=True)
+        to = AgentId("slow", "a")
+        for i in range(3):  # what a wired runtime does inline: one int add per round trip
+            m.hot.send += 1
+            await rt.send(Hold(i), to=to)
+        m.hot.send += 1
+        pending = asyncio.ensure_future(rt.send(Hold(9), to=to))
+        await asyncio.sleep(0.05)
+        m.exposition()
+        during = m.messages_total()
+        await pending
+        await rt.stop()
+        return during
+
+    assert asyncio.run(main()) == {"send": 4, "reply": 3}
+
+
 def test_runtime_message_counts_contract() -> None:
     class Counting:  # the wiring contract: a runtime may expose plain-int totals by kind
         message_counts = {"send": 7, "reply": 7}

@@ -140,3 +140,17 @@ def test_bad_kind_and_bad_parent() -> None:
         pass
     with pytest.raises(TraceContextError), t.span("x", "garbage"):
         pass
+
+
+def test_current_traceparent_follows_open_spans() -> None:
+    from engine.observe import current_traceparent
+
+    for t in (tracer()[0], Tracer(enabled=False)):
+        assert current_traceparent() == ""
+        with t.span("outer") as outer:
+            assert current_traceparent() == outer.traceparent
+            with t.span("inner", current_traceparent()) as inner:
+                assert current_traceparent() == inner.traceparent
+                assert parse_traceparent(inner.traceparent).trace_id == outer.trace_id
+            assert current_traceparent() == outer.traceparent
+        assert current_traceparent() == ""

@@ -39,12 +39,18 @@ def _message_counts(source: object) -> Mapping[str, int] | None:
     return counts if isinstance(counts, Mapping) else None
 
 
-def instrument_runtime(rt: _RuntimeLike, metrics: Metrics | None = None) -> Metrics:
+def instrument_runtime(
+    rt: _RuntimeLike, metrics: Metrics | None = None, *, derive_replies: bool = False
+) -> Metrics:
     """Export ``rt.stats()`` (and ``rt.message_counts`` if the runtime keeps it) on scrape.
 
     Gauges: ``engine_queue_depth{agent_type="(all)"}`` (queued messages),
     ``engine_active_workers`` (busy agents), ``engine_pending_tasks`` (requests in flight,
     local and remote), ``engine_workers{status}`` (agents idle/busy).
+
+    ``derive_replies=True`` is for a runtime that counts only ``metrics.hot.send`` and
+    ``.error`` inline (one int add per round trip): replies are then set at scrape time to
+    ``send - error - in flight``.
     """
     m = metrics if metrics is not None else Metrics()
 
@@ -57,6 +63,9 @@ def instrument_runtime(rt: _RuntimeLike, metrics: Metrics | None = None) -> Metr
         m.workers.labels("busy").set(busy)
         m.workers.labels("idle").set(max(0, st.get("agents", 0) - busy))
         m.pending_tasks.set(st.get("in_flight", 0) + st.get("remote_pending", 0))
+        if derive_replies:
+            hot = m.hot
+            hot.reply = max(0, hot.send - hot.error - st.get("in_flight", 0))
         counts = _message_counts(rt)
         if counts is not None:
             m.set_message_totals(counts)
