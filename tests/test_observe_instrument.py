@@ -132,15 +132,15 @@ def test_broker_metrics_nodes_and_top(capsys: pytest.CaptureFixture[str]) -> Non
     from engine.cli import main
     from engine.mesh import Broker, MeshClient, Node
 
-    broker = Broker("tcp://127.0.0.1:0", heartbeat=0.5)
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=2.0)
     broker.start()
     srv = serve(broker, 0)
     ep = broker.endpoints[0]
 
     async def traffic() -> None:
-        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=0.5) as n1, \
-                Node(ep, {"echo": MeshEcho, "planner": Planner}, name="n2", heartbeat=0.5), \
-                MeshClient(ep, heartbeat=0.5) as client:
+        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0) as n1, \
+                Node(ep, {"echo": MeshEcho, "planner": Planner}, name="n2", heartbeat=2.0), \
+                MeshClient(ep, heartbeat=2.0) as client:
             node_srv = serve(n1, 0)
             replies = await asyncio.gather(
                 *(client.send(Ping(i), to=AgentId("echo", "*"), timeout=10) for i in range(20))

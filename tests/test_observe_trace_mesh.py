@@ -22,6 +22,7 @@ from engine.observe import Tracer, parse_traceparent
 EXPORTER = InMemorySpanExporter()
 TRACERS = {name: Tracer(name, exporters=[EXPORTER]) for name in ("client", "node-a", "node-b")}
 OUTBOX: dict[str, MeshClient] = {}
+HB = 2.0  # seconds; generous so a loaded machine does not declare a node dead mid-test
 
 
 class Job(Message):
@@ -46,9 +47,10 @@ async def traced_send(
             traceparent=span.traceparent, payload_type=type(message).__name__,
             payload=encode_payload(message),
         )
-        reply = await peer.request(env, timeout=10)
+        reply = await peer.request(env, timeout=20)
+        done: Message = decode_reply(reply, Done)  # a RemoteError says what failed remotely
         assert parse_traceparent(reply.traceparent).trace_id == span.trace_id
-        return decode_reply(reply, Done)  # type: ignore[no-any-return]
+        return done
 
 
 class Planner:
@@ -68,15 +70,15 @@ class Worker:
 
 def test_job_across_broker_and_two_nodes_is_one_connected_trace() -> None:
     EXPORTER.clear()
-    broker = Broker("tcp://127.0.0.1:0", heartbeat=0.5)
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=HB)
     broker.start()
     ep = broker.endpoints[0]
 
     async def main() -> Done:
-        async with Node(ep, {"planner": Planner}, name="a", heartbeat=0.5), \
-                Node(ep, {"worker": Worker}, name="b", heartbeat=0.5), \
-                MeshClient(ep, heartbeat=0.5) as client, \
-                MeshClient(ep, heartbeat=0.5, name="a-out") as outbox:
+        async with Node(ep, {"planner": Planner}, name="a", heartbeat=HB), \
+                Node(ep, {"worker": Worker}, name="b", heartbeat=HB), \
+                MeshClient(ep, heartbeat=HB) as client, \
+                MeshClient(ep, heartbeat=HB, name="a-out") as outbox:
             OUTBOX["a"] = outbox
             return await traced_send(client, TRACERS["client"], Job(1), AgentId("planner", "*"),
                                      "", "job", "task")

@@ -137,6 +137,16 @@ def current_traceparent() -> str:
     return _current.get()
 
 
+def _restore(token: contextvars.Token[str]) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:
+        # The span ended in another context than it began in (a coroutine whose first step
+        # ran in its caller's context, then resumed in a task): put the old value back here.
+        old = token.old_value
+        _current.set("" if old is contextvars.Token.MISSING else old)
+
+
 class Span:
     """A span in progress: its ``traceparent`` goes into envelopes sent while it is open."""
 
@@ -228,11 +238,12 @@ class Tracer:
             try:
                 yield Span(name, ctx)
             finally:
-                _current.reset(token)
+                _restore(token)
             return
         from opentelemetry import trace
+        from opentelemetry.context import Context
 
-        otel_parent = None
+        otel_parent = Context()  # no parent given: a new trace, whatever is ambient
         if parent_ctx is not None:
             remote = trace.SpanContext(
                 int(parent_ctx.trace_id, 16), int(parent_ctx.span_id, 16), is_remote=True,
@@ -250,7 +261,7 @@ class Tracer:
             try:
                 yield Span(name, ctx, otel_span)
             finally:
-                _current.reset(token)
+                _restore(token)
 
     def shutdown(self) -> None:
         """Flush and close the exporters."""
