@@ -107,7 +107,7 @@ def test_slowed_router_fails_the_gate(repo: Path) -> None:
     original = init.read_text()
     init.write_text(original + SLOW_PATCH)
     try:
-        code, report = compare(repo, rounds=10)
+        code, report = compare(repo, rounds=6)
     finally:
         init.write_text(original)
     (result,) = report["results"]  # type: ignore[misc]
