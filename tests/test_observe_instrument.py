@@ -14,13 +14,13 @@ from engine.observe.instrument import ALL_TYPES, instrument_runtime, serve
 from engine.observe.top import fetch
 
 
-class Hold(Message):
+class ObsHold(Message):
     n: int
 
 
 class Slow(Agent):
     @handler
-    async def on_hold(self, msg: Hold, ctx: object) -> Hold:
+    async def on_hold(self, msg: ObsHold, ctx: object) -> ObsHold:
         await asyncio.sleep(0.2)
         return msg
 
@@ -39,7 +39,7 @@ def test_runtime_state_exported_on_scrape() -> None:
         rt.register("slow", Slow)
         m = instrument_runtime(rt, Metrics())
         to = AgentId("slow", "a")
-        calls = [asyncio.ensure_future(rt.send(Hold(i), to=to)) for i in range(4)]
+        calls = [asyncio.ensure_future(rt.send(ObsHold(i), to=to)) for i in range(4)]
         await asyncio.sleep(0.05)  # one running, three queued in its mailbox
         text = m.exposition().decode()
         await asyncio.gather(*calls)
@@ -63,9 +63,9 @@ def test_derived_replies() -> None:
         to = AgentId("slow", "a")
         for i in range(3):  # what a wired runtime does inline: one int add per round trip
             m.hot.send += 1
-            await rt.send(Hold(i), to=to)
+            await rt.send(ObsHold(i), to=to)
         m.hot.send += 1
-        pending = asyncio.ensure_future(rt.send(Hold(9), to=to))
+        pending = asyncio.ensure_future(rt.send(ObsHold(9), to=to))
         await asyncio.sleep(0.05)
         m.exposition()
         during = m.messages_total()
@@ -110,22 +110,22 @@ def test_serve_runtime_metrics_over_http() -> None:
 # -- broker --------------------------------------------------------------------------------
 
 
-class Ping(Message):
+class ObsPing(Message):
     n: int
 
 
-class Pong(Message):
+class ObsPong(Message):
     n: int
 
 
 class MeshEcho:
-    async def on_ping(self, msg: Ping) -> Pong:
-        return Pong(msg.n + 1)
+    async def on_ping(self, msg: ObsPing) -> ObsPong:
+        return ObsPong(msg.n + 1)
 
 
 class Planner:
-    async def on_ping(self, msg: Ping) -> Pong:
-        return Pong(-msg.n)
+    async def on_ping(self, msg: ObsPing) -> ObsPong:
+        return ObsPong(-msg.n)
 
 
 def test_broker_metrics_nodes_and_top(capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,7 +143,7 @@ def test_broker_metrics_nodes_and_top(capsys: pytest.CaptureFixture[str]) -> Non
                 MeshClient(ep, heartbeat=2.0) as client:
             node_srv = serve(n1, 0)
             replies = await asyncio.gather(
-                *(client.send(Ping(i), to=AgentId("echo", "*"), timeout=10) for i in range(20))
+                *(client.send(ObsPing(i), to=AgentId("echo", "*"), timeout=10) for i in range(20))
             )
             assert sorted(r.n for r in replies) == list(range(1, 21))
             snap = await asyncio.to_thread(fetch, srv.url + "/metrics")

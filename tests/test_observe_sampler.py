@@ -32,7 +32,7 @@ def test_samples_the_running_stack() -> None:
     hot = [line for line in folded.splitlines() if "spin_leaf" in line and line.startswith(me)]
     assert hot, folded
     assert all("spin_outer" in line.split("spin_leaf")[0] for line in hot)  # outer before leaf
-    assert prof.top(1)[0][0].startswith(("spin_leaf", "<genexpr>"))
+    assert prof.top(1, thread=me)[0][0].startswith(("spin_leaf", "<genexpr>"))
     assert "engine-sampler" not in folded  # never samples itself
 
 

@@ -91,7 +91,7 @@ def test_reads_the_mesh_brokers_own_collector() -> None:
 
     from engine.mesh import Broker, MeshClient, Node
     from engine.messages import AgentId
-    from tests.test_observe_instrument import MeshEcho, Ping
+    from tests.test_observe_instrument import MeshEcho, ObsPing
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +104,7 @@ def test_reads_the_mesh_brokers_own_collector() -> None:
         async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0), \
                 MeshClient(ep, heartbeat=2.0) as client:
             for i in range(5):
-                await client.send(Ping(i), to=AgentId("echo", "*"), timeout=10)
+                await client.send(ObsPing(i), to=AgentId("echo", "*"), timeout=10)
             snap = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
             assert snap.messages["submitted"] >= 5 and snap.messages["replies"] >= 5
             assert snap.workers["peers"] == 2  # the node and the client

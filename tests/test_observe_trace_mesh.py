@@ -25,15 +25,15 @@ OUTBOX: dict[str, MeshClient] = {}
 HB = 2.0  # seconds; generous so a loaded machine does not declare a node dead mid-test
 
 
-class Job(Message):
+class ObsJob(Message):
     n: int
 
 
-class Sub(Message):
+class ObsSub(Message):
     n: int
 
 
-class Done(Message):
+class ObsDone(Message):
     n: int
 
 
@@ -48,24 +48,24 @@ async def traced_send(
             payload=encode_payload(message),
         )
         reply = await peer.request(env, timeout=20)
-        done: Message = decode_reply(reply, Done)  # a RemoteError says what failed remotely
+        done: Message = decode_reply(reply, ObsDone)  # a RemoteError says what failed remotely
         assert parse_traceparent(reply.traceparent).trace_id == span.trace_id
         return done
 
 
 class Planner:
-    async def on_job(self, msg: Job, ctx: MeshContext) -> Done:
+    async def on_job(self, msg: ObsJob, ctx: MeshContext) -> ObsDone:
         tracer = TRACERS["node-a"]
         with tracer.span("plan", ctx.envelope.traceparent, kind="handler") as span:
-            done = await traced_send(OUTBOX["a"], tracer, Sub(msg.n + 1),
+            done = await traced_send(OUTBOX["a"], tracer, ObsSub(msg.n + 1),
                                      AgentId("worker", "*"), span.traceparent, "subtask", "subtask")
-            return Done(done.n * 10)
+            return ObsDone(done.n * 10)
 
 
 class Worker:
-    async def on_sub(self, msg: Sub, ctx: MeshContext) -> Done:
+    async def on_sub(self, msg: ObsSub, ctx: MeshContext) -> ObsDone:
         with TRACERS["node-b"].span("work", ctx.envelope.traceparent, kind="handler"):
-            return Done(msg.n * 2)
+            return ObsDone(msg.n * 2)
 
 
 def test_job_across_broker_and_two_nodes_is_one_connected_trace() -> None:
@@ -74,17 +74,17 @@ def test_job_across_broker_and_two_nodes_is_one_connected_trace() -> None:
     broker.start()
     ep = broker.endpoints[0]
 
-    async def main() -> Done:
+    async def main() -> ObsDone:
         async with Node(ep, {"planner": Planner}, name="a", heartbeat=HB), \
                 Node(ep, {"worker": Worker}, name="b", heartbeat=HB), \
                 MeshClient(ep, heartbeat=HB) as client, \
                 MeshClient(ep, heartbeat=HB, name="a-out") as outbox:
             OUTBOX["a"] = outbox
-            return await traced_send(client, TRACERS["client"], Job(1), AgentId("planner", "*"),
+            return await traced_send(client, TRACERS["client"], ObsJob(1), AgentId("planner", "*"),
                                      "", "job", "task")
 
     try:
-        assert asyncio.run(asyncio.wait_for(main(), 60)) == Done(40)  # (1 + 1) * 2 * 10
+        assert asyncio.run(asyncio.wait_for(main(), 60)) == ObsDone(40)  # (1 + 1) * 2 * 10
     finally:
         broker.stop()
     spans = {s.name: s for s in EXPORTER.get_finished_spans()}

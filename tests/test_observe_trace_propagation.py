@@ -34,7 +34,7 @@ from engine.observe import Tracer
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from observe_trace_peers import NOTHING, Work  # noqa: E402
+from observe_trace_peers import NOTHING, ObsWork  # noqa: E402
 
 
 def free_port() -> int:
@@ -91,11 +91,11 @@ def test_one_job_is_one_connected_trace(
         with tracer.span("job", kind="task") as job:
             sock.send(encode(Envelope(
                 ids.next(), Kind.SEND, sender=me, recipient=AgentId("a"),
-                traceparent=job.traceparent, payload_type="Work",
-                payload=encode_payload(Work(1)),
+                traceparent=job.traceparent, payload_type="ObsWork",
+                payload=encode_payload(ObsWork(1)),
             )))
             reply = decode(sock.recv())
-        assert decode_payload(reply.payload, Work) == Work(200)  # b: (1 + 1) * 10, a: * 10
+        assert decode_payload(reply.payload, ObsWork) == ObsWork(200)  # b: (1 + 1) * 10, a: * 10
         for target in ("a", "b"):
             stop = Envelope(ids.next(), Kind.CANCEL, recipient=AgentId(target), payload=NOTHING)
             sock.send(encode(stop))
