@@ -40,6 +40,17 @@ $(VENV)/.compare: $(STAMP)
 bench: build $(VENV)/.compare
 	$(BIN)/python -m pytest benches $(PYTEST_ARGS)
 
+# The regression gate (docs/ci-gate.md): `make bench-compare REF=main [BENCH_ARGS="-k router"]`.
+REF ?= main
+BENCH_ARGS ?=
+bench-compare: build $(VENV)/.compare
+	$(BIN)/engine bench --compare $(REF) $(BENCH_ARGS)
+
+# Profile a scenario under scalene (profiles/README.md): `make profile SCENARIO=routing`.
+SCENARIO ?= routing
+profile: build
+	$(BIN)/engine profile $(SCENARIO)
+
 lint: install
 	$(BIN)/ruff check engine tests benches
 	$(BIN)/mypy

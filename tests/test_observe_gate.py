@@ -57,7 +57,9 @@ def repo(tmp_path: Path) -> Path:
     (root / "benches" / "bench_work.py").write_text(BENCH)
     (root / "benches" / "hotpath.py").write_text(HOTPATH)
     (root / "pyproject.toml").write_text(
-        "[tool.pytest.ini_options]\naddopts = \"-p no:cacheprovider\"\n"
+        # pythonpath = ["."] puts head's root first on sys.path inside pytest: the gate must
+        # still measure base's code on the base side
+        '[tool.pytest.ini_options]\naddopts = "-p no:cacheprovider"\npythonpath = ["."]\n'
     )
     git(root, "init", "-q")
     git(root, "add", "-A")
@@ -71,14 +73,14 @@ def bench(repo: Path, *args: str) -> tuple[int, dict[str, object]]:
     return code, orjson.loads(report.read_bytes()) if report.exists() else {}
 
 
-TIMING = ("--compare", "HEAD", "--rounds", "4", "--max-time", "0.02")
+TIMING = ("--compare", "HEAD", "--rounds", "3", "--max-time", "0.02")
 
 
 def test_unchanged_tree_passes(repo: Path) -> None:
     code, report = bench(repo, *TIMING)
     (result,) = report["results"]  # type: ignore[misc]
     assert code == 0 and result["verdict"] == "ok"
-    assert len(result["base"]) == len(result["head"]) == 4  # interleaved rounds
+    assert len(result["base"]) == len(result["head"]) == 3  # interleaved rounds
     assert 0.85 < result["ratio"] < 1.15
 
 

@@ -14,13 +14,13 @@ from engine.observe.instrument import ALL_TYPES, instrument_runtime, serve
 from engine.observe.top import fetch
 
 
-class Hold(Message):
+class ObsHold(Message):
     n: int
 
 
 class Slow(Agent):
     @handler
-    async def on_hold(self, msg: Hold, ctx: object) -> Hold:
+    async def on_hold(self, msg: ObsHold, ctx: object) -> ObsHold:
         await asyncio.sleep(0.2)
         return msg
 
@@ -33,16 +33,13 @@ def values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-@pytest.mark.skipif(
-    not hasattr(Runtime, "stats"), reason="Runtime.stats() has not landed in this build yet"
-)
 def test_runtime_state_exported_on_scrape() -> None:
     async def main() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         rt = Runtime()
         rt.register("slow", Slow)
         m = instrument_runtime(rt, Metrics())
         to = AgentId("slow", "a")
-        calls = [asyncio.ensure_future(rt.send(Hold(i), to=to)) for i in range(4)]
+        calls = [asyncio.ensure_future(rt.send(ObsHold(i), to=to)) for i in range(4)]
         await asyncio.sleep(0.05)  # one running, three queued in its mailbox
         text = m.exposition().decode()
         await asyncio.gather(*calls)
@@ -56,6 +53,27 @@ def test_runtime_state_exported_on_scrape() -> None:
     assert v[("engine_pending_tasks", ())] == 4
     assert v[("engine_workers", (("status", "busy"),))] == 1
     assert v[("after_active", ())] == 0
+
+
+def test_derived_replies() -> None:
+    async def main() -> dict[str, int]:
+        rt = Runtime()
+        rt.register("slow", Slow)
+        m = instrument_runtime(rt, Metrics(), derive_replies=True)
+        to = AgentId("slow", "a")
+        for i in range(3):  # what a wired runtime does inline: one int add per round trip
+            m.hot.send += 1
+            await rt.send(ObsHold(i), to=to)
+        m.hot.send += 1
+        pending = asyncio.ensure_future(rt.send(ObsHold(9), to=to))
+        await asyncio.sleep(0.05)
+        m.exposition()
+        during = m.messages_total()
+        await pending
+        await rt.stop()
+        return during
+
+    assert asyncio.run(main()) == {"send": 4, "reply": 3}
 
 
 def test_runtime_message_counts_contract() -> None:
@@ -87,3 +105,63 @@ def test_serve_runtime_metrics_over_http() -> None:
             await rt.stop()
 
     asyncio.run(main())
+
+
+# -- broker --------------------------------------------------------------------------------
+
+
+class ObsPing(Message):
+    n: int
+
+
+class ObsPong(Message):
+    n: int
+
+
+class MeshEcho:
+    async def on_ping(self, msg: ObsPing) -> ObsPong:
+        return ObsPong(msg.n + 1)
+
+
+class Planner:
+    async def on_ping(self, msg: ObsPing) -> ObsPong:
+        return ObsPong(-msg.n)
+
+
+def test_broker_metrics_nodes_and_top(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+    from engine.mesh import Broker, MeshClient, Node
+
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=2.0)
+    broker.start()
+    srv = serve(broker, 0)
+    ep = broker.endpoints[0]
+
+    async def traffic() -> None:
+        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0) as n1, \
+                Node(ep, {"echo": MeshEcho, "planner": Planner}, name="n2", heartbeat=2.0), \
+                MeshClient(ep, heartbeat=2.0) as client:
+            node_srv = serve(n1, 0)
+            replies = await asyncio.gather(
+                *(client.send(ObsPing(i), to=AgentId("echo", "*"), timeout=10) for i in range(20))
+            )
+            assert sorted(r.n for r in replies) == list(range(1, 21))
+            snap = await asyncio.to_thread(fetch, srv.url + "/metrics")
+            assert {("n1", "echo"), ("n2", "echo"), ("n2", "planner")} <= set(snap.node_agents)
+            assert snap.messages["submitted"] >= 20 and snap.messages["reply"] >= 20
+            assert snap.workers["ready"] + snap.workers["saturated"] == 2
+            argv = ["top", "--url", f"127.0.0.1:{srv.port}", "--once", "--interval", "0.1"]
+            assert await asyncio.to_thread(main, argv) == 0
+            node_snap = await asyncio.to_thread(fetch, node_srv.url + "/metrics")
+            node_srv.close()
+            assert set(node_snap.node_agents) == {("n1", "echo")}
+            assert node_snap.messages["executed"] == n1.stats["executed"] > 0
+
+    try:
+        asyncio.run(asyncio.wait_for(traffic(), 60))
+    finally:
+        srv.close()
+        broker.stop()
+    out = capsys.readouterr().out
+    for text in ("n1", "n2", "planner", "submitted", "reply", "workers ready"):
+        assert text in out, text

@@ -82,3 +82,34 @@ def test_quantile_edges() -> None:
     assert quantile(buckets, 0.5) == pytest.approx(0.1)
     assert quantile(buckets, 0.75) == pytest.approx(0.15)
     assert quantile([(0.1, 0.0), (math.inf, 10.0)], 0.9) == 0.1  # all above the last bound
+
+
+def test_reads_the_mesh_brokers_own_collector() -> None:
+    """``engine broker --metrics-port`` (the mesh's collector) is readable too."""
+    import asyncio
+    import socket
+
+    from engine.mesh import Broker, MeshClient, Node
+    from engine.messages import AgentId
+    from tests.test_observe_instrument import MeshEcho, ObsPing
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=2.0, metrics_port=port)
+    broker.start()
+    ep = broker.endpoints[0]
+
+    async def traffic() -> None:
+        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0), \
+                MeshClient(ep, heartbeat=2.0) as client:
+            for i in range(5):
+                await client.send(ObsPing(i), to=AgentId("echo", "*"), timeout=10)
+            snap = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+            assert snap.messages["submitted"] >= 5 and snap.messages["replies"] >= 5
+            assert snap.workers["peers"] == 2  # the node and the client
+
+    try:
+        asyncio.run(asyncio.wait_for(traffic(), 60))
+    finally:
+        broker.stop()

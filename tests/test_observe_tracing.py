@@ -140,3 +140,41 @@ def test_bad_kind_and_bad_parent() -> None:
         pass
     with pytest.raises(TraceContextError), t.span("x", "garbage"):
         pass
+
+
+def test_current_traceparent_follows_open_spans() -> None:
+    from engine.observe import current_traceparent
+
+    for t in (tracer()[0], Tracer(enabled=False)):
+        assert current_traceparent() == ""
+        with t.span("outer") as outer:
+            assert current_traceparent() == outer.traceparent
+            with t.span("inner", current_traceparent()) as inner:
+                assert current_traceparent() == inner.traceparent
+                assert parse_traceparent(inner.traceparent).trace_id == outer.trace_id
+            assert current_traceparent() == outer.traceparent
+        assert current_traceparent() == ""
+
+
+def test_span_may_end_in_another_context() -> None:
+    """Like a coroutine whose first step ran in its caller's context, then resumed in a task."""
+    import contextvars
+
+    from engine.observe import current_traceparent
+
+    for t in (tracer()[0], Tracer(enabled=False)):
+        cm = t.span("eager")
+        started = contextvars.copy_context()
+        span = started.run(cm.__enter__)
+        resumed = started.copy()
+        assert resumed.run(current_traceparent) == span.traceparent
+        resumed.run(cm.__exit__, None, None, None)  # must not raise
+        assert resumed.run(current_traceparent) == ""
+
+
+def test_root_span_ignores_ambient_context() -> None:
+    t, exporter = tracer()
+    with t.span("first"), t.span("second"):  # no parent given: two separate traces
+        pass
+    first, second = sorted(exporter.get_finished_spans(), key=lambda s: s.name)
+    assert second.parent is None and first.context.trace_id != second.context.trace_id

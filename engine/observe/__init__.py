@@ -7,7 +7,12 @@ from engine.observe.logs import configure_logging, log_context
 from engine.observe.metrics import Metrics, default_metrics
 from engine.observe.sampler import Profile, Sampler, profile_for
 from engine.observe.server import ObserveServer
-from engine.observe.tracing import Tracer, make_traceparent, parse_traceparent
+from engine.observe.tracing import (
+    Tracer,
+    current_traceparent,
+    make_traceparent,
+    parse_traceparent,
+)
 
 __all__ = [
     "AuditLog",
@@ -17,6 +22,7 @@ __all__ = [
     "Sampler",
     "Tracer",
     "configure_logging",
+    "current_traceparent",
     "default_metrics",
     "log_context",
     "make_traceparent",

@@ -243,7 +243,8 @@ def check_imports(side: Side) -> None:
 #: answers with pytest's exit code on stdout (pytest's own output goes to stderr).
 _WORKER: Final = r"""
 import contextlib, sys
-import pytest
+import engine  # pinned now, from this side's tree (cwd); pytest's `pythonpath` ini option
+import pytest  # may put head's root first on sys.path later, which must not switch sides
 args = sys.argv[1:]
 for line in sys.stdin:
     out = line.strip()
@@ -251,7 +252,9 @@ for line in sys.stdin:
         break
     with contextlib.redirect_stdout(sys.stderr):
         code = pytest.main([*args, "--benchmark-json=" + out])
-    sys.stdout.write(f"{int(code)}\n")
+    mods = [m.__file__ for n, m in list(sys.modules.items())
+            if (n == "engine" or n.startswith("engine.")) and getattr(m, "__file__", None)]
+    sys.stdout.write(f"{int(code)}\t{chr(31).join(mods)}\n")
     sys.stdout.flush()
 """
 
@@ -318,7 +321,18 @@ class _Worker:
             self.close()
             tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
             raise GateError(f"{self.side.name}: benchmark process died:\n{tail}")
-        code = int(answer)
+        code_text, _, modules = answer.decode().rstrip("\n").partition("\t")
+        code = int(code_text)
+        root = self.side.root.resolve()
+        strays = [
+            m for m in modules.split("\x1f") if m and not Path(m).resolve().is_relative_to(root)
+        ]
+        if strays:
+            self.close()
+            raise GateError(
+                f"{self.side.name}: benchmarks imported engine modules from outside its tree: "
+                + ", ".join(strays[:3])
+            )
         # 1: some benchmark failed or did not import; 5: none ran (no JSON is written then)
         if code not in (0, 1, 5):
             tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")

@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 from engine.observe.metrics import Metrics
 from engine.observe.server import ObserveServer
 
-__all__ = ["ALL_TYPES", "instrument_broker", "instrument_runtime", "serve"]
+__all__ = ["ALL_TYPES", "instrument_broker", "instrument_node", "instrument_runtime", "serve"]
 
 #: ``agent_type`` label of gauges a source only knows in total.
 ALL_TYPES = "(all)"
@@ -39,12 +39,18 @@ def _message_counts(source: object) -> Mapping[str, int] | None:
     return counts if isinstance(counts, Mapping) else None
 
 
-def instrument_runtime(rt: _RuntimeLike, metrics: Metrics | None = None) -> Metrics:
+def instrument_runtime(
+    rt: _RuntimeLike, metrics: Metrics | None = None, *, derive_replies: bool = False
+) -> Metrics:
     """Export ``rt.stats()`` (and ``rt.message_counts`` if the runtime keeps it) on scrape.
 
     Gauges: ``engine_queue_depth{agent_type="(all)"}`` (queued messages),
     ``engine_active_workers`` (busy agents), ``engine_pending_tasks`` (requests in flight,
     local and remote), ``engine_workers{status}`` (agents idle/busy).
+
+    ``derive_replies=True`` is for a runtime that counts only ``metrics.hot.send`` and
+    ``.error`` inline (one int add per round trip): replies are then set at scrape time to
+    ``send - error - in flight``.
     """
     m = metrics if metrics is not None else Metrics()
 
@@ -57,6 +63,9 @@ def instrument_runtime(rt: _RuntimeLike, metrics: Metrics | None = None) -> Metr
         m.workers.labels("busy").set(busy)
         m.workers.labels("idle").set(max(0, st.get("agents", 0) - busy))
         m.pending_tasks.set(st.get("in_flight", 0) + st.get("remote_pending", 0))
+        if derive_replies:
+            hot = m.hot
+            hot.reply = max(0, hot.send - hot.error - st.get("in_flight", 0))
         counts = _message_counts(rt)
         if counts is not None:
             m.set_message_totals(counts)
@@ -126,16 +135,42 @@ def instrument_broker(broker: _BrokerLike, metrics: Metrics | None = None) -> Me
     return m
 
 
+class _PeerLike(Protocol):
+    name: str
+    stats: dict[str, int]
+
+
+def instrument_node(node: _PeerLike, metrics: Metrics | None = None) -> Metrics:
+    """Export a mesh node's (or client's) counters on scrape.
+
+    ``engine_messages_total{kind}`` from ``node.stats`` (executed, replies, duplicates,
+    resent, ...), ``engine_node_agents{node, agent_type}`` = 1 per hosted type.
+    """
+    m = metrics if metrics is not None else Metrics()
+    host = getattr(node, "host", None)
+    types = list(getattr(host, "types", ()) or ())
+    for t in types:
+        m.node_agents.labels(node.name, t).set(1)
+
+    def refresh() -> None:
+        m.set_message_totals(dict(node.stats))
+
+    m.on_collect(refresh)
+    return m
+
+
 def serve(
-    source: _RuntimeLike | _BrokerLike,
+    source: _RuntimeLike | _BrokerLike | _PeerLike,
     port: int,
     *,
     host: str = "127.0.0.1",
     metrics: Metrics | None = None,
 ) -> ObserveServer:
-    """Instrument a runtime or broker and serve ``/metrics`` + ``/debug/profile`` on ``port``."""
+    """Instrument a runtime, broker or node; serve ``/metrics`` + ``/debug/profile`` on ``port``."""
     if hasattr(source, "peers"):
         m = instrument_broker(cast(_BrokerLike, source), metrics)
+    elif isinstance(getattr(source, "stats", None), Mapping):
+        m = instrument_node(cast(_PeerLike, source), metrics)
     else:
-        m = instrument_runtime(source, metrics)
+        m = instrument_runtime(cast(_RuntimeLike, source), metrics)
     return ObserveServer(m, host=host, port=port).start()

@@ -51,11 +51,14 @@ class Profile:
             lines.append(f"{';'.join(parts)} {n}")
         return "\n".join(lines) + ("\n" if lines else "")
 
-    def top(self, n: int = 10) -> list[tuple[str, int]]:
-        """The ``n`` leaf frames seen most often (self samples), as (label, count)."""
+    def top(self, n: int = 10, thread: str | None = None) -> list[tuple[str, int]]:
+        """The ``n`` leaf frames seen most often (self samples), as (label, count).
+
+        ``thread`` restricts to the thread of that name.
+        """
         leaves: Counter[str] = Counter()
-        for (_thread, stack), count in self.stacks.items():
-            if stack:
+        for (name, stack), count in self.stacks.items():
+            if stack and (thread is None or name == thread):
                 leaves[self._label(stack[-1])] += count
         return leaves.most_common(n)
 

@@ -59,6 +59,15 @@ def parse(text: str, at: float | None = None) -> Snapshot:
                 snap.pending_tasks = value
             elif name == "engine_active_workers":
                 snap.active_workers = value
+            # a broker still serving the mesh's own collector (engine_mesh_*)
+            elif name == "engine_mesh_peers":
+                snap.workers["peers"] = value
+            elif name == "engine_mesh_inflight":
+                snap.pending_tasks = value
+            elif name == "engine_mesh_queued":
+                snap.queue_depth["(all)"] = value
+            elif name.startswith("engine_mesh_") and name.endswith("_total"):
+                snap.messages[name[len("engine_mesh_") : -len("_total")]] = value
     snap.latency_buckets.sort()
     return snap
 

@@ -12,6 +12,7 @@ unless you configure it. Without OpenTelemetry the same calls still produce corr
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import os
 import re
@@ -32,6 +33,8 @@ __all__ = [
     "TraceContext",
     "Tracer",
     "child_traceparent",
+    "current_traceparent",
+    "llm_attributes",
     "make_traceparent",
     "parse_traceparent",
 ]
@@ -125,6 +128,26 @@ def child_traceparent(parent: str) -> str:
     return str(parse_traceparent(parent).child())
 
 
+#: The ``traceparent`` of the innermost span open in this context ("" outside any span).
+#: Code that sends an envelope stamps it: ``Envelope(..., traceparent=current_traceparent())``.
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("engine_traceparent", default="")
+
+
+def current_traceparent() -> str:
+    """The ``traceparent`` to put into envelopes sent from here ("" when no span is open)."""
+    return _current.get()
+
+
+def _restore(token: contextvars.Token[str]) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:
+        # The span ended in another context than it began in (a coroutine whose first step
+        # ran in its caller's context, then resumed in a task): put the old value back here.
+        old = token.old_value
+        _current.set("" if old is contextvars.Token.MISSING else old)
+
+
 class Span:
     """A span in progress: its ``traceparent`` goes into envelopes sent while it is open."""
 
@@ -212,11 +235,16 @@ class Tracer:
             parent_ctx = parent
         if self._tracer is None:
             ctx = parent_ctx.child() if parent_ctx else parse_traceparent(make_traceparent())
-            yield Span(name, ctx)
+            token = _current.set(str(ctx))
+            try:
+                yield Span(name, ctx)
+            finally:
+                _restore(token)
             return
         from opentelemetry import trace
+        from opentelemetry.context import Context
 
-        otel_parent = None
+        otel_parent = Context()  # no parent given: a new trace, whatever is ambient
         if parent_ctx is not None:
             remote = trace.SpanContext(
                 int(parent_ctx.trace_id, 16),
@@ -236,7 +264,11 @@ class Tracer:
         ) as otel_span:
             sc = otel_span.get_span_context()
             ctx = TraceContext(f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags))
-            yield Span(name, ctx, otel_span)
+            token = _current.set(str(ctx))
+            try:
+                yield Span(name, ctx, otel_span)
+            finally:
+                _restore(token)
 
     def shutdown(self) -> None:
         """Flush and close the exporters."""

@@ -20,6 +20,7 @@ def args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--check", action="store_true", help="exit 0 if this scenario can run")
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--scale", type=float, default=1.0, help="data size factor (tests use 0.1)")
     return p.parse_args()
 
 

@@ -1,4 +1,4 @@
-"""Vector search: batched top-10 queries over 50k 128-d vectors, plain and filtered."""
+"""Vector search: batched top-10 queries over 50k 128-d vectors (`--scale`), filtered too."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ if opts.check:
     raise SystemExit(0)
 
 import numpy as np  # noqa: E402
+
 from engine.memory import VectorStore  # noqa: E402
 
 rng = np.random.default_rng(0)
-N, DIM = 50_000, 128
+N, DIM = max(1000, int(50_000 * opts.scale)), 128
 store = VectorStore(DIM, background=False)
 vectors = rng.standard_normal((N, DIM), dtype=np.float32)
 store.add(np.arange(N, dtype=np.int64), vectors,
