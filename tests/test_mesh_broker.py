@@ -298,3 +298,23 @@ def test_bad_arguments_are_typed_errors() -> None:
         MeshClient("tcp://127.0.0.1:1", concurrency=0)
 
 
+
+
+def test_plain_classes_are_hosted_without_the_runtime(broker: Broker) -> None:
+    from mesh_agents import PlainEcho
+
+    from engine.mesh import AgentHost
+
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"plain": PlainEcho}, name="p", heartbeat=HB) as node, \
+                MeshClient(ep, heartbeat=HB) as c:
+            assert isinstance(node.host, AgentHost)
+            assert await c.send(Ping(1), to=AgentId("plain", "x"), timeout=5) == Pong(2, "plain")
+            with pytest.raises(RemoteError, match="ValueError: bad"):
+                await c.send(Boom("bad"), to=AgentId("plain", "x"), timeout=5)
+            with pytest.raises(RemoteError, match="no handler for 'Sleep'"):
+                await c.send(Sleep(0.0), to=AgentId("plain", "x"), timeout=5)
+
+    run(main())

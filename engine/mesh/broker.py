@@ -478,12 +478,45 @@ class Broker:
                 self._bad(peer.ident, ProtocolError(f"cannot submit a {env.kind.name} envelope"))
                 continue
             self.stats["submitted"] += 1
+            if env.kind is Kind.CANCEL:
+                self._cancel(peer, env, body)
+                continue
             if self._queued >= self.max_queued:
                 self._nack(peer.ident, env.id, NackCode.BUSY, "broker queue full")
                 continue
             d = _Delivery(env, body, peer.ident, [1])
             self.store.add(_key(env.id), body)
             self._route(d)
+
+    def _cancel(self, source: _Peer, env: Envelope, body: bytes) -> None:
+        """Forward a CANCEL to the peer running its request; drop the request if queued.
+
+        CANCEL is not tracked as a delivery (it may carry the request's own id); the
+        submitter gets its ACK at once.
+        """
+        target = env.correlation or env.id
+        for peer in self._peers.values():
+            if target in peer.inflight:
+                out = self._out.get(peer.ident)
+                if out is None:
+                    out = self._out[peer.ident] = _Out()
+                out.deliver.append(body)
+                break
+            for d in peer.queue:
+                if d.key == target:
+                    peer.queue.remove(d)
+                    self._queued -= 1
+                    if d.slot >= 0:
+                        self._router.ack(d.slot)
+                    self.store.remove(_key(d.key))
+                    break
+            else:
+                continue
+            break
+        out = self._out.get(source.ident)
+        if out is None:
+            out = self._out[source.ident] = _Out()
+        out.acks.append(env.id)
 
     def _route(self, d: _Delivery) -> None:
         env = d.env

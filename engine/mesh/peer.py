@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -156,6 +157,8 @@ class MeshPeer:
         self._sem = asyncio.Semaphore(concurrency)
         self._running: set[MessageId] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: dict[MessageId, asyncio.Task[None]] = {}
+        self._eager = bool(getattr(host, "eager", False))
         self._done: OrderedDict[MessageId, bytes | None] = OrderedDict()
         self._cache_size = idempotency_cache
         # transport mode (Runtime(mesh=...)): inbound envelopes go to a sink
@@ -586,6 +589,9 @@ class MeshPeer:
                 log.warning("%s: undecodable delivery dropped: %s", self.name, exc)
                 continue
             mid = env.id
+            if env.kind is Kind.CANCEL:
+                self._on_cancel(env)
+                continue
             if mid in self._done:
                 self.stats["duplicates"] += 1
                 cached = self._done[mid]
@@ -612,32 +618,61 @@ class MeshPeer:
                 self._out.nacks.append(NackItem(mid, NackCode.REJECTED, "not hosting agents"))
                 continue
             self._running.add(mid)
-            self._start(self._execute(host, env))
+            task = self._start(self._execute(host, env))
+            if task is not None:
+                self._serving[mid] = task
+                task.add_done_callback(functools.partial(self._served, mid))
         self._schedule_flush()
 
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run ``coro`` eagerly: most handlers finish without suspending, so no task.
 
         PERF: skipping create_task for handlers that return at once saves a task and a
         loop iteration per delivery (benches/bench_mesh.py sequential round trip).
         Python 3.12's eager task factory does the same; this is its 3.11 equivalent.
         """
+        assert self._loop is not None
+        if not self._eager:  # the host needs a current task (asyncio.timeout and friends)
+            task = self._loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return task
         try:
             yielded = coro.send(None)
         except StopIteration:
-            return
+            return None
         except BaseException:
             log.exception("%s: delivery failed", self.name)
-            return
+            return None
         assert self._loop is not None
         task = self._loop.create_task(_resume(coro, yielded))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _served(self, mid: MessageId, _task: object) -> None:
+        self._serving.pop(mid, None)
+
+    def _on_cancel(self, env: Envelope) -> None:
+        """Stop the request ``env.correlation`` if it runs here (never acked: untracked)."""
+        target = env.correlation or env.id
+        if self._sink is not None:
+            self._sink.deliver(env)
+            return
+        task = self._serving.get(target)
+        if task is not None:
+            task.cancel()
 
     async def _execute(self, host: Host, env: Envelope) -> None:
         async with self._sem:
             try:
                 reply = await host.handle(env)
+            except asyncio.CancelledError:
+                if self._closing:
+                    raise  # unanswered: the broker redelivers it elsewhere
+                # cancelled by the requester's CANCEL: settle the delivery with an ERROR
+                reply = error_reply(env, asyncio.CancelledError("cancelled by the sender"),
+                                    self.ids.next())
             except Exception as exc:  # the host failed, not the handler: report as ERROR
                 reply = error_reply(env, exc, self.ids.next())
         self.stats["executed"] += 1
