@@ -46,6 +46,8 @@ ONEWAY_N = int(os.environ.get("MESH_BENCH_ONEWAY", "100000"))
 SEQ_N = int(os.environ.get("MESH_BENCH_SEQ", "3000"))
 INFLIGHT_N = int(os.environ.get("MESH_BENCH_INFLIGHT", "30000"))
 BLOB = b"x" * 64
+#: ``mesh_bench_agents:PlainBench`` measures the node without the Runtime.
+AGENTS = os.environ.get("MESH_BENCH_AGENTS", "mesh_bench_agents:Bench")
 
 
 def _free_port() -> int:
@@ -213,8 +215,8 @@ def run_engine(keys: str | None) -> dict[str, float]:
     with _procs() as procs:
         procs.append(_spawn([*cli, "broker", "--bind", ep, *curve], "listening"))
         for name in ("n1", "n2"):
-            procs.append(_spawn([*cli, "node", "--connect", ep, "--agents",
-                                 "mesh_bench_agents:Bench", "--name", name, *curve], "serving"))
+            procs.append(_spawn([*cli, "node", "--connect", ep, "--agents", AGENTS,
+                                 "--name", name, *curve], "serving"))
         import uvloop
 
         return uvloop.run(_engine_client(ep, keys))

@@ -18,7 +18,7 @@ from mesh_agents import Boom, Echo, Listener, Ping, Pong, Sleep
 from mesh_procs import free_port
 
 from engine import cli
-from engine.errors import RemoteError, UndeliverableError
+from engine.errors import EncodeError, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
@@ -318,3 +318,30 @@ def test_plain_classes_are_hosted_without_the_runtime(broker: Broker) -> None:
                 await c.send(Sleep(0.0), to=AgentId("plain", "x"), timeout=5)
 
     run(main())
+
+
+def test_oversized_messages_are_cut_off_and_the_broker_keeps_serving() -> None:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, max_frame=16_384)
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(ep)
+        raw.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
+            P.Register("big", role=P.Role.ORCHESTRATOR))))
+        await asyncio.sleep(0.1)
+        before = b.stats["received"]
+        raw.send_multipart(P.frames(P.FrameKind.DELIVER, b"\x00" * 100_000))
+        async with Node(ep, {"echo": Echo}, heartbeat=HB), MeshClient(ep, heartbeat=HB) as c:
+            assert (await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)).n == 2
+            with pytest.raises(EncodeError, match="exceeds the broker's limit"):
+                await c.send(Boom("x" * 20_000), to=AgentId("echo", "x"), timeout=1)
+        raw.close()
+        assert b.stats["received"] - before < 20  # the 100 kB message never reached routing
+
+    try:
+        run(main())
+    finally:
+        b.stop()

@@ -26,6 +26,7 @@ import zmq
 
 from engine.errors import (
     DecodeError,
+    EncodeError,
     EngineError,
     ProtocolError,
     RemoteError,
@@ -136,6 +137,7 @@ class MeshPeer:
             ("executed", "duplicates", "replies", "resent", "reconnects", "malformed"), 0
         )
         self._codec = Codec(max_frame)
+        self._max_frame = max_frame
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._out = _Out()
@@ -327,8 +329,16 @@ class MeshPeer:
         elif kind is FrameKind.DISCONNECT:
             self._on_disconnect(P.decode_disconnect(bodies))
 
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self._max_frame - 64:  # room for the header and routing frames
+            raise EncodeError(
+                f"envelope of {len(data)} bytes exceeds the broker's limit of "
+                f"{self._max_frame} bytes per message"
+            )
+
     def _on_welcome(self, welcome: P.Welcome) -> None:
         previous, self.broker_id = self.broker_id, welcome.broker
+        self._max_frame = welcome.max_frame
         self._window = welcome.credit
         self._registered.set()
         self._window_free.set()
@@ -362,6 +372,7 @@ class MeshPeer:
     async def _submit(self, data: bytes, mid: MessageId) -> None:
         if self._fatal is not None:
             raise self._fatal
+        self._check_size(data)
         while len(self._unacked) >= self._window or not self._registered.is_set():
             self._window_free.clear()
             await self._window_free.wait()
@@ -552,6 +563,7 @@ class MeshPeer:
             self._out.reply.append(data)
             self._schedule_flush()
             return
+        self._check_size(data)
         self._backlog.append((envelope.id, data))
         self._pump()
 
@@ -681,6 +693,9 @@ class MeshPeer:
         data: bytes | None = None
         if env.kind is Kind.SEND and reply is not None:
             data = self._codec.encode(reply)
+            if len(data) > self._max_frame - 64:
+                too_big = EncodeError(f"reply of {len(data)} bytes exceeds the broker's limit")
+                data = self._codec.encode(error_reply(env, too_big, self.ids.next()))
             self._out.reply.append(data)
         else:
             self._out.acks.append(mid)
