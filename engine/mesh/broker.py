@@ -31,6 +31,7 @@ import zmq
 
 from engine.errors import DecodeError, ProtocolError, RoutingError
 from engine.mesh import protocol as P
+from engine.mesh._io import NOBLOCK, readable, recv_frames, send_frames
 from engine.mesh._routing import make_router
 from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
@@ -252,7 +253,7 @@ class Broker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         recv = sock.recv_multipart
-        noblock = zmq.NOBLOCK
+        noblock = NOBLOCK
         curve = self.curve is not None
         tick = min(self.heartbeat, 0.05)
         next_tick = time.monotonic() + tick
@@ -260,14 +261,12 @@ class Broker:
             timeout = max(0.0, next_tick - time.monotonic())
             if poller.poll(int(timeout * 1000) + 1):
                 for _ in range(self.batch):
-                    try:
-                        if curve:
-                            parts = recv(noblock, copy=False)
-                            self._on_curve_message(parts)
-                        else:
-                            self._on_message(recv(noblock))
-                    except zmq.Again:
+                    if not readable(sock):
                         break
+                    if curve:
+                        self._on_curve_message(recv(noblock, copy=False))
+                    else:
+                        self._on_message(recv_frames(sock))
             now = time.monotonic()
             if now >= next_tick:
                 self._tick(now)
@@ -789,7 +788,7 @@ class Broker:
         if self.hmac_key is not None:
             P.sign(frames, self.hmac_key)
         try:
-            sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+            send_frames(sock, [ident, *frames])
         except zmq.Again:
             log.warning("peer %s not reading (send queue full): message dropped", ident.hex())
             return False

@@ -33,6 +33,7 @@ from engine.errors import (
     UndeliverableError,
 )
 from engine.mesh import protocol as P
+from engine.mesh._io import readable, recv_frames, send_frames
 from engine.mesh.protocol import DisconnectCode, FrameKind, NackCode, NackItem, Role
 from engine.mesh.security import CurveClient
 from engine.messages import (
@@ -294,13 +295,12 @@ class MeshPeer:
         sock = self._sock
         if sock is None:
             return
-        recv = sock.recv_multipart
         for _ in range(4096):
             try:
-                msg = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            except zmq.ZMQError:
+                if not readable(sock):
+                    break
+                msg = recv_frames(sock)
+            except zmq.ZMQError:  # the socket was closed under us
                 return
             self._last_heard = time.monotonic()
             try:
@@ -729,7 +729,7 @@ class MeshPeer:
                 self._out.other.extend(msgs[i:])  # retried by the next tick
                 break
         sock = self._sock
-        if sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if sock is not None and readable(sock):
             assert self._loop is not None
             self._loop.call_soon(self._drain)
 
@@ -740,7 +740,7 @@ class MeshPeer:
         if self.hmac_key is not None:
             P.sign(frames, self.hmac_key)
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames)
         except zmq.Again:
             if self.hmac_key is not None:  # unsign: it will be signed again on retry
                 P.unsign(frames)
