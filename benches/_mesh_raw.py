@@ -62,7 +62,9 @@ def broker(port: int, keys: str | None) -> None:
     recv = sock.recv_multipart
     while True:
         poller.poll()
-        while int(sock.getsockopt(EVENTS)) & POLLIN:
+        first = True
+        while first or int(sock.getsockopt(EVENTS)) & POLLIN:
+            first = False
             msg = recv(NOBLOCK)
             ident = msg[0]
             if ident in node_set:
@@ -95,7 +97,9 @@ def node(endpoint: str, keys: str | None) -> None:
     recv = sock.recv_multipart
     while True:
         poller.poll()
-        while int(sock.getsockopt(EVENTS)) & POLLIN:
+        first = True
+        while first or int(sock.getsockopt(EVENTS)) & POLLIN:
+            first = False
             kind, client, seq, payload = recv(NOBLOCK)
             if kind == b"R":
                 send(sock, [kind, client, seq, payload])

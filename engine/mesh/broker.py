@@ -260,8 +260,9 @@ class Broker:
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             if poller.poll(int(timeout * 1000) + 1):
-                for _ in range(self.batch):
-                    if not readable(sock):
+                # poll() saw a message: take it, then drain while more are ready
+                for i in range(self.batch):
+                    if i and not readable(sock):
                         break
                     if curve:
                         self._on_curve_message(recv(noblock, copy=False))

@@ -295,11 +295,14 @@ class MeshPeer:
         sock = self._sock
         if sock is None:
             return
-        for _ in range(4096):
+        for i in range(4096):
+            # The FD woke us (usually for a message): try at once; then drain while ready.
             try:
-                if not readable(sock):
+                if i and not readable(sock):
                     break
                 msg = recv_frames(sock)
+            except zmq.Again:
+                break
             except zmq.ZMQError:  # the socket was closed under us
                 return
             self._last_heard = time.monotonic()
