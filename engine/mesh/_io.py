@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-__all__ = ["NOBLOCK", "readable", "recv_frames", "send_frames"]
+__all__ = ["NOBLOCK", "readable", "recv_frames", "recv_zmq_frames", "send_frames"]
 
 NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
@@ -46,4 +46,15 @@ def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
     while frame.more:
         frame = recv(NOBLOCK, copy=False)
         parts.append(frame.bytes)
+    return parts
+
+
+def recv_zmq_frames(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
+    """Like :func:`recv_frames` but keeps the ``zmq.Frame`` objects (for metadata)."""
+    recv = sock.recv
+    frame = recv(NOBLOCK, copy=False)
+    parts = [frame]
+    while frame.more:
+        frame = recv(NOBLOCK, copy=False)
+        parts.append(frame)
     return parts

@@ -31,7 +31,7 @@ import zmq
 
 from engine.errors import DecodeError, ProtocolError, RoutingError
 from engine.mesh import protocol as P
-from engine.mesh._io import NOBLOCK, readable, recv_frames, send_frames
+from engine.mesh._io import readable, recv_frames, recv_zmq_frames, send_frames
 from engine.mesh._routing import make_router
 from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
@@ -252,8 +252,6 @@ class Broker:
     def _loop(self, sock: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        recv = sock.recv_multipart
-        noblock = NOBLOCK
         curve = self.curve is not None
         tick = min(self.heartbeat, 0.05)
         next_tick = time.monotonic() + tick
@@ -265,7 +263,7 @@ class Broker:
                     if i and not readable(sock):
                         break
                     if curve:
-                        self._on_curve_message(recv(noblock, copy=False))
+                        self._on_curve_message(recv_zmq_frames(sock))
                     else:
                         self._on_message(recv_frames(sock))
             now = time.monotonic()
