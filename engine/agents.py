@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union, overload
 import msgspec
 
 from engine.errors import DeadlineExceeded
-from engine.messages import AgentId, MessageId, TopicId
+from engine.messages import AgentId, Envelope, Kind, MessageId, TopicId, encode_payload
 
 if TYPE_CHECKING:
     from collections import deque
@@ -185,10 +186,11 @@ class Agent:
 class Context(msgspec.Struct, eq=False):
     """What a handler knows about the message it is handling (one per delivery).
 
-    ``sender`` is the sending agent (None for external callers), ``topic`` is set for
-    published messages, ``message_id`` is the envelope id (``correlation`` of its reply),
-    ``deadline`` a ``loop.time()`` value or 0.0. Use :meth:`send`/:meth:`publish` so
-    messages carry this agent as their sender, its deadline and its query.
+    ``message`` is the message being handled, ``sender`` the sending agent (None for
+    external callers), ``topic`` is set for published messages, ``message_id`` is the
+    envelope id (the ``correlation`` of its reply), ``deadline`` a ``loop.time()`` value
+    or 0.0. Use :meth:`send`/:meth:`publish`/:meth:`post` so messages carry this agent as
+    their sender, its deadline, trace context and query.
     """
 
     # PERF: a msgspec Struct is built in C, about half the cost of a __slots__ class with
@@ -196,11 +198,18 @@ class Context(msgspec.Struct, eq=False):
     runtime: Runtime
     agent: Agent
     route: Route
+    message: Any
     sender: AgentId | None
     topic: TopicId | None
     seq: int
     query: Query | None
     deadline: float = 0.0
+    #: W3C trace context of this delivery; tracing middleware may replace it with its
+    #: span's, and ``ctx.send``/``ctx.publish`` pass it on (also onto the wire).
+    traceparent: str = ""
+    # The future of a queued request (None for published/posted messages). A queued
+    # delivery is this one object: fewer allocations, less work for the cycle GC.
+    _reply: asyncio.Future[Any] | None = None
 
     kind: ClassVar[str] = "handler"
 
@@ -211,6 +220,28 @@ class Context(msgspec.Struct, eq=False):
     @property
     def message_id(self) -> MessageId:
         return MessageId(self.runtime.origin, self.seq)
+
+    def envelope(self, *, with_payload: bool = False) -> Envelope:
+        """This delivery's headers as the :class:`~engine.messages.Envelope` a transport
+        would carry (in process nothing is encoded; this builds it on demand).
+
+        ``deadline`` becomes UNIX time; ``with_payload`` also encodes the message.
+        """
+        deadline = 0.0
+        if self.deadline:
+            deadline = time.time() + (self.deadline - asyncio.get_running_loop().time())
+        message = self.message
+        return Envelope(
+            id=self.message_id,
+            kind=Kind.SEND if self.topic is None else Kind.PUBLISH,
+            sender=self.sender,
+            recipient=self.agent.id,
+            topic=self.topic,
+            deadline=deadline,
+            traceparent=self.traceparent,
+            payload_type=type(message).__name__,
+            payload=encode_payload(message if with_payload else None),
+        )
 
     async def send(self, message: Any, *, to: AgentId, timeout: float | None = None) -> Any:
         """Send from this agent (see :meth:`Runtime.send`).
@@ -224,11 +255,19 @@ class Context(msgspec.Struct, eq=False):
                     f"deadline of {self.route.name} on {self.agent.id} passed before "
                     f"sending {type(message).__name__} to {to}"
                 )
-        return await self.runtime.send(message, to=to, timeout=timeout, sender=self.agent.id)
+        return await self.runtime.send(
+            message, to=to, timeout=timeout, sender=self.agent.id, traceparent=self.traceparent
+        )
 
     async def publish(self, message: Any, *, topic: str | TopicId) -> None:
         """Publish from this agent (see :meth:`Runtime.publish`)."""
-        await self.runtime.publish(message, topic=topic, sender=self.agent.id)
+        await self.runtime.publish(
+            message, topic=topic, sender=self.agent.id, traceparent=self.traceparent
+        )
+
+    async def post(self, message: Any, *, to: AgentId) -> None:
+        """One-way send from this agent (see :meth:`Runtime.post`)."""
+        await self.runtime.post(message, to=to, sender=self.agent.id, traceparent=self.traceparent)
 
     def __repr__(self) -> str:
         return f"<Context {self.route.name} on {self.agent.id} seq={self.seq}>"

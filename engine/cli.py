@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands (each has register(subparsers)).
-COMMANDS: tuple[str, ...] = ("engine._demo", "engine.mesh._cli")
+COMMANDS: tuple[str, ...] = (
+    "engine._demo",
+    "engine.mesh._cli",
+    "engine.observe._cli_audit",
+    "engine.observe._cli_bench",
+    "engine.observe._cli_profile",
+    "engine.observe.top",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

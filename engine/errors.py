@@ -8,12 +8,18 @@ live in Python, like ``zmq.error``).
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
+    "CorruptFileError",
     "CycleError",
     "DeadlineExceeded",
     "DecodeError",
+    "DimensionError",
+    "EmbeddingError",
     "EncodeError",
     "EngineError",
+    "GateError",
     "InvalidTransition",
+    "InvalidVectorError",
     "MailboxFull",
     "NativeUnavailable",
     "ProtocolError",
@@ -25,7 +31,10 @@ __all__ = [
     "ToolNotFound",
     "ToolTimeout",
     "ToolValidationError",
+    "TraceContextError",
     "UndeliverableError",
+    "UnknownIdError",
+    "VectorStoreError",
 ]
 
 
@@ -82,6 +91,61 @@ class InvalidTransition(EngineError):
     """A state machine was asked for a transition its current state does not allow."""
 
 
+class VectorStoreError(EngineError):
+    """A vector store, semantic cache or embedder request was invalid."""
+
+
+class DimensionError(VectorStoreError, ValueError):
+    """Vectors do not have the store's dimension (``expected`` vs ``got``)."""
+
+    def __init__(self, expected: int, got: int, what: str = "vectors") -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"{what} have dimension {got}, the store expects {expected}")
+
+
+class InvalidVectorError(VectorStoreError, ValueError):
+    """A vector holds NaN or infinity (``row`` is the first offending row)."""
+
+    def __init__(self, row: int, what: str = "vectors") -> None:
+        self.row = row
+        super().__init__(f"{what} row {row} holds NaN or infinity")
+
+
+class UnknownIdError(VectorStoreError, KeyError):
+    """Ids that are not in the store were named (``ids`` lists up to the first ten)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = list(ids)
+        super().__init__(f"unknown ids: {self.ids[:10]}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class CorruptFileError(VectorStoreError):
+    """A saved store could not be read back: truncated, not a store, or checksum mismatch."""
+
+
+class EmbeddingError(VectorStoreError):
+    """An embedder was given bad input or its backend failed (HTTP error, bad response)."""
+class TraceContextError(EngineError, ValueError):
+    """A W3C ``traceparent`` value is malformed (the message says which rule it breaks)."""
+
+
+class AuditError(EngineError):
+    """An audit log failed verification or could not be appended to.
+
+    ``line`` is the 1-based line of the first bad record (0 when not about one record).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+class GateError(EngineError):
+    """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
 class ProtocolError(EngineError, ValueError):
     """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
 

@@ -41,7 +41,8 @@ def test_stub_matches_compiled_module(name: str) -> None:
     stub = ROOT / "engine" / "_native" / f"{name}.pyi"
     assert stub.exists(), f"{stub.name} is missing beside the compiled module"
     res = _run(
-        sys.executable, "-m", "mypy.stubtest", f"engine._native.{name}", "--ignore-missing-stub"
+        sys.executable, "-m", "mypy.stubtest", f"engine._native.{name}",
+        "--ignore-missing-stub", "--mypy-config-file", "pyproject.toml",
     )
     assert res.returncode == 0, res.stdout + res.stderr
 

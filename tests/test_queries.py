@@ -209,3 +209,17 @@ async def test_query_steps_count_published_work() -> None:
     await q.wait()
     assert q.steps == 1 and seen == [q]
     await rt.stop()
+
+
+@uv
+async def test_runtime_lists_unfinished_queries_and_stop_terminates_them() -> None:
+    rt = _runtime()
+    done = rt.start_query(Ping(0), to=AgentId("echo"), name="quick")
+    slow = rt.start_query(Slow(10), to=AgentId("c", "s"), name="slow")
+    idle = rt.start_query(Ping(0), to=AgentId("echo"), name="later", start=False)
+    assert {q.name for q in rt.queries} == {"quick", "slow", "later"}
+    assert await done.wait() == Pong(1)
+    assert {q.name for q in rt.queries} == {"slow", "later"}
+    await rt.stop()
+    assert slow.state is S.TERMINATED and idle.state is S.TERMINATED
+    assert rt.queries == []

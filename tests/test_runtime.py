@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -201,6 +202,10 @@ async def test_spawn_many_bad_input() -> None:
         await rt.spawn_many(["rec/a"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="expects an AgentId"):
         await rt.spawn("rec/a")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Spawn needs an AgentId id and AgentId needs"):
+        await rt.spawn_many([Spawn(a, needs=("rec/b",))])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected an AgentId, got str"):
+        await rt.evict("rec/a")  # type: ignore[arg-type]
     assert rt.agent_count == 0
     await rt.stop()
 
@@ -428,7 +433,13 @@ async def test_mailbox_block_policy_applies_backpressure() -> None:
 
 
 def test_bad_runtime_and_register_arguments() -> None:
-    for kwargs in ({"mailbox": 0}, {"mailbox": 1.5}, {"policy": "drop"}, {"max_agents": 0}):
+    for kwargs in (
+        {"mailbox": 0},
+        {"mailbox": 1.5},
+        {"policy": "drop"},
+        {"max_agents": 0},
+        {"origin": ""},
+    ):
         with pytest.raises(ValueError):
             Runtime(**kwargs)  # type: ignore[arg-type]
     rt = Runtime()
@@ -452,6 +463,15 @@ async def test_factory_returning_non_agent() -> None:
     rt.register("odd", lambda: object())  # type: ignore[arg-type, return-value]
     with pytest.raises(TypeError, match=r"returned object, not an engine\.Agent"):
         await rt.send(Ping(1), to=AgentId("odd"))
+
+    class NeedsArgs(Agent):
+        def __init__(self, db: str) -> None:
+            self.db = db
+
+    rt.register("needy", NeedsArgs)
+    with pytest.raises(UndeliverableError, match="cannot create needy/default: its factory raised"):
+        await rt.send(Ping(1), to=AgentId("needy"))
+    assert rt.agent_count == 0
     await rt.stop()
 
 
@@ -497,6 +517,9 @@ async def test_subscription_bad_input_and_unsubscribe() -> None:
         rt.subscribe("rec", topic=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key must be a str or a function"):
         rt.subscribe("rec", topic="a", key=5)  # type: ignore[arg-type]
+    rt.subscribe("rec", topic="k", key=lambda t, m: 42)  # type: ignore[arg-type, return-value]
+    with pytest.raises(TypeError, match=r"returned int, expected str"):
+        await rt.publish(Ping(1), topic="k")
     sub = rt.subscribe("rec", topic="a")
     assert await rt.publish(Ping(1), topic="a") == 1
     rt.unsubscribe(sub)
@@ -505,6 +528,8 @@ async def test_subscription_bad_input_and_unsubscribe() -> None:
         rt.unsubscribe(sub.id)
     with pytest.raises(TypeError, match="topic must be a str or TopicId"):
         await rt.publish(Ping(1), topic=3)  # type: ignore[arg-type]
+    with pytest.raises(RoutingError):
+        await rt.publish(Ping(1), topic="a..b")
     await rt.stop()
 
 
@@ -677,6 +702,8 @@ async def test_middleware_order_rewrites_and_errors() -> None:
         await rt.send(Ping(60), to=AgentId("echo"))
     remove()
     assert await rt.send(Ping(60), to=AgentId("echo")) == Pong(61)
+    with pytest.raises(ValueError, match="was already removed"):
+        remove()
     with pytest.raises(TypeError, match="middleware must be callable"):
         rt.use(None)  # type: ignore[arg-type]
     await rt.stop()
@@ -872,4 +899,195 @@ async def test_stats_gauges() -> None:
     }
     await asyncio.gather(busy, *queued)
     assert rt.stats()["in_flight"] == 0 and rt.stats()["queued"] == 0
+    await rt.stop()
+
+
+@uv
+async def test_sending_to_itself_while_busy_fails_fast() -> None:
+    class Selfish(Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> Any:
+            return await ctx.send(Note("me"), to=self.id)
+
+        @handler
+        async def on_note(self, msg: Note, ctx: engine.Context) -> str:
+            return msg.text
+
+    rt = Runtime()
+    rt.register("selfish", Selfish)
+    with pytest.raises(RemoteError, match=r"UndeliverableError: .*to itself while busy") as info:
+        await rt.send(Ping(1), to=AgentId("selfish"), timeout=1)
+    assert isinstance(info.value.__cause__, UndeliverableError)
+    await rt.post(Note("fine"), to=AgentId("selfish"))  # one-way to itself is fine
+    await rt.stop_when_idle()
+
+
+@pytest.mark.parametrize("router", ["py", "native"])
+def test_publish_on_both_router_twins(router: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.routing import RouterC, RouterPy
+    from engine.runtime import _subscriptions
+
+    cls = RouterPy if router == "py" else RouterC
+    if cls is None:
+        pytest.skip("native router not built")
+    monkeypatch.setattr(_subscriptions, "Router", cls)
+
+    @uv
+    async def scenario() -> list[str]:
+        rt = Runtime()
+        rt.register("rec", Recorder)
+        assert isinstance(rt._subs._router, cls)
+        rt.subscribe("rec", topic="a.*.c", key="star")
+        rt.subscribe("rec", topic="a.#", key="hash")
+        rt.subscribe("rec", topic="b", key="exact")
+        for topic in ("a.b.c", "a", "a.x.y.c", "b", "b.c"):
+            await rt.publish(Note(topic), topic=topic)
+        await rt.stop_when_idle()
+        return sorted(f"{e[1][0].key}:{e[1][1].text}" for e in Recorder.journal if e[0] == "msg")
+
+    assert scenario() == [
+        "exact:b",
+        "hash:a",
+        "hash:a.b.c",
+        "hash:a.x.y.c",
+        "star:a.b.c",
+    ]
+
+
+@uv
+async def test_trace_context_propagates_locally_and_over_the_transport() -> None:
+    from engine.runtime import LoopbackHub
+
+    seen: dict[str, str] = {}
+
+    class Traced(Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> int:
+            seen[f"{ctx.agent_id}"] = ctx.traceparent
+            if msg.n == 0:
+                return 0
+            await ctx.publish(Note("n"), topic="traced")
+            await ctx.post(Note("p"), to=AgentId("rec", "posted"))
+            return int(await ctx.send(Ping(msg.n - 1), to=AgentId("traced", str(msg.n - 1))))
+
+    class Spy(Agent):
+        @handler
+        async def on_note(self, msg: Note, ctx: engine.Context) -> None:
+            seen[f"{ctx.agent_id}"] = ctx.traceparent
+
+    async def new_span(ctx: Any, value: Any, call_next: Any) -> Any:
+        if ctx.kind == "handler" and ctx.agent_id == AgentId("traced", "2"):
+            seen["arrived"] = ctx.traceparent
+            ctx.traceparent = "00-" + "b" * 32 + "-" + "c" * 16 + "-01"
+        return await call_next(ctx, value)
+
+    hub = LoopbackHub()
+    async with Runtime(transport=hub.transport()) as a, Runtime(transport=hub.transport()) as b:
+        a.register("traced", Traced)
+        a.register("rec", Spy)
+        a.subscribe("rec", topic="traced", key="sub")
+        a.use(new_span)
+        root = "00-" + "a" * 32 + "-" + "1" * 16 + "-01"
+        assert await b.send(Ping(2), to=AgentId("traced", "2"), traceparent=root) == 0
+        await a.idle()
+    assert seen["arrived"] == root  # came over the transport
+    child = "00-" + "b" * 32 + "-" + "c" * 16 + "-01"
+    assert seen["traced/2"] == child  # the handler runs inside the middleware's span
+    assert seen["traced/1"] == child and seen["traced/0"] == child
+    assert seen["rec/sub"] == child and seen["rec/posted"] == child
+
+
+@uv
+async def test_handler_that_swallows_cancellation_keeps_the_agent_usable() -> None:
+    class Stubborn(Agent):
+        @handler
+        async def on_slow(self, msg: Slow, ctx: engine.Context) -> str:
+            try:
+                await asyncio.sleep(msg.seconds)
+            except asyncio.CancelledError:
+                return "ignored"  # swallows it
+            async with asyncio.timeout(1):  # structured timeouts still work afterwards
+                await asyncio.sleep(0)
+            return "done"
+
+    rt = Runtime()
+    rt.register("s", Stubborn)
+    to = AgentId("s")
+    first = asyncio.ensure_future(rt.send(Slow(0.01), to=to))
+    await asyncio.sleep(0)
+    with pytest.raises(DeadlineExceeded):
+        await rt.send(Slow(5), to=to, timeout=0.03)  # queued, then cancelled while running
+    assert await first == "done"
+    blocker = asyncio.ensure_future(rt.send(Slow(0.01), to=to))
+    await asyncio.sleep(0)
+    assert await rt.send(Slow(0.001), to=to, timeout=1) == "done"  # via the drain task
+    assert await blocker == "done"
+    await rt.stop()
+
+
+# -- load balancing by type ------------------------------------------------------
+
+
+@uv
+async def test_balanced_type_round_robin_over_live_instances() -> None:
+    rt = Runtime()
+    rt.register("w", Recorder, balance="round_robin")
+    with pytest.raises(UndeliverableError, match="no live instance of 'w'"):
+        await rt.send(Ping(0), to=AgentId("w", "*"))
+    await rt.spawn_many([AgentId("w", k) for k in ("a", "b", "c")])
+    for i in range(9):
+        await rt.send(Ping(i), to=AgentId("w", "*"))
+    handled = [e[1][0].key for e in Recorder.journal if e[0] == "msg"]
+    assert sorted(handled) == sorted("abc" * 3)
+    assert {handled.count(k) for k in "abc"} == {3}
+    assert await rt.evict(AgentId("w", "b"))
+    for i in range(4):
+        await rt.send(Ping(i), to=AgentId("w", "*"))
+    later = [e[1][0].key for e in Recorder.journal if e[0] == "msg"][9:]
+    assert sorted(later) == ["a", "a", "c", "c"]
+    await rt.stop()
+
+
+@uv
+async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo, balance="least_outstanding")
+    await rt.spawn_many([AgentId("echo", "x"), AgentId("echo", "y")])
+    slow = asyncio.ensure_future(rt.send(Slow(0.05), to=AgentId("echo", "*")))
+    await asyncio.sleep(0)
+    busy = next(a for a in rt.agents("echo") if rt.get(a)._busy)  # type: ignore[union-attr]
+    for _ in range(5):  # all go to the idle one: no waiting behind the slow request
+        assert await rt.send(Ping(1), to=AgentId("echo", "*"), timeout=0.02) == Pong(2)
+    assert await slow == "slept"
+    assert busy in (AgentId("echo", "x"), AgentId("echo", "y"))
+    with pytest.raises(RoutingError, match="unknown policy 'fastest'"):
+        rt.register("other", Echo, balance="fastest")
+    await rt.stop()
+
+
+@uv
+async def test_context_envelope_matches_the_wire_headers() -> None:
+    from engine.messages import Kind, decode, decode_payload, encode
+
+    got: list[Any] = []
+
+    class Probe(Agent):
+        @handler
+        async def on_ping(self, msg: Ping, ctx: engine.Context) -> None:
+            got.append(ctx.envelope(with_payload=True))
+            got.append(ctx.envelope())
+
+    rt = Runtime(origin="o1")
+    rt.register("probe", Probe)
+    rt.subscribe("probe", topic="t")
+    await rt.send(Ping(3), to=AgentId("probe"), timeout=5, traceparent="00-x")
+    await rt.publish(Ping(4), topic="t")
+    await rt.idle()
+    sent, bare, published, _ = got
+    assert sent.kind is Kind.SEND and sent.recipient == AgentId("probe")
+    assert sent.id.origin == "o1" and sent.traceparent == "00-x"
+    assert 0 < sent.deadline - time.time() <= 5
+    assert decode_payload(decode(encode(sent)).payload, Ping) == Ping(3)
+    assert decode(encode(bare)).payload_type == "Ping"  # headers only, still valid
+    assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
     await rt.stop()

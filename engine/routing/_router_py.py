@@ -80,6 +80,7 @@ class RouterPy:
         # subscriptions
         self._subs: dict[int, tuple[tuple[str, ...], int, int]] = {}  # sid -> (segs, topic, sub)
         self._wild: dict[tuple[str, ...], dict[int, int]] = {}  # pattern -> subscriber counts
+        self._cache: dict[int, list[int]] = {}  # topic -> match result, while wildcards stay
         self._next_sid = 0
 
     # -- agents -------------------------------------------------------------------------
@@ -272,6 +273,7 @@ class RouterPy:
         self._topic_segs[idx] = ()
         self._topic_gen[idx] = (self._topic_gen[idx] + 1) & _MASK32
         self._free_topics.append(idx)
+        self._cache.pop(idx, None)
 
     def subscribe(self, pattern: str, subscriber: int) -> int:
         """Deliver topics matching ``pattern`` to ``subscriber``; returns a subscription id."""
@@ -285,6 +287,7 @@ class RouterPy:
         else:
             counts = self._wild.setdefault(segs, {})
         counts[sub] = counts.get(sub, 0) + 1
+        self._invalidate(idx)
         sid = self._next_sid
         self._next_sid += 1
         self._subs[sid] = (segs, idx, sub)
@@ -300,6 +303,7 @@ class RouterPy:
         counts[sub] -= 1
         if counts[sub] == 0:
             del counts[sub]
+        self._invalidate(idx)
         if idx >= 0 and not counts:
             self._unpinned[idx] = None
             while len(self._unpinned) > self.max_topics:
@@ -307,23 +311,33 @@ class RouterPy:
         elif idx < 0 and not counts:
             del self._wild[segs]
 
+    def _invalidate(self, idx: int) -> None:
+        """Forget cached matches: one topic's (exact change) or all (wildcard change)."""
+        if idx >= 0:
+            self._cache.pop(idx, None)
+        else:
+            self._cache.clear()
+
     def subscription_count(self) -> int:
         """Number of live subscriptions."""
         return len(self._subs)
 
     def match(self, topic: str) -> list[int]:
         """Subscribers of ``topic``: ascending, each once."""
-        return self._match(self._topic_index(topic))
+        return list(self._match(self._topic_index(topic)))
 
     def _match(self, idx: int) -> list[int]:
         if not self._wild:
             return sorted(self._exact[idx])
-        found = set(self._exact[idx])
-        segs = self._topic_segs[idx]
-        for pattern, counts in self._wild.items():
-            if _matches(pattern, segs):
-                found.update(counts)
-        return sorted(found)
+        cached = self._cache.get(idx)
+        if cached is None:
+            found = set(self._exact[idx])
+            segs = self._topic_segs[idx]
+            for pattern, counts in self._wild.items():
+                if _matches(pattern, segs):
+                    found.update(counts)
+            cached = self._cache[idx] = sorted(found)
+        return cached
 
     # -- batches --------------------------------------------------------------------------
 

@@ -12,24 +12,22 @@ whoever frees the agent starts one drain task that works through the mailbox in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
-from typing import Any, Final, Literal
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from engine.agents import Agent, Context, Route
 from engine.errors import (
-    CycleError,
     DeadlineExceeded,
     EngineError,
     MailboxFull,
     QueryCancelled,
     RemoteError,
+    RoutingError,
     UndeliverableError,
 )
 from engine.messages import (
@@ -37,11 +35,16 @@ from engine.messages import (
     Envelope,
     TopicId,
 )
+from engine.routing import Router, RouterPy
 from engine.runtime._hooks import Hooks, Middleware, compose
-from engine.runtime._queries import Query, current_query
+from engine.runtime._queries import Query, QueryState, current_query
 from engine.runtime._remote import Remote
+from engine.runtime._spawn import Spawn, levels
 from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
+
+if TYPE_CHECKING:
+    from engine._native._router import Router as _RouterC
 
 __all__ = ["Policy", "Runtime", "Spawn"]
 
@@ -56,17 +59,10 @@ DEFAULT_MAILBOX: Final = 1024
 _POLICIES: Final = ("block", "reject")
 
 
-class Spawn(msgspec.Struct, frozen=True):
-    """A spawn request for :meth:`Runtime.spawn_many`: ``needs`` are spawned (started) first."""
-
-    id: AgentId
-    needs: tuple[AgentId, ...] = ()
-
-
 class _Type:
     """Registration of one agent type."""
 
-    __slots__ = ("capacity", "cls", "factory", "instances", "name", "policy")
+    __slots__ = ("balanced", "capacity", "cls", "factory", "instances", "name", "policy")
 
     def __init__(
         self, name: str, factory: Factory, cls: type[Agent] | None, capacity: int, policy: str
@@ -77,6 +73,7 @@ class _Type:
         self.capacity = capacity
         self.policy = policy
         self.instances: dict[str, Agent] = {}
+        self.balanced = False  # instances tracked in the runtime's balancer (key "*")
 
 
 async def _terminal_async(ctx: Context, message: Any) -> Any:
@@ -125,6 +122,8 @@ class Runtime:
             transport = MeshTransport(mesh)
         if max_agents is not None and (not isinstance(max_agents, int) or max_agents < 1):
             raise ValueError(f"max_agents must be a positive int or None, got {max_agents!r}")
+        if origin is not None and (not isinstance(origin, str) or not origin):
+            raise ValueError(f"origin must be a non-empty str, got {origin!r}")
         self.origin: str = origin or os.urandom(8).hex()
         self._mailbox = mailbox
         self._policy = policy
@@ -140,6 +139,8 @@ class Runtime:
         self._transport = transport
         self._remote = Remote(self, transport)
         self._background: set[asyncio.Task[Any]] = set()
+        self._balancer: RouterPy | _RouterC | None = None  # made by the first balanced type
+        self._queries: dict[int, Query] = {}  # id(query) -> query, unfinished only
         self._middleware: tuple[Middleware, ...] = ()
         self._chain: Callable[[Any, Any], Awaitable[Any]] = _terminal_async
         self._plain = True
@@ -178,6 +179,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        for q in list(self._queries.values()):
+            q.terminate()
         tasks = [a._task for t in self._types.values() for a in t.instances.values() if a._task]
         tasks += list(self._background) + list(self._remote.serving.values())
         for task in tasks:
@@ -223,8 +226,14 @@ class Runtime:
         *,
         mailbox: int | None = None,
         policy: Policy | None = None,
+        balance: str | None = None,
     ) -> None:
-        """Register ``factory`` (an Agent subclass or a function returning an agent)."""
+        """Register ``factory`` (an Agent subclass or a function returning an agent).
+
+        ``balance`` (``"round_robin"`` or ``"least_outstanding"``) makes
+        ``AgentId(agent_type, "*")`` pick one of the live instances through the native
+        router instead of naming one.
+        """
         if not isinstance(agent_type, str) or not agent_type or "/" in agent_type:
             raise ValueError(f"agent type must be a non-empty str without '/', got {agent_type!r}")
         if agent_type in self._types:
@@ -237,7 +246,13 @@ class Runtime:
         capacity = self._mailbox if mailbox is None else mailbox
         pol = self._policy if policy is None else policy
         _check_mailbox(capacity, pol)
-        self._types[agent_type] = _Type(agent_type, factory, cls, capacity, pol)
+        entry = _Type(agent_type, factory, cls, capacity, pol)
+        if balance is not None:
+            if self._balancer is None:
+                self._balancer = Router()
+            self._balancer.set_policy(agent_type, balance)  # RoutingError for unknown names
+            entry.balanced = True
+        self._types[agent_type] = entry
         if cls is not None:
             for mtype in cls._routes:
                 self._remote.messages.add(mtype)
@@ -274,6 +289,8 @@ class Runtime:
 
         def remove() -> None:
             items = list(self._middleware)
+            if middleware not in items:
+                raise ValueError(f"middleware {middleware!r} was already removed")
             items.remove(middleware)
             self._middleware = tuple(items)
             self._rebuild()
@@ -317,6 +334,8 @@ class Runtime:
 
     def get(self, agent_id: AgentId) -> Agent | None:
         """The live instance for ``agent_id`` or None (does not create it)."""
+        if not isinstance(agent_id, AgentId):
+            raise TypeError(f"expected an AgentId, got {type(agent_id).__name__}")
         t = self._types.get(agent_id.type)
         return None if t is None else t.instances.get(agent_id.key)
 
@@ -330,7 +349,12 @@ class Runtime:
         return t
 
     def _create(self, t: _Type, agent_id: AgentId) -> Agent:
-        agent = t.factory()
+        try:
+            agent = t.factory()
+        except Exception as exc:
+            raise UndeliverableError(
+                f"cannot create {agent_id}: its factory raised {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(agent, Agent):
             raise TypeError(
                 f"factory for {t.name!r} returned {type(agent).__name__}, not an engine.Agent"
@@ -345,6 +369,9 @@ class Runtime:
         agent._tick = self._seq
         t.instances[agent_id.key] = agent
         self._count += 1
+        if t.balanced:
+            assert self._balancer is not None
+            self._balancer.add_agent(agent_id)
         if self.hooks.on_spawn:
             self.hooks.call("on_spawn", agent)
         if self._max_agents is not None and self._count > self._max_agents:
@@ -360,8 +387,7 @@ class Runtime:
         except BaseException:
             t = self._types.get(agent.id.type)
             if t is not None and t.instances.get(agent.id.key) is agent:
-                del t.instances[agent.id.key]
-                self._count -= 1
+                self._forget(agent)
             self._fail_mailbox(agent, f"{agent.id} failed to start")
             raise
         finally:
@@ -398,6 +424,8 @@ class Runtime:
         for spec in specs:
             if isinstance(spec, Spawn):
                 aid, need = spec.id, spec.needs
+                if not isinstance(aid, AgentId) or not all(isinstance(d, AgentId) for d in need):
+                    raise TypeError(f"Spawn needs an AgentId id and AgentId needs, got {spec!r}")
             elif isinstance(spec, AgentId):
                 aid, need = spec, ()
             else:
@@ -413,7 +441,7 @@ class Runtime:
                         f"{aid} needs {dep}, which is neither live nor in specs"
                     )
         out: dict[AgentId, Agent] = {}
-        for level in _levels(needs):
+        for level in levels(needs) if any(needs.values()) else [order]:
             starting: list[Awaitable[None]] = []
             for aid in level:
                 t = self._types[aid.type]
@@ -426,8 +454,10 @@ class Runtime:
             if starting:
                 results = await asyncio.gather(*starting, return_exceptions=True)
                 for r in results:
-                    if isinstance(r, BaseException):
+                    if isinstance(r, Exception):
                         raise _remote(r) from r
+                    if isinstance(r, BaseException):
+                        raise r
         return [out[a] for a in order]
 
     async def evict(self, agent_id: AgentId) -> bool:
@@ -440,8 +470,12 @@ class Runtime:
         return True
 
     def _forget(self, agent: Agent) -> None:
-        del self._types[agent.id.type].instances[agent.id.key]
+        t = self._types[agent.id.type]
+        del t.instances[agent.id.key]
         self._count -= 1
+        if t.balanced:
+            assert self._balancer is not None
+            self._balancer.remove_agent(agent.id)
 
     def _evict_lru(self, keep: Agent) -> None:
         """Evict the oldest eighth of idle agents (amortised O(log n) per creation)."""
@@ -490,28 +524,38 @@ class Runtime:
         to: AgentId,
         timeout: float | None = None,
         sender: AgentId | None = None,
+        traceparent: str = "",
     ) -> Any:
         """Deliver ``message`` to ``to`` and return the handler's reply.
 
         A handler exception arrives as :class:`RemoteError`; ``timeout`` (seconds)
         raises :class:`DeadlineExceeded` and cancels the handler; cancelling the caller
         cancels the handler too. An unknown agent type raises UndeliverableError.
+        ``traceparent`` (W3C trace context) is carried to the handler's ``ctx`` and onto
+        the wire; ``ctx.send`` passes its own on.
         """
         t = self._types.get(to.type) if type(to) is AgentId else None
         if t is None:
-            return await self._send_other(message, to, timeout, sender)
+            return await self._send_other(message, to, timeout, sender, traceparent)
         if self._closed:
             raise UndeliverableError("runtime is stopped")
         agent = t.instances.get(to.key)
         if agent is None:
+            if t.balanced and to.key == "*":
+                return await self._send_balanced(t, message, timeout, sender, traceparent)
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message))
         if route is None:
             route = self._no_route(agent, message)
         self._seq = seq = self._seq + 1
         query = current_query.get()
-        ctx = Context(self, agent, route, sender, None, seq, query)
+        ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if agent._busy and not route.concurrent:
+            if sender is not None and sender == to:
+                raise UndeliverableError(
+                    f"{to} sent {type(message).__name__} to itself while busy, which would "
+                    "wait forever; use post/publish or a concurrent handler"
+                )
             return await self._enqueue(t, agent, route, message, ctx, timeout)
         if timeout is not None:
             return await self._inline_timeout(agent, route, message, ctx, timeout)
@@ -559,6 +603,36 @@ class Runtime:
                     agent._busy = False
             if not self._active and self._idle_waiters:
                 self._wake_idle()
+
+    async def _send_balanced(
+        self,
+        t: _Type,
+        message: Any,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str,
+    ) -> Any:
+        """``AgentId(type, "*")``: the balancer picks a live instance; acked when done."""
+        balancer = self._balancer
+        assert balancer is not None
+        try:
+            slot = balancer.pick(t.name)
+        except RoutingError:
+            raise UndeliverableError(
+                f"no live instance of {t.name!r} to pick for {type(message).__name__} "
+                "(spawn some first)"
+            ) from None
+        try:
+            return await self.send(
+                message,
+                to=balancer.agent(slot),
+                timeout=timeout,
+                sender=sender,
+                traceparent=traceparent,
+            )
+        finally:
+            with contextlib.suppress(RoutingError):  # evicted meanwhile
+                balancer.ack(slot)
 
     def _no_route(self, agent: Agent, message: Any) -> Route:
         route = agent.route_for(type(message))
@@ -632,14 +706,13 @@ class Runtime:
         ctx: Context,
         timeout: float | None,
     ) -> Any:
-        loop = asyncio.get_running_loop()
         if timeout is None:
-            return await self._queue_and_wait(loop, t, agent, route, message, ctx)
+            return await self._queue_and_wait(t, agent, route, message, ctx)
         _check_timeout(timeout)
-        ctx.deadline = loop.time() + timeout
+        ctx.deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._queue_and_wait(loop, t, agent, route, message, ctx)
+                return await self._queue_and_wait(t, agent, route, message, ctx)
         except TimeoutError:
             if cm.expired():
                 raise DeadlineExceeded(
@@ -648,19 +721,22 @@ class Runtime:
             raise
 
     async def _queue_and_wait(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        t: _Type,
-        agent: Agent,
-        route: Route,
-        message: Any,
-        ctx: Context,
+        self, t: _Type, agent: Agent, route: Route, message: Any, ctx: Context
     ) -> Any:
-        await self._reserve(t, agent)
-        fut: asyncio.Future[Any] = loop.create_future()
-        fut.add_done_callback(partial(_request_done, agent))
-        self._push(agent, (route, message, ctx, fut))
-        return await fut
+        mb = agent._mb
+        if mb is not None and len(mb) >= t.capacity:
+            await self._reserve(t, agent)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ctx._reply = fut
+        self._push(agent, ctx)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The sender gave up (cancel or timeout): a queued request is skipped by the
+            # drain (its future is done); a running one gets its handler cancelled.
+            if agent._current is fut and agent._task is not None:
+                agent._task.cancel()
+            raise
 
     async def _reserve(self, t: _Type, agent: Agent) -> None:
         """Make room for one message in ``agent``'s mailbox (wait or raise per policy)."""
@@ -684,13 +760,11 @@ class Runtime:
                     _wake_one(agent)  # pass our wake-up on
                 raise
 
-    def _push(
-        self, agent: Agent, item: tuple[Route, Any, Context, asyncio.Future[Any] | None]
-    ) -> None:
+    def _push(self, agent: Agent, ctx: Context) -> None:
         mb = agent._mb
         if mb is None:
             mb = agent._mb = deque()
-        mb.append(item)
+        mb.append(ctx)
         self._active += 1
         if not agent._busy:
             agent._busy = True
@@ -714,7 +788,10 @@ class Runtime:
         seq = 0
         try:
             while mb:
-                route, message, ctx, fut = mb.popleft()
+                ctx = mb.popleft()
+                route = ctx.route
+                message = ctx.message
+                fut = ctx._reply
                 if agent._wait:
                     _wake_one(agent)
                 seq = ctx.seq
@@ -760,8 +837,11 @@ class Runtime:
                 else:
                     if not fut.done():
                         fut.set_result(result)
+                    elif fut.cancelled() and task is not None and task.cancelling():
+                        task.uncancel()  # the handler swallowed its cancellation
                 finally:
                     agent._current = None
+                    ctx._reply = None  # no ctx -> future -> error -> frame -> ctx cycle
                     self._active -= 1
         finally:
             agent._task = None
@@ -776,7 +856,7 @@ class Runtime:
     def _fail_mailbox(self, agent: Agent, reason: str) -> None:
         mb = agent._mb
         while mb:
-            _, _, _, fut = mb.popleft()
+            fut = mb.popleft()._reply
             self._active -= 1
             if fut is not None and not fut.done():
                 fut.set_exception(UndeliverableError(reason))
@@ -809,6 +889,7 @@ class Runtime:
         topic: str | TopicId,
         sender: AgentId | None = None,
         local_only: bool = False,
+        traceparent: str = "",
     ) -> int:
         """Fan ``message`` out to the subscribers of ``topic``; returns local deliveries.
 
@@ -836,14 +917,24 @@ class Runtime:
                 t = sub.target
                 key = sub.fixed
                 if key is None:
-                    key = topic_id.source if sub.by_source else sub.key(topic_id, message)
+                    if sub.by_source:
+                        key = topic_id.source
+                    else:
+                        key = sub.key(topic_id, message)
+                        if type(key) is not str:
+                            raise TypeError(
+                                f"key function of subscription {sub.id} ({sub.pattern!r}) "
+                                f"returned {type(key).__name__}, expected str"
+                            )
                 agent = t.instances.get(key)
                 if agent is None:
                     agent = await self._ensure(t, AgentId(t.name, key))
                 route = agent._routes.get(mtype) or agent.route_for(mtype)
                 if route is None:
                     continue  # this subscriber does not handle the message class
-                ctx = Context(self, agent, route, sender, topic_id, seq, query)
+                ctx = Context(
+                    self, agent, route, message, sender, topic_id, seq, query, 0.0, traceparent
+                )
                 if route.concurrent:
                     self._active += 1
                     self._spawn_bg(self._run_concurrent(ctx, message))
@@ -858,7 +949,7 @@ class Runtime:
                     mb = agent._mb
                 if mb is None:
                     mb = agent._mb = deque()
-                mb.append((route, message, ctx, None))
+                mb.append(ctx)
                 self._active += 1
                 delivered += 1
                 if not agent._busy:
@@ -870,10 +961,17 @@ class Runtime:
                     + ", ".join(full)
                 )
         if self._transport is not None and self._started and not local_only:
-            self._remote.publish(message, topic_id, seq, sender)
+            self._remote.publish(message, topic_id, seq, sender, traceparent)
         return delivered
 
-    async def post(self, message: Any, *, to: AgentId, sender: AgentId | None = None) -> None:
+    async def post(
+        self,
+        message: Any,
+        *,
+        to: AgentId,
+        sender: AgentId | None = None,
+        traceparent: str = "",
+    ) -> None:
         """One-way delivery to one agent: queued like a published message, no reply.
 
         Returns once the message is in the agent's mailbox (waiting for space under the
@@ -892,13 +990,15 @@ class Runtime:
         if agent is None:
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message)) or self._no_route(agent, message)
-        ctx = Context(self, agent, route, sender, None, self._next_seq(), current_query.get())
+        seq = self._next_seq()
+        query = current_query.get()
+        ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if route.concurrent:
             self._active += 1
             self._spawn_bg(self._run_concurrent(ctx, message))
             return
         await self._reserve(t, agent)
-        self._push(agent, (route, message, ctx, None))
+        self._push(agent, ctx)
 
     async def _run_concurrent(self, ctx: Context, message: Any) -> None:
         try:
@@ -952,11 +1052,27 @@ class Runtime:
 
         self._seq += 1
         q = Query(body, name or f"q{self._seq}")
+        self._queries[id(q)] = q
+        q.add_listener(self._query_changed)
         return q.start() if start else q
+
+    @property
+    def queries(self) -> list[Query]:
+        """Queries started here that have not finished yet."""
+        return list(self._queries.values())
+
+    def _query_changed(self, q: Query, state: QueryState) -> None:
+        if state.terminal:
+            self._queries.pop(id(q), None)
 
     # -- transport and mesh hosting ------------------------------------------------
     async def _send_other(
-        self, message: Any, to: AgentId, timeout: float | None, sender: AgentId | None
+        self,
+        message: Any,
+        to: AgentId,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str,
     ) -> Any:
         if not isinstance(to, AgentId):
             raise TypeError(f"to= must be an AgentId, got {type(to).__name__}")
@@ -968,7 +1084,7 @@ class Runtime:
             )
         if timeout is not None:
             _check_timeout(timeout)
-        return await self._remote.send(message, to, timeout, sender)
+        return await self._remote.send(message, to, timeout, sender, traceparent)
 
     def deliver(self, envelope: Envelope) -> None:
         """Transport entry point: accept one inbound envelope (never blocks)."""
@@ -996,12 +1112,6 @@ class Runtime:
         return self._seq
 
 
-def _request_done(agent: Agent, fut: asyncio.Future[Any]) -> None:
-    """A queued request finished or was abandoned: cancel its handler if it is running."""
-    if fut.cancelled() and agent._current is fut and agent._task is not None:
-        agent._task.cancel()
-
-
 def _wake_one(agent: Agent) -> None:
     waiters = agent._wait
     while waiters:
@@ -1009,33 +1119,6 @@ def _wake_one(agent: Agent) -> None:
         if not fut.done():
             fut.set_result(None)
             return
-
-
-def _levels(needs: dict[AgentId, tuple[AgentId, ...]]) -> list[list[AgentId]]:
-    """Topological levels of the spawn graph (Kahn); CycleError names a cycle."""
-    pending = {a: {d for d in n if d in needs} for a, n in needs.items()}
-    levels: list[list[AgentId]] = []
-    done: set[AgentId] = set()
-    while pending:
-        ready = [a for a, d in pending.items() if d <= done]
-        if not ready:
-            raise CycleError(_find_cycle(pending))  # type: ignore[arg-type]
-        for a in ready:
-            del pending[a]
-        done.update(ready)
-        levels.append(ready)
-    return levels
-
-
-def _find_cycle(pending: dict[AgentId, set[AgentId]]) -> list[str]:
-    start = next(iter(pending))
-    seen: list[AgentId] = []
-    node = start
-    while node not in seen:
-        seen.append(node)
-        node = next(d for d in pending[node] if d in pending)
-    cycle = [*seen[seen.index(node) :], node]
-    return [str(a) for a in cycle]
 
 
 def _check_mailbox(capacity: object, policy: object) -> None:

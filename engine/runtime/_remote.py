@@ -51,7 +51,12 @@ class Remote:
 
     # -- outbound ------------------------------------------------------------------
     async def send(
-        self, message: Any, to: AgentId, timeout: float | None, sender: AgentId | None
+        self,
+        message: Any,
+        to: AgentId,
+        timeout: float | None,
+        sender: AgentId | None,
+        traceparent: str = "",
     ) -> Any:
         transport = self.transport
         assert transport is not None
@@ -64,6 +69,7 @@ class Remote:
             sender=sender,
             recipient=to,
             deadline=time.time() + timeout if timeout is not None else 0.0,
+            traceparent=traceparent,
             payload_type=type(message).__name__,
             payload=encode_payload(message),
         )
@@ -95,7 +101,14 @@ class Remote:
             if not rt._active:
                 rt._wake_idle()
 
-    def publish(self, message: Any, topic: TopicId, seq: int, sender: AgentId | None) -> None:
+    def publish(
+        self,
+        message: Any,
+        topic: TopicId,
+        seq: int,
+        sender: AgentId | None,
+        traceparent: str = "",
+    ) -> None:
         assert self.transport is not None
         self.transport.send(
             Envelope(
@@ -103,6 +116,7 @@ class Remote:
                 kind=Kind.PUBLISH,
                 sender=sender,
                 topic=topic,
+                traceparent=traceparent,
                 payload_type=type(message).__name__,
                 payload=encode_payload(message),
             )
@@ -149,10 +163,19 @@ class Remote:
             if kind is Kind.PUBLISH:
                 if envelope.topic is not None:
                     await rt.publish(
-                        message, topic=envelope.topic, sender=envelope.sender, local_only=True
+                        message,
+                        topic=envelope.topic,
+                        sender=envelope.sender,
+                        local_only=True,
+                        traceparent=envelope.traceparent,
                     )
                 elif envelope.recipient is not None:
-                    await rt.post(message, to=envelope.recipient, sender=envelope.sender)
+                    await rt.post(
+                        message,
+                        to=envelope.recipient,
+                        sender=envelope.sender,
+                        traceparent=envelope.traceparent,
+                    )
                 else:
                     raise UndeliverableError("PUBLISH envelope has neither topic nor recipient")
                 return None
@@ -165,7 +188,11 @@ class Remote:
             if envelope.deadline:
                 timeout = max(envelope.deadline - time.time(), 1e-3)
             result = await rt.send(
-                message, to=envelope.recipient, timeout=timeout, sender=envelope.sender
+                message,
+                to=envelope.recipient,
+                timeout=timeout,
+                sender=envelope.sender,
+                traceparent=envelope.traceparent,
             )
         except asyncio.CancelledError:
             raise

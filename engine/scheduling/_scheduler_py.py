@@ -39,7 +39,15 @@ _EMPTY = np.empty(0, dtype=np.int64)
 
 class _Task:
     __slots__ = (
-        "arrival", "children", "deadline", "id", "lane", "prio", "state", "token", "waiting"
+        "arrival",
+        "children",
+        "deadline",
+        "id",
+        "lane",
+        "prio",
+        "state",
+        "token",
+        "waiting",
     )
 
     def __init__(self, tid: int, prio: int, deadline: float, arrival: int, lane: _Lane) -> None:

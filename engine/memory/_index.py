@@ -1,0 +1,278 @@
+"""Build, tune and query the FAISS index behind a :class:`~engine.memory.VectorStore`.
+
+Every index here uses *sequential* FAISS ids (row ``i`` of the build matrix is FAISS id
+``i`` = the store's slot), so ``IndexRefine`` and ``IndexHNSW`` (which cannot map ids) work
+unchanged; removal is a tombstone bit in the store's alive bitmap, applied through
+``faiss.IDSelectorBitmap``, and compaction happens at re-build time.
+
+Kinds (see docs/memory.md for the measurements behind the default):
+  ``flat``   exact ``IndexFlat``                                      4·d B/vector
+  ``ivfpq``  IVF + PQ fast-scan (4-bit, d/4 sub-quantisers) with SQ8 re-rank (``IndexRefine``)
+             ~1.2·d B/vector; tuned: ``nprobe``, ``k_factor``
+  ``hnsw``   HNSW12 over SQ8 (efConstruction 80)   ~1.3·d B/vector; tuned: ``efSearch``
+  ``sq8``    flat 8-bit scalar quantiser (exact scan of codes)       d B/vector
+  anything else goes to ``faiss.index_factory`` (not tuned: parameters stay as built).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Built", "build", "exact_topk", "make_params", "reconstruct", "single_thread"]
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+KINDS = ("flat", "ivfpq", "hnsw", "sq8")
+HNSW_M = 12
+HNSW_EF_CONSTRUCTION = 80
+_faiss: Any = faiss  # the bundled stubs miss a few classes and mistype IndexHNSWSQ
+
+
+@dataclass
+class Built:
+    """A built index and how to search it."""
+
+    index: Any
+    kind: str
+    description: str
+    params: dict[str, int] = field(default_factory=dict)
+    recall: float | None = None  # estimated recall@k on the store's own data
+    trained_on: int = 0
+    build_seconds: float = 0.0
+    order: I64 | None = None  # FAISS id i holds row order[i] of the build matrix
+    _plain: tuple[Any, list[Any]] | None = None
+
+    def plain_params(self) -> tuple[Any, list[Any]]:
+        """The unfiltered search parameters, built once (read-only, shared by threads)."""
+        if self._plain is None:
+            self._plain = make_params(self.kind, self.params, None)
+        return self._plain
+
+
+def faiss_metric(metric: str) -> int:
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def nlist_for(n: int) -> int:
+    """Inverted lists: ~4·sqrt(n), with >= 40 training points per list."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 40))
+
+
+def pq_m_for(dim: int) -> int:
+    """PQ sub-quantisers for 4-bit fast-scan: the largest divisor of ``dim`` <= dim/4 (2 dims
+    per byte) — 96 for 384-d, so 48 B of codes per vector."""
+    for m in range(max(1, dim // 4), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, str]:
+    fm = faiss_metric(metric)
+    if kind == "flat":
+        return (faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)), "Flat"
+    if kind == "ivfpq":
+        nlist = nlist_for(n)
+        m = pq_m_for(dim)
+        base = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x4fs", fm)
+        refine = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, fm)
+        index = faiss.IndexRefine(base, refine)  # the SWIG wrapper keeps base/refine alive
+        return index, f"IVF{nlist},PQ{m}x4fs+SQ8 re-rank"
+    if kind == "hnsw":
+        # M=12 keeps links (2M int32 at level 0) + SQ8 codes under d*4/3 bytes at 384-d
+        index = _faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, fm)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return index, f"HNSW{HNSW_M},SQ8"
+    if kind == "sq8":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, fm), "SQ8"
+    return faiss.index_factory(dim, kind, fm), kind
+
+
+def _train_sample(x: F32, kind: str, n: int, rng: np.random.Generator) -> F32:
+    want = max(40 * nlist_for(n), 20_000) if kind == "ivfpq" else 50_000
+    if len(x) <= want:
+        return x
+    rows = np.sort(rng.choice(len(x), want, replace=False))
+    return np.ascontiguousarray(x[rows])
+
+
+def build(
+    kind: str,
+    x: F32,
+    metric: str,
+    target_recall: float,
+    *,
+    k: int = 10,
+    tune_queries: int = 200,
+    margin: float = 0.01,
+    seed: int = 0,
+) -> Built:
+    """Train ``kind`` on ``x`` (n, d), add every row, tune to ``target_recall``.
+
+    ``tune_queries`` random rows are held out: the index is built on the others, tuned with
+    the held-out rows as queries (exact answers from ``faiss.knn``), then they are added
+    last. (Rows already in the index make easy queries: HNSW links and IVF cells are built
+    around them, so tuning on them overestimates recall.) ``built.order`` says which row
+    each FAISS id holds.
+    """
+    t0 = time.perf_counter()
+    n, dim = x.shape
+    rng = np.random.default_rng(seed)
+    index, desc = _new_index(kind, dim, metric, n)
+    held = min(tune_queries, n // 10) if kind != "flat" and n >= 20 * (k + 1) else 0
+    if held:
+        perm = rng.permutation(n)
+        order = np.concatenate([np.sort(perm[held:]), np.sort(perm[:held])]).astype(np.int64)
+        x = x[order]
+    else:
+        order = np.arange(n, dtype=np.int64)
+    if not index.is_trained:
+        index.train(_train_sample(x, kind, n, rng))
+    step = 65_536
+    for lo in range(0, n - held, step):
+        index.add(x[lo : min(lo + step, n - held)])
+    built = Built(index, kind, desc, trained_on=n, order=order)
+    if kind == "flat":
+        built.recall = 1.0
+    elif held:
+        _tune(built, x[: n - held], x[n - held :], metric, min(target_recall + margin, 1.0), k)
+    if held:
+        index.add(x[n - held :])
+    built.build_seconds = time.perf_counter() - t0
+    return built
+
+
+def exact_topk(q: F32, x: F32, k: int, metric: str) -> tuple[F32, I64]:
+    """Exact top-``k`` of ``q`` against ``x`` (rows as ids), FAISS-ordered."""
+    k = min(k, len(x))
+    if metric == "l2":
+        d, i = faiss.knn(q, x, k, metric=faiss.METRIC_L2)
+    else:
+        d, i = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return d, i
+
+
+def _recall(found: I64, truth: I64, k: int) -> float:
+    hits = 0
+    for row, t in zip(found, truth, strict=True):
+        hits += len(set(row[:k].tolist()) & set(t[:k].tolist()))
+    return hits / (k * len(found))
+
+
+class single_thread:
+    """Run FAISS on one OpenMP thread in the calling thread (the ICV is per thread).
+
+    A single query gains nothing from a thread team, and on a busy machine the team's
+    barrier waits for a descheduled thread: p99 x10 (benches/memory_table.py, 2026-11)."""
+
+    def __enter__(self) -> None:
+        self._prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        faiss.omp_set_num_threads(self._prev)
+
+
+def _tune(built: Built, x: F32, q: F32, metric: str, target: float, k: int) -> None:
+    """Pick the fastest search parameters whose recall@k for the held-out queries ``q``
+    against ``x`` (exact answers from ``faiss.knn``) meets ``target``."""
+    nq = len(q)
+    _, truth = exact_topk(q, x, k, metric)
+
+    def recall_of(params: dict[str, int]) -> float:
+        p, _keep = make_params(built.kind, params, None)
+        _, found = built.index.search(q, k, params=p)
+        return _recall(found, truth, k)
+
+    grids: list[dict[str, int]] = []
+    if built.kind == "ivfpq":
+        nlist = faiss.extract_index_ivf(built.index.base_index).nlist
+        grid = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+        probes = [p for p in grid if p < nlist]
+        probes.append(nlist)
+        for kf in (2, 4, 8, 16, 32):
+            for p in probes:
+                grids.append({"nprobe": p, "k_factor": kf})
+    elif built.kind == "hnsw":
+        for ef in (16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512):
+            grids.append({"efSearch": max(ef, k + 1)})
+    else:
+        built.recall = recall_of({})
+        return
+    # recall grows with nprobe/efSearch: for each k_factor keep the cheapest passing setting
+    passing: list[tuple[dict[str, int], float]] = []
+    best: tuple[dict[str, int], float] | None = None
+    seen_kf: set[int] = set()
+    for params in grids:
+        kf = params.get("k_factor", 0)
+        if kf in seen_kf:
+            continue
+        r = recall_of(params)
+        if best is None or r > best[1]:
+            best = (params, r)
+        if r >= target:
+            passing.append((params, r))
+            seen_kf.add(kf)
+    assert best is not None
+    if not passing:
+        built.params, built.recall = best
+        return
+    # time the candidates on single queries (the latency the target trades against)
+    timed: list[tuple[float, dict[str, int], float]] = []
+    for params, r in passing:
+        p, _keep = make_params(built.kind, params, None)
+        with single_thread():
+            t = time.perf_counter()
+            for i in range(min(nq, 64)):
+                built.index.search(q[i : i + 1], k, params=p)
+            timed.append((time.perf_counter() - t, params, r))
+    timed.sort(key=lambda t: t[0])
+    _, built.params, built.recall = timed[0]
+
+
+def make_params(
+    kind: str, params: dict[str, int], sel: Any, selectivity: float = 1.0
+) -> tuple[Any, list[Any]]:
+    """FAISS search parameters for ``kind`` with the selector ``sel`` (or None).
+
+    A filter passing a fraction ``selectivity`` of the vectors widens the search by
+    1/sqrt(selectivity) (more lists probed / a larger HNSW beam): the filtered neighbours
+    lie farther away than the unfiltered ones the parameters were tuned for.
+    Returns ``(params, keepalive)``: SWIG parameter objects hold raw pointers, so the caller
+    keeps ``keepalive`` referenced until the search returns.
+    """
+    widen = 1.0 / math.sqrt(max(selectivity, 1e-6))
+    if kind == "ivfpq":
+        base = faiss.SearchParametersIVF()
+        base.nprobe = math.ceil(params.get("nprobe", 1) * widen)
+        if sel is not None:
+            base.sel = sel
+        p = faiss.IndexRefineSearchParameters()
+        p.k_factor = float(params.get("k_factor", 4))
+        p.base_index_params = base
+        return p, [base, sel]
+    if kind == "hnsw":
+        p = _faiss.SearchParametersHNSW()
+        p.efSearch = math.ceil(params.get("efSearch", 16) * widen)
+        if sel is not None:
+            p.sel = sel
+        return p, [sel]
+    if sel is None:
+        return None, []
+    p = _faiss.SearchParameters()
+    p.sel = sel
+    return p, [sel]
+
+
+def reconstruct(index: Any, kind: str, slots: I64) -> F32:
+    """Decoded vectors of ``slots`` (exact for flat, SQ8-decoded for quantised kinds)."""
+    src = index.refine_index if kind == "ivfpq" else index
+    out: F32 = src.reconstruct_batch(slots)
+    return out

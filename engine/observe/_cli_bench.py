@@ -1,0 +1,169 @@
+"""``engine bench``: run the benchmarks, or gate a change against a git ref.
+
+    engine bench                              # pytest-benchmark JSON of benches/
+    engine bench --compare main               # base vs head, interleaved; exit 1 on regression
+    engine bench --compare HEAD~1 --instructions   # callgrind instruction counts (deterministic)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import GateError
+from engine.observe import gate
+
+
+def _print_report(report: gate.GateReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = "instr/op" if report.mode == "instructions" else "s (per-round stat)"
+    table = Table(title=f"{report.mode}: {report.base} -> {report.head} (threshold "
+                  f"{report.threshold:.0%}, {unit})")
+    for col in ("benchmark", "base", "head", "ratio", "noise", "verdict"):
+        table.add_column(col, justify="left" if col in ("benchmark", "verdict") else "right")
+    colours = {"regressed": "red", "improved": "green", "ok": "", "new": "cyan", "missing": "red"}
+    for r in report.results:
+        base = f"{_median(r.base):.4g}" if r.base else "-"
+        head = f"{_median(r.head):.4g}" if r.head else "-"
+        ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.3f}"
+        noise = f"±{r.noise:.3f}" if r.base and r.head else "-"
+        style = colours.get(r.verdict, "")
+        verdict = f"[{style}]{r.verdict}[/{style}]" if style else r.verdict
+        table.add_row(r.name, base, head, ratio, noise, verdict)
+    console = Console(width=140)
+    console.print(table)
+    for e in report.errors:
+        console.print(f"[red]error:[/red] {e}")
+    if report.regressions:
+        names = ", ".join(r.name for r in report.regressions)
+        console.print(f"[red bold]FAIL[/red bold]: slower than {report.threshold:.0%} beyond "
+                      f"noise: {names}")
+    elif report.errors:
+        console.print("[red bold]FAIL[/red bold]: see errors")
+    else:
+        console.print("[green bold]PASS[/green bold]")
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        head_root = gate.repo_root(Path(args.root).resolve())
+    except GateError:
+        head_root = Path(args.root).resolve()
+    paths = [Path(p) if Path(p).is_absolute() else head_root / p for p in args.paths or ["benches"]]
+    for p in paths:
+        if not p.exists():
+            print(f"engine bench: no such benchmark path {p}", file=sys.stderr)
+            return 2
+    if args.compare is None:
+        return _plain(args, head_root, paths)
+    head = gate.Side("head", head_root, "working tree")
+
+    def log(*parts: object) -> None:
+        if not args.quiet:
+            print(*parts, file=sys.stderr)
+
+    try:
+        with gate.base_tree(head_root, args.compare, head_root, keep=args.keep) as base:
+            if args.keep:
+                log(f"base tree kept at {base.root}")
+            if args.instructions:
+                report = gate.compare_instructions(
+                    base, head, head_root / args.hotpath, iterations=args.iterations,
+                    threshold=args.threshold, names=args.probe or (), log=log,
+                )
+            else:
+                report = gate.compare_timing(
+                    base, head, paths, rounds=args.rounds, select=args.k,
+                    threshold=args.threshold, max_time=args.max_time or 0.05, stat=args.stat,
+                    log=log,
+                )
+    except GateError as exc:
+        print(f"engine bench: {exc}", file=sys.stderr)
+        return 2
+    if args.report:
+        Path(args.report).write_bytes(report.to_json())
+    _print_report(report)
+    return 1 if report.failed else 0
+
+
+def _plain(args: argparse.Namespace, root: Path, paths: list[Path]) -> int:
+    if args.instructions:
+        head = gate.Side("head", root, "working tree")
+        try:
+            counts, problems = gate.count_instructions(
+                head, root / args.hotpath, iterations=args.iterations, names=args.probe or ()
+            )
+        except GateError as exc:
+            print(f"engine bench: {exc}", file=sys.stderr)
+            return 2
+        for name, n in sorted(counts.items()):
+            print(f"{name:40s} {n:14.1f} instructions/op")
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    out = Path(args.json or root / ".benchmarks" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", *map(str, paths), "-o",
+           "python_files=bench_*.py test_*.py", "--benchmark-only", f"--benchmark-json={out}"]
+    if args.k:
+        cmd += ["-k", args.k]
+    if args.max_time:
+        cmd += [f"--benchmark-max-time={args.max_time}"]
+    code = subprocess.run(cmd, cwd=root).returncode
+    print(f"benchmark JSON: {out}", file=sys.stderr)
+    return code
+
+
+def _fraction(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 < value < 10:
+        raise argparse.ArgumentTypeError(f"threshold must be in (0, 10), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench", help="run benchmarks (pytest-benchmark JSON) or gate against a git ref",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="*", help="benchmark files or directories (default: benches)")
+    p.add_argument("-k", help="pytest -k expression selecting benchmarks")
+    p.add_argument("--json", help="where `engine bench` writes pytest-benchmark JSON")
+    p.add_argument("--compare", metavar="REF", help="git ref to compare the working tree against")
+    p.add_argument("--threshold", type=_fraction, default=gate.DEFAULT_THRESHOLD,
+                   help="fail when slower by more than this beyond noise (0.1 or 10%%)")
+    p.add_argument("--rounds", type=_positive_int, default=15,
+                   help="interleaved rounds per side (timing mode)")
+    p.add_argument("--max-time", type=float, default=None,
+                   help="pytest-benchmark max time per benchmark (and round; compare: 0.05)")
+    p.add_argument("--stat", choices=("min", "median", "mean"), default="min",
+                   help="per-round statistic compared (timing mode)")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions of benches/hotpath.py probes under callgrind")
+    p.add_argument("--hotpath", default="benches/hotpath.py", help="probe file (instructions)")
+    p.add_argument("--probe", action="append", help="only this probe (repeatable)")
+    p.add_argument("--iterations", type=_positive_int, default=200,
+                   help="probe iterations per count (instructions mode)")
+    p.add_argument("--report", help="write the comparison as JSON here")
+    p.add_argument("--root", default=".", help="the work tree (default: the current directory)")
+    p.add_argument("--keep", action="store_true", help="keep the base tree (debugging)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)

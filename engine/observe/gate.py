@@ -1,0 +1,523 @@
+"""The benchmark-regression gate behind ``engine bench --compare REF``.
+
+Head is the working tree as it is; base is ``REF`` exported with ``git archive`` into a
+temporary directory, its compiled modules copied from head when every build input is
+byte-identical (the common case) and built with ``setup.py build_ext --inplace`` otherwise.
+Both sides run head's benchmark files, each side importing its own ``engine`` (the tree root
+is the child's working directory and first ``PYTHONPATH`` entry; checked before measuring).
+
+Timing mode keeps one pytest process per side alive and runs pytest-benchmark in each
+``rounds`` times, alternating (base, head, head, base, ...) every fraction of a second, so
+the load of a shared machine hits both alike. Each round pairs base's and head's statistic
+(``min`` by default); the ratio is the median of the per-round ratios ``head / base`` and the
+noise the standard error of that median, estimated from their median absolute deviation.
+A benchmark regresses when ``ratio - noise > 1 + threshold``.
+
+Instruction mode (``--instructions``) counts instructions of the hot-path probes in
+``benches/hotpath.py`` under ``valgrind --tool=callgrind``: deterministic, so the same
+threshold applies with zero noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import io
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from engine.errors import GateError
+
+__all__ = [
+    "BenchResult",
+    "GateReport",
+    "Side",
+    "base_tree",
+    "compare_instructions",
+    "compare_timing",
+    "resolve_ref",
+]
+
+DEFAULT_THRESHOLD: Final = 0.10
+#: Files whose bytes decide the compiled modules; identical -> reuse head's build.
+_BUILD_INPUTS: Final = ("setup.py", "ext", "bindings", "engine/_native")
+_SUFFIXES: Final = (".so", ".pyd")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One tree under test: ``name`` is ``base`` or ``head``."""
+
+    name: str
+    root: Path
+    label: str
+
+
+@dataclass
+class BenchResult:
+    """One benchmark's comparison."""
+
+    name: str
+    base: list[float] = field(default_factory=list)
+    head: list[float] = field(default_factory=list)
+    ratio: float = float("nan")
+    noise: float = 0.0
+    verdict: str = "missing"  # ok | regressed | improved | new | missing
+
+
+@dataclass
+class GateReport:
+    """The whole comparison; ``failed`` when any benchmark regressed or head broke."""
+
+    mode: str
+    base: str
+    head: str
+    threshold: float
+    results: list[BenchResult]
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[BenchResult]:
+        return [r for r in self.results if r.verdict == "regressed"]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.errors)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {**asdict(self), "failed": self.failed}, option=orjson.OPT_INDENT_2
+        )
+
+
+# -- git and trees ----------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), *args], check=True, capture_output=True, timeout=120
+        )
+    except FileNotFoundError:
+        raise GateError("git is not installed") from None
+    except subprocess.CalledProcessError as exc:
+        msg = exc.stderr.decode(errors="replace").strip()
+        raise GateError(f"git {' '.join(args)}: {msg}") from None
+    return out.stdout
+
+
+def repo_root(path: Path) -> Path:
+    """The top of the git work tree holding ``path``."""
+    return Path(_git(path, "rev-parse", "--show-toplevel").decode().strip())
+
+
+def resolve_ref(repo: Path, ref: str) -> str:
+    """The commit ``ref`` names; :class:`GateError` when it names none."""
+    if not ref or ref.startswith("-"):
+        raise GateError(f"invalid git ref {ref!r}")
+    try:
+        return _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
+    except GateError:
+        raise GateError(f"{ref!r} is not a commit in {repo}") from None
+
+
+def _inputs_identical(base: Path, head: Path) -> bool:
+    for rel in _BUILD_INPUTS:
+        b, h = base / rel, head / rel
+        if b.is_file() or h.is_file():
+            if not (b.is_file() and h.is_file() and filecmp.cmp(b, h, shallow=False)):
+                return False
+            continue
+        bfiles = _source_files(b)
+        hfiles = _source_files(h)
+        if bfiles.keys() != hfiles.keys():
+            return False
+        if any(not filecmp.cmp(bfiles[k], hfiles[k], shallow=False) for k in bfiles):
+            return False
+    return True
+
+
+def _source_files(d: Path) -> dict[str, Path]:
+    if not d.is_dir():
+        return {}
+    skip = (*_SUFFIXES, ".c", ".cpp", ".html", ".pyc")
+    return {
+        str(p.relative_to(d)): p
+        for p in d.rglob("*")
+        if p.is_file() and not p.name.endswith(skip) and "__pycache__" not in p.parts
+    }
+
+
+def _native_modules(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "ext").glob("_*.pyx"))
+
+
+def _built(root: Path, module: str) -> Path | None:
+    for p in sorted((root / "engine" / "_native").glob(f"{module}.*")):
+        if p.name.endswith(_SUFFIXES):
+            return p
+    return None
+
+
+def prepare_native(base: Path, head: Path, *, log: Any = print) -> str:
+    """Give ``base`` compiled modules: copied from head if the inputs match, else built."""
+    modules = _native_modules(base)
+    if not modules:
+        return "no native modules"
+    head_built = {m: _built(head, m) for m in modules}
+    if _inputs_identical(base, head) and all(head_built.values()):
+        for path in head_built.values():
+            assert path is not None
+            shutil.copy2(path, base / "engine" / "_native" / path.name)
+        return "native build inputs identical: reused head's compiled modules"
+    log(f"building base's native modules ({', '.join(modules)}) ...")
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=base, capture_output=True, timeout=1800,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-15:]
+        raise GateError("building base failed:\n" + "\n".join(tail))
+    return "built base's native modules"
+
+
+@contextmanager
+def base_tree(repo: Path, ref: str, head: Path, *, keep: bool = False) -> Iterator[Side]:
+    """Export ``ref`` of ``repo`` into a temporary directory ready to import and measure."""
+    sha = resolve_ref(repo, ref)
+    tmp = Path(tempfile.mkdtemp(prefix="engine-gate-"))
+    try:
+        data = _git(repo, "archive", "--format=tar", sha)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(tmp / "base", filter="data")
+        prepare_native(tmp / "base", head)
+        yield Side("base", tmp / "base", f"{ref} ({sha[:10]})")
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def child_env(side: Side, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(side.root), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+    env.pop("PYTHONSTARTUP", None)
+    env.update(extra or {})
+    return env
+
+
+def check_imports(side: Side) -> None:
+    """Fail unless a child started for ``side`` imports ``engine`` from ``side.root``."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import engine, sys; sys.stdout.write(engine.__file__)"],
+        cwd=side.root, env=child_env(side), capture_output=True, timeout=120,
+    )
+    if proc.returncode != 0:
+        raise GateError(f"{side.name}: `import engine` failed:\n{proc.stderr.decode()[-2000:]}")
+    where = Path(proc.stdout.decode()).resolve()
+    if not where.is_relative_to(side.root.resolve()):
+        raise GateError(f"{side.name}: engine imported from {where}, not from {side.root}")
+
+
+# -- timing mode ------------------------------------------------------------------------
+
+
+#: A long-lived pytest process for one side: each stdin line is a JSON path to write; it
+#: answers with pytest's exit code on stdout (pytest's own output goes to stderr).
+_WORKER: Final = r"""
+import contextlib, sys
+import pytest
+args = sys.argv[1:]
+for line in sys.stdin:
+    out = line.strip()
+    if not out:
+        break
+    with contextlib.redirect_stdout(sys.stderr):
+        code = pytest.main([*args, "--benchmark-json=" + out])
+    sys.stdout.write(f"{int(code)}\n")
+    sys.stdout.flush()
+"""
+
+
+class _Worker:
+    """Runs pytest-benchmark again and again in one process importing ``side``'s engine.
+
+    Keeping the process alive makes a round cost ~the benchmarks themselves, so base and
+    head can alternate every fraction of a second and see the same machine load.
+    """
+
+    def __init__(
+        self, side: Side, paths: Sequence[Path], log_path: Path, *, select: str | None,
+        max_time: float, min_rounds: int,
+    ) -> None:
+        self.side = side
+        self.log_path = log_path
+        args = [
+            *map(str, paths), "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+            "-p", "no:hypothesispytest", "-o", "python_files=bench_*.py test_*.py",
+            "--benchmark-only", f"--benchmark-max-time={max_time}",
+            f"--benchmark-min-rounds={min_rounds}", "--benchmark-warmup=off",
+            "--benchmark-disable-gc", "--continue-on-collection-errors",
+        ]
+        if select:
+            args += ["-k", select]
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, *args], cwd=side.root, env=child_env(side),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+        )
+
+    def run(self, out: Path) -> tuple[dict[str, dict[str, Any]], bool]:
+        """One round: (stats by benchmark name, whether pytest reported failures)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{out}\n".encode())
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except BrokenPipeError:
+            answer = b""
+        if not answer:
+            self.close()
+            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+            raise GateError(f"{self.side.name}: benchmark process died:\n{tail}")
+        code = int(answer)
+        # 1: some benchmark failed or did not import; 5: none ran (no JSON is written then)
+        if code not in (0, 1, 5):
+            tail = self.log_path.read_bytes()[-3000:].decode(errors="replace")
+            raise GateError(f"{self.side.name}: pytest exited {code}:\n{tail}")
+        if not out.exists():
+            return {}, code == 1
+        doc = orjson.loads(out.read_bytes())
+        return {b["fullname"].split("::", 1)[-1]: b["stats"] for b in doc["benchmarks"]}, code == 1
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._log.close()
+
+
+def _failed(pytest_output: str) -> bool:
+    tail = pytest_output.strip().splitlines()[-1:] or [""]
+    return " failed" in tail[0] or " error" in tail[0]
+
+
+def _mad_noise(ratios: list[float]) -> float:
+    """Standard error of the median ratio, from the MAD of the per-round ratios."""
+    if len(ratios) < 2:
+        return 0.0
+    med = statistics.median(ratios)
+    sigma = 1.4826 * statistics.median(abs(r - med) for r in ratios)
+    return 1.2533 * sigma / math.sqrt(len(ratios))
+
+
+def judge(result: BenchResult, threshold: float, *, paired: bool = True) -> BenchResult:
+    """Fill ratio, noise and verdict of ``result`` from its per-round values."""
+    if not result.head:
+        result.verdict = "missing"
+        return result
+    if not result.base:
+        result.verdict = "new"
+        return result
+    if paired and len(result.base) == len(result.head):
+        ratios = [h / b for h, b in zip(result.head, result.base, strict=True)]
+        result.ratio = statistics.median(ratios)
+        result.noise = _mad_noise(ratios)
+    else:
+        result.ratio = statistics.median(result.head) / statistics.median(result.base)
+    if result.ratio - result.noise > 1 + threshold:
+        result.verdict = "regressed"
+    elif result.ratio + result.noise < 1 - threshold:
+        result.verdict = "improved"
+    else:
+        result.verdict = "ok"
+    return result
+
+
+def compare_timing(
+    base: Side, head: Side, paths: Sequence[Path], *, rounds: int = 15, select: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD, max_time: float = 0.05, min_rounds: int = 5,
+    stat: str = "min", log: Any = print,
+) -> GateReport:
+    """Run the benchmarks of ``paths`` on both sides, interleaved, and judge each one.
+
+    One long-lived pytest process per side; a first unrecorded round warms both up, then
+    ``rounds`` rounds alternate base/head, head/base, ...
+    """
+    if rounds < 1:
+        raise GateError("rounds must be >= 1")
+    if not 0 < threshold < 10:
+        raise GateError("threshold must be a fraction in (0, 10)")
+    for side in (base, head):
+        check_imports(side)
+    values: dict[str, dict[str, list[float]]] = {}
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, contextlib.ExitStack() as st:
+        workers = {}
+        for side in (base, head):
+            w = _Worker(side, paths, Path(tmp) / f"{side.name}.log", select=select,
+                        max_time=max_time, min_rounds=min_rounds)
+            st.callback(w.close)
+            workers[side.name] = w
+        for i in range(rounds + 1):
+            order = (base, head) if i % 2 == 0 else (head, base)
+            for side in order:
+                out = Path(tmp) / f"{side.name}-{i}.json"
+                raw, failed = workers[side.name].run(out)
+                if i == 0:  # warm-up round: imports, caches, CPU frequency
+                    if failed and side is head:
+                        errors.append("head: benchmarks failed or did not import (see below)")
+                    continue
+                for name, stats in raw.items():
+                    values.setdefault(name, {"base": [], "head": []})[side.name].append(
+                        float(stats[stat])
+                    )
+            if i:
+                log(f"round {i}/{rounds} done")
+        if errors:
+            errors.append(workers["head"].log_path.read_bytes()[-2000:].decode(errors="replace"))
+    results = [
+        judge(BenchResult(name, v["base"], v["head"]), threshold)
+        for name, v in sorted(values.items())
+    ]
+    if not any(r.head for r in results):
+        errors.append("no benchmark ran on head")
+    for r in results:
+        if r.verdict == "missing":
+            errors.append(f"{r.name}: ran on base but not on head")
+        elif r.verdict != "new" and (len(r.head) != rounds or len(r.base) != rounds):
+            errors.append(f"{r.name}: failed in some rounds")
+    return GateReport("time", base.label, head.label, threshold, results, errors)
+
+
+# -- instruction mode -------------------------------------------------------------------
+
+#: Runs inside each side's tree under callgrind: one dump per marker (``os.sched_yield``),
+#: probe ``i``'s instructions land in part ``2 * i + 2``.
+_DRIVER: Final = r"""
+import gc, importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("_engine_hotpath", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+k = int(sys.argv[2])
+names = sys.argv[3:] or sorted(mod.PROBES)
+for name in names:
+    try:
+        run = mod.PROBES[name]()
+        run(1)
+        ok = True
+    except Exception as exc:
+        print(f"PROBE-ERROR {name}: {type(exc).__name__}: {exc}", flush=True)
+        run, ok = None, False
+    gc.collect()
+    gc.disable()
+    os.sched_yield()
+    if ok:
+        run(k)
+    os.sched_yield()
+    gc.enable()
+    print(f"PROBE {name} {int(ok)}", flush=True)
+"""
+
+
+def valgrind() -> str:
+    path = shutil.which("valgrind")
+    if path is None:
+        raise GateError(
+            "valgrind is not installed (apt-get install valgrind); the instruction-count gate "
+            "needs it"
+        )
+    return path
+
+
+def count_instructions(
+    side: Side, hotpath: Path, *, iterations: int = 200, names: Sequence[str] = (),
+) -> tuple[dict[str, float], list[str]]:
+    """Instructions per probe iteration for ``side`` (``nan`` where a probe failed)."""
+    with tempfile.TemporaryDirectory(prefix="engine-cg-") as tmp:
+        out = Path(tmp) / "cg.out"
+        cmd = [
+            valgrind(), "--tool=callgrind", "--dump-before=sched_yield",
+            f"--callgrind-out-file={out}", sys.executable, "-c", _DRIVER, str(hotpath),
+            str(iterations), *names,
+        ]
+        proc = subprocess.run(
+            cmd, cwd=side.root, env=child_env(side, {"PYTHONHASHSEED": "0"}),
+            capture_output=True, timeout=1800,
+        )
+        text = proc.stdout.decode(errors="replace")
+        if proc.returncode != 0:
+            raise GateError(
+                f"{side.name}: probe run exited {proc.returncode}:\n"
+                + proc.stderr.decode(errors="replace")[-3000:]
+            )
+        probes = [line.split()[1:] for line in text.splitlines() if line.startswith("PROBE ")]
+        problems = [line for line in text.splitlines() if line.startswith("PROBE-ERROR")]
+        counts: dict[str, float] = {}
+        for i, (name, ok) in enumerate(probes):
+            part = Path(f"{out}.{2 * i + 2}")
+            counts[name] = _totals(part) / iterations if ok == "1" else float("nan")
+        return counts, problems
+
+
+def _totals(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise GateError(f"no totals in callgrind output {path}")
+
+
+def compare_instructions(
+    base: Side, head: Side, hotpath: Path, *, iterations: int = 200,
+    threshold: float = DEFAULT_THRESHOLD, names: Sequence[str] = (), log: Any = print,
+) -> GateReport:
+    """Instruction counts per hot-path probe, base against head."""
+    if not hotpath.is_file():
+        raise GateError(f"no hot-path probes at {hotpath}")
+    if iterations < 1:
+        raise GateError("iterations must be >= 1")
+    for side in (base, head):
+        check_imports(side)
+    log(f"counting instructions on base ({base.label}) ...")
+    b, base_problems = count_instructions(base, hotpath, iterations=iterations, names=names)
+    log(f"counting instructions on head ({head.label}) ...")
+    h, head_problems = count_instructions(head, hotpath, iterations=iterations, names=names)
+    results = []
+    for name in sorted(set(b) | set(h)):
+        r = BenchResult(
+            name,
+            [b[name]] if name in b and b[name] == b[name] else [],
+            [h[name]] if name in h and h[name] == h[name] else [],
+        )
+        results.append(judge(r, threshold, paired=False))
+    errors = [f"head: {p}" for p in head_problems]
+    errors += [
+        f"{r.name}: probe ran on base but not on head" for r in results if r.verdict == "missing"
+    ]
+    for p in base_problems:
+        log(f"base: {p} (treated as a new probe)")
+    return GateReport("instructions", base.label, head.label, threshold, results, errors)

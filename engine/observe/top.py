@@ -1,0 +1,207 @@
+"""``engine top``: a live terminal view of a broker's (or node's, or runtime's) ``/metrics``.
+
+Shows nodes and the agent types they host, queue depths, message throughput by kind,
+message latency percentiles (from the histogram's bucket deltas) and task counts.
+Rates and percentiles come from the difference of two scrapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+__all__ = ["Snapshot", "fetch", "parse", "quantile", "render"]
+
+
+@dataclass
+class Snapshot:
+    """The numbers ``engine top`` shows, from one scrape."""
+
+    at: float
+    messages: dict[str, float] = field(default_factory=dict)
+    latency_buckets: list[tuple[float, float]] = field(default_factory=list)  # (le, cumulative)
+    queue_depth: dict[str, float] = field(default_factory=dict)
+    workers: dict[str, float] = field(default_factory=dict)
+    node_agents: dict[tuple[str, str], float] = field(default_factory=dict)
+    tasks: dict[str, float] = field(default_factory=dict)
+    pending_tasks: float = 0.0
+    active_workers: float = 0.0
+
+
+def parse(text: str, at: float | None = None) -> Snapshot:
+    """Read a Prometheus text exposition into a :class:`Snapshot`."""
+    snap = Snapshot(time.monotonic() if at is None else at)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            name, labels, value = s.name, s.labels, s.value
+            if name == "engine_messages_total":
+                snap.messages[labels.get("kind", "")] = value
+            elif name == "engine_message_latency_seconds_bucket":
+                snap.latency_buckets.append((float(labels["le"]), value))
+            elif name == "engine_queue_depth":
+                snap.queue_depth[labels.get("agent_type", "")] = value
+            elif name == "engine_workers":
+                snap.workers[labels.get("status", "")] = value
+            elif name == "engine_node_agents":
+                snap.node_agents[(labels.get("node", ""), labels.get("agent_type", ""))] = value
+            elif name == "engine_tasks_total":
+                snap.tasks[labels.get("status", "")] = value
+            elif name == "engine_pending_tasks":
+                snap.pending_tasks = value
+            elif name == "engine_active_workers":
+                snap.active_workers = value
+    snap.latency_buckets.sort()
+    return snap
+
+
+def fetch(url: str, timeout: float = 5.0) -> Snapshot:
+    """Scrape ``url``; ``OSError``/``ValueError`` name what went wrong."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body = r.read().decode("utf-8", errors="replace")
+    return parse(body)
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """The ``q`` quantile of a cumulative histogram, interpolated in its bucket (nan if empty)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def _delta_buckets(prev: Snapshot | None, cur: Snapshot) -> list[tuple[float, float]]:
+    if prev is None or len(prev.latency_buckets) != len(cur.latency_buckets):
+        return cur.latency_buckets
+    return [
+        (le, count - p) for (le, count), (_, p) in zip(cur.latency_buckets, prev.latency_buckets,
+                                                       strict=True)
+    ]
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.3f} ms"
+
+
+def render(prev: Snapshot | None, cur: Snapshot, source: str = "") -> RenderableType:
+    """The tables for one refresh (rates need ``prev``)."""
+    dt = (cur.at - prev.at) if prev is not None else 0.0
+    nodes = Table(title="nodes", expand=True)
+    nodes.add_column("node")
+    nodes.add_column("agent types")
+    nodes.add_column("instances", justify="right")
+    per_node: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for (node, agent_type), n in sorted(cur.node_agents.items()):
+        per_node[node].append((agent_type, n))
+    for node, entries in per_node.items():
+        nodes.add_row(node, ", ".join(t for t, _ in entries), f"{sum(n for _, n in entries):g}")
+    if not per_node:
+        nodes.add_row("-", "-", "-")
+
+    types = Table(title="agent types", expand=True)
+    types.add_column("agent type")
+    types.add_column("instances", justify="right")
+    types.add_column("queue depth", justify="right")
+    instances: dict[str, float] = defaultdict(float)
+    for (_node, agent_type), n in cur.node_agents.items():
+        instances[agent_type] += n
+    for agent_type in sorted(set(instances) | set(cur.queue_depth)):
+        types.add_row(
+            agent_type, f"{instances.get(agent_type, 0):g}",
+            f"{cur.queue_depth.get(agent_type, 0):g}",
+        )
+
+    traffic = Table(title="messages", expand=True)
+    traffic.add_column("kind")
+    traffic.add_column("total", justify="right")
+    traffic.add_column("per second", justify="right")
+    for kind, total in sorted(cur.messages.items()):
+        rate = "-"
+        if prev is not None and dt > 0:
+            rate = f"{max(0.0, total - prev.messages.get(kind, 0.0)) / dt:,.1f}"
+        traffic.add_row(kind, f"{total:,.0f}", rate)
+
+    buckets = _delta_buckets(prev, cur)
+    latency = Table(title="message latency" + (" (last interval)" if prev else ""), expand=True)
+    for col in ("p50", "p95", "p99", "count"):
+        latency.add_column(col, justify="right")
+    count = buckets[-1][1] if buckets else 0.0
+    latency.add_row(*(_ms(quantile(buckets, q)) for q in (0.5, 0.95, 0.99)), f"{count:,.0f}")
+
+    tasks = Table(title="tasks and workers", expand=True)
+    tasks.add_column("what")
+    tasks.add_column("value", justify="right")
+    for status, n in sorted(cur.tasks.items()):
+        tasks.add_row(f"tasks {status}", f"{n:,.0f}")
+    tasks.add_row("pending tasks", f"{cur.pending_tasks:g}")
+    tasks.add_row("active workers", f"{cur.active_workers:g}")
+    for status, n in sorted(cur.workers.items()):
+        tasks.add_row(f"workers {status}", f"{n:g}")
+    header = f"[bold]engine top[/bold]  {source}  " + (f"interval {dt:.1f}s" if prev else "")
+    return Group(header, nodes, types, traffic, latency, tasks)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    url = args.url if "://" in args.url else f"http://{args.url}"
+    if not url.rstrip("/").endswith("/metrics"):
+        url = url.rstrip("/") + "/metrics"
+    try:
+        prev = fetch(url)
+        if args.once:
+            time.sleep(args.interval)
+            console.print(render(prev, fetch(url), url))
+            return 0
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]engine top: cannot scrape {url}: {exc}[/red]")
+        return 2
+    with Live(render(None, prev, url), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                try:
+                    cur = fetch(url)
+                except (OSError, ValueError) as exc:
+                    live.update(f"[red]cannot scrape {url}: {exc}[/red] (retrying)")
+                    continue
+                live.update(render(prev, cur, url))
+                prev = cur
+        except KeyboardInterrupt:
+            return 0
+
+
+def _interval(text: str) -> float:
+    value = float(text)
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"interval must be in [0.05, 3600] seconds, got {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("top", help="live view of nodes, agent types, queues, throughput, latency")
+    p.add_argument("--url", default="http://127.0.0.1:9100/metrics",
+                   help="metrics endpoint of a broker, node or runtime (host:port is enough)")
+    p.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true",
+                   help="scrape twice, `interval` apart, print one frame and exit")
+    p.set_defaults(func=run)

@@ -1,0 +1,207 @@
+"""Differential tests: engine._native._vectors against its reference twin _vectors_py."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from types import ModuleType
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from engine.memory import _vectors_py
+from engine.memory._native import NATIVE
+from tests.conftest import impl_params
+
+IMPLS = impl_params(_vectors_py, NATIVE)
+needs_native = pytest.mark.skipif(NATIVE is None, reason="native extension not built")
+
+
+@pytest.fixture(params=IMPLS)
+def V(request: pytest.FixtureRequest) -> ModuleType:
+    mod: ModuleType = request.param
+    return mod
+
+
+def test_idmap_put_get_remove(V: ModuleType) -> None:
+    m = V.IdMap(0)
+    keys = np.array([5, -3, 2**62, -(2**63), 7], np.int64)
+    m.put_many(keys, np.arange(5, dtype=np.int64))
+    out = np.empty(6, np.int64)
+    assert m.get_many(np.array([7, 5, 99, -(2**63)], np.int64), out) == 1
+    assert out[:4].tolist() == [4, 0, -1, 3]
+    assert m.remove_many(np.array([5, 5, 123], np.int64)) == 1
+    assert len(m) == 4
+    m.put_many(np.array([7], np.int64), np.array([40], np.int64))  # overwrite
+    assert m.get_many(np.array([7, 5], np.int64), out) == 1
+    assert out[:2].tolist() == [40, -1]
+    with pytest.raises(ValueError):
+        m.put_many(np.array([1, 2], np.int64), np.array([1], np.int64))
+    m.clear()
+    assert len(m) == 0
+
+
+@needs_native
+@given(st.lists(st.tuples(st.booleans(), st.integers(-50, 50)), max_size=300))
+def test_idmap_matches_dict(ops: list[tuple[bool, int]]) -> None:
+    """Random put/remove sequences (small key space forces collisions and backward shifts)."""
+    assert NATIVE is not None
+    m = NATIVE.IdMap(0)
+    ref: dict[int, int] = {}
+    for i, (put, key) in enumerate(ops):
+        k = np.array([key], np.int64)
+        if put:
+            m.put_many(k, np.array([i], np.int64))
+            ref[key] = i
+        else:
+            assert m.remove_many(k) == (key in ref)
+            ref.pop(key, None)
+    probe = np.arange(-50, 51, dtype=np.int64)
+    out = np.empty(len(probe), np.int64)
+    m.get_many(probe, out)
+    assert out.tolist() == [ref.get(int(p), -1) for p in probe]
+    assert len(m) == len(ref)
+
+
+@needs_native
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=12)))
+def test_normalize_matches(x: np.ndarray) -> None:
+    assert NATIVE is not None
+    a, b = x.copy(), x.copy()
+    ra, rb = _vectors_py.normalize(a), NATIVE.normalize(b)
+    assert ra == rb
+    if ra < 0:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+@given(
+    st.integers(0, 200).flatmap(
+        lambda n: st.tuples(
+            hnp.arrays(np.int32, n, elements=st.integers(-1, 3)),
+            hnp.arrays(np.uint8, (n + 7) // 8 + 1),
+            st.integers(-1, 3),
+        )
+    )
+)
+def test_filter_bitmap_and_slots_match(args: tuple[np.ndarray, np.ndarray, int]) -> None:
+    assert NATIVE is not None
+    ns, alive, code = args
+    n = len(ns)
+    outs = []
+    for mod in (_vectors_py, NATIVE):
+        out = np.zeros(len(alive), np.uint8)
+        count = mod.filter_bitmap(ns, code, alive, out)
+        slots = np.empty(n, np.int64)
+        got = mod.bitmap_to_slots(out, n, slots)
+        assert got == count == mod.bitmap_count(out)
+        outs.append((out.tobytes(), slots[:got].tolist()))
+    assert outs[0] == outs[1]
+
+
+def test_bitmap_roundtrip_and_errors(V: ModuleType) -> None:
+    bm = np.zeros(4, np.uint8)
+    V.bitmap_set(np.array([0, 9, 31], np.int64), bm)
+    assert bm.tolist() == [1, 2, 0, 128]  # little-endian bits, as IDSelectorBitmap reads
+    out = np.empty(32, np.int64)
+    assert V.bitmap_to_slots(bm, 32, out) == 3
+    assert out[:3].tolist() == [0, 9, 31]
+    assert V.bitmap_to_slots(bm, 10, out) == 2  # slots >= n ignored
+    with pytest.raises(ValueError):
+        V.bitmap_set(np.array([32], np.int64), bm)
+    with pytest.raises(ValueError):
+        V.bitmap_to_slots(bm, 33, out)
+    other = np.array([255, 0, 0, 255], np.uint8)
+    assert V.bitmap_and(bm, other, bm) == 2  # aliasing out with an input
+    assert bm.tolist() == [1, 0, 0, 128]
+
+
+def test_ttl_sweep(V: ModuleType) -> None:
+    expire = np.array([1.0, 5.0, math.inf, 2.0, 0.5], np.float64)
+    alive = np.array([0b01111], np.uint8)  # slot 4 already dead
+    out = np.empty(5, np.int64)
+    count, nxt = V.ttl_sweep(expire, 2.0, alive, out)
+    assert out[:count].tolist() == [0, 3]
+    assert nxt == 5.0
+    assert alive.tolist() == [0b00110]
+    count, nxt = V.ttl_sweep(expire, 10.0, alive, out)
+    assert out[:count].tolist() == [1] and nxt == math.inf
+
+
+def test_map_ids(V: ModuleType) -> None:
+    table = np.array([10, 11, 12], np.int64)
+    slots = np.array([[2, -1, 0], [5, 1, 1]], np.int64)
+    out = np.empty_like(slots)
+    V.map_ids(slots, table, out)
+    assert out.tolist() == [[12, -1, 10], [-1, 11, 11]]
+
+
+@needs_native
+@given(
+    st.integers(1, 5).flatmap(
+        lambda nq: st.integers(0, 30).flatmap(
+            lambda m: st.tuples(
+                hnp.arrays(np.float32, (nq, m), elements=st.integers(-5, 5).map(float)),
+                hnp.arrays(np.int64, (nq, m), elements=st.integers(-1, 50)),
+                st.integers(0, 12),
+                st.booleans(),
+            )
+        )
+    )
+)
+def test_merge_topk_matches(args: tuple[np.ndarray, np.ndarray, int, bool]) -> None:
+    assert NATIVE is not None
+    d, i, k, largest = args
+    res = []
+    for mod in (_vectors_py, NATIVE):
+        od = np.empty((d.shape[0], k), np.float32)
+        oi = np.empty((d.shape[0], k), np.int64)
+        mod.merge_topk(d, i, k, largest, od, oi)
+        res.append((od.tolist(), oi.tolist()))
+    assert res[0] == res[1]
+
+
+def test_merge_topk_orders(V: ModuleType) -> None:
+    d = np.array([[0.9, 0.5, 0.95, 0.1]], np.float32)
+    i = np.array([[1, 2, 3, -1]], np.int64)
+    od = np.empty((1, 3), np.float32)
+    oi = np.empty((1, 3), np.int64)
+    V.merge_topk(d, i, 3, True, od, oi)
+    assert oi.tolist() == [[3, 1, 2]]
+    V.merge_topk(d, i, 3, False, od, oi)
+    assert oi.tolist() == [[2, 1, 3]]
+
+
+@needs_native
+def test_native_releases_the_gil() -> None:
+    """Python code in another thread advances *during* one native call.
+
+    The native thread reads a counter just before and just after a single ``normalize``
+    call; the main thread spins incrementing it. Holding the GIL for the call would leave
+    the counter unchanged across it."""
+    assert NATIVE is not None
+    x = np.random.default_rng(0).standard_normal((60_000, 384)).astype(np.float32)
+    counter = [0]
+    started = threading.Event()
+    done = threading.Event()
+    delta: list[int] = []
+
+    def native() -> None:
+        started.set()
+        time.sleep(0.01)  # let the spinner start
+        before = counter[0]
+        NATIVE.normalize(x)
+        delta.append(counter[0] - before)
+        done.set()
+
+    th = threading.Thread(target=native)
+    th.start()
+    started.wait()
+    while not done.is_set():
+        counter[0] += 1
+    th.join()
+    assert delta[0] > 1000, delta

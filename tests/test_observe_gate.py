@@ -1,0 +1,168 @@
+"""The benchmark gate, end to end on a small git repository made by the test.
+
+The repository holds a tiny ``engine`` package, a pytest-benchmark file and hot-path probes;
+the tests commit it, then change the working tree and run ``engine bench --compare HEAD``.
+The router acceptance test (a 20% slower path in the real router) is in
+``test_observe_gate_router.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.cli import main
+from engine.observe import gate
+
+WORK = '''
+def work(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+'''
+SLOW = WORK.replace("range(n)", "range(n + n // 2)")  # 50% more loop iterations
+
+BENCH = '''
+from engine import work
+
+
+def test_work(benchmark):
+    benchmark(work, 3000)
+'''
+HOTPATH = '''
+from engine import work
+
+PROBES = {"work": lambda: (lambda k: [work(300) for _ in range(k)])}
+'''
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        check=True, capture_output=True,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "engine").mkdir(parents=True)
+    (root / "benches").mkdir()
+    (root / "engine" / "__init__.py").write_text(WORK)
+    (root / "benches" / "bench_work.py").write_text(BENCH)
+    (root / "benches" / "hotpath.py").write_text(HOTPATH)
+    (root / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\naddopts = \"-p no:cacheprovider\"\n"
+    )
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "base")
+    return root
+
+
+def bench(repo: Path, *args: str) -> tuple[int, dict[str, object]]:
+    report = repo.parent / "report.json"
+    code = main(["bench", "--root", str(repo), "-q", "--report", str(report), *args])
+    return code, orjson.loads(report.read_bytes()) if report.exists() else {}
+
+
+TIMING = ("--compare", "HEAD", "--rounds", "4", "--max-time", "0.02")
+
+
+def test_unchanged_tree_passes(repo: Path) -> None:
+    code, report = bench(repo, *TIMING)
+    (result,) = report["results"]  # type: ignore[misc]
+    assert code == 0 and result["verdict"] == "ok"
+    assert len(result["base"]) == len(result["head"]) == 4  # interleaved rounds
+    assert 0.85 < result["ratio"] < 1.15
+
+
+def test_slower_head_fails(repo: Path) -> None:
+    (repo / "engine" / "__init__.py").write_text(SLOW)
+    code, report = bench(repo, *TIMING)
+    (result,) = report["results"]  # type: ignore[misc]
+    assert code == 1 and result["verdict"] == "regressed"
+    assert result["ratio"] > 1.25
+
+
+def test_instruction_counts_are_deterministic_and_gate(repo: Path) -> None:
+    if shutil.which("valgrind") is None:
+        pytest.fail("valgrind is required for the instruction gate (apt-get install valgrind)")
+    args = ("--compare", "HEAD", "--instructions", "--iterations", "20")
+    code, report = bench(repo, *args)
+    (same,) = report["results"]  # type: ignore[misc]
+    assert code == 0 and same["ratio"] == 1.0  # deterministic: identical trees, identical counts
+    (repo / "engine" / "__init__.py").write_text(SLOW)
+    head = gate.Side("head", repo, "working tree")
+    counts, problems = gate.count_instructions(head, repo / "benches/hotpath.py", iterations=20)
+    assert problems == []
+    assert 1.4 < counts["work"] / same["base"][0] < 1.7  # 50% more iterations (+ int allocations)
+    result = gate.judge(gate.BenchResult("work", same["base"], [counts["work"]]), 0.1, paired=False)
+    assert result.verdict == "regressed"
+
+
+def test_new_benchmark_is_reported_not_failed(repo: Path) -> None:
+    # bench_more.py needs engine.extra, which base does not have: it cannot import there
+    more = BENCH.replace("test_work", "test_more").replace("import work", "import extra, work")
+    (repo / "benches" / "bench_more.py").write_text(more)
+    (repo / "engine" / "__init__.py").write_text(WORK + "\nextra = 1\n")
+    code, report = bench(repo, "-k", "more", "--compare", "HEAD", "--rounds", "1",
+                         "--max-time", "0.02")
+    verdicts = {r["name"]: r["verdict"] for r in report["results"]}  # type: ignore[attr-defined]
+    assert verdicts == {"test_more": "new"}
+    assert code == 0
+
+
+def test_unknown_ref(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--root", str(repo), "--compare", "no-such-ref"]) == 2
+    assert "'no-such-ref' is not a commit" in capsys.readouterr().err
+    assert main(["bench", "--root", str(repo), "--compare=--upload-pack=x"]) == 2
+
+
+def test_missing_benchmark_path(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--root", str(repo), "benches/nope.py"]) == 2
+    assert "no such benchmark path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "0"], ["--threshold", "-5%"], ["--rounds", "0"]])
+def test_bad_options(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", *argv])
+
+
+def test_plain_run_writes_pytest_benchmark_json(repo: Path) -> None:
+    out = repo.parent / "plain.json"
+    argv = ["bench", "--root", str(repo), "--json", str(out), "--max-time", "0.02", "benches"]
+    assert main(argv) == 0
+    doc = orjson.loads(out.read_bytes())
+    assert [b["name"] for b in doc["benchmarks"]] == ["test_work"]
+    assert doc["benchmarks"][0]["stats"]["rounds"] >= 1
+
+
+def test_judge_rules() -> None:
+    r = gate.judge(gate.BenchResult("x", [1.0, 1.0, 1.0], [1.3, 1.31, 1.29]), 0.1)
+    assert r.verdict == "regressed" and r.noise < 0.02
+    noisy = gate.judge(gate.BenchResult("y", [1.0, 1.0, 1.0], [1.05, 1.6, 1.12]), 0.1)
+    assert noisy.verdict == "ok" and noisy.ratio == pytest.approx(1.12)
+    unpaired = gate.judge(gate.BenchResult("u", [1.0, 2.0], [3.0]), 0.1, paired=False)
+    assert unpaired.ratio == 2.0 and unpaired.noise == 0.0
+    assert gate.judge(gate.BenchResult("z", [], [1.0]), 0.1).verdict == "new"
+    assert gate.judge(gate.BenchResult("w", [1.0], []), 0.1).verdict == "missing"
+    assert gate.judge(gate.BenchResult("v", [1.0], [0.5]), 0.1).verdict == "improved"
+
+
+def test_build_inputs_comparison(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "ext").mkdir(parents=True)
+        (root / "ext" / "_x.pyx").write_text("cdef int x = 1\n")
+        (root / "setup.py").write_text("pass\n")
+    (a / "ext" / "_x.c").write_text("generated, ignored")
+    assert gate._inputs_identical(a, b)
+    (b / "ext" / "_x.pyx").write_text("cdef int x = 2\n")
+    assert not gate._inputs_identical(a, b)

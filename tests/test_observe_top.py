@@ -1,0 +1,84 @@
+"""``engine top`` against a real /metrics endpoint, rendered once."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from engine.cli import main
+from engine.observe import Metrics, ObserveServer
+from engine.observe.top import fetch, quantile
+
+
+@pytest.fixture
+def server() -> Iterator[ObserveServer]:
+    m = Metrics()
+    m.node_agents.labels("node-a", "echo").set(3)
+    m.node_agents.labels("node-a", "planner").set(1)
+    m.node_agents.labels("node-b", "echo").set(2)
+    m.queue_depth.labels("echo").set(17)
+    m.workers.labels("ready").set(2)
+    m.task_finished("ok", 0.5)
+    m.pending_tasks.set(4)
+    m.message("send", 100)
+    for _ in range(100):
+        m.message_latency(0.0003)
+    srv = ObserveServer(m).start()
+    yield srv
+    srv.close()
+
+
+def test_fetch_parses_the_endpoint(server: ObserveServer) -> None:
+    snap = fetch(server.url + "/metrics")
+    assert snap.messages == {"send": 100}
+    assert snap.node_agents[("node-b", "echo")] == 2
+    assert snap.queue_depth == {"echo": 17}
+    assert snap.tasks == {"ok": 1} and snap.pending_tasks == 4
+    assert 0.00025 <= quantile(snap.latency_buckets, 0.5) <= 0.0005
+
+
+def test_render_once(server: ObserveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    m = server.metrics
+
+    def traffic() -> None:  # more messages between the two scrapes -> a positive rate
+        for _ in range(50):
+            m.message("reply")
+
+    timer = threading.Timer(0.05, traffic)
+    timer.start()
+    try:
+        argv = ["top", "--url", f"127.0.0.1:{server.port}", "--once", "--interval", "0.3"]
+        assert main(argv) == 0
+    finally:
+        timer.join()
+    out = capsys.readouterr().out
+    for text in ("node-a", "node-b", "planner", "echo", "17", "send", "reply", "p99", "pending"):
+        assert text in out, text
+    reply_line = next(line for line in out.splitlines() if "reply" in line)
+    assert "50" in reply_line  # total; the rate column is 50 / ~0.3 s
+    assert any(ch.isdigit() for ch in reply_line.split("50", 1)[1])
+
+
+def test_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    srv = ObserveServer(Metrics()).start()
+    port = srv.port
+    srv.close()
+    assert main(["top", "--url", f"127.0.0.1:{port}", "--once", "--interval", "0.1"]) == 2
+    assert "cannot scrape" in capsys.readouterr().out
+
+
+def test_bad_interval() -> None:
+    with pytest.raises(SystemExit):
+        main(["top", "--interval", "0"])
+
+
+def test_quantile_edges() -> None:
+    assert math.isnan(quantile([], 0.5))
+    assert math.isnan(quantile([(1.0, 0.0), (math.inf, 0.0)], 0.5))
+    buckets = [(0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)]
+    assert quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert quantile(buckets, 0.75) == pytest.approx(0.15)
+    assert quantile([(0.1, 0.0), (math.inf, 10.0)], 0.9) == 0.1  # all above the last bound
