@@ -149,6 +149,7 @@ class Broker:
         self.broker_id = os.urandom(8).hex()
         self.curve = CurveServer.from_dir(curve_dir) if curve_dir else None
         self.store: MemoryStore = open_store(store)
+        self._persist = store is not None  # PERF: no key strings per message without a store
         self.metrics_port = metrics_port
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -483,7 +484,8 @@ class Broker:
                 self._nack(peer.ident, env.id, NackCode.BUSY, "broker queue full")
                 continue
             d = _Delivery(env, body, peer.ident, [1])
-            self.store.add(_key(env.id), body)
+            if self._persist:
+                self.store.add(_key(env.id), body)
             self._route(d)
 
     def _cancel(self, source: _Peer, env: Envelope, body: bytes) -> None:
@@ -672,7 +674,7 @@ class Broker:
             self._router.ack(d.slot)
         self._dirty.add(peer.ident)
         d.group[0] -= 1
-        if d.group[0] <= 0:
+        if d.group[0] <= 0 and self._persist:
             self.store.remove(_key(d.key))
 
     def _retry(self, d: _Delivery, why: str) -> None:
@@ -697,7 +699,7 @@ class Broker:
     def _finish(self, d: _Delivery, code: int, reason: str) -> None:
         """End a delivery without a node's answer: NACK the submitter when ``code``."""
         d.group[0] -= 1
-        if d.group[0] <= 0:
+        if d.group[0] <= 0 and self._persist:
             self.store.remove(_key(d.key))
         if code:
             dest = d.source or self._origins.get(d.key.origin)

@@ -393,7 +393,14 @@ class MeshPeer:
         mid = envelope.id
         self._requests[mid] = (data, fut)
         try:
-            await self._submit(data, mid)
+            unacked = self._unacked
+            if (len(unacked) < self._window and self._registered.is_set()
+                    and self._fatal is None and len(data) <= self._max_frame - 64):
+                unacked[mid] = data  # fast path of _submit: room in the window
+                self._out.deliver.append(data)
+                self._schedule_flush()
+            else:
+                await self._submit(data, mid)
             return await asyncio.wait_for(fut, timeout) if timeout else await fut
         finally:
             self._requests.pop(mid, None)
