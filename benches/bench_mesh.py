@@ -61,8 +61,9 @@ def _free_port() -> int:
 
 def _spawn(args: list[str], ready: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     assert p.stdout is not None
     buf, deadline = b"", time.monotonic() + 30
     while ready.encode() not in buf:
@@ -184,8 +185,12 @@ def _start_engine(procs: list[subprocess.Popen[bytes]], keys: str | None) -> str
     cli = [sys.executable, "-m", "engine.cli"]
     procs.append(_spawn([*cli, "broker", "--bind", ep, *curve], "listening"))
     for name in ("n1", "n2"):
-        procs.append(_spawn([*cli, "node", "--connect", ep, "--agents", AGENTS,
-                             "--name", name, *curve], "serving"))
+        procs.append(
+            _spawn(
+                [*cli, "node", "--connect", ep, "--agents", AGENTS, "--name", name, *curve],
+                "serving",
+            )
+        )
     return ep
 
 
@@ -262,8 +267,11 @@ def measure() -> dict[str, dict[str, float]]:
 
 
 def report(results: dict[str, dict[str, float]]) -> list[str]:
-    lines = ["| setup | one-way msg/s | seq p50 µs | seq p99 µs | 100 in flight req/s "
-             "| in-flight p50 µs | in-flight p99 µs |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setup | one-way msg/s | seq p50 µs | seq p99 µs | 100 in flight req/s "
+        "| in-flight p50 µs | in-flight p99 µs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['oneway']:,.0f} | {r['seq_p50'] * 1e6:.0f} | {r['seq_p99'] * 1e6:.0f}"

@@ -129,6 +129,8 @@ class CorruptFileError(VectorStoreError):
 
 class EmbeddingError(VectorStoreError):
     """An embedder was given bad input or its backend failed (HTTP error, bad response)."""
+
+
 class TraceContextError(EngineError, ValueError):
     """A W3C ``traceparent`` value is malformed (the message says which rule it breaks)."""
 
@@ -146,6 +148,8 @@ class AuditError(EngineError):
 
 class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
+
+
 class ProtocolError(EngineError, ValueError):
     """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
 

@@ -123,7 +123,7 @@ class Envelope(msgspec.Struct, tag="v1", array_like=True, gc=False):
     attempt: int = 0
     traceparent: str = ""
     payload_type: str = ""
-    payload: msgspec.Raw = msgspec.Raw(b"")
+    payload: msgspec.Raw = msgspec.Raw(b"\xc0")  # MessagePack nil: an empty Raw is not valid
 
 
 class Message(msgspec.Struct, tag=True, tag_field="@type"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 import typing
 from collections import OrderedDict
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Tool", "ToolCache", "ToolCall", "ToolRegistry", "tool"]
 
 _MISSING: Final = object()
+_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what function-calling APIs accept
 
 
 class ToolCache:
@@ -107,9 +109,11 @@ class Tool:
             raise TypeError(f"@tool expects a function, got {type(fn).__name__}")
         self.fn = fn
         self.__wrapped__ = fn
-        self.name: str = name or fn.__name__
-        if not self.name.replace("_", "a").replace("-", "a").isalnum() or len(self.name) > 64:
-            raise ValueError(f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-'")
+        self.name: str = name if name is not None else fn.__name__
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"tool name {self.name!r} must be 1-64 ASCII letters, digits, '_' or '-'"
+            )
         doc = inspect.getdoc(fn) or ""
         self.description: str = description if description is not None else doc.split("\n\n")[0]
         self.tags: frozenset[str] = frozenset(tags)
@@ -143,6 +147,8 @@ class Tool:
         try:
             if arguments is None:
                 arguments = {}
+            elif isinstance(arguments, self.args_type):
+                return arguments
             if isinstance(arguments, (str, bytes, bytearray, memoryview)):
                 return msgspec.json.decode(arguments, type=self.args_type)
             if not isinstance(arguments, dict):

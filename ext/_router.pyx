@@ -35,8 +35,10 @@ from engine.errors import RoutingError
 from engine.messages import AgentId
 from engine.routing._patterns import (
     POLICIES,
+    as_index,
     as_int64,
     as_kinds,
+    check_max_topics,
     check_subscriber,
     is_exact,
     parse_pattern,
@@ -236,13 +238,10 @@ cdef class Router:
         self.out = NULL
 
     def __init__(self, *, max_topics: int = 65536) -> None:
-        if not isinstance(max_topics, int) or isinstance(max_topics, bool) or not (
-            1 <= max_topics <= 0x7FFFFFFF
-        ):
-            raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
+        cdef int limit = check_max_topics(max_topics)
         if self.edge_keys != NULL:
             raise RoutingError("Router.__init__ called twice")
-        self.max_topics = max_topics
+        self.max_topics = limit
         self._slot_of = {}
         self._agents = []
         self._free_slots = []
@@ -262,6 +261,7 @@ cdef class Router:
         self.epoch = 1
         self.stamp = 0
         self._edges_init(64)
+        _grow(<void **>&self.out, &self.out_cap, 1024, sizeof(int64_t))  # never NULL
         self.nnodes = 0
         self._new_node(0)  # the root
 
@@ -354,8 +354,9 @@ cdef class Router:
 
     cdef Py_ssize_t _live(self, object slot) except -1:
         cdef Py_ssize_t s
-        if isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < self.nslots:
-            s = slot
+        found = as_index(slot)
+        if found is not None and 0 <= found < self.nslots:
+            s = found
             if self.slots[s].type >= 0:
                 return s
         raise RoutingError(f"unknown slot {slot!r}")
@@ -431,14 +432,13 @@ cdef class Router:
     def ack(self, slot: int, n: int = 1) -> None:
         """Record ``n`` completions for ``slot`` (its outstanding count never drops below 0)."""
         cdef Py_ssize_t s = self._live(slot)
-        cdef int64_t left
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        count = as_index(n)
+        if count is None or count < 0:
             raise RoutingError(f"ack count must be an int >= 0, got {n!r}")
-        if n >= self.slots[s].outstanding:
+        if count >= self.slots[s].outstanding:
             self.slots[s].outstanding = 0
         else:
-            left = self.slots[s].outstanding - <int64_t>n
-            self.slots[s].outstanding = left
+            self.slots[s].outstanding -= <int64_t>count
 
     def outstanding(self, slot: int) -> int:
         """Picks of ``slot`` not yet acknowledged."""
@@ -772,7 +772,7 @@ cdef class Router:
             na = nb
             if na == 0:
                 break
-        if a != self.act_a:
+        if a != self.act_a and na:
             memcpy(self.act_a, a, <size_t>na * sizeof(int32_t))
         return na
 
@@ -794,7 +794,8 @@ cdef class Router:
         cdef int64_t *o
         cdef int64_t last
         # PERF: exact topics with no wildcard subscription skip the trie entirely: one index
-        # into topics[] + a copy (benches/bench_router.py::test_exact_topic, 2026-11).
+        # into topics[] + a copy; 100k subscriptions route like 10 (0.86-0.97x,
+        # benches/bench_router.py::test_route_many[native-exact_*], 2026-11).
         if self.nwild == 0:
             self._out_reserve(s.n)
             o = self.out + start
@@ -803,13 +804,14 @@ cdef class Router:
             self.out_n += s.n
             return 0
         # PERF: with wildcards, the NFA costs ~420 instructions per 3-segment topic vs ~130
-        # for a cached copy (callgrind, /tmp script routing 50 x 10k mixed batches, 2026-11):
+        # for a cached copy (callgrind, 50 x 10k mixed batches; docs/performance.md, 2026-11):
         # each topic keeps its last result until a wildcard (or its own exact) subscription
         # changes.
         if t.cache_epoch == self.epoch:
-            self._out_reserve(t.cache_n)
-            memcpy(self.out + start, t.cache, <size_t>t.cache_n * sizeof(int64_t))
-            self.out_n += t.cache_n
+            if t.cache_n:
+                self._out_reserve(t.cache_n)
+                memcpy(self.out + start, t.cache, <size_t>t.cache_n * sizeof(int64_t))
+                self.out_n += t.cache_n
             return 0
         na = self._nfa(t.segs, t.nsegs)
         total = s.n
@@ -847,7 +849,8 @@ cdef class Router:
         self.out_n = start + j
         if j > t.cache_cap:
             _grow(<void **>&t.cache, &t.cache_cap, j, sizeof(int64_t))
-        memcpy(t.cache, self.out + start, <size_t>j * sizeof(int64_t))
+        if j:
+            memcpy(t.cache, self.out + start, <size_t>j * sizeof(int64_t))
         t.cache_n = j
         t.cache_epoch = self.epoch
         return 0

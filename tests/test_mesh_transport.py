@@ -46,15 +46,27 @@ class FakeRuntime:
         self.inbox.append(env)
         if env.kind is Kind.SEND:  # serve "echo": Ping(n) -> Ping(n * 10)
             msg = decode_payload(env.payload, Ping)
-            self.transport.send(Envelope(self.ids.next(), Kind.REPLY, sender=env.recipient,
-                                         correlation=env.id, payload_type="Ping",
-                                         payload=encode_payload(Ping(msg.n * 10))))
+            self.transport.send(
+                Envelope(
+                    self.ids.next(),
+                    Kind.REPLY,
+                    sender=env.recipient,
+                    correlation=env.id,
+                    payload_type="Ping",
+                    payload=encode_payload(Ping(msg.n * 10)),
+                )
+            )
         elif env.correlation in self.waiters:
             self.waiters.pop(env.correlation).set_result(env)
 
     async def call(self, n: int, type_: str) -> Envelope:
-        env = Envelope(self.ids.next(), Kind.SEND, recipient=AgentId(type_, "k"),
-                       payload_type="Ping", payload=encode_payload(Ping(n)))
+        env = Envelope(
+            self.ids.next(),
+            Kind.SEND,
+            recipient=AgentId(type_, "k"),
+            payload_type="Ping",
+            payload=encode_payload(Ping(n)),
+        )
         fut = asyncio.get_running_loop().create_future()
         self.waiters[env.id] = fut
         self.transport.send(env)
@@ -85,8 +97,15 @@ def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:
             await asyncio.sleep(0.01)
         replies = await asyncio.gather(*(client.call(i, "echo") for i in range(300)))
         assert [decode_payload(r.payload, Ping).n for r in replies] == [i * 10 for i in range(300)]
-        tb.send(Envelope(client.ids.next(), Kind.PUBLISH, topic=TopicId("news.eu"),
-                         payload_type="Ping", payload=encode_payload(Ping(5))))
+        tb.send(
+            Envelope(
+                client.ids.next(),
+                Kind.PUBLISH,
+                topic=TopicId("news.eu"),
+                payload_type="Ping",
+                payload=encode_payload(Ping(5)),
+            )
+        )
         for _ in range(100):
             if any(e.kind is Kind.PUBLISH for e in server.inbox):
                 break
@@ -107,13 +126,13 @@ def test_runtime_with_mesh_reaches_nodes_and_serves_mesh_traffic(broker: Broker)
     ep = broker.endpoints[0]
 
     async def main() -> None:
-        async with Node(ep, {"echo": Echo}, name="remote", heartbeat=HB), \
-                Runtime(mesh=ep) as rt:
+        async with Node(ep, {"echo": Echo}, name="remote", heartbeat=HB), Runtime(mesh=ep) as rt:
             rt.register("doubler", Doubler)
             # the runtime's send reaches an agent on another node
             assert (await rt.send(Ping(1), to=AgentId("echo", "a"), timeout=5)).n == 2
             replies = await asyncio.gather(
-                *(rt.send(Ping(i), to=AgentId("echo", f"k{i}"), timeout=5) for i in range(100)))
+                *(rt.send(Ping(i), to=AgentId("echo", f"k{i}"), timeout=5) for i in range(100))
+            )
             assert [r.n for r in replies] == [i + 1 for i in range(100)]
             with pytest.raises(RemoteError, match="nope"):
                 await rt.send(Boom("nope"), to=AgentId("echo", "a"), timeout=5)

@@ -63,6 +63,13 @@ def test_round_trip_keeps_every_header_and_the_raw_payload() -> None:
     assert decode_payload(back.payload, Ping) == Ping(41)
 
 
+def test_envelope_without_payload_round_trips() -> None:
+    env = Envelope(MessageId("o", 1), Kind.CANCEL, correlation=MessageId("o", 0))
+    back = decode(encode(env))
+    assert back.kind is Kind.CANCEL and back.correlation == MessageId("o", 0)
+    assert decode_payload(back.payload, type(None)) is None
+
+
 def test_envelope_is_a_versioned_array_on_the_wire() -> None:
     raw = msgspec.msgpack.decode(encode(make_envelope()))
     assert isinstance(raw, list) and raw[0] == "v1"

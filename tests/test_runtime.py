@@ -1091,3 +1091,157 @@ async def test_context_envelope_matches_the_wire_headers() -> None:
     assert decode(encode(bare)).payload_type == "Ping"  # headers only, still valid
     assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
     await rt.stop()
+
+
+# -- randomized invariants -------------------------------------------------------
+
+
+class Journal(Agent):
+    """Records the order it handles messages in; sleeps a little on odd numbers."""
+
+    log: list[tuple[str, int]] = []
+
+    @handler
+    async def on_ping(self, msg: Ping, ctx: engine.Context) -> int:
+        if msg.n % 2:
+            await asyncio.sleep(0.0005)
+        Journal.log.append((self.id.key, msg.n))
+        return msg.n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_mix_keeps_order_and_accounting(seed: int) -> None:
+    """Random sends (some timing out or cancelled), publishes and posts on small mailboxes.
+
+    Invariants: every reply is the requester's own; one-way messages from one sender are
+    handled in the order sent; nothing runs twice; afterwards nothing is busy or queued.
+    """
+    import random
+
+    rng = random.Random(seed)
+    Journal.log = []
+
+    @uv
+    async def scenario() -> None:
+        rt = Runtime(mailbox=8)
+        rt.register("j", Journal)
+        rt.subscribe("j", topic="j.*")
+        keys = ["a", "b", "c"]
+        requests: list[tuple[int, asyncio.Future[Any]]] = []
+        one_way: dict[str, list[int]] = {k: [] for k in keys}
+        for n in range(600):
+            key = rng.choice(keys)
+            op = rng.random()
+            if op < 0.5:
+                timeout = rng.choice([None, None, 0.05, 0.0005])
+                to = AgentId("j", key)
+                requests.append(
+                    (n, asyncio.ensure_future(rt.send(Ping(n), to=to, timeout=timeout)))
+                )
+            elif op < 0.75:
+                await rt.publish(Ping(n), topic=TopicId(f"j.{key}", key))
+                one_way[key].append(n)
+            else:
+                await rt.post(Ping(n), to=AgentId("j", key))
+                one_way[key].append(n)
+            if rng.random() < 0.1 and requests:
+                rng.choice(requests)[1].cancel()
+            if rng.random() < 0.2:
+                await asyncio.sleep(0)
+        results = await asyncio.gather(*(f for _, f in requests), return_exceptions=True)
+        await rt.idle()
+        for (n, _), r in zip(requests, results, strict=True):
+            assert r == n or isinstance(r, (DeadlineExceeded, asyncio.CancelledError)), (n, r)
+        assert rt._active == 0
+        for key in keys:
+            agent = rt.get(AgentId("j", key))
+            assert agent is not None and not agent._busy and not agent._mb
+            handled = [n for k, n in Journal.log if k == key]
+            assert len(set(handled)) == len(handled), "a message was handled twice"
+            mine = set(one_way[key])
+            assert [n for n in handled if n in mine] == one_way[key]
+        await rt.stop()
+
+    scenario()
+
+
+@uv
+async def test_message_counts() -> None:
+    from engine.runtime import LoopbackHub
+
+    hub = LoopbackHub()
+    async with (
+        Runtime(transport=hub.transport()) as rt,
+        Runtime(transport=hub.transport()) as other,
+    ):
+        rt.register("echo", Echo)
+        rt.register("rec", Recorder)
+        rt.subscribe("rec", topic="t")
+        rt.subscribe("rec", topic="t", key="second")
+        for i in range(3):
+            await rt.send(Ping(i), to=AgentId("echo"))
+        with pytest.raises(RemoteError):
+            await rt.send(Boom("x"), to=AgentId("echo"))
+        await rt.publish(Ping(1), topic="t")
+        await rt.post(Ping(1), to=AgentId("rec"))
+        q = rt.start_query(Ping(5), to=AgentId("echo"))
+        await q.wait()
+        assert await other.send(Ping(1), to=AgentId("echo"), timeout=2) == Pong(2)
+        await rt.idle()
+        counts = rt.message_counts()
+        assert counts == {
+            "send": 3 + 1 + 1 + 1,  # direct, the failing one, the query's, the served one
+            "publish": 1,
+            "delivered": 2,
+            "post": 1,
+            "remote_send": 0,
+            "served": 1,
+            "error": 1,
+        }
+        assert other.message_counts()["remote_send"] == 1
+        assert other.message_counts()["send"] == 0
+
+
+@uv
+async def test_deadline_heap_stays_small_and_fires_in_order() -> None:
+    from engine.runtime._deadlines import Deadlines
+
+    d = Deadlines()
+    me = asyncio.current_task()
+    assert me is not None
+    loop = asyncio.get_running_loop()
+    for _ in range(10_000):  # finished requests leave no lasting entries
+        d.done(d.add(loop.time() + 60, me))
+    assert len(d) == 0 and len(d._heap) <= 70
+
+    fired: list[str] = []
+
+    async def sleeper(name: str) -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            fired.append(name)
+            raise
+
+    tasks = {n: asyncio.ensure_future(sleeper(n)) for n in ("late", "early", "never")}
+    await asyncio.sleep(0)
+    late = d.add(loop.time() + 0.03, tasks["late"])
+    early = d.add(loop.time() + 0.01, tasks["early"])  # re-arms the timer earlier
+    never = d.add(loop.time() + 0.02, tasks["never"])
+    d.done(never)
+    await asyncio.sleep(0.06)
+    assert fired == ["early", "late"] and early[3] and late[3] and not never[3]
+    tasks["never"].cancel()
+    d.close()
+    assert len(d) == 0
+
+
+def test_runtime_survives_a_new_event_loop() -> None:
+    rt = Runtime()
+    rt.register("echo", Echo)
+
+    async def once() -> Any:
+        return await rt.send(Ping(1), to=AgentId("echo"), timeout=1)
+
+    assert engine.run(once()) == Pong(2)
+    assert asyncio.run(once()) == Pong(2)  # timers re-armed on the new loop

@@ -79,6 +79,8 @@ def test_validation_errors_name_the_field() -> None:
     with pytest.raises(ToolValidationError, match=r"Expected `float` >= 0|> 0"):
         distance.validate({"p": {"x": 1, "y": 1}, "scale": -1})
     assert add.validate('{"a": 4}') == add.args_type(a=4)
+    ready = add.args_type(a=1)
+    assert add.validate(ready) is ready
     with pytest.raises(ToolValidationError, match="missing required field `a`"):
         add.validate(None)
 
@@ -96,8 +98,9 @@ def test_bad_tool_definitions() -> None:
         def star(*xs: int) -> int:
             return 0
 
-    with pytest.raises(ValueError, match="tool name 'bad name!'"):
-        tool(name="bad name!")(add.fn)
+    for bad in ("bad name!", "naïve", "", "x" * 65):
+        with pytest.raises(ValueError, match="must be 1-64 ASCII letters"):
+            tool(name=bad)(add.fn)
     with pytest.raises(ValueError, match="ttl= needs cache"):
         tool(ttl=1.0)(add.fn)
     with pytest.raises(ValueError, match="timeout must be positive"):

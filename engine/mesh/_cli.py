@@ -13,7 +13,6 @@ from typing import Any
 __all__ = ["register"]
 
 
-
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -75,8 +74,11 @@ def run_node(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopped.set)
         await node.start(timeout=args.connect_timeout)
-        print(f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
-              f"via {args.connect}", flush=True)
+        print(
+            f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
+            f"via {args.connect}",
+            flush=True,
+        )
         await stopped.wait()
         await node.close()
 
@@ -114,13 +116,21 @@ def run_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         for d in letters:
             env = decode(d.envelope)
-            print(json.dumps({
-                "id": d.id, "message": d.key, "kind": env.kind.name,
-                "recipient": str(env.recipient) if env.recipient else None,
-                "topic": str(env.topic) if env.topic else None,
-                "payload_type": env.payload_type, "attempts": d.attempts,
-                "reason": d.reason, "at": d.at,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "id": d.id,
+                        "message": d.key,
+                        "kind": env.kind.name,
+                        "recipient": str(env.recipient) if env.recipient else None,
+                        "topic": str(env.topic) if env.topic else None,
+                        "payload_type": env.payload_type,
+                        "attempts": d.attempts,
+                        "reason": d.reason,
+                        "at": d.at,
+                    }
+                )
+            )
         return 0
     if not args.connect:
         print("engine dlq replay needs --connect tcp://BROKER:PORT", file=sys.stderr)
@@ -138,8 +148,7 @@ def run_dlq(args: argparse.Namespace) -> int:
             for d in letters:
                 # a fresh id from this tool: the message never completed, and the reply
                 # (awaited, then discarded) comes back here
-                env = msgspec.structs.replace(decode(d.envelope), id=client.ids.next(),
-                                              attempt=0)
+                env = msgspec.structs.replace(decode(d.envelope), id=client.ids.next(), attempt=0)
                 await asyncio.wait_for(client.submit(env), args.timeout)
                 done.append(d.id)
         finally:
@@ -161,25 +170,35 @@ def run_dlq(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="run the mesh broker (ZeroMQ ROUTER)")
-    p.add_argument("--bind", action="append", default=None,
-                   help="endpoint to bind (repeatable); default tcp://0.0.0.0:5555")
+    p.add_argument(
+        "--bind",
+        action="append",
+        default=None,
+        help="endpoint to bind (repeatable); default tcp://0.0.0.0:5555",
+    )
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (engine keys generate DIR)")
     p.add_argument("--store", default=None, help="persistence, e.g. sqlite:///mesh.db")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (dead after 3)")
     p.add_argument("--max-attempts", type=int, default=5, help="deliveries before the DLQ")
-    p.add_argument("--route-timeout", type=float, default=10.0,
-                   help="seconds a message waits for a node of its type")
-    p.add_argument("--policy", default="least_outstanding",
-                   choices=["least_outstanding", "round_robin"])
+    p.add_argument(
+        "--route-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a message waits for a node of its type",
+    )
+    p.add_argument(
+        "--policy", default="least_outstanding", choices=["least_outstanding", "round_robin"]
+    )
     p.add_argument("--hmac-key", default=None, help="require HMAC-SHA256 signed frames")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=lambda a: run_broker(_default_bind(a)))
 
     p = sub.add_parser("node", help="run a mesh node hosting agent classes")
     p.add_argument("--connect", required=True, help="broker endpoint, tcp://HOST:5555")
-    p.add_argument("--agents", required=True,
-                   help="pkg.module:AgentClass[,type=pkg.module:Other,...]")
+    p.add_argument(
+        "--agents", required=True, help="pkg.module:AgentClass[,type=pkg.module:Other,...]"
+    )
     p.add_argument("--name", default=None)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--curve-dir", default=None)
@@ -194,8 +213,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ks = p.add_subparsers(dest="keys_command", required=True)
     g = ks.add_parser("generate", help="create broker + peer key pairs in DIR")
     g.add_argument("dir")
-    g.add_argument("--names", default="orchestrator,worker,monitor",
-                   help="peer key names (a name that is a role gets that role)")
+    g.add_argument(
+        "--names",
+        default="orchestrator,worker,monitor",
+        help="peer key names (a name that is a role gets that role)",
+    )
     g.set_defaults(func=run_keys)
 
     p = sub.add_parser("dlq", help="list or replay the broker's dead letters")

@@ -164,7 +164,8 @@ class AgentHost:
             name, msg_cls, nparams = self._handlers[aid.type].table[envelope.payload_type]
         except KeyError:
             exc: Exception = EngineError(
-                f"agent type {aid.type!r} has no handler for {envelope.payload_type!r}")
+                f"agent type {aid.type!r} has no handler for {envelope.payload_type!r}"
+            )
             return error_reply(envelope, exc, self._ids.next())
         try:
             message = decode_payload(envelope.payload, msg_cls)
@@ -183,7 +184,13 @@ class AgentHost:
         if envelope.kind is not Kind.SEND:
             return None
         payload = msgspec.Raw(msgspec.msgpack.encode(result))
-        return Envelope(self._ids.next(), Kind.REPLY, sender=aid, recipient=envelope.sender,
-                        correlation=envelope.id, traceparent=envelope.traceparent,
-                        payload_type=type(result).__name__ if result is not None else "",
-                        payload=payload)
+        return Envelope(
+            self._ids.next(),
+            Kind.REPLY,
+            sender=aid,
+            recipient=envelope.sender,
+            correlation=envelope.id,
+            traceparent=envelope.traceparent,
+            payload_type=type(result).__name__ if result is not None else "",
+            payload=payload,
+        )

@@ -25,17 +25,17 @@ class _BrokerCollector:
     def collect(self) -> Iterator[Metric]:
         b = self._broker
         for name, value in list(b.stats.items()):
-            yield CounterMetricFamily(
-                f"engine_mesh_{name}", f"broker counter {name}", value=value
-            )
+            yield CounterMetricFamily(f"engine_mesh_{name}", f"broker counter {name}", value=value)
         peers = b.peers()
         yield GaugeMetricFamily("engine_mesh_peers", "registered peers", value=len(peers))
         yield GaugeMetricFamily(
-            "engine_mesh_inflight", "deliveries awaiting an answer",
+            "engine_mesh_inflight",
+            "deliveries awaiting an answer",
             value=sum(p["inflight"] for p in peers.values()),
         )
-        yield GaugeMetricFamily("engine_mesh_queued", "messages queued in the broker",
-                                value=b.queued)
+        yield GaugeMetricFamily(
+            "engine_mesh_queued", "messages queued in the broker", value=b.queued
+        )
 
 
 def serve_metrics(broker: Broker, port: int, addr: str = "0.0.0.0") -> CollectorRegistry:

@@ -240,8 +240,14 @@ class Broker:
             self._loop(sock)
         finally:
             for ident in list(self._peers):
-                self._send(sock, ident, P.frames(FrameKind.DISCONNECT, P.encode(
-                    P.Disconnect(P.DisconnectCode.SHUTDOWN, "broker stopping"))))
+                self._send(
+                    sock,
+                    ident,
+                    P.frames(
+                        FrameKind.DISCONNECT,
+                        P.encode(P.Disconnect(P.DisconnectCode.SHUTDOWN, "broker stopping")),
+                    ),
+                )
             self.store.close()
             sock.close(0)
             if auth is not None:
@@ -297,8 +303,11 @@ class Broker:
         except ProtocolError as exc:
             self._bad(ident, exc)
             if "version" in str(exc):
-                self._queue_other(ident, FrameKind.DISCONNECT, P.encode(
-                    P.Disconnect(P.DisconnectCode.BAD_VERSION, str(exc))))
+                self._queue_other(
+                    ident,
+                    FrameKind.DISCONNECT,
+                    P.encode(P.Disconnect(P.DisconnectCode.BAD_VERSION, str(exc))),
+                )
             return
         peer = self._peers.get(ident)
         if kind is FrameKind.REGISTER:
@@ -310,12 +319,17 @@ class Broker:
         peer.last_seen = time.monotonic()
         if kind not in P.ALLOWED[peer.role]:
             stats["unauthorized"] += 1
-            log.warning("peer %s (%s) may not send %s: dropped", peer.name, peer.role.value,
-                        kind.name)
+            log.warning(
+                "peer %s (%s) may not send %s: dropped", peer.name, peer.role.value, kind.name
+            )
             if kind is FrameKind.DELIVER:
                 for body in bodies:
-                    self._nack_body(ident, body, NackCode.FORBIDDEN,
-                                    f"role {peer.role.value} may not submit messages")
+                    self._nack_body(
+                        ident,
+                        body,
+                        NackCode.FORBIDDEN,
+                        f"role {peer.role.value} may not submit messages",
+                    )
             return
         try:
             if kind is FrameKind.DELIVER:
@@ -354,8 +368,13 @@ class Broker:
         now = time.monotonic()
         if now - self._warned.get(ident, 0.0) > min(self.heartbeat, 0.5):
             self._warned[ident] = now
-            self._queue_other(ident, FrameKind.DISCONNECT, P.encode(
-                P.Disconnect(P.DisconnectCode.UNKNOWN_PEER, "unknown peer: REGISTER first")))
+            self._queue_other(
+                ident,
+                FrameKind.DISCONNECT,
+                P.encode(
+                    P.Disconnect(P.DisconnectCode.UNKNOWN_PEER, "unknown peer: REGISTER first")
+                ),
+            )
 
     # -- registration ----------------------------------------------------------------
 
@@ -371,10 +390,19 @@ class Broker:
         role = reg.role
         if key_role is not None and role is not key_role and key_role is not Role.ORCHESTRATOR:
             self.stats["unauthorized"] += 1
-            log.warning("peer %s claims role %s but its key allows %s", reg.name,
-                        role.value, key_role.value)
-            self._queue_other(ident, FrameKind.DISCONNECT, P.encode(P.Disconnect(
-                P.DisconnectCode.FORBIDDEN, f"this key may only register as {key_role.value}")))
+            log.warning(
+                "peer %s claims role %s but its key allows %s", reg.name, role.value, key_role.value
+            )
+            self._queue_other(
+                ident,
+                FrameKind.DISCONNECT,
+                P.encode(
+                    P.Disconnect(
+                        P.DisconnectCode.FORBIDDEN,
+                        f"this key may only register as {key_role.value}",
+                    )
+                ),
+            )
             return
         if role is Role.MONITOR and reg.types:
             self._bad(ident, ProtocolError("a monitor cannot host agent types"))
@@ -412,11 +440,17 @@ class Broker:
             self._bad(ident, ProtocolError(f"bad REGISTER: {exc}"))
             self._drop_peer(peer, "bad registration")
             return
-        welcome = P.Welcome(self.broker_id, int(self.heartbeat * 1000), self.max_frame,
-                            self.client_credit)
+        welcome = P.Welcome(
+            self.broker_id, int(self.heartbeat * 1000), self.max_frame, self.client_credit
+        )
         self._queue_other(ident, FrameKind.REGISTER, P.encode(welcome))
-        log.info("peer %s registered (%s; types %s; topics %s)", reg.name, role.value,
-                 reg.types, reg.subscriptions)
+        log.info(
+            "peer %s registered (%s; types %s; topics %s)",
+            reg.name,
+            role.value,
+            reg.types,
+            reg.subscriptions,
+        )
         self._dirty.add(ident)
         for type_ in reg.types:
             parked = self._parked.pop(type_, None)
@@ -440,8 +474,13 @@ class Broker:
         """Forget ``peer`` and hand its queued and in-flight work to others."""
         if self._peers.pop(peer.ident, None) is None:
             return
-        log.info("peer %s gone (%s): redelivering %d in flight, %d queued", peer.name, why,
-                 len(peer.inflight), len(peer.queue))
+        log.info(
+            "peer %s gone (%s): redelivering %d in flight, %d queued",
+            peer.name,
+            why,
+            len(peer.inflight),
+            len(peer.queue),
+        )
         self._unroute(peer)
         if self._names.get(peer.name) == peer.ident:
             del self._names[peer.name]
@@ -628,8 +667,10 @@ class Broker:
             return
         corr = env.correlation
         if env.kind not in (Kind.REPLY, Kind.ERROR) or corr is None:
-            self._bad(peer.ident if peer else b"?",
-                      ProtocolError("a REPLY body must be a REPLY/ERROR envelope with correlation"))
+            self._bad(
+                peer.ident if peer else b"?",
+                ProtocolError("a REPLY body must be a REPLY/ERROR envelope with correlation"),
+            )
             return
         if peer is not None:
             d = peer.inflight.pop(corr, None)
@@ -832,8 +873,13 @@ class Broker:
     def peers(self) -> dict[str, dict[str, Any]]:
         """A snapshot of registered peers: role, types, window, in flight, queued."""
         return {
-            p.name: {"role": p.role.value, "types": sorted(p.slots), "window": p.window,
-                     "inflight": len(p.inflight), "queued": len(p.queue)}
+            p.name: {
+                "role": p.role.value,
+                "types": sorted(p.slots),
+                "window": p.window,
+                "inflight": len(p.inflight),
+                "queued": len(p.queue),
+            }
             for p in list(self._peers.values())
         }
 

@@ -55,8 +55,15 @@ class Node(MeshPeer):
     ) -> None:
         classes = load_agent_classes(agents) if isinstance(agents, str) else dict(agents)
         curve = CurveClient.from_dir(curve_dir, curve_key) if curve_dir else None
-        super().__init__(connect, name=name, role=role, host=make_host(classes),
-                         concurrency=concurrency, curve=curve, **kwargs)
+        super().__init__(
+            connect,
+            name=name,
+            role=role,
+            host=make_host(classes),
+            concurrency=concurrency,
+            curve=curve,
+            **kwargs,
+        )
 
     async def close(self, graceful: bool = True, timeout: float = 5.0) -> None:
         await super().close(graceful, timeout)

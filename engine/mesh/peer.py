@@ -205,8 +205,12 @@ class MeshPeer:
         if self._sock is not None:
             if graceful:
                 self._flush()
-                self._send(P.frames(FrameKind.DISCONNECT, P.encode(
-                    P.Disconnect(DisconnectCode.LEAVING, "closing"))))
+                self._send(
+                    P.frames(
+                        FrameKind.DISCONNECT,
+                        P.encode(P.Disconnect(DisconnectCode.LEAVING, "closing")),
+                    )
+                )
             self._close_socket(linger=200 if graceful else 0)
         err = UndeliverableError("mesh peer closed")
         for _, fut in self._requests.values():
@@ -275,8 +279,9 @@ class MeshPeer:
             if self._sock is None:
                 continue
             if now - self._last_heard > 3 * self.heartbeat:
-                log.info("%s: broker silent for %.2f s; reconnecting", self.name,
-                         now - self._last_heard)
+                log.info(
+                    "%s: broker silent for %.2f s; reconnecting", self.name, now - self._last_heard
+                )
                 self.stats["reconnects"] += 1
                 self._registered.clear()
                 self._forgotten = True
@@ -351,8 +356,9 @@ class MeshPeer:
         if previous is not None and (forgotten or previous != welcome.broker):
             # Re-registered (broker restarted, or it forgot us): resend everything unanswered.
             pending = list(self._unacked.values())
-            pending += [data for mid, (data, _) in self._requests.items()
-                        if mid not in self._unacked]
+            pending += [
+                data for mid, (data, _) in self._requests.items() if mid not in self._unacked
+            ]
             if pending:
                 log.info("%s: re-registered; resending %d messages", self.name, len(pending))
                 self.stats["resent"] += len(pending)
@@ -394,8 +400,12 @@ class MeshPeer:
         self._requests[mid] = (data, fut)
         try:
             unacked = self._unacked
-            if (len(unacked) < self._window and self._registered.is_set()
-                    and self._fatal is None and len(data) <= self._max_frame - 64):
+            if (
+                len(unacked) < self._window
+                and self._registered.is_set()
+                and self._fatal is None
+                and len(data) <= self._max_frame - 64
+            ):
                 unacked[mid] = data  # fast path of _submit: room in the window
                 self._out.deliver.append(data)
                 self._schedule_flush()
@@ -420,9 +430,12 @@ class MeshPeer:
         raises :class:`RemoteError`; no route raises :class:`UndeliverableError`.
         """
         env = Envelope(
-            self.ids.next(), Kind.SEND, recipient=to,
+            self.ids.next(),
+            Kind.SEND,
+            recipient=to,
             deadline=time.time() + timeout if timeout else 0.0,
-            payload_type=type(message).__name__, payload=encode_payload(message),
+            payload_type=type(message).__name__,
+            payload=encode_payload(message),
         )
         return decode_reply(await self.request(env, timeout), reply_type)
 
@@ -430,14 +443,24 @@ class MeshPeer:
         """Publish to a topic; returns once the broker has handed it to every subscriber."""
         if isinstance(topic, str):
             topic = TopicId(topic)
-        env = Envelope(self.ids.next(), Kind.PUBLISH, topic=topic,
-                       payload_type=type(message).__name__, payload=encode_payload(message))
+        env = Envelope(
+            self.ids.next(),
+            Kind.PUBLISH,
+            topic=topic,
+            payload_type=type(message).__name__,
+            payload=encode_payload(message),
+        )
         await self.submit(env)
 
     async def tell(self, message: Any, to: AgentId) -> None:
         """One-way to one agent (no reply); returns once the broker handed it to a node."""
-        env = Envelope(self.ids.next(), Kind.PUBLISH, recipient=to,
-                       payload_type=type(message).__name__, payload=encode_payload(message))
+        env = Envelope(
+            self.ids.next(),
+            Kind.PUBLISH,
+            recipient=to,
+            payload_type=type(message).__name__,
+            payload=encode_payload(message),
+        )
         await self.submit(env)
 
     async def tell_many(self, messages: Sequence[Any], to: AgentId) -> int:
@@ -449,8 +472,13 @@ class MeshPeer:
         ids, encode, unacked = self.ids, self._codec.encode, self._unacked
         pending: list[MessageId] = []
         for message in messages:
-            env = Envelope(ids.next(), Kind.PUBLISH, recipient=to,
-                           payload_type=type(message).__name__, payload=encode_payload(message))
+            env = Envelope(
+                ids.next(),
+                Kind.PUBLISH,
+                recipient=to,
+                payload_type=type(message).__name__,
+                payload=encode_payload(message),
+            )
             if len(unacked) >= self._window or not self._registered.is_set():
                 await self._submit(encode(env), env.id)
             else:
@@ -506,8 +534,11 @@ class MeshPeer:
                 assert self._loop is not None
                 self._loop.call_later(0.05, self._resubmit, mid, data)
                 continue
-            label = _FINAL_NACKS.get(NackCode(item.code), "refused") if item.code in \
-                NackCode._value2member_map_ else "refused"
+            label = (
+                _FINAL_NACKS.get(NackCode(item.code), "refused")
+                if item.code in NackCode._value2member_map_
+                else "refused"
+            )
             err = UndeliverableError(f"{label}: {item.reason}")
             req = self._requests.get(mid)
             if req is not None and not req[1].done():
@@ -516,10 +547,17 @@ class MeshPeer:
             if pub is not None and not pub.done():
                 pub.set_exception(err)
             if req is None and pub is None and self._sink is not None and data is not None:
-                self._sink.deliver(Envelope(
-                    self.ids.next(), Kind.ERROR, correlation=mid, payload_type="ErrorInfo",
-                    payload=msgspec.Raw(msgspec.msgpack.encode(
-                        ErrorInfo(UndeliverableError.__name__, str(err))))))
+                self._sink.deliver(
+                    Envelope(
+                        self.ids.next(),
+                        Kind.ERROR,
+                        correlation=mid,
+                        payload_type="ErrorInfo",
+                        payload=msgspec.Raw(
+                            msgspec.msgpack.encode(ErrorInfo(UndeliverableError.__name__, str(err)))
+                        ),
+                    )
+                )
         self._window_free.set()
         if self._backlog:
             self._pump()
@@ -693,8 +731,9 @@ class MeshPeer:
                 if self._closing:
                     raise  # unanswered: the broker redelivers it elsewhere
                 # cancelled by the requester's CANCEL: settle the delivery with an ERROR
-                reply = error_reply(env, asyncio.CancelledError("cancelled by the sender"),
-                                    self.ids.next())
+                reply = error_reply(
+                    env, asyncio.CancelledError("cancelled by the sender"), self.ids.next()
+                )
             except Exception as exc:  # the host failed, not the handler: report as ERROR
                 reply = error_reply(env, exc, self.ids.next())
         self.stats["executed"] += 1
@@ -789,9 +828,15 @@ async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
 def error_reply(env: Envelope, exc: BaseException, mid: MessageId) -> Envelope:
     """The ERROR envelope answering ``env`` for a handler that raised ``exc``."""
     info = ErrorInfo(type(exc).__name__, str(exc))
-    return Envelope(mid, Kind.ERROR, sender=env.recipient, recipient=env.sender,
-                    correlation=env.id, payload_type="ErrorInfo",
-                    payload=msgspec.Raw(msgspec.msgpack.encode(info)))
+    return Envelope(
+        mid,
+        Kind.ERROR,
+        sender=env.recipient,
+        recipient=env.sender,
+        correlation=env.id,
+        payload_type="ErrorInfo",
+        payload=msgspec.Raw(msgspec.msgpack.encode(info)),
+    )
 
 
 _TYPES: dict[str, type] = {}

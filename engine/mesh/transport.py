@@ -35,8 +35,9 @@ class MeshTransport:
         **kwargs: Any,
     ) -> None:
         curve = CurveClient.from_dir(curve_dir, curve_key) if curve_dir else None
-        self.peer = MeshPeer(connect, name=name, role=role, concurrency=concurrency,
-                             curve=curve, **kwargs)
+        self.peer = MeshPeer(
+            connect, name=name, role=role, concurrency=concurrency, curve=curve, **kwargs
+        )
         self.connect_timeout = connect_timeout
         self._started = False
 

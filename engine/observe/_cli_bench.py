@@ -1,8 +1,8 @@
 """``engine bench``: run the benchmarks, or gate a change against a git ref.
 
-    engine bench                              # pytest-benchmark JSON of benches/
-    engine bench --compare main               # base vs head, interleaved; exit 1 on regression
-    engine bench --compare HEAD~1 --instructions   # callgrind instruction counts (deterministic)
+engine bench                              # pytest-benchmark JSON of benches/
+engine bench --compare main               # base vs head, interleaved; exit 1 on regression
+engine bench --compare HEAD~1 --instructions   # callgrind instruction counts (deterministic)
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ def _print_report(report: gate.GateReport) -> None:
     from rich.table import Table
 
     unit = "instr/op" if report.mode == "instructions" else "s (per-round stat)"
-    table = Table(title=f"{report.mode}: {report.base} -> {report.head} (threshold "
-                  f"{report.threshold:.0%}, {unit})")
+    table = Table(
+        title=f"{report.mode}: {report.base} -> {report.head} (threshold "
+        f"{report.threshold:.0%}, {unit})"
+    )
     for col in ("benchmark", "base", "head", "ratio", "noise", "verdict"):
         table.add_column(col, justify="left" if col in ("benchmark", "verdict") else "right")
     colours = {"regressed": "red", "improved": "green", "ok": "", "new": "cyan", "missing": "red"}
@@ -42,8 +44,9 @@ def _print_report(report: gate.GateReport) -> None:
         console.print(f"[red]error:[/red] {e}")
     if report.regressions:
         names = ", ".join(r.name for r in report.regressions)
-        console.print(f"[red bold]FAIL[/red bold]: slower than {report.threshold:.0%} beyond "
-                      f"noise: {names}")
+        console.print(
+            f"[red bold]FAIL[/red bold]: slower than {report.threshold:.0%} beyond noise: {names}"
+        )
     elif report.errors:
         console.print("[red bold]FAIL[/red bold]: see errors")
     else:
@@ -79,13 +82,24 @@ def run(args: argparse.Namespace) -> int:
                 log(f"base tree kept at {base.root}")
             if args.instructions:
                 report = gate.compare_instructions(
-                    base, head, head_root / args.hotpath, iterations=args.iterations,
-                    threshold=args.threshold, names=args.probe or (), log=log,
+                    base,
+                    head,
+                    head_root / args.hotpath,
+                    iterations=args.iterations,
+                    threshold=args.threshold,
+                    names=args.probe or (),
+                    log=log,
                 )
             else:
                 report = gate.compare_timing(
-                    base, head, paths, rounds=args.rounds, select=args.k,
-                    threshold=args.threshold, max_time=args.max_time or 0.05, stat=args.stat,
+                    base,
+                    head,
+                    paths,
+                    rounds=args.rounds,
+                    select=args.k,
+                    threshold=args.threshold,
+                    max_time=args.max_time or 0.05,
+                    stat=args.stat,
                     log=log,
                 )
     except GateError as exc:
@@ -114,8 +128,16 @@ def _plain(args: argparse.Namespace, root: Path, paths: list[Path]) -> int:
         return 1 if problems else 0
     out = Path(args.json or root / ".benchmarks" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", *map(str, paths), "-o",
-           "python_files=bench_*.py test_*.py", "--benchmark-only", f"--benchmark-json={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *map(str, paths),
+        "-o",
+        "python_files=bench_*.py test_*.py",
+        "--benchmark-only",
+        f"--benchmark-json={out}",
+    ]
     if args.k:
         cmd += ["-k", args.k]
     if args.max_time:
@@ -141,27 +163,49 @@ def _positive_int(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "bench", help="run benchmarks (pytest-benchmark JSON) or gate against a git ref",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "bench",
+        help="run benchmarks (pytest-benchmark JSON) or gate against a git ref",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="*", help="benchmark files or directories (default: benches)")
     p.add_argument("-k", help="pytest -k expression selecting benchmarks")
     p.add_argument("--json", help="where `engine bench` writes pytest-benchmark JSON")
     p.add_argument("--compare", metavar="REF", help="git ref to compare the working tree against")
-    p.add_argument("--threshold", type=_fraction, default=gate.DEFAULT_THRESHOLD,
-                   help="fail when slower by more than this beyond noise (0.1 or 10%%)")
-    p.add_argument("--rounds", type=_positive_int, default=15,
-                   help="interleaved rounds per side (timing mode)")
-    p.add_argument("--max-time", type=float, default=None,
-                   help="pytest-benchmark max time per benchmark (and round; compare: 0.05)")
-    p.add_argument("--stat", choices=("min", "median", "mean"), default="min",
-                   help="per-round statistic compared (timing mode)")
-    p.add_argument("--instructions", action="store_true",
-                   help="count instructions of benches/hotpath.py probes under callgrind")
+    p.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=gate.DEFAULT_THRESHOLD,
+        help="fail when slower by more than this beyond noise (0.1 or 10%%)",
+    )
+    p.add_argument(
+        "--rounds", type=_positive_int, default=15, help="interleaved rounds per side (timing mode)"
+    )
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        help="pytest-benchmark max time per benchmark (and round; compare: 0.05)",
+    )
+    p.add_argument(
+        "--stat",
+        choices=("min", "median", "mean"),
+        default="min",
+        help="per-round statistic compared (timing mode)",
+    )
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions of benches/hotpath.py probes under callgrind",
+    )
     p.add_argument("--hotpath", default="benches/hotpath.py", help="probe file (instructions)")
     p.add_argument("--probe", action="append", help="only this probe (repeatable)")
-    p.add_argument("--iterations", type=_positive_int, default=200,
-                   help="probe iterations per count (instructions mode)")
+    p.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=200,
+        help="probe iterations per count (instructions mode)",
+    )
     p.add_argument("--report", help="write the comparison as JSON here")
     p.add_argument("--root", default=".", help="the work tree (default: the current directory)")
     p.add_argument("--keep", action="store_true", help="keep the base tree (debugging)")

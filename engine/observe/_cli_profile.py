@@ -64,37 +64,64 @@ def run(args: argparse.Namespace) -> int:
         print("scenarios: " + ", ".join(names))
         return 0 if args.list else 2
     if args.scenario not in names:
-        print(f"engine profile: unknown scenario {args.scenario!r} (have: {', '.join(names)})",
-              file=sys.stderr)
+        print(
+            f"engine profile: unknown scenario {args.scenario!r} (have: {', '.join(names)})",
+            file=sys.stderr,
+        )
         return 2
     script = root / "profiles" / "scenarios" / f"{args.scenario}.py"
-    check = subprocess.run([sys.executable, str(script), "--check"], cwd=root,
-                           capture_output=True, text=True, timeout=300)
+    check = subprocess.run(
+        [sys.executable, str(script), "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check.returncode == NOT_AVAILABLE:
-        print(f"engine profile: scenario {args.scenario!r} cannot run in this build: "
-              f"{check.stdout.strip() or check.stderr.strip()}", file=sys.stderr)
+        print(
+            f"engine profile: scenario {args.scenario!r} cannot run in this build: "
+            f"{check.stdout.strip() or check.stderr.strip()}",
+            file=sys.stderr,
+        )
         return NOT_AVAILABLE
     if check.returncode != 0:
-        print(f"engine profile: {args.scenario} --check failed:\n{check.stderr[-2000:]}",
-              file=sys.stderr)
+        print(
+            f"engine profile: {args.scenario} --check failed:\n{check.stderr[-2000:]}",
+            file=sys.stderr,
+        )
         return 2
     out_dir = Path(args.out) if args.out else root / "profiles" / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{args.scenario}.json"
-    cmd = [sys.executable, "-m", "scalene", "run", "--off", "--program-path", str(root), "-o",
-           str(json_path)]  # the scenario switches profiling on around its work only
+    cmd = [
+        sys.executable,
+        "-m",
+        "scalene",
+        "run",
+        "--off",
+        "--program-path",
+        str(root),
+        "-o",
+        str(json_path),
+    ]  # the scenario switches profiling on around its work only
     if not args.memory:
         cmd.append("--cpu-only")
     cmd += [str(script), "---", "--seconds", str(args.seconds)]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0 or not json_path.exists():
-        print(f"engine profile: scalene failed ({proc.returncode}):\n"
-              f"{(proc.stdout + proc.stderr)[-3000:]}", file=sys.stderr)
+        print(
+            f"engine profile: scalene failed ({proc.returncode}):\n"
+            f"{(proc.stdout + proc.stderr)[-3000:]}",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         view = subprocess.run(
             [sys.executable, "-m", "scalene", "view", "--standalone", str(json_path)],
-            cwd=tmp, capture_output=True, text=True, timeout=300,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         html = Path(tmp) / "scalene-profile.html"
         if view.returncode != 0 or not html.exists():
@@ -102,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         shutil.move(html, out_dir / f"{args.scenario}.html")
     profile = orjson.loads(json_path.read_bytes())
-    lines = [f"scenario {args.scenario}: {profile.get('elapsed_time_sec', 0):.2f} s profiled; "
-             f"top {args.top} lines by CPU"]
+    lines = [
+        f"scenario {args.scenario}: {profile.get('elapsed_time_sec', 0):.2f} s profiled; "
+        f"top {args.top} lines by CPU"
+    ]
     for cpu, fname, lineno, src in summarize(profile, args.top):
         rel = Path(fname)
         if rel.is_absolute() and rel.is_relative_to(root):
@@ -112,14 +141,20 @@ def run(args: argparse.Namespace) -> int:
     text = "\n".join(lines) + "\n"
     (out_dir / f"{args.scenario}.txt").write_text(text)
     print(text, end="")
-    print(f"reports: {json_path}, {out_dir / (args.scenario + '.html')}, "
-          f"{out_dir / (args.scenario + '.txt')}")
+    print(
+        f"reports: {json_path}, {out_dir / (args.scenario + '.html')}, "
+        f"{out_dir / (args.scenario + '.txt')}"
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("profile", help="profile a scenario from profiles/scenarios under scalene",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "profile",
+        help="profile a scenario from profiles/scenarios under scalene",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("scenario", nargs="?", help="scenario name (file stem)")
     p.add_argument("--list", action="store_true", help="list the scenarios")
     p.add_argument("--seconds", type=float, default=3.0, help="how long the scenario works")

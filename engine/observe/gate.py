@@ -98,9 +98,7 @@ class GateReport:
         return bool(self.regressions or self.errors)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {**asdict(self), "failed": self.failed}, option=orjson.OPT_INDENT_2
-        )
+        return orjson.dumps({**asdict(self), "failed": self.failed}, option=orjson.OPT_INDENT_2)
 
 
 # -- git and trees ----------------------------------------------------------------------
@@ -186,7 +184,9 @@ def prepare_native(base: Path, head: Path, *, log: Any = print) -> str:
     log(f"building base's native modules ({', '.join(modules)}) ...")
     proc = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=base, capture_output=True, timeout=1800,
+        cwd=base,
+        capture_output=True,
+        timeout=1800,
     )
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-15:]
@@ -224,7 +224,10 @@ def check_imports(side: Side) -> None:
     """Fail unless a child started for ``side`` imports ``engine`` from ``side.root``."""
     proc = subprocess.run(
         [sys.executable, "-c", "import engine, sys; sys.stdout.write(engine.__file__)"],
-        cwd=side.root, env=child_env(side), capture_output=True, timeout=120,
+        cwd=side.root,
+        env=child_env(side),
+        capture_output=True,
+        timeout=120,
     )
     if proc.returncode != 0:
         raise GateError(f"{side.name}: `import engine` failed:\n{proc.stderr.decode()[-2000:]}")
@@ -261,24 +264,45 @@ class _Worker:
     """
 
     def __init__(
-        self, side: Side, paths: Sequence[Path], log_path: Path, *, select: str | None,
-        max_time: float, min_rounds: int,
+        self,
+        side: Side,
+        paths: Sequence[Path],
+        log_path: Path,
+        *,
+        select: str | None,
+        max_time: float,
+        min_rounds: int,
     ) -> None:
         self.side = side
         self.log_path = log_path
         args = [
-            *map(str, paths), "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-            "-p", "no:hypothesispytest", "-o", "python_files=bench_*.py test_*.py",
-            "--benchmark-only", f"--benchmark-max-time={max_time}",
-            f"--benchmark-min-rounds={min_rounds}", "--benchmark-warmup=off",
-            "--benchmark-disable-gc", "--continue-on-collection-errors",
+            *map(str, paths),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:hypothesispytest",
+            "-o",
+            "python_files=bench_*.py test_*.py",
+            "--benchmark-only",
+            f"--benchmark-max-time={max_time}",
+            f"--benchmark-min-rounds={min_rounds}",
+            "--benchmark-warmup=off",
+            "--benchmark-disable-gc",
+            "--continue-on-collection-errors",
         ]
         if select:
             args += ["-k", select]
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, *args], cwd=side.root, env=child_env(side),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            [sys.executable, "-c", _WORKER, *args],
+            cwd=side.root,
+            env=child_env(side),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
         )
 
     def run(self, out: Path) -> tuple[dict[str, dict[str, Any]], bool]:
@@ -359,9 +383,17 @@ def judge(result: BenchResult, threshold: float, *, paired: bool = True) -> Benc
 
 
 def compare_timing(
-    base: Side, head: Side, paths: Sequence[Path], *, rounds: int = 15, select: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD, max_time: float = 0.05, min_rounds: int = 5,
-    stat: str = "min", log: Any = print,
+    base: Side,
+    head: Side,
+    paths: Sequence[Path],
+    *,
+    rounds: int = 15,
+    select: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_time: float = 0.05,
+    min_rounds: int = 5,
+    stat: str = "min",
+    log: Any = print,
 ) -> GateReport:
     """Run the benchmarks of ``paths`` on both sides, interleaved, and judge each one.
 
@@ -379,8 +411,14 @@ def compare_timing(
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, contextlib.ExitStack() as st:
         workers = {}
         for side in (base, head):
-            w = _Worker(side, paths, Path(tmp) / f"{side.name}.log", select=select,
-                        max_time=max_time, min_rounds=min_rounds)
+            w = _Worker(
+                side,
+                paths,
+                Path(tmp) / f"{side.name}.log",
+                select=select,
+                max_time=max_time,
+                min_rounds=min_rounds,
+            )
             st.callback(w.close)
             workers[side.name] = w
         for i in range(rounds + 1):
@@ -455,19 +493,33 @@ def valgrind() -> str:
 
 
 def count_instructions(
-    side: Side, hotpath: Path, *, iterations: int = 200, names: Sequence[str] = (),
+    side: Side,
+    hotpath: Path,
+    *,
+    iterations: int = 200,
+    names: Sequence[str] = (),
 ) -> tuple[dict[str, float], list[str]]:
     """Instructions per probe iteration for ``side`` (``nan`` where a probe failed)."""
     with tempfile.TemporaryDirectory(prefix="engine-cg-") as tmp:
         out = Path(tmp) / "cg.out"
         cmd = [
-            valgrind(), "--tool=callgrind", "--dump-before=sched_yield",
-            f"--callgrind-out-file={out}", sys.executable, "-c", _DRIVER, str(hotpath),
-            str(iterations), *names,
+            valgrind(),
+            "--tool=callgrind",
+            "--dump-before=sched_yield",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-c",
+            _DRIVER,
+            str(hotpath),
+            str(iterations),
+            *names,
         ]
         proc = subprocess.run(
-            cmd, cwd=side.root, env=child_env(side, {"PYTHONHASHSEED": "0"}),
-            capture_output=True, timeout=1800,
+            cmd,
+            cwd=side.root,
+            env=child_env(side, {"PYTHONHASHSEED": "0"}),
+            capture_output=True,
+            timeout=1800,
         )
         text = proc.stdout.decode(errors="replace")
         if proc.returncode != 0:
@@ -492,8 +544,14 @@ def _totals(path: Path) -> int:
 
 
 def compare_instructions(
-    base: Side, head: Side, hotpath: Path, *, iterations: int = 200,
-    threshold: float = DEFAULT_THRESHOLD, names: Sequence[str] = (), log: Any = print,
+    base: Side,
+    head: Side,
+    hotpath: Path,
+    *,
+    iterations: int = 200,
+    threshold: float = DEFAULT_THRESHOLD,
+    names: Sequence[str] = (),
+    log: Any = print,
 ) -> GateReport:
     """Instruction counts per hot-path probe, base against head."""
     if not hotpath.is_file():

@@ -110,7 +110,8 @@ class _HotPath(Collector):
     def collect(self) -> Iterator[Metric]:
         self.fold()
         msgs = CounterMetricFamily(
-            "engine_messages", "Messages handled by kind (send, reply, error, publish, cancel).",
+            "engine_messages",
+            "Messages handled by kind (send, reply, error, publish, cancel).",
             labels=["kind"],
         )
         for kind, n in sorted(self.totals().items()):
@@ -160,49 +161,75 @@ class Metrics:
         self.registry.register(self._hot)
         r = self.registry
         self.tasks = Counter(
-            "engine_tasks", "Tasks finished, by status (ok, error, cancelled, timeout).",
-            ["status"], registry=r,
+            "engine_tasks",
+            "Tasks finished, by status (ok, error, cancelled, timeout).",
+            ["status"],
+            registry=r,
         )
         self.task_duration = Histogram(
-            "engine_task_duration_seconds", "Task run time in seconds.", buckets=TASK_BUCKETS,
+            "engine_task_duration_seconds",
+            "Task run time in seconds.",
+            buckets=TASK_BUCKETS,
             registry=r,
         )
         self.workers = Gauge(
-            "engine_workers", "Workers (nodes) by status (ready, busy, lost).", ["status"],
+            "engine_workers",
+            "Workers (nodes) by status (ready, busy, lost).",
+            ["status"],
             registry=r,
         )
         self.node_agents = Gauge(
-            "engine_node_agents", "Agent instances hosted per node and agent type.",
-            ["node", "agent_type"], registry=r,
+            "engine_node_agents",
+            "Agent instances hosted per node and agent type.",
+            ["node", "agent_type"],
+            registry=r,
         )
         self.llm_duration = Histogram(
-            "engine_llm_call_duration_seconds", "LLM call latency in seconds.", ["model"],
-            buckets=TASK_BUCKETS, registry=r,
+            "engine_llm_call_duration_seconds",
+            "LLM call latency in seconds.",
+            ["model"],
+            buckets=TASK_BUCKETS,
+            registry=r,
         )
         self.llm_tokens = Counter(
-            "engine_llm_tokens", "LLM tokens by model and kind (prompt, completion).",
-            ["model", "kind"], registry=r,
+            "engine_llm_tokens",
+            "LLM tokens by model and kind (prompt, completion).",
+            ["model", "kind"],
+            registry=r,
         )
         self.llm_cost = Counter(
-            "engine_llm_cost", "LLM spend in US dollars.", ["model"], registry=r,
+            "engine_llm_cost",
+            "LLM spend in US dollars.",
+            ["model"],
+            registry=r,
         )
         self.cache_requests = Counter(
-            "engine_cache_requests", "Semantic/tool cache lookups by result (hit, miss).",
-            ["result"], registry=r,
+            "engine_cache_requests",
+            "Semantic/tool cache lookups by result (hit, miss).",
+            ["result"],
+            registry=r,
         )
         self.vector_search = Histogram(
-            "engine_vector_search_seconds", "Vector search latency in seconds.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "engine_vector_search_seconds",
+            "Vector search latency in seconds.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "engine_queue_depth", "Messages waiting in mailboxes, by agent type.",
-            ["agent_type"], registry=r,
+            "engine_queue_depth",
+            "Messages waiting in mailboxes, by agent type.",
+            ["agent_type"],
+            registry=r,
         )
         self.pending_tasks = Gauge(
-            "engine_pending_tasks", "Tasks submitted and not yet finished.", registry=r,
+            "engine_pending_tasks",
+            "Tasks submitted and not yet finished.",
+            registry=r,
         )
         self.active_workers = Gauge(
-            "engine_active_workers", "Workers currently running a task.", registry=r,
+            "engine_active_workers",
+            "Workers currently running a task.",
+            registry=r,
         )
 
     # -- hot path ---------------------------------------------------------------------------
@@ -237,8 +264,13 @@ class Metrics:
         self.task_duration.observe(seconds)
 
     def llm_call(
-        self, model: str, seconds: float, *, prompt_tokens: int = 0,
-        completion_tokens: int = 0, cost: float = 0.0,
+        self,
+        model: str,
+        seconds: float,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float = 0.0,
     ) -> None:
         """One LLM call: latency, token counts and its cost in dollars."""
         if prompt_tokens < 0 or completion_tokens < 0 or cost < 0:

@@ -91,8 +91,8 @@ def _delta_buckets(prev: Snapshot | None, cur: Snapshot) -> list[tuple[float, fl
     if prev is None or len(prev.latency_buckets) != len(cur.latency_buckets):
         return cur.latency_buckets
     return [
-        (le, count - p) for (le, count), (_, p) in zip(cur.latency_buckets, prev.latency_buckets,
-                                                       strict=True)
+        (le, count - p)
+        for (le, count), (_, p) in zip(cur.latency_buckets, prev.latency_buckets, strict=True)
     ]
 
 
@@ -124,7 +124,8 @@ def render(prev: Snapshot | None, cur: Snapshot, source: str = "") -> Renderable
         instances[agent_type] += n
     for agent_type in sorted(set(instances) | set(cur.queue_depth)):
         types.add_row(
-            agent_type, f"{instances.get(agent_type, 0):g}",
+            agent_type,
+            f"{instances.get(agent_type, 0):g}",
             f"{cur.queue_depth.get(agent_type, 0):g}",
         )
 
@@ -199,9 +200,15 @@ def _interval(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("top", help="live view of nodes, agent types, queues, throughput, latency")
-    p.add_argument("--url", default="http://127.0.0.1:9100/metrics",
-                   help="metrics endpoint of a broker, node or runtime (host:port is enough)")
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:9100/metrics",
+        help="metrics endpoint of a broker, node or runtime (host:port is enough)",
+    )
     p.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes")
-    p.add_argument("--once", action="store_true",
-                   help="scrape twice, `interval` apart, print one frame and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="scrape twice, `interval` apart, print one frame and exit",
+    )
     p.set_defaults(func=run)

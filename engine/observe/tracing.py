@@ -36,6 +36,7 @@ __all__ = [
     "parse_traceparent",
 ]
 
+
 def _has_otel() -> bool:
     try:  # the optional extra; found without importing it (importing costs ~40 ms)
         return importlib.util.find_spec("opentelemetry.sdk") is not None
@@ -218,14 +219,20 @@ class Tracer:
         otel_parent = None
         if parent_ctx is not None:
             remote = trace.SpanContext(
-                int(parent_ctx.trace_id, 16), int(parent_ctx.span_id, 16), is_remote=True,
+                int(parent_ctx.trace_id, 16),
+                int(parent_ctx.span_id, 16),
+                is_remote=True,
                 trace_flags=trace.TraceFlags(parent_ctx.flags),
             )
             otel_parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
         attrs: dict[str, Any] = {"engine.span_kind": kind, **(attributes or {})}
         with self._tracer.start_as_current_span(
-            name, context=otel_parent, kind=_otel_kind(kind), attributes=attrs,
-            record_exception=True, set_status_on_exception=True,
+            name,
+            context=otel_parent,
+            kind=_otel_kind(kind),
+            attributes=attrs,
+            record_exception=True,
+            set_status_on_exception=True,
         ) as otel_span:
             sc = otel_span.get_span_context()
             ctx = TraceContext(f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags))
@@ -248,7 +255,11 @@ def _otel_kind(kind: str) -> Any:
 
 
 def llm_attributes(
-    system: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
+    system: str,
+    model: str,
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
     operation: str = "chat",
 ) -> dict[str, str | int]:
     """OpenTelemetry GenAI semantic-convention attributes (``gen_ai.*``) for an LLM span."""

@@ -6,6 +6,7 @@ A topic is dotted segments (``"pings.eu"``); a pattern may use whole-segment wil
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Final
 
 import numpy as np
@@ -19,8 +20,10 @@ __all__ = [
     "KIND_TYPE",
     "MAX_TOPIC_LENGTH",
     "POLICIES",
+    "as_index",
     "as_int64",
     "as_kinds",
+    "check_max_topics",
     "check_subscriber",
     "is_exact",
     "parse_pattern",
@@ -79,13 +82,32 @@ def is_exact(segs: tuple[str, ...]) -> bool:
     return "*" not in segs and "#" not in segs
 
 
+def as_index(value: object) -> int | None:
+    """``value`` as an int when it is an integer (``int``, numpy integers), never a bool."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def check_max_topics(max_topics: object) -> int:
+    """The LRU bound on interned topics: an int in 1 .. 2**31 - 1."""
+    n = as_index(max_topics)
+    if n is None or not 1 <= n <= 0x7FFFFFFF:
+        raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
+    return n
+
+
 def check_subscriber(subscriber: object) -> int:
-    """A subscriber is an int that fits in int64."""
-    if not isinstance(subscriber, int) or isinstance(subscriber, bool):
+    """A subscriber is an integer that fits in int64."""
+    sub = as_index(subscriber)
+    if sub is None:
         raise RoutingError(f"subscriber must be an int, got {type(subscriber).__name__}")
-    if not _INT64_MIN <= subscriber <= _INT64_MAX:
-        raise RoutingError(f"subscriber {subscriber} does not fit in int64")
-    return subscriber
+    if not _INT64_MIN <= sub <= _INT64_MAX:
+        raise RoutingError(f"subscriber {sub} does not fit in int64")
+    return sub
 
 
 def _as_array(values: Any, dtype: type[np.integer[Any]], name: str) -> npt.NDArray[Any]:

@@ -22,8 +22,10 @@ from engine.routing._patterns import (
     KIND_TOPIC,
     KIND_TYPE,
     POLICIES,
+    as_index,
     as_int64,
     as_kinds,
+    check_max_topics,
     check_subscriber,
     is_exact,
     parse_pattern,
@@ -54,9 +56,7 @@ class RouterPy:
     """
 
     def __init__(self, *, max_topics: int = 65536) -> None:
-        if not isinstance(max_topics, int) or max_topics < 1:
-            raise RoutingError(f"max_topics must be an int >= 1, got {max_topics!r}")
-        self.max_topics = max_topics
+        self.max_topics = check_max_topics(max_topics)
         # agents, by slot
         self._slot_of: dict[AgentId, int] = {}
         self._agents: list[AgentId | None] = []
@@ -135,7 +135,7 @@ class RouterPy:
 
     def agent(self, slot: int) -> AgentId:
         """The agent registered at ``slot``."""
-        return self._live(slot)
+        return self._agents[self._live(slot)]  # type: ignore[return-value]
 
     def handle(self, agent: AgentId) -> int:
         """A ``KIND_DIRECT`` target for :meth:`route_many`; stale once the agent is removed."""
@@ -145,11 +145,10 @@ class RouterPy:
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def _live(self, slot: object) -> AgentId:
-        if isinstance(slot, int) and 0 <= slot < len(self._agents):
-            agent = self._agents[slot]
-            if agent is not None:
-                return agent
+    def _live(self, slot: object) -> int:
+        s = as_index(slot)
+        if s is not None and 0 <= s < len(self._agents) and self._agents[s] is not None:
+            return s
         raise RoutingError(f"unknown slot {slot!r}")
 
     # -- by type --------------------------------------------------------------------------
@@ -214,15 +213,15 @@ class RouterPy:
 
     def ack(self, slot: int, n: int = 1) -> None:
         """Record ``n`` completions for ``slot`` (its outstanding count never drops below 0)."""
-        self._live(slot)
-        if not isinstance(n, int) or n < 0:
+        s = self._live(slot)
+        count = as_index(n)
+        if count is None or count < 0:
             raise RoutingError(f"ack count must be an int >= 0, got {n!r}")
-        self._outstanding[slot] = max(0, self._outstanding[slot] - n)
+        self._outstanding[s] = max(0, self._outstanding[s] - count)
 
     def outstanding(self, slot: int) -> int:
         """Picks of ``slot`` not yet acknowledged."""
-        self._live(slot)
-        return self._outstanding[slot]
+        return self._outstanding[self._live(slot)]
 
     # -- topics ---------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from engine.messages import (
     TopicId,
 )
 from engine.routing import Router, RouterPy
+from engine.runtime._deadlines import Deadlines
 from engine.runtime._hooks import Hooks, Middleware, compose
 from engine.runtime._queries import Query, QueryState, current_query
 from engine.runtime._remote import Remote
@@ -131,6 +132,11 @@ class Runtime:
         self._types: dict[str, _Type] = {}
         self._subs = Subscriptions()
         self._seq = 0
+        self._other_seqs = 0  # ids drawn by _next_seq (not by send/publish)
+        # Counters off the hot path; sends are derived from _seq (see message_counts).
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("publish", "delivered", "post", "remote_send", "served", "error"), 0
+        )
         self._count = 0
         self._active = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -138,6 +144,7 @@ class Runtime:
         self._started = False
         self._transport = transport
         self._remote = Remote(self, transport)
+        self._deadlines = Deadlines()
         self._background: set[asyncio.Task[Any]] = set()
         self._balancer: RouterPy | _RouterC | None = None  # made by the first balanced type
         self._queries: dict[int, Query] = {}  # id(query) -> query, unfinished only
@@ -195,6 +202,7 @@ class Runtime:
         self._count = 0
         await self._stop_agents(agents)
         self.tools.close()
+        self._deadlines.close()
         if self._transport is not None and self._started:
             await self._transport.close()
         self._wake_idle()
@@ -400,7 +408,7 @@ class Runtime:
             try:
                 await self._start_agent(agent)
             except Exception as exc:
-                raise _remote(exc) from exc
+                raise self._failed(exc) from exc
         return agent
 
     async def spawn(self, agent_id: AgentId) -> Agent:
@@ -572,7 +580,7 @@ class Runtime:
                             return await route.fn(agent, message, ctx)
                         return route.fn(agent, message, ctx)
                     except Exception as exc:
-                        raise _remote(exc) from exc
+                        raise self._failed(exc) from exc
                 if not self._middleware:  # hooks only: same as _call, one coroutine less
                     post = self._post
                     try:
@@ -590,7 +598,7 @@ class Runtime:
                     except Exception as exc:
                         if self._err:
                             self.hooks.call("on_error", ctx, message, exc)
-                        raise _remote(exc) from exc
+                        raise self._failed(exc) from exc
                     return result
             return await self._call(ctx, message)
         finally:
@@ -668,7 +676,7 @@ class Runtime:
         except Exception as exc:
             if self._err:
                 self.hooks.call("on_error", ctx, message, exc)
-            raise _remote(exc) from exc
+            raise self._failed(exc) from exc
         return result
 
     async def _inline_timeout(
@@ -680,16 +688,33 @@ class Runtime:
         self._active += 1
         if not route.concurrent:
             agent._busy = True
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self._deadlines.add(ctx.deadline, task)
         try:
-            async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._call(ctx, message)
-        except TimeoutError:
-            if cm.expired():
+            if self._plain and ctx.query is None:
+                try:
+                    if route.is_async:
+                        result = await route.fn(agent, message, ctx)
+                    else:
+                        result = route.fn(agent, message, ctx)
+                except Exception as exc:
+                    raise self._failed(exc) from exc
+            else:
+                result = await self._call(ctx, message)
+        except asyncio.CancelledError:
+            if deadline[3]:  # expired
+                task.uncancel()
                 raise DeadlineExceeded(
                     f"{agent.id} did not reply to {type(message).__name__} within {timeout}s"
                 ) from None
             raise
+        else:
+            if deadline[3]:  # expired, but the handler swallowed its cancellation
+                task.uncancel()
+            return result
         finally:
+            self._deadlines.done(deadline)
             self._active -= 1
             agent._tick = ctx.seq
             if not route.concurrent:
@@ -710,15 +735,24 @@ class Runtime:
             return await self._queue_and_wait(t, agent, route, message, ctx)
         _check_timeout(timeout)
         ctx.deadline = asyncio.get_running_loop().time() + timeout
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self._deadlines.add(ctx.deadline, task)
         try:
-            async with asyncio.timeout_at(ctx.deadline) as cm:
-                return await self._queue_and_wait(t, agent, route, message, ctx)
-        except TimeoutError:
-            if cm.expired():
+            result = await self._queue_and_wait(t, agent, route, message, ctx)
+        except asyncio.CancelledError:
+            if deadline[3]:  # expired
+                task.uncancel()
                 raise DeadlineExceeded(
                     f"{agent.id} did not reply to {type(message).__name__} within {timeout}s"
                 ) from None
             raise
+        else:
+            if deadline[3]:  # expired
+                task.uncancel()
+            return result
+        finally:
+            self._deadlines.done(deadline)
 
     async def _queue_and_wait(
         self, t: _Type, agent: Agent, route: Route, message: Any, ctx: Context
@@ -833,7 +867,7 @@ class Runtime:
                         task.uncancel()  # only this request was cancelled; keep draining
                 except Exception as exc:
                     if not fut.done():
-                        fut.set_exception(_remote(exc))
+                        fut.set_exception(self._failed(exc))
                 else:
                     if not fut.done():
                         fut.set_result(result)
@@ -860,6 +894,22 @@ class Runtime:
             self._active -= 1
             if fut is not None and not fut.done():
                 fut.set_exception(UndeliverableError(reason))
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """Count a handler failure; what its sender sees (see ``_remote``)."""
+        self._counts["error"] += 1
+        return _remote(exc)
+
+    def message_counts(self) -> dict[str, int]:
+        """Totals since start by kind, for metrics (``engine_messages_total{kind}``).
+
+        ``send`` local requests, ``publish`` publish calls, ``delivered`` their local
+        deliveries, ``post`` one-way sends, ``remote_send`` requests through the
+        transport, ``served`` inbound requests handled here, ``error`` handler failures.
+        """
+        counts = dict(self._counts)
+        sends = self._seq - self._other_seqs - counts["publish"]
+        return {"send": sends, **counts}
 
     def _publish_failed(self, ctx: Context, message: Any, exc: Exception) -> None:
         log.error(
@@ -960,6 +1010,9 @@ class Runtime:
                     f"published {type(message).__name__} dropped for full mailboxes: "
                     + ", ".join(full)
                 )
+        counts = self._counts
+        counts["publish"] += 1
+        counts["delivered"] += delivered
         if self._transport is not None and self._started and not local_only:
             self._remote.publish(message, topic_id, seq, sender, traceparent)
         return delivered
@@ -991,6 +1044,7 @@ class Runtime:
             agent = await self._ensure(t, to)
         route = agent._routes.get(type(message)) or self._no_route(agent, message)
         seq = self._next_seq()
+        self._counts["post"] += 1
         query = current_query.get()
         ctx = Context(self, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if route.concurrent:
@@ -1050,8 +1104,7 @@ class Runtime:
             async def body(q: Query) -> Any:
                 return await self.send(msg, to=to, timeout=timeout)
 
-        self._seq += 1
-        q = Query(body, name or f"q{self._seq}")
+        q = Query(body, name or f"q{self._next_seq()}")
         self._queries[id(q)] = q
         q.add_listener(self._query_changed)
         return q.start() if start else q
@@ -1109,6 +1162,7 @@ class Runtime:
 
     def _next_seq(self) -> int:
         self._seq += 1
+        self._other_seqs += 1
         return self._seq
 
 

@@ -62,6 +62,7 @@ class Remote:
         assert transport is not None
         rt = self.rt
         seq = rt._next_seq()
+        rt._counts["remote_send"] += 1
         mid = MessageId(rt.origin, seq)
         env = Envelope(
             id=mid,
@@ -184,6 +185,7 @@ class Remote:
                     f"cannot handle a {kind.name} envelope"
                     + ("" if envelope.recipient else " without recipient")
                 )
+            rt._counts["served"] += 1
             timeout = None
             if envelope.deadline:
                 timeout = max(envelope.deadline - time.time(), 1e-3)

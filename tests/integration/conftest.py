@@ -12,8 +12,11 @@ import pytest
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if "slow" in (config.getoption("markexpr") or ""):
         return
-    slow = [item for item in items if item.get_closest_marker("slow") is not None
-            and "integration" in str(item.path)]
+    slow = [
+        item
+        for item in items
+        if item.get_closest_marker("slow") is not None and "integration" in str(item.path)
+    ]
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item not in slow]
