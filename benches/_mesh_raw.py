@@ -3,7 +3,8 @@
 ``python benches/_mesh_raw.py broker PORT [CURVE_DIR]`` / ``node ENDPOINT [CURVE_DIR]``.
 The broker does the same forwarding as the engine's (client -> round-robin node -> back to
 the client) with the loop the issue's measured hints recommend (poll once, drain with
-NOBLOCK), one send per message, no envelopes, no acks, no reliability.
+NOBLOCK), one send per message, no envelopes, no acks, no reliability. It uses the same
+pyzmq fast paths as the engine (int flags, draining while EVENTS & POLLIN).
 
 Frames: client -> broker [kind, seq, payload]; broker -> node [kind, client, seq, payload];
 node -> broker [kind, client, seq, payload]; broker -> client [kind, seq, payload].
@@ -17,6 +18,15 @@ from typing import Any
 
 import zmq
 import zmq.auth
+
+NOBLOCK, MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+def send(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+    for frame in frames[:-1]:
+        sock.send(frame, MORE)
+    sock.send(frames[-1], NOBLOCK)
 
 
 def _curve_server(ctx: zmq.Context[Any], sock: zmq.Socket[Any], keys: str) -> Any:
@@ -49,17 +59,16 @@ def broker(port: int, keys: str | None) -> None:
     rr = 0
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    recv, send, noblock = sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
+    recv = sock.recv_multipart
     while True:
         poller.poll()
-        while True:
-            try:
-                msg = recv(noblock)
-            except zmq.Again:
-                break
+        first = True
+        while first or int(sock.getsockopt(EVENTS)) & POLLIN:
+            first = False
+            msg = recv(NOBLOCK)
             ident = msg[0]
             if ident in node_set:
-                send([msg[2], msg[1], msg[3], msg[4]])
+                send(sock, [msg[2], msg[1], msg[3], msg[4]])
             elif msg[1] == b"READY":
                 nodes.append(ident)
                 node_set.add(ident)
@@ -69,7 +78,7 @@ def broker(port: int, keys: str | None) -> None:
                 return
             else:
                 rr = (rr + 1) % len(nodes)
-                send([nodes[rr], msg[1], ident, msg[2], msg[3]])
+                send(sock, [nodes[rr], msg[1], ident, msg[2], msg[3]])
 
 
 def node(endpoint: str, keys: str | None) -> None:
@@ -85,20 +94,19 @@ def node(endpoint: str, keys: str | None) -> None:
     count = 0
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    recv, send, noblock = sock.recv_multipart, sock.send_multipart, zmq.NOBLOCK
+    recv = sock.recv_multipart
     while True:
         poller.poll()
-        while True:
-            try:
-                kind, client, seq, payload = recv(noblock)
-            except zmq.Again:
-                break
+        first = True
+        while first or int(sock.getsockopt(EVENTS)) & POLLIN:
+            first = False
+            kind, client, seq, payload = recv(NOBLOCK)
             if kind == b"R":
-                send([kind, client, seq, payload])
+                send(sock, [kind, client, seq, payload])
             elif kind == b"O":
                 count += 1
             else:
-                send([kind, client, seq, str(count).encode()])
+                send(sock, [kind, client, seq, str(count).encode()])
                 count = 0
 
 

@@ -1,7 +1,12 @@
-"""Agents for benches/bench_mesh.py (imported by `engine node` subprocesses)."""
+"""Agents for benches/bench_mesh.py (imported by `engine node` subprocesses).
+
+``Bench`` is an ``engine.Agent`` (hosted on the node's in-process Runtime, the default
+path); ``PlainBench`` is the same as a plain class (hosted by ``AgentHost``).
+"""
 
 from __future__ import annotations
 
+from engine import Agent, Context, handler
 from engine.messages import Message
 
 
@@ -15,9 +20,21 @@ class Tick(Message):
     blob: bytes = b""
 
 
-class Bench:
+class Bench(Agent):
     """Echoes Ping; swallows Tick (one-way)."""
 
+    type_name = "bench"
+
+    @handler
+    async def on_ping(self, msg: Ping, ctx: Context) -> Ping:
+        return msg
+
+    @handler
+    async def on_tick(self, msg: Tick, ctx: Context) -> None:
+        return None
+
+
+class PlainBench:
     type_name = "bench"
 
     async def on_ping(self, msg: Ping) -> Ping:

@@ -1,10 +1,16 @@
-"""Agents shared by the mesh tests (importable by node subprocesses as ``mesh_agents``)."""
+"""Agents shared by the mesh tests (importable by node subprocesses as ``mesh_agents``).
+
+``Echo`` and ``Listener`` are ``engine.Agent`` subclasses, so nodes run them on the
+in-process Runtime; ``PlainEcho`` is a plain class (served by ``AgentHost``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from typing import ClassVar
 
+from engine import Agent, Context, handler
 from engine.messages import Message
 
 
@@ -26,26 +32,44 @@ class Sleep(Message):
     n: int = 0
 
 
-class Echo:
-    """Answers Ping(n) with Pong(n + 1, node=<pid>)."""
+def _node() -> str:
+    return os.environ.get("MESH_NODE_NAME", str(os.getpid()))
 
-    async def on_ping(self, msg: Ping, ctx: object) -> Pong:
-        return Pong(msg.n + 1, node=os.environ.get("MESH_NODE_NAME", str(os.getpid())))
 
-    async def on_boom(self, msg: Boom) -> Pong:
+class Echo(Agent):
+    """Answers Ping(n) with Pong(n + 1, node=<node name>)."""
+
+    @handler
+    async def on_ping(self, msg: Ping, ctx: Context) -> Pong:
+        return Pong(msg.n + 1, node=_node())
+
+    @handler
+    async def on_boom(self, msg: Boom, ctx: Context) -> Pong:
         raise ValueError(msg.text)
 
-    async def on_sleep(self, msg: Sleep) -> Pong:
+    @handler(concurrent=True)
+    async def on_sleep(self, msg: Sleep, ctx: Context) -> Pong:
         await asyncio.sleep(msg.seconds)
-        return Pong(msg.n, node=os.environ.get("MESH_NODE_NAME", str(os.getpid())))
+        return Pong(msg.n, node=_node())
 
 
-class Listener:
+class Listener(Agent):
     """Records pings published on ``pings.*`` (per process, in ``SEEN``)."""
 
     type_name = "listener"
     topics = ("pings.*",)
-    SEEN: list[tuple[str, int]] = []
+    SEEN: ClassVar[list[tuple[str, int]]] = []
 
-    async def on_ping(self, msg: Ping) -> None:
-        Listener.SEEN.append((getattr(self, "id", None).key if hasattr(self, "id") else "", msg.n))
+    @handler
+    async def on_ping(self, msg: Ping, ctx: Context) -> None:
+        Listener.SEEN.append((self.id.key, msg.n))
+
+
+class PlainEcho:
+    """Not an engine Agent: typed async methods, served by ``AgentHost``."""
+
+    async def on_ping(self, msg: Ping, ctx: object) -> Pong:
+        return Pong(msg.n + 1, node="plain")
+
+    async def on_boom(self, msg: Boom) -> Pong:
+        raise ValueError(msg.text)

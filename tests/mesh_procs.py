@@ -34,14 +34,23 @@ def env() -> dict[str, str]:
 class Proc:
     """A child process whose first stdout line signals readiness."""
 
-    def __init__(self, args: Sequence[str], ready: str, timeout: float = 20.0,
-                 prefix: Sequence[str] = (), extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        ready: str,
+        timeout: float = 20.0,
+        prefix: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         e = env()
         e.update(extra_env or {})
         self.args = list(args)
         self.popen = subprocess.Popen(
             [*prefix, sys.executable, "-m", "engine.cli", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, cwd=str(ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=e,
+            cwd=str(ROOT),
             start_new_session=True,
         )
         self.line = self._wait_line(ready, timeout)
@@ -89,15 +98,37 @@ class Proc:
 
 
 def broker(port: int, *extra: str, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Proc:
-    return Proc(["broker", "--bind", f"tcp://{host}:{port}", "--heartbeat", "0.2", *extra],
-                "broker listening", prefix=prefix)
+    return Proc(
+        ["broker", "--bind", f"tcp://{host}:{port}", "--heartbeat", "0.2", *extra],
+        "broker listening",
+        prefix=prefix,
+    )
 
 
-def node(endpoint: str, name: str, *extra: str, agents: str = "mesh_agents:Echo",
-         prefix: Sequence[str] = ()) -> Proc:
-    return Proc(["node", "--connect", endpoint, "--agents", agents, "--name", name,
-                 "--heartbeat", "0.2", *extra], "serving", prefix=prefix,
-                extra_env={"MESH_NODE_NAME": name})
+def node(
+    endpoint: str,
+    name: str,
+    *extra: str,
+    agents: str = "mesh_agents:Echo",
+    prefix: Sequence[str] = (),
+) -> Proc:
+    return Proc(
+        [
+            "node",
+            "--connect",
+            endpoint,
+            "--agents",
+            agents,
+            "--name",
+            name,
+            "--heartbeat",
+            "0.2",
+            *extra,
+        ],
+        "serving",
+        prefix=prefix,
+        extra_env={"MESH_NODE_NAME": name},
+    )
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from mesh_agents import Boom, Echo, Listener, Ping, Pong, Sleep
 from mesh_procs import free_port
 
 from engine import cli
-from engine.errors import RemoteError, UndeliverableError
+from engine.errors import EncodeError, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
@@ -44,11 +44,14 @@ def test_routing_direct_by_type_topic_and_errors(broker: Broker) -> None:
 
     async def main() -> None:
         Listener.SEEN.clear()
-        async with Node(ep, {"echo": Echo, "listener": Listener}, name="a", heartbeat=HB) as a, \
-                Node(ep, {"echo": Echo}, name="b", heartbeat=HB) as b, \
-                MeshClient(ep, heartbeat=HB) as c:
+        async with (
+            Node(ep, {"echo": Echo, "listener": Listener}, name="a", heartbeat=HB) as a,
+            Node(ep, {"echo": Echo}, name="b", heartbeat=HB) as b,
+            MeshClient(ep, heartbeat=HB) as c,
+        ):
             assert (await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)) == Pong(
-                2, node=os.environ.get("MESH_NODE_NAME", str(os.getpid())))
+                2, node=os.environ.get("MESH_NODE_NAME", str(os.getpid()))
+            )
             await asyncio.gather(*(c.send(Ping(i), to=AgentId("echo", "*")) for i in range(40)))
             assert a.stats["executed"] > 5 and b.stats["executed"] > 5  # both nodes serve
             with pytest.raises(RemoteError, match="ValueError: kaput"):
@@ -71,10 +74,13 @@ def test_credit_window_bounds_deliveries_to_a_slow_node(broker: Broker) -> None:
     ep = broker.endpoints[0]
 
     async def main() -> None:
-        async with Node(ep, {"echo": Echo}, name="slow", concurrency=1, heartbeat=HB), \
-                MeshClient(ep, heartbeat=HB) as c:
-            work = asyncio.gather(*(c.send(Sleep(0.01, i), to=AgentId("echo", "*"))
-                                    for i in range(30)))
+        async with (
+            Node(ep, {"echo": Echo}, name="slow", concurrency=1, heartbeat=HB),
+            MeshClient(ep, heartbeat=HB) as c,
+        ):
+            work = asyncio.gather(
+                *(c.send(Sleep(0.01, i), to=AgentId("echo", "*")) for i in range(30))
+            )
             peak = 0
             while not work.done():
                 info = broker.peers()["slow"]
@@ -90,8 +96,15 @@ def test_credit_window_bounds_deliveries_to_a_slow_node(broker: Broker) -> None:
 def test_random_and_truncated_frames_do_not_stop_the_broker(broker: Broker) -> None:
     ep = broker.endpoints[0]
     rng = random.Random(4)
-    good = encode(Envelope(MessageId("fz", 1), Kind.SEND, recipient=AgentId("echo", "x"),
-                           payload_type="Ping", payload=encode_payload(Ping(1))))
+    good = encode(
+        Envelope(
+            MessageId("fz", 1),
+            Kind.SEND,
+            recipient=AgentId("echo", "x"),
+            payload_type="Ping",
+            payload=encode_payload(Ping(1)),
+        )
+    )
     junk: list[list[bytes]] = [
         [rng.randbytes(rng.randrange(0, 40)) for _ in range(rng.randrange(1, 5))]
         for _ in range(300)
@@ -107,13 +120,16 @@ def test_random_and_truncated_frames_do_not_stop_the_broker(broker: Broker) -> N
         raw.setsockopt(zmq.LINGER, 0)
         raw.connect(ep)
         # register as an orchestrator so the broker parses its DELIVERs too
-        raw.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
-            P.Register("fuzzer", role=P.Role.ORCHESTRATOR))))
+        raw.send_multipart(
+            P.frames(P.FrameKind.REGISTER, P.encode(P.Register("fuzzer", role=P.Role.ORCHESTRATOR)))
+        )
         await asyncio.sleep(0.05)
         for msg in junk:
             raw.send_multipart(msg)
-        async with Node(ep, {"echo": Echo}, name="ok", heartbeat=HB), \
-                MeshClient(ep, heartbeat=HB) as c:
+        async with (
+            Node(ep, {"echo": Echo}, name="ok", heartbeat=HB),
+            MeshClient(ep, heartbeat=HB) as c,
+        ):
             for _ in range(3):
                 for msg in junk[:50]:
                     raw.send_multipart(msg)
@@ -142,8 +158,10 @@ def test_hmac_required_drops_unsigned_peers() -> None:
     ep = b.endpoints[0]
 
     async def main() -> None:
-        async with Node(ep, {"echo": Echo}, heartbeat=HB, hmac_key=b"k1"), \
-                MeshClient(ep, heartbeat=HB, hmac_key=b"k1") as c:
+        async with (
+            Node(ep, {"echo": Echo}, heartbeat=HB, hmac_key=b"k1"),
+            MeshClient(ep, heartbeat=HB, hmac_key=b"k1") as c,
+        ):
             assert (await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)).n == 2
         with pytest.raises(TimeoutError):
             await MeshClient(ep, heartbeat=HB).start(timeout=0.5)
@@ -164,23 +182,32 @@ class _Rejecter:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(ep)
-        self.sock.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
-            P.Register("rejecter", types=["flaky"], credit=4, heartbeat_ms=100_000))))
+        self.sock.send_multipart(
+            P.frames(
+                P.FrameKind.REGISTER,
+                P.encode(P.Register("rejecter", types=["flaky"], credit=4, heartbeat_ms=100_000)),
+            )
+        )
 
     async def serve(self) -> None:
         while True:
             if self.sock.poll(0):
                 msg = self.sock.recv_multipart()
                 if msg[0] == P.header(P.FrameKind.DELIVER):
-                    items = [P.NackItem(msgspec.msgpack.decode(b, type=Envelope).id,
-                                        P.NackCode.REJECTED, "no") for b in msg[1:]]
+                    items = [
+                        P.NackItem(
+                            msgspec.msgpack.decode(b, type=Envelope).id, P.NackCode.REJECTED, "no"
+                        )
+                        for b in msg[1:]
+                    ]
                     self.sock.send_multipart(P.frames(P.FrameKind.NACK, P.encode_nacks(items)))
             else:
                 await asyncio.sleep(0.002)
 
 
-def test_dead_letters_are_listed_and_replayed(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_dead_letters_are_listed_and_replayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 'mesh.db'}"
     b = Broker("tcp://127.0.0.1:0", heartbeat=HB, store=url, max_attempts=3)
     b.start()
@@ -204,9 +231,11 @@ def test_dead_letters_are_listed_and_replayed(tmp_path: Path,
         async def serve_flaky() -> None:
             class Flaky(Echo):
                 pass
+
             async with Node(ep, {"flaky": Flaky}, name="fixed", heartbeat=HB) as node:
                 code = await asyncio.to_thread(
-                    cli.main, ["dlq", "replay", "--store", url, "--connect", ep])
+                    cli.main, ["dlq", "replay", "--store", url, "--connect", ep]
+                )
                 assert code == 0
                 for _ in range(200):
                     if node.stats["executed"]:
@@ -232,11 +261,23 @@ def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -
         raw = zmq.Context.instance().socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 1000)
         raw.connect(ep)
-        raw.send_multipart(P.frames(P.FrameKind.REGISTER, P.encode(
-            P.Register("once", role=P.Role.ORCHESTRATOR))))
-        raw.send_multipart(P.frames(P.FrameKind.DELIVER, encode(Envelope(
-            MessageId("once", 1), Kind.SEND, recipient=AgentId("echo", "p"),
-            payload_type="Ping", payload=encode_payload(Ping(9))))))
+        raw.send_multipart(
+            P.frames(P.FrameKind.REGISTER, P.encode(P.Register("once", role=P.Role.ORCHESTRATOR)))
+        )
+        raw.send_multipart(
+            P.frames(
+                P.FrameKind.DELIVER,
+                encode(
+                    Envelope(
+                        MessageId("once", 1),
+                        Kind.SEND,
+                        recipient=AgentId("echo", "p"),
+                        payload_type="Ping",
+                        payload=encode_payload(Ping(9)),
+                    )
+                ),
+            )
+        )
         for _ in range(200):
             if first.queued:
                 break
@@ -268,9 +309,12 @@ def test_metrics_endpoint_exports_broker_counters() -> None:
     b = Broker("tcp://127.0.0.1:0", heartbeat=HB, metrics_port=port)
     b.start()
     try:
+
         async def main() -> None:
-            async with Node(b.endpoints[0], {"echo": Echo}, heartbeat=HB), \
-                    MeshClient(b.endpoints[0], heartbeat=HB) as c:
+            async with (
+                Node(b.endpoints[0], {"echo": Echo}, heartbeat=HB),
+                MeshClient(b.endpoints[0], heartbeat=HB) as c,
+            ):
                 await c.send(Ping(1), to=AgentId("echo", "m"), timeout=5)
 
         run(main())
@@ -291,10 +335,60 @@ def test_bad_arguments_are_typed_errors() -> None:
     with pytest.raises(EngineError, match="cannot load agent class"):
         load_agent_classes("mesh_agents:Missing")
     assert load_agent_classes("mesh_agents:Echo,lst=mesh_agents:Listener") == {
-        "echo": Echo, "lst": Listener}
+        "echo": Echo,
+        "lst": Listener,
+    }
     with pytest.raises(EngineError, match="unsupported store URL"):
         Broker(store="postgres://x")
     with pytest.raises(ValueError, match="concurrency"):
         MeshClient("tcp://127.0.0.1:1", concurrency=0)
 
 
+def test_plain_classes_are_hosted_without_the_runtime(broker: Broker) -> None:
+    from mesh_agents import PlainEcho
+
+    from engine.mesh import AgentHost
+
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with (
+            Node(ep, {"plain": PlainEcho}, name="p", heartbeat=HB) as node,
+            MeshClient(ep, heartbeat=HB) as c,
+        ):
+            assert isinstance(node.host, AgentHost)
+            assert await c.send(Ping(1), to=AgentId("plain", "x"), timeout=5) == Pong(2, "plain")
+            with pytest.raises(RemoteError, match="ValueError: bad"):
+                await c.send(Boom("bad"), to=AgentId("plain", "x"), timeout=5)
+            with pytest.raises(RemoteError, match="no handler for 'Sleep'"):
+                await c.send(Sleep(0.0), to=AgentId("plain", "x"), timeout=5)
+
+    run(main())
+
+
+def test_oversized_messages_are_cut_off_and_the_broker_keeps_serving() -> None:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, max_frame=16_384)
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(ep)
+        raw.send_multipart(
+            P.frames(P.FrameKind.REGISTER, P.encode(P.Register("big", role=P.Role.ORCHESTRATOR)))
+        )
+        await asyncio.sleep(0.1)
+        before = b.stats["received"]
+        raw.send_multipart(P.frames(P.FrameKind.DELIVER, b"\x00" * 100_000))
+        async with Node(ep, {"echo": Echo}, heartbeat=HB), MeshClient(ep, heartbeat=HB) as c:
+            assert (await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)).n == 2
+            with pytest.raises(EncodeError, match="exceeds the broker's limit"):
+                await c.send(Boom("x" * 20_000), to=AgentId("echo", "x"), timeout=1)
+        raw.close()
+        assert b.stats["received"] - before < 20  # the 100 kB message never reached routing
+
+    try:
+        run(main())
+    finally:
+        b.stop()

@@ -38,8 +38,10 @@ def test_curve_allow_list_and_roles(tmp_path: Path) -> None:
     ep = b.endpoints[0]
 
     async def main() -> None:
-        async with Node(ep, {"echo": Echo}, heartbeat=HB, curve_dir=str(keys)), \
-                MeshClient(ep, heartbeat=HB, curve_dir=str(keys)) as c:
+        async with (
+            Node(ep, {"echo": Echo}, heartbeat=HB, curve_dir=str(keys)),
+            MeshClient(ep, heartbeat=HB, curve_dir=str(keys)) as c,
+        ):
             assert (await c.send(Ping(1), to=AgentId("echo", "s"), timeout=5)).n == 2
             # unknown key: the handshake fails, nothing ever registers
             with pytest.raises(TimeoutError, match="no mesh broker answered"):
@@ -49,8 +51,9 @@ def test_curve_allow_list_and_roles(tmp_path: Path) -> None:
                 await MeshClient(ep, heartbeat=HB).start(timeout=0.5)
             # a worker key may not register as an orchestrator
             with pytest.raises(EngineError, match="may only register as worker"):
-                await MeshClient(ep, heartbeat=HB, curve_dir=str(keys),
-                                 curve_key="worker").start(timeout=5)
+                await MeshClient(ep, heartbeat=HB, curve_dir=str(keys), curve_key="worker").start(
+                    timeout=5
+                )
             assert (await c.send(Ping(2), to=AgentId("echo", "s"), timeout=5)).n == 3
             assert len(b.peers()) == 2  # only the two allow-listed peers ever registered
 

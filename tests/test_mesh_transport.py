@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from mesh_agents import Ping
+from mesh_agents import Boom, Echo, Ping, Pong
 
-from engine.mesh import Broker, MeshTransport
+from engine import Agent, Context, Runtime, handler
+from engine.errors import RemoteError, UndeliverableError
+from engine.mesh import Broker, MeshClient, MeshTransport, Node
 from engine.messages import (
     AgentId,
     Envelope,
@@ -22,6 +24,12 @@ from engine.messages import (
 
 pytestmark = pytest.mark.timeout(60)
 HB = 0.1
+
+
+class Doubler(Agent):
+    @handler
+    async def on_ping(self, msg: Ping, ctx: Context) -> Pong:
+        return Pong(msg.n * 2, node="runtime")
 
 
 class FakeRuntime:
@@ -38,15 +46,27 @@ class FakeRuntime:
         self.inbox.append(env)
         if env.kind is Kind.SEND:  # serve "echo": Ping(n) -> Ping(n * 10)
             msg = decode_payload(env.payload, Ping)
-            self.transport.send(Envelope(self.ids.next(), Kind.REPLY, sender=env.recipient,
-                                         correlation=env.id, payload_type="Ping",
-                                         payload=encode_payload(Ping(msg.n * 10))))
+            self.transport.send(
+                Envelope(
+                    self.ids.next(),
+                    Kind.REPLY,
+                    sender=env.recipient,
+                    correlation=env.id,
+                    payload_type="Ping",
+                    payload=encode_payload(Ping(msg.n * 10)),
+                )
+            )
         elif env.correlation in self.waiters:
             self.waiters.pop(env.correlation).set_result(env)
 
     async def call(self, n: int, type_: str) -> Envelope:
-        env = Envelope(self.ids.next(), Kind.SEND, recipient=AgentId(type_, "k"),
-                       payload_type="Ping", payload=encode_payload(Ping(n)))
+        env = Envelope(
+            self.ids.next(),
+            Kind.SEND,
+            recipient=AgentId(type_, "k"),
+            payload_type="Ping",
+            payload=encode_payload(Ping(n)),
+        )
         fut = asyncio.get_running_loop().create_future()
         self.waiters[env.id] = fut
         self.transport.send(env)
@@ -77,8 +97,15 @@ def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:
             await asyncio.sleep(0.01)
         replies = await asyncio.gather(*(client.call(i, "echo") for i in range(300)))
         assert [decode_payload(r.payload, Ping).n for r in replies] == [i * 10 for i in range(300)]
-        tb.send(Envelope(client.ids.next(), Kind.PUBLISH, topic=TopicId("news.eu"),
-                         payload_type="Ping", payload=encode_payload(Ping(5))))
+        tb.send(
+            Envelope(
+                client.ids.next(),
+                Kind.PUBLISH,
+                topic=TopicId("news.eu"),
+                payload_type="Ping",
+                payload=encode_payload(Ping(5)),
+            )
+        )
         for _ in range(100):
             if any(e.kind is Kind.PUBLISH for e in server.inbox):
                 break
@@ -93,3 +120,36 @@ def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:
         await ta.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_runtime_with_mesh_reaches_nodes_and_serves_mesh_traffic(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"echo": Echo}, name="remote", heartbeat=HB), Runtime(mesh=ep) as rt:
+            rt.register("doubler", Doubler)
+            # the runtime's send reaches an agent on another node
+            assert (await rt.send(Ping(1), to=AgentId("echo", "a"), timeout=5)).n == 2
+            replies = await asyncio.gather(
+                *(rt.send(Ping(i), to=AgentId("echo", f"k{i}"), timeout=5) for i in range(100))
+            )
+            assert [r.n for r in replies] == [i + 1 for i in range(100)]
+            with pytest.raises(RemoteError, match="nope"):
+                await rt.send(Boom("nope"), to=AgentId("echo", "a"), timeout=5)
+            with pytest.raises(UndeliverableError, match="ghost"):
+                await rt.send(Ping(1), to=AgentId("ghost", "a"), timeout=5)
+            # and the runtime's local agents serve mesh traffic
+            for _ in range(100):
+                if "doubler" in broker.peers().get(rt._transport.peer.name, {}).get("types", []):
+                    break
+                await asyncio.sleep(0.01)
+            async with MeshClient(ep, heartbeat=HB) as c:
+                got = await c.send(Ping(21), to=AgentId("doubler", "z"), timeout=5)
+                assert got == Pong(42, node="runtime")
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_runtime_rejects_mesh_and_transport_together() -> None:
+    with pytest.raises(ValueError, match="either mesh= or transport="):
+        Runtime(mesh="tcp://127.0.0.1:1", transport=MeshTransport("tcp://127.0.0.1:1"))

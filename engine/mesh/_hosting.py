@@ -105,6 +105,9 @@ def _message_classes(ann: Any) -> list[type]:
 class AgentHost:
     """Runs agent classes for a node; implements the peer's ``Host`` protocol."""
 
+    #: Handlers may start outside a task (the peer runs them eagerly; see MeshPeer._start).
+    eager = True
+
     def __init__(self, classes: dict[str, type], *, max_instances: int = 100_000) -> None:
         self._classes = dict(classes)
         self._handlers = {t: _Handlers(c) for t, c in classes.items()}

@@ -31,6 +31,7 @@ import zmq
 
 from engine.errors import DecodeError, ProtocolError, RoutingError
 from engine.mesh import protocol as P
+from engine.mesh._io import readable, recv_frames, recv_zmq_frames, send_frames
 from engine.mesh._routing import make_router
 from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
@@ -148,6 +149,7 @@ class Broker:
         self.broker_id = os.urandom(8).hex()
         self.curve = CurveServer.from_dir(curve_dir) if curve_dir else None
         self.store: MemoryStore = open_store(store)
+        self._persist = store is not None  # PERF: no key strings per message without a store
         self.metrics_port = metrics_port
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -257,23 +259,20 @@ class Broker:
     def _loop(self, sock: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        recv = sock.recv_multipart
-        noblock = zmq.NOBLOCK
         curve = self.curve is not None
         tick = min(self.heartbeat, 0.05)
         next_tick = time.monotonic() + tick
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             if poller.poll(int(timeout * 1000) + 1):
-                for _ in range(self.batch):
-                    try:
-                        if curve:
-                            parts = recv(noblock, copy=False)
-                            self._on_curve_message(parts)
-                        else:
-                            self._on_message(recv(noblock))
-                    except zmq.Again:
+                # poll() saw a message: take it, then drain while more are ready
+                for i in range(self.batch):
+                    if i and not readable(sock):
                         break
+                    if curve:
+                        self._on_curve_message(recv_zmq_frames(sock))
+                    else:
+                        self._on_message(recv_frames(sock))
             now = time.monotonic()
             if now >= next_tick:
                 self._tick(now)
@@ -517,12 +516,46 @@ class Broker:
                 self._bad(peer.ident, ProtocolError(f"cannot submit a {env.kind.name} envelope"))
                 continue
             self.stats["submitted"] += 1
+            if env.kind is Kind.CANCEL:
+                self._cancel(peer, env, body)
+                continue
             if self._queued >= self.max_queued:
                 self._nack(peer.ident, env.id, NackCode.BUSY, "broker queue full")
                 continue
             d = _Delivery(env, body, peer.ident, [1])
-            self.store.add(_key(env.id), body)
+            if self._persist:
+                self.store.add(_key(env.id), body)
             self._route(d)
+
+    def _cancel(self, source: _Peer, env: Envelope, body: bytes) -> None:
+        """Forward a CANCEL to the peer running its request; drop the request if queued.
+
+        CANCEL is not tracked as a delivery (it may carry the request's own id); the
+        submitter gets its ACK at once.
+        """
+        target = env.correlation or env.id
+        for peer in self._peers.values():
+            if target in peer.inflight:
+                out = self._out.get(peer.ident)
+                if out is None:
+                    out = self._out[peer.ident] = _Out()
+                out.deliver.append(body)
+                break
+            for d in peer.queue:
+                if d.key == target:
+                    peer.queue.remove(d)
+                    self._queued -= 1
+                    if d.slot >= 0:
+                        self._router.ack(d.slot)
+                    self.store.remove(_key(d.key))
+                    break
+            else:
+                continue
+            break
+        out = self._out.get(source.ident)
+        if out is None:
+            out = self._out[source.ident] = _Out()
+        out.acks.append(env.id)
 
     def _route(self, d: _Delivery) -> None:
         env = d.env
@@ -682,7 +715,7 @@ class Broker:
             self._router.ack(d.slot)
         self._dirty.add(peer.ident)
         d.group[0] -= 1
-        if d.group[0] <= 0:
+        if d.group[0] <= 0 and self._persist:
             self.store.remove(_key(d.key))
 
     def _retry(self, d: _Delivery, why: str) -> None:
@@ -707,7 +740,7 @@ class Broker:
     def _finish(self, d: _Delivery, code: int, reason: str) -> None:
         """End a delivery without a node's answer: NACK the submitter when ``code``."""
         d.group[0] -= 1
-        if d.group[0] <= 0:
+        if d.group[0] <= 0 and self._persist:
             self.store.remove(_key(d.key))
         if code:
             dest = d.source or self._origins.get(d.key.origin)
@@ -797,7 +830,7 @@ class Broker:
         if self.hmac_key is not None:
             P.sign(frames, self.hmac_key)
         try:
-            sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+            send_frames(sock, [ident, *frames])
         except zmq.Again:
             log.warning("peer %s not reading (send queue full): message dropped", ident.hex())
             return False

@@ -1,15 +1,37 @@
-"""A mesh node: a DEALER peer hosting agent classes (``engine node``)."""
+"""A mesh node: a DEALER peer hosting agent classes (``engine node``).
+
+``engine.Agent`` subclasses run on an in-process :class:`engine.Runtime` (mailboxes,
+actor semantics, hooks, middleware — everything the runtime offers); plain classes with
+typed ``async`` methods run on the small :class:`~engine.mesh.AgentHost`. A class's
+``topics`` attribute (patterns such as ``"pings.*"``) subscribes its type to them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from engine.mesh._hosting import AgentHost, load_agent_classes
-from engine.mesh.peer import MeshPeer
+from engine.mesh.peer import Host, MeshPeer
 from engine.mesh.protocol import Role
 from engine.mesh.security import CurveClient
 
-__all__ = ["Node"]
+__all__ = ["Node", "make_host"]
+
+
+def make_host(classes: dict[str, type]) -> Host:
+    """A Runtime for ``engine.Agent`` subclasses, else an :class:`AgentHost`."""
+    from engine.agents import Agent
+
+    if not all(isinstance(c, type) and issubclass(c, Agent) for c in classes.values()):
+        return AgentHost(classes)
+    from engine.runtime import Runtime
+
+    rt = Runtime()
+    for type_name, cls in classes.items():
+        rt.register(type_name, cls)
+        for pattern in getattr(cls, "topics", ()) or ():
+            rt.subscribe(type_name, topic=pattern)
+    return rt
 
 
 class Node(MeshPeer):
@@ -37,8 +59,14 @@ class Node(MeshPeer):
             connect,
             name=name,
             role=role,
-            host=AgentHost(classes),
+            host=make_host(classes),
             concurrency=concurrency,
             curve=curve,
             **kwargs,
         )
+
+    async def close(self, graceful: bool = True, timeout: float = 5.0) -> None:
+        await super().close(graceful, timeout)
+        stop = getattr(self.host, "stop", None)
+        if stop is not None:
+            await stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -25,12 +26,14 @@ import zmq
 
 from engine.errors import (
     DecodeError,
+    EncodeError,
     EngineError,
     ProtocolError,
     RemoteError,
     UndeliverableError,
 )
 from engine.mesh import protocol as P
+from engine.mesh._io import readable, recv_frames, send_frames
 from engine.mesh.protocol import DisconnectCode, FrameKind, NackCode, NackItem, Role
 from engine.mesh.security import CurveClient
 from engine.messages import (
@@ -135,6 +138,7 @@ class MeshPeer:
             ("executed", "duplicates", "replies", "resent", "reconnects", "malformed"), 0
         )
         self._codec = Codec(max_frame)
+        self._max_frame = max_frame
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._out = _Out()
@@ -156,6 +160,8 @@ class MeshPeer:
         self._sem = asyncio.Semaphore(concurrency)
         self._running: set[MessageId] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: dict[MessageId, asyncio.Task[None]] = {}
+        self._eager = bool(getattr(host, "eager", False))
         self._done: OrderedDict[MessageId, bytes | None] = OrderedDict()
         self._cache_size = idempotency_cache
         # transport mode (Runtime(mesh=...)): inbound envelopes go to a sink
@@ -294,13 +300,15 @@ class MeshPeer:
         sock = self._sock
         if sock is None:
             return
-        recv = sock.recv_multipart
-        for _ in range(4096):
+        for i in range(4096):
+            # The FD woke us (usually for a message): try at once; then drain while ready.
             try:
-                msg = recv(zmq.NOBLOCK)
+                if i and not readable(sock):
+                    break
+                msg = recv_frames(sock)
             except zmq.Again:
                 break
-            except zmq.ZMQError:
+            except zmq.ZMQError:  # the socket was closed under us
                 return
             self._last_heard = time.monotonic()
             try:
@@ -329,8 +337,16 @@ class MeshPeer:
         elif kind is FrameKind.DISCONNECT:
             self._on_disconnect(P.decode_disconnect(bodies))
 
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self._max_frame - 64:  # room for the header and routing frames
+            raise EncodeError(
+                f"envelope of {len(data)} bytes exceeds the broker's limit of "
+                f"{self._max_frame} bytes per message"
+            )
+
     def _on_welcome(self, welcome: P.Welcome) -> None:
         previous, self.broker_id = self.broker_id, welcome.broker
+        self._max_frame = welcome.max_frame
         self._window = welcome.credit
         self._registered.set()
         self._window_free.set()
@@ -365,6 +381,7 @@ class MeshPeer:
     async def _submit(self, data: bytes, mid: MessageId) -> None:
         if self._fatal is not None:
             raise self._fatal
+        self._check_size(data)
         while len(self._unacked) >= self._window or not self._registered.is_set():
             self._window_free.clear()
             await self._window_free.wait()
@@ -382,7 +399,18 @@ class MeshPeer:
         mid = envelope.id
         self._requests[mid] = (data, fut)
         try:
-            await self._submit(data, mid)
+            unacked = self._unacked
+            if (
+                len(unacked) < self._window
+                and self._registered.is_set()
+                and self._fatal is None
+                and len(data) <= self._max_frame - 64
+            ):
+                unacked[mid] = data  # fast path of _submit: room in the window
+                self._out.deliver.append(data)
+                self._schedule_flush()
+            else:
+                await self._submit(data, mid)
             return await asyncio.wait_for(fut, timeout) if timeout else await fut
         finally:
             self._requests.pop(mid, None)
@@ -583,6 +611,7 @@ class MeshPeer:
             self._out.reply.append(data)
             self._schedule_flush()
             return
+        self._check_size(data)
         self._backlog.append((envelope.id, data))
         self._pump()
 
@@ -620,6 +649,9 @@ class MeshPeer:
                 log.warning("%s: undecodable delivery dropped: %s", self.name, exc)
                 continue
             mid = env.id
+            if env.kind is Kind.CANCEL:
+                self._on_cancel(env)
+                continue
             if mid in self._done:
                 self.stats["duplicates"] += 1
                 cached = self._done[mid]
@@ -646,32 +678,62 @@ class MeshPeer:
                 self._out.nacks.append(NackItem(mid, NackCode.REJECTED, "not hosting agents"))
                 continue
             self._running.add(mid)
-            self._start(self._execute(host, env))
+            task = self._start(self._execute(host, env))
+            if task is not None:
+                self._serving[mid] = task
+                task.add_done_callback(functools.partial(self._served, mid))
         self._schedule_flush()
 
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _start(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run ``coro`` eagerly: most handlers finish without suspending, so no task.
 
         PERF: skipping create_task for handlers that return at once saves a task and a
         loop iteration per delivery (benches/bench_mesh.py sequential round trip).
         Python 3.12's eager task factory does the same; this is its 3.11 equivalent.
         """
+        assert self._loop is not None
+        if not self._eager:  # the host needs a current task (asyncio.timeout and friends)
+            task = self._loop.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return task
         try:
             yielded = coro.send(None)
         except StopIteration:
-            return
+            return None
         except BaseException:
             log.exception("%s: delivery failed", self.name)
-            return
+            return None
         assert self._loop is not None
         task = self._loop.create_task(_resume(coro, yielded))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _served(self, mid: MessageId, _task: object) -> None:
+        self._serving.pop(mid, None)
+
+    def _on_cancel(self, env: Envelope) -> None:
+        """Stop the request ``env.correlation`` if it runs here (never acked: untracked)."""
+        target = env.correlation or env.id
+        if self._sink is not None:
+            self._sink.deliver(env)
+            return
+        task = self._serving.get(target)
+        if task is not None:
+            task.cancel()
 
     async def _execute(self, host: Host, env: Envelope) -> None:
         async with self._sem:
             try:
                 reply = await host.handle(env)
+            except asyncio.CancelledError:
+                if self._closing:
+                    raise  # unanswered: the broker redelivers it elsewhere
+                # cancelled by the requester's CANCEL: settle the delivery with an ERROR
+                reply = error_reply(
+                    env, asyncio.CancelledError("cancelled by the sender"), self.ids.next()
+                )
             except Exception as exc:  # the host failed, not the handler: report as ERROR
                 reply = error_reply(env, exc, self.ids.next())
         self.stats["executed"] += 1
@@ -680,6 +742,9 @@ class MeshPeer:
         data: bytes | None = None
         if env.kind is Kind.SEND and reply is not None:
             data = self._codec.encode(reply)
+            if len(data) > self._max_frame - 64:
+                too_big = EncodeError(f"reply of {len(data)} bytes exceeds the broker's limit")
+                data = self._codec.encode(error_reply(env, too_big, self.ids.next()))
             self._out.reply.append(data)
         else:
             self._out.acks.append(mid)
@@ -713,7 +778,7 @@ class MeshPeer:
                 self._out.other.extend(msgs[i:])  # retried by the next tick
                 break
         sock = self._sock
-        if sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if sock is not None and readable(sock):
             assert self._loop is not None
             self._loop.call_soon(self._drain)
 
@@ -724,7 +789,7 @@ class MeshPeer:
         if self.hmac_key is not None:
             P.sign(frames, self.hmac_key)
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames)
         except zmq.Again:
             if self.hmac_key is not None:  # unsign: it will be signed again on retry
                 P.unsign(frames)

@@ -158,6 +158,11 @@ _int_dec = msgspec.msgpack.Decoder(int)
 _HEADERS: Final = [SIGNATURE + bytes([k]) for k in range(256)]
 
 
+_KIND_OF: Final[list[FrameKind | None]] = [
+    FrameKind(k) if k in FrameKind._value2member_map_ else None for k in range(128)
+]
+
+
 def header(kind: int) -> bytes:
     """Frame 0 of a message of ``kind``."""
     return _HEADERS[kind]
@@ -204,10 +209,9 @@ def parse(msg: list[bytes], key: bytes | None = None) -> tuple[FrameKind, list[b
             raise ProtocolError(f"unsupported protocol version {head[3]} (speaking {VERSION})")
         raise ProtocolError("bad header frame: not an agent-engine mesh message")
     raw = head[4]
-    try:
-        kind = FrameKind(raw & ~SIGNED)
-    except ValueError:
-        raise ProtocolError(f"unknown frame kind {raw & ~SIGNED}") from None
+    kind = _KIND_OF[raw & 0x7F]
+    if kind is None:
+        raise ProtocolError(f"unknown frame kind {raw & 0x7F}")
     signed = bool(raw & SIGNED)
     if key is not None:
         if not signed:

@@ -99,7 +99,8 @@ class Runtime:
     ``mailbox`` and ``policy`` are the defaults per agent type (``"block"``: a sender
     awaits space; ``"reject"``: raise :class:`MailboxFull`). ``max_agents`` bounds the
     registry: beyond it the least recently used idle agents are evicted (and recreated
-    on their next message). ``transport`` connects this runtime to others.
+    on their next message). ``transport`` connects this runtime to others;
+    ``mesh="tcp://HOST:5555"`` is short for ``transport=engine.mesh.MeshTransport(...)``.
     """
 
     def __init__(
@@ -111,8 +112,15 @@ class Runtime:
         transport: Transport | None = None,
         tool_workers: int = 8,
         origin: str | None = None,
+        mesh: str | None = None,
     ) -> None:
         _check_mailbox(mailbox, policy)
+        if mesh is not None:  # Runtime(mesh="tcp://HOST:5555"): the ZeroMQ mesh transport
+            if transport is not None:
+                raise ValueError("pass either mesh= or transport=, not both")
+            from engine.mesh.transport import MeshTransport
+
+            transport = MeshTransport(mesh)
         if max_agents is not None and (not isinstance(max_agents, int) or max_agents < 1):
             raise ValueError(f"max_agents must be a positive int or None, got {max_agents!r}")
         if origin is not None and (not isinstance(origin, str) or not origin):

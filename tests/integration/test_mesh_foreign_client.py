@@ -58,42 +58,105 @@ def test_raw_pyzmq_msgspec_client_joins_serves_and_calls() -> None:
         worker = dealer(ctx, ep)
         client = dealer(ctx, ep)
         try:
-            w = register(worker, name="raw-worker", role="worker", types=["rawecho"],
-                         credit=8, heartbeat_ms=200)
+            w = register(
+                worker,
+                name="raw-worker",
+                role="worker",
+                types=["rawecho"],
+                credit=8,
+                heartbeat_ms=200,
+            )
             assert w["version"] == 1 and len(w["broker"]) > 0 and w["credit"] > 0
             c = register(client, name="raw-client", role="orchestrator", origins=["rawc"])
             assert c["broker"] == w["broker"]
 
             # 1) call the engine node: Envelope array per docs/protocol.md (trailing defaults)
             ping = {"@type": "Ping", "n": 41}
-            env = ["v1", ["rawc", 1], SEND, None, ["echo", "x"], None, None, 0, 0.0, "", 0, "",
-                   "Ping", ping]
+            env = [
+                "v1",
+                ["rawc", 1],
+                SEND,
+                None,
+                ["echo", "x"],
+                None,
+                None,
+                0,
+                0.0,
+                "",
+                0,
+                "",
+                "Ping",
+                ping,
+            ]
             client.send_multipart([SIG + bytes([DELIVER]), enc.encode(env)])
             reply = dec.decode(recv_kind(client, REPLY)[0])
             assert reply[0] == "v1" and reply[2] == REPLY_KIND and reply[6] == ["rawc", 1]
             assert reply[12] == "Pong" and reply[13]["n"] == 42
 
             # 2) call the raw worker through the broker: it sees DELIVER and answers REPLY
-            env2 = ["v1", ["rawc", 2], SEND, None, ["rawecho", "*"], None, None, 0, 0.0, "", 0,
-                    "", "Ping", {"@type": "Ping", "n": 7}]
+            env2 = [
+                "v1",
+                ["rawc", 2],
+                SEND,
+                None,
+                ["rawecho", "*"],
+                None,
+                None,
+                0,
+                0.0,
+                "",
+                0,
+                "",
+                "Ping",
+                {"@type": "Ping", "n": 7},
+            ]
             client.send_multipart([SIG + bytes([DELIVER]), enc.encode(env2)])
             delivered = dec.decode(recv_kind(worker, DELIVER)[0])
             assert delivered[1] == ["rawc", 2] and delivered[4] == ["rawecho", "*"]
-            answer = ["v1", ["raww", 1], REPLY_KIND, delivered[4], None, None, delivered[1],
-                      0, 0.0, "", 0, "", "Pong", {"@type": "Pong", "n": delivered[13]["n"] * 2}]
+            answer = [
+                "v1",
+                ["raww", 1],
+                REPLY_KIND,
+                delivered[4],
+                None,
+                None,
+                delivered[1],
+                0,
+                0.0,
+                "",
+                0,
+                "",
+                "Pong",
+                {"@type": "Pong", "n": delivered[13]["n"] * 2},
+            ]
             worker.send_multipart([SIG + bytes([REPLY]), enc.encode(answer)])
             got = dec.decode(recv_kind(client, REPLY)[0])
             assert got[6] == ["rawc", 2] and got[13]["n"] == 14
 
             # 3) a one-way message (PUBLISH with a recipient) is ACKed once handed to a node
-            tell = ["v1", ["rawc", 3], 4, None, ["echo", "x"], None, None, 0, 0.0, "", 0, "",
-                    "Ping", ping]
+            tell = [
+                "v1",
+                ["rawc", 3],
+                4,
+                None,
+                ["echo", "x"],
+                None,
+                None,
+                0,
+                0.0,
+                "",
+                0,
+                "",
+                "Ping",
+                ping,
+            ]
             client.send_multipart([SIG + bytes([DELIVER]), enc.encode(tell)])
             assert dec.decode(recv_kind(client, ACK)[0]) == [["rawc", 3]]
 
             # 4) a worker may not submit: the broker NACKs with FORBIDDEN (code 4)
-            worker.send_multipart([SIG + bytes([DELIVER]), enc.encode(
-                ["v1", ["raww", 2], SEND, None, ["echo", "x"]])])
+            worker.send_multipart(
+                [SIG + bytes([DELIVER]), enc.encode(["v1", ["raww", 2], SEND, None, ["echo", "x"]])]
+            )
             nack = dec.decode(recv_kind(worker, NACK)[0])
             assert nack[0][0] == ["raww", 2] and nack[0][1] == 4
 

@@ -103,8 +103,9 @@ def test_broker_and_nodes_on_separate_hosts(hosts: Hosts) -> None:
 
                 async def one(i: int) -> Pong:
                     async with sem:
-                        reply: Pong = await c.send(Sleep(0.01, i), to=AgentId("echo", f"j{i}"),
-                                                   timeout=30)
+                        reply: Pong = await c.send(
+                            Sleep(0.01, i), to=AgentId("echo", f"j{i}"), timeout=30
+                        )
                         return reply
 
                 run = asyncio.ensure_future(asyncio.gather(*(one(i) for i in range(150))))

@@ -17,15 +17,17 @@ from engine.messages import AgentId
 pytestmark = pytest.mark.timeout(90)
 
 
-async def _run_tasks(client: MeshClient, n: int, inflight: int, seconds: float,
-                     on_progress: object = None) -> list[Pong]:
+async def _run_tasks(
+    client: MeshClient, n: int, inflight: int, seconds: float, on_progress: object = None
+) -> list[Pong]:
     sem = asyncio.Semaphore(inflight)
     results: list[Pong] = []
 
     async def one(i: int) -> Pong:
         async with sem:
-            reply: Pong = await client.send(Sleep(seconds, i), to=AgentId("echo", f"k{i % 40}"),
-                                            timeout=30)
+            reply: Pong = await client.send(
+                Sleep(seconds, i), to=AgentId("echo", f"k{i % 40}"), timeout=30
+            )
             results.append(reply)
             return reply
 
@@ -48,8 +50,9 @@ def test_two_nodes_share_typed_work_and_route_replies() -> None:
                 assert [r.n for r in replies] == [i + 1 for i in range(200)]
                 assert {r.node for r in replies} == {"n1", "n2"}
                 # direct delivery is sticky: the same AgentId always lands on the same node
-                same = [await c.send(Ping(0), to=AgentId("echo", "k7"), timeout=10)
-                        for _ in range(5)]
+                same = [
+                    await c.send(Ping(0), to=AgentId("echo", "k7"), timeout=10) for _ in range(5)
+                ]
                 assert len({r.node for r in same}) == 1
                 with pytest.raises(UndeliverableError, match="no node hosts"):
                     await c.send(Ping(0), to=AgentId("ghost", "x"), timeout=10)
