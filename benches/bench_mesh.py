@@ -20,6 +20,8 @@ both sets of processes are up together and used in turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -52,6 +54,11 @@ BLOB = b"x" * 64
 AGENTS = os.environ.get("MESH_BENCH_AGENTS", "mesh_bench_agents:Bench")
 
 
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +69,12 @@ def _free_port() -> int:
 def _spawn(args: list[str], ready: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
     p = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     assert p.stdout is not None
     buf, deadline = b"", time.monotonic() + 30

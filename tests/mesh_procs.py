@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -15,6 +16,15 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+
+
+def die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies (no orphans, even on a crash)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -52,6 +62,7 @@ class Proc:
             env=e,
             cwd=str(ROOT),
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self.line = self._wait_line(ready, timeout)
 
