@@ -21,3 +21,13 @@ def impl_params(py: object, native: object | None) -> list[object]:
         pytest.param(py, id="py"),
         pytest.param(native, id="native", marks=() if native is not None else skip),
     ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests (load/soak repetitions) run only when asked for: ``make test-slow``."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
