@@ -32,6 +32,7 @@ import zmq
 from engine.errors import DecodeError, ProtocolError, RoutingError
 from engine.mesh import protocol as P
 from engine.mesh._io import readable, recv_frames, recv_zmq_frames, send_frames
+from engine.mesh._outbox import Outbox
 from engine.mesh._routing import make_router
 from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
@@ -91,19 +92,6 @@ class _Peer:
         self.slots: dict[str, int] = {}
         self.sids: list[int] = []
         self.last_seen = now
-
-
-class _Out:
-    """Frames waiting to go to one peer, grouped by kind."""
-
-    __slots__ = ("acks", "deliver", "nacks", "other", "reply")
-
-    def __init__(self) -> None:
-        self.deliver: list[bytes] = []
-        self.reply: list[bytes] = []
-        self.acks: list[MessageId] = []
-        self.nacks: list[NackItem] = []
-        self.other: list[list[bytes]] = []
 
 
 class Broker:
@@ -180,7 +168,7 @@ class Broker:
         self._sticky: dict[AgentId, bytes] = {}
         self._parked: dict[str, deque[tuple[float, _Delivery]]] = {}
         self._known_types: set[str] = set()
-        self._out: dict[bytes, _Out] = {}
+        self._out: dict[bytes, Outbox] = {}
         self._dirty: set[bytes] = set()
         self._queued = 0
         self._next_num = 0
@@ -538,7 +526,7 @@ class Broker:
             if target in peer.inflight:
                 out = self._out.get(peer.ident)
                 if out is None:
-                    out = self._out[peer.ident] = _Out()
+                    out = self._out[peer.ident] = Outbox()
                 out.deliver.append(body)
                 break
             for d in peer.queue:
@@ -554,7 +542,7 @@ class Broker:
             break
         out = self._out.get(source.ident)
         if out is None:
-            out = self._out[source.ident] = _Out()
+            out = self._out[source.ident] = Outbox()
         out.acks.append(env.id)
 
     def _route(self, d: _Delivery) -> None:
@@ -635,7 +623,7 @@ class Broker:
                 continue
             out = self._out.get(ident)
             if out is None:
-                out = self._out[ident] = _Out()
+                out = self._out[ident] = Outbox()
             room = peer.window - len(inflight)
             n = 0
             while queue and n < room:
@@ -646,7 +634,7 @@ class Broker:
                 if d.source and d.env.kind is not Kind.SEND:  # a SEND's REPLY is its ACK
                     src = self._out.get(d.source)
                     if src is None:
-                        src = self._out[d.source] = _Out()
+                        src = self._out[d.source] = Outbox()
                     src.acks.append(d.key)
                     d.source = b""
             self._queued -= n
@@ -682,7 +670,7 @@ class Broker:
         self.stats["replies"] += 1
         out = self._out.get(dest)
         if out is None:
-            out = self._out[dest] = _Out()
+            out = self._out[dest] = Outbox()
         out.reply.append(body)
 
     def _on_ack(self, peer: _Peer, ids: list[MessageId]) -> None:
@@ -752,14 +740,14 @@ class Broker:
     def _ack_source(self, d: _Delivery) -> None:
         out = self._out.get(d.source)
         if out is None:
-            out = self._out[d.source] = _Out()
+            out = self._out[d.source] = Outbox()
         out.acks.append(d.key)
         d.source = b""
 
     def _nack(self, dest: bytes, mid: MessageId, code: NackCode, reason: str) -> None:
         out = self._out.get(dest)
         if out is None:
-            out = self._out[dest] = _Out()
+            out = self._out[dest] = Outbox()
         out.nacks.append(NackItem(mid, int(code), reason))
 
     def _nack_body(self, dest: bytes, body: bytes, code: NackCode, reason: str) -> None:
@@ -806,7 +794,7 @@ class Broker:
     def _queue_raw(self, ident: bytes, frames: list[bytes]) -> None:
         out = self._out.get(ident)
         if out is None:
-            out = self._out[ident] = _Out()
+            out = self._out[ident] = Outbox()
         out.other.append(frames)
 
     def _flush(self, sock: zmq.Socket[Any]) -> None:

@@ -34,6 +34,7 @@ from engine.errors import (
 )
 from engine.mesh import protocol as P
 from engine.mesh._io import readable, recv_frames, send_frames
+from engine.mesh._outbox import Outbox
 from engine.mesh.protocol import DisconnectCode, FrameKind, NackCode, NackItem, Role
 from engine.mesh.security import CurveClient
 from engine.messages import (
@@ -84,20 +85,6 @@ class Sink(Protocol):
     def deliver(self, envelope: Envelope) -> None: ...
 
 
-class _Out:
-    __slots__ = ("acks", "deliver", "nacks", "other", "reply")
-
-    def __init__(self) -> None:
-        self.deliver: list[bytes] = []
-        self.reply: list[bytes] = []
-        self.acks: list[MessageId] = []
-        self.nacks: list[NackItem] = []
-        self.other: list[list[bytes]] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.deliver or self.reply or self.acks or self.nacks or self.other)
-
-
 class MeshPeer:
     """A peer of the mesh. ``await start()`` connects and registers; ``await close()`` leaves.
 
@@ -141,7 +128,7 @@ class MeshPeer:
         self._max_frame = max_frame
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._out = _Out()
+        self._out = Outbox()
         self._flush_scheduled = False
         self._registered = asyncio.Event()
         self._last_heard = 0.0
@@ -763,7 +750,7 @@ class MeshPeer:
         out = self._out
         if not out or self._sock is None:
             return
-        self._out = _Out()
+        self._out = Outbox()
         limit = P.MAX_BODIES
         msgs = out.other
         if out.nacks:
