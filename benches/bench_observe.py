@@ -163,7 +163,7 @@ async def _round_trips(n: int, mode: str) -> float:
     scraper = None
     m = Metrics()
     if mode == "scraped":  # attach + scrape every 50 ms from another thread, like Prometheus
-        instrument_runtime(rt, m)
+        instrument_runtime(rt, m, derive_replies=True)
         scraper = threading.Thread(target=lambda: [m.exposition() for _ in iter(
             lambda: stop.wait(0.05), True)])
         scraper.start()
