@@ -2,7 +2,7 @@
 
 It aggregates folded stacks (``thread;outer;...;inner count``, the format of flamegraph.pl)
 and exports them as text or as speedscope JSON (https://www.speedscope.app). The cost is
-one walk over every thread's frames per sample: 0.5–2.2% measured at 100 Hz
+one walk over every thread's frames per sample: 0.5-2.2% measured at 100 Hz
 (``benches/bench_observe.py::test_sampler_overhead_100hz``).
 """
 
