@@ -163,7 +163,7 @@ async def _round_trips(n: int, mode: str) -> float:
     scraper = None
     m = Metrics()
     if mode == "scraped":  # attach + scrape every 50 ms from another thread, like Prometheus
-        instrument_runtime(rt, m)
+        instrument_runtime(rt, m, derive_replies=True)
         scraper = threading.Thread(target=lambda: [m.exposition() for _ in iter(
             lambda: stop.wait(0.05), True)])
         scraper.start()
@@ -200,8 +200,8 @@ def test_send_reply_instrumentation_overhead(benchmark: Any, bench_report: list[
         def counted() -> float:
             return uvloop.run(_round_trips(n, "counted"))
 
-        r_scraped, t_plain, _ = paired(plain, scraped, phases=11)
-        r_counted, _, _ = paired(plain, counted, phases=11)
+        r_scraped, t_plain, _ = paired(plain, scraped, phases=21)
+        r_counted, _, _ = paired(plain, counted, phases=21)
         return {
             "round_trip_us": t_plain / n * 1e6,
             "scrape_attached_overhead_pct": (r_scraped - 1) * 100,
@@ -245,7 +245,7 @@ def test_sampler_overhead_100hz(benchmark: Any, bench_report: list[str]) -> None
         return dt
 
     def run() -> dict[str, float]:
-        ratio, t0, _ = paired(unsampled, sampled, phases=21)
+        ratio, t0, _ = paired(unsampled, sampled, phases=41)
         wall_ratio = statistics.median(
             on / off for on, off in zip(wall["on"], wall["off"], strict=True)
         )

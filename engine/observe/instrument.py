@@ -48,9 +48,9 @@ def instrument_runtime(
     ``engine_active_workers`` (busy agents), ``engine_pending_tasks`` (requests in flight,
     local and remote), ``engine_workers{status}`` (agents idle/busy).
 
-    ``derive_replies=True`` is for a runtime that counts only ``metrics.hot.send`` and
-    ``.error`` inline (one int add per round trip): replies are then set at scrape time to
-    ``send - error - in flight``.
+    ``derive_replies=True`` sets ``reply`` at scrape time to ``send - error - in flight``
+    (for a runtime that counts requests, not replies: ``Runtime.message_counts()`` derives
+    its ``send`` total from its sequence counter, at no per-message cost).
     """
     m = metrics if metrics is not None else Metrics()
 
@@ -63,12 +63,15 @@ def instrument_runtime(
         m.workers.labels("busy").set(busy)
         m.workers.labels("idle").set(max(0, st.get("agents", 0) - busy))
         m.pending_tasks.set(st.get("in_flight", 0) + st.get("remote_pending", 0))
-        if derive_replies:
-            hot = m.hot
-            hot.reply = max(0, hot.send - hot.error - st.get("in_flight", 0))
         counts = _message_counts(rt)
         if counts is not None:
             m.set_message_totals(counts)
+        if derive_replies:  # every request answered without error got a reply
+            m.hot.reply = 0
+            t = m.messages_total()
+            m.set_message_totals(
+                {"reply": max(0, t.get("send", 0) - t.get("error", 0) - st.get("in_flight", 0))}
+            )
 
     m.on_collect(refresh)
     return m
