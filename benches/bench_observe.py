@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from engine import Agent, AgentId, Message, Runtime, handler
 from engine.observe import Metrics, Sampler
-from engine.observe.instrument import instrument_runtime
 
 N = 200_000
 
@@ -157,13 +156,14 @@ class Echo(Agent):
 
 
 async def _round_trips(n: int, mode: str) -> float:
-    rt = Runtime()
+    m = Metrics()
+    # "scraped": Runtime(metrics=m) (instrument_runtime(rt, m, derive_replies=True)), scraped
+    # every 50 ms from another thread, like Prometheus
+    rt = Runtime(metrics=m) if mode == "scraped" else Runtime()
     rt.register("echo", Echo)
     stop = threading.Event()
     scraper = None
-    m = Metrics()
-    if mode == "scraped":  # attach + scrape every 50 ms from another thread, like Prometheus
-        instrument_runtime(rt, m, derive_replies=True)
+    if mode == "scraped":
         scraper = threading.Thread(target=lambda: [m.exposition() for _ in iter(
             lambda: stop.wait(0.05), True)])
         scraper.start()

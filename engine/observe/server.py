@@ -124,6 +124,11 @@ class ObserveServer:
         return int(self._server.server_address[1])
 
     @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`close`."""
+        return self._server is not None
+
+    @property
     def url(self) -> str:
         return f"http://{self._addr[0]}:{self.port}"
 

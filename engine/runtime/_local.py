@@ -46,6 +46,8 @@ from engine.runtime._transport import Transport
 
 if TYPE_CHECKING:
     from engine._native._router import Router as _RouterC
+    from engine.observe.metrics import Metrics
+    from engine.observe.server import ObserveServer
 
 __all__ = ["Policy", "Runtime", "Spawn"]
 
@@ -101,6 +103,11 @@ class Runtime:
     registry: beyond it the least recently used idle agents are evicted (and recreated
     on their next message). ``transport`` connects this runtime to others;
     ``mesh="tcp://HOST:5555"`` is short for ``transport=engine.mesh.MeshTransport(...)``.
+
+    ``metrics`` (an :class:`engine.observe.Metrics`) exports this runtime's counters and
+    gauges, read at scrape time only (no per-message cost); ``metrics_port`` serves
+    ``/metrics`` and ``/debug/profile`` on 127.0.0.1 from :meth:`start` to :meth:`stop`
+    (a fresh ``Metrics`` when none is given; 0 picks a free port, see ``metrics_url``).
     """
 
     def __init__(
@@ -113,6 +120,8 @@ class Runtime:
         tool_workers: int = 8,
         origin: str | None = None,
         mesh: str | None = None,
+        metrics: Metrics | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         _check_mailbox(mailbox, policy)
         if mesh is not None:  # Runtime(mesh="tcp://HOST:5555"): the ZeroMQ mesh transport
@@ -158,6 +167,31 @@ class Runtime:
         from engine.tools import ToolRegistry
 
         self.tools = ToolRegistry(self, workers=tool_workers)
+        self.metrics: Metrics | None = None
+        self._observe: ObserveServer | None = None
+        if metrics is not None or metrics_port is not None:
+            self._instrument(metrics, metrics_port)
+
+    def _instrument(self, metrics: Metrics | None, port: int | None) -> None:
+        """Attach metrics (read on scrape only) and prepare the HTTP endpoint."""
+        from engine.observe.instrument import instrument_runtime
+        from engine.observe.metrics import Metrics
+        from engine.observe.server import ObserveServer
+
+        if metrics is not None and not isinstance(metrics, Metrics):
+            raise TypeError(f"metrics must be an engine.observe.Metrics, got {metrics!r}")
+        metrics = metrics if metrics is not None else Metrics()
+        if port is not None:
+            if not isinstance(port, int) or isinstance(port, bool):
+                raise TypeError(f"metrics_port must be an int, got {port!r}")
+            self._observe = ObserveServer(metrics, port=port)  # ValueError out of range
+        self.metrics = instrument_runtime(self, metrics, derive_replies=True)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://127.0.0.1:PORT`` of the running metrics endpoint, else None."""
+        srv = self._observe
+        return srv.url if srv is not None and srv.running else None
 
     # -- lifecycle -----------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
@@ -173,6 +207,8 @@ class Runtime:
             return
         if self._closed:
             raise EngineError("runtime was stopped; create a new one")
+        if self._observe is not None:
+            self._observe.start()
         self._started = True
         if self._transport is not None:
             await self._transport.start(self)
@@ -205,6 +241,8 @@ class Runtime:
         self._deadlines.close()
         if self._transport is not None and self._started:
             await self._transport.close()
+        if self._observe is not None and self._observe.running:
+            await asyncio.to_thread(self._observe.close)
         self._wake_idle()
 
     async def idle(self) -> None:
