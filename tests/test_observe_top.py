@@ -10,7 +10,7 @@ import pytest
 
 from engine.cli import main
 from engine.observe import Metrics, ObserveServer
-from engine.observe.top import fetch, quantile
+from engine.observe.top import fetch, parse, quantile
 
 
 @pytest.fixture
@@ -85,27 +85,30 @@ def test_quantile_edges() -> None:
 
 
 def test_reads_the_mesh_brokers_own_collector() -> None:
-    """``engine broker --metrics-port`` (the mesh's collector) is readable too."""
+    """A scrape with only the mesh's ``engine_mesh_*`` collector (older brokers) is read too."""
     import asyncio
-    import socket
+
+    from prometheus_client import CollectorRegistry, generate_latest
 
     from engine.mesh import Broker, MeshClient, Node
+    from engine.mesh._metrics import MeshCollector
     from engine.messages import AgentId
     from tests.test_observe_instrument import MeshEcho, ObsPing
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    broker = Broker("tcp://127.0.0.1:0", heartbeat=2.0, metrics_port=port)
+    broker = Broker("tcp://127.0.0.1:0", heartbeat=2.0)
     broker.start()
     ep = broker.endpoints[0]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MeshCollector(broker))
 
     async def traffic() -> None:
-        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0), \
-                MeshClient(ep, heartbeat=2.0) as client:
+        async with (
+            Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0),
+            MeshClient(ep, heartbeat=2.0) as client,
+        ):
             for i in range(5):
                 await client.send(ObsPing(i), to=AgentId("echo", "*"), timeout=10)
-            snap = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+            snap = parse(generate_latest(registry).decode())
             assert snap.messages["submitted"] >= 5 and snap.messages["replies"] >= 5
             assert snap.workers["peers"] == 2  # the node and the client
 

@@ -89,3 +89,78 @@ def test_runtime_metrics_bad_arguments() -> None:
         Runtime(metrics_port="9100")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"metrics must be an engine\.observe\.Metrics"):
         Runtime(metrics=object())  # type: ignore[arg-type]
+
+
+# -- engine broker / engine node --metrics-port ---------------------------------------------
+
+
+def test_broker_metrics_port_serves_engine_and_mesh_names() -> None:
+    from mesh_agents import Echo, Ping
+    from mesh_procs import free_port
+
+    from engine.mesh import Broker, MeshClient, Node
+    from engine.observe.top import fetch
+
+    port = free_port()
+    b = Broker("tcp://127.0.0.1:0", heartbeat=0.5, metrics_port=port)
+    b.start()
+    try:
+        assert b.observe is not None and b.observe.url == f"http://127.0.0.1:{port}"
+
+        async def main() -> None:
+            async with (
+                Node(b.endpoints[0], {"echo": Echo}, name="wn", heartbeat=0.5),
+                MeshClient(b.endpoints[0], heartbeat=0.5) as c,
+            ):
+                for i in range(3):
+                    await c.send(Ping(i), to=AgentId("echo", "m"), timeout=5)
+                snap = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+                assert ("wn", "echo") in snap.node_agents
+                assert snap.messages["submitted"] == 3 and snap.messages["reply"] == 3
+                assert "replies" not in snap.messages  # engine_mesh_* only as a fallback
+
+        asyncio.run(asyncio.wait_for(main(), 30))
+        text = get(f"http://127.0.0.1:{port}/metrics").decode()
+        assert 'engine_messages_total{kind="delivered"} 3.0' in text
+        assert "engine_mesh_received_total" in text and "engine_mesh_peers" in text
+        folded = get(f"http://127.0.0.1:{port}/debug/profile?seconds=0.2&format=folded")
+        assert b"engine-broker;" in folded and b"_loop" in folded  # the broker thread
+    finally:
+        b.stop()
+    assert b.observe is None
+    with pytest.raises(urllib.error.URLError):  # closed with the broker
+        get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_broker_metrics_port_bad_value() -> None:
+    from engine.mesh import Broker
+
+    with pytest.raises(ValueError, match="metrics_port must be an int"):
+        Broker("tcp://127.0.0.1:0", metrics_port=-1)
+
+
+def test_cli_broker_and_node_metrics_ports() -> None:
+    from mesh_agents import Ping, Pong
+    from mesh_procs import broker, free_port, node, processes
+
+    from engine.mesh import MeshClient
+
+    bport, bmetrics, nmetrics = free_port(), free_port(), free_port()
+    with processes() as procs:
+        procs.append(broker(bport, "--metrics-port", str(bmetrics)))
+        ep = f"tcp://127.0.0.1:{bport}"
+        procs.append(node(ep, "cli-n1", "--metrics-port", str(nmetrics)))
+
+        async def main() -> Pong:
+            async with MeshClient(ep, heartbeat=0.2) as c:
+                reply: Pong = await c.send(Ping(41), to=AgentId("echo", "x"), timeout=10)
+                return reply
+
+        assert asyncio.run(asyncio.wait_for(main(), 30)) == Pong(42, "cli-n1")
+        node_text = get(f"http://127.0.0.1:{nmetrics}/metrics").decode()
+        assert 'engine_node_agents{agent_type="echo",node="cli-n1"} 1.0' in node_text
+        assert messages(node_text)["executed"] >= 1
+        broker_text = get(f"http://127.0.0.1:{bmetrics}/metrics").decode()
+        assert messages(broker_text)["reply"] >= 1
+        assert 'engine_node_agents{agent_type="echo",node="cli-n1"} 1.0' in broker_text
+        assert get(f"http://127.0.0.1:{nmetrics}/healthz") == b"ok\n"

@@ -34,6 +34,7 @@ def run_broker(args: argparse.Namespace) -> int:
         curve_dir=args.curve_dir,
         store=args.store,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         heartbeat=args.heartbeat,
         max_attempts=args.max_attempts,
         hmac_key=_hmac(args.hmac_key),
@@ -48,6 +49,8 @@ def run_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     broker.start()
     print(f"broker listening on {' '.join(broker.endpoints)}", flush=True)
+    if broker.observe is not None:
+        print(f"metrics on {broker.observe.url}/metrics", flush=True)
     while broker._thread is not None and broker._thread.is_alive():
         broker._thread.join(0.2)
     return 0
@@ -74,13 +77,24 @@ def run_node(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopped.set)
         await node.start(timeout=args.connect_timeout)
-        print(
-            f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
-            f"via {args.connect}",
-            flush=True,
-        )
-        await stopped.wait()
-        await node.close()
+        srv = None
+        try:
+            if args.metrics_port is not None:
+                from engine.observe.instrument import serve
+
+                srv = serve(node, args.metrics_port, host=args.metrics_host)
+            print(
+                f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
+                f"via {args.connect}",
+                flush=True,
+            )
+            if srv is not None:
+                print(f"metrics on {srv.url}/metrics", flush=True)
+            await stopped.wait()
+        finally:
+            if srv is not None:
+                srv.close()
+            await node.close()
 
     _run(main())
     return 0
@@ -176,7 +190,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="endpoint to bind (repeatable); default tcp://0.0.0.0:5555",
     )
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /debug/profile on this port",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (engine keys generate DIR)")
     p.add_argument("--store", default=None, help="persistence, e.g. sqlite:///mesh.db")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (dead after 3)")
@@ -206,6 +226,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--heartbeat", type=float, default=0.5)
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--hmac-key", default=None)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /debug/profile on this port",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run_node)
 

@@ -1,7 +1,10 @@
-"""Prometheus exposition of broker counters (``engine broker --metrics-port P``).
+"""The broker's own counters as ``engine_mesh_*`` (kept beside the ``engine_*`` names).
 
-The broker loop counts in plain ints; a collector reads them at scrape time, so the hot
-path pays no metric locks. Uses its own registry, never the global one.
+``engine broker --metrics-port P`` serves :func:`engine.observe.instrument.serve` (the
+``engine_*`` metrics ``engine top`` reads, ``/debug/profile``); this collector adds every
+raw broker counter (``engine_mesh_received_total``, ``engine_mesh_peers_dead_total``, ...)
+and the peer/in-flight/queue gauges to the same registry. The broker loop counts in plain
+ints; the collector reads them at scrape time, so the hot path pays no metric locks.
 """
 
 from __future__ import annotations
@@ -9,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
     from engine.mesh.broker import Broker
 
-__all__ = ["serve_metrics"]
+__all__ = ["MeshCollector"]
 
 
-class _BrokerCollector:
+class MeshCollector:
+    """``engine_mesh_<counter>_total`` per broker counter, peers, in flight, queued."""
+
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
@@ -36,10 +40,3 @@ class _BrokerCollector:
         yield GaugeMetricFamily(
             "engine_mesh_queued", "messages queued in the broker", value=b.queued
         )
-
-
-def serve_metrics(broker: Broker, port: int, addr: str = "0.0.0.0") -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_BrokerCollector(broker))
-    start_http_server(port, addr=addr, registry=registry)
-    return registry

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import zmq
@@ -38,6 +38,9 @@ from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
 from engine.mesh.security import CurveServer
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageId
+
+if TYPE_CHECKING:
+    from engine.observe.server import ObserveServer
 
 __all__ = ["Broker"]
 
@@ -100,6 +103,10 @@ class Broker:
     Parameters mirror ``engine broker``: ``bind`` endpoint(s), optional ``curve_dir``,
     ``store`` URL (``sqlite:///path``), ``metrics_port``. ``heartbeat`` is in seconds;
     a peer silent for ``3 * heartbeat`` is dead.
+
+    ``metrics_port`` serves ``/metrics`` (``engine_*`` and ``engine_mesh_*``),
+    ``/debug/profile`` and ``/healthz`` on ``metrics_host`` (127.0.0.1 unless told: the
+    profile shows code paths) while the broker runs.
     """
 
     def __init__(
@@ -109,6 +116,7 @@ class Broker:
         curve_dir: str | None = None,
         store: str | None = None,
         metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         heartbeat: float = 0.5,
         max_attempts: int = 5,
         client_credit: int = 1024,
@@ -138,7 +146,15 @@ class Broker:
         self.curve = CurveServer.from_dir(curve_dir) if curve_dir else None
         self.store: MemoryStore = open_store(store)
         self._persist = store is not None  # PERF: no key strings per message without a store
+        if metrics_port is not None and (
+            not isinstance(metrics_port, int)
+            or isinstance(metrics_port, bool)
+            or not 0 <= metrics_port <= 65535
+        ):
+            raise ValueError(f"metrics_port must be an int in [0, 65535], got {metrics_port!r}")
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.observe: ObserveServer | None = None  # the metrics endpoint while running
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "received",
@@ -215,6 +231,7 @@ class Broker:
             self._start_metrics()
             self._restore()
         except BaseException as exc:
+            self._stop_metrics()
             self._error = exc
             self._ready.set()
             sock.close(0)
@@ -241,6 +258,7 @@ class Broker:
             if auth is not None:
                 auth.stop()
             ctx.term()
+            self._stop_metrics()
 
     # -- the loop --------------------------------------------------------------------
 
@@ -847,9 +865,18 @@ class Broker:
     def _start_metrics(self) -> None:
         if self.metrics_port is None:
             return
-        from engine.mesh._metrics import serve_metrics
+        from engine.mesh._metrics import MeshCollector
+        from engine.observe.instrument import serve
+        from engine.observe.metrics import Metrics
 
-        serve_metrics(self, self.metrics_port)
+        metrics = Metrics()
+        metrics.registry.register(MeshCollector(self))
+        self.observe = serve(self, self.metrics_port, host=self.metrics_host, metrics=metrics)
+
+    def _stop_metrics(self) -> None:
+        srv, self.observe = self.observe, None
+        if srv is not None:
+            srv.close()
 
     # -- introspection (tests, monitors) ---------------------------------------------
 

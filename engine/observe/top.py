@@ -40,6 +40,7 @@ class Snapshot:
 def parse(text: str, at: float | None = None) -> Snapshot:
     """Read a Prometheus text exposition into a :class:`Snapshot`."""
     snap = Snapshot(time.monotonic() if at is None else at)
+    mesh: dict[str, float] = {}  # engine_mesh_*: read only when no engine_* names came
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             name, labels, value = s.name, s.labels, s.value
@@ -59,14 +60,17 @@ def parse(text: str, at: float | None = None) -> Snapshot:
                 snap.pending_tasks = value
             elif name == "engine_active_workers":
                 snap.active_workers = value
-            # a broker still serving the mesh's own collector (engine_mesh_*)
-            elif name == "engine_mesh_peers":
+            elif name.startswith("engine_mesh_"):
+                mesh[name] = value
+    if mesh and not snap.messages:  # only the mesh's raw collector (an older broker)
+        for name, value in mesh.items():
+            if name == "engine_mesh_peers":
                 snap.workers["peers"] = value
             elif name == "engine_mesh_inflight":
                 snap.pending_tasks = value
             elif name == "engine_mesh_queued":
                 snap.queue_depth["(all)"] = value
-            elif name.startswith("engine_mesh_") and name.endswith("_total"):
+            elif name.endswith("_total"):
                 snap.messages[name[len("engine_mesh_") : -len("_total")]] = value
     snap.latency_buckets.sort()
     return snap
