@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import urllib.error
 import urllib.request
 
@@ -164,3 +165,56 @@ def test_cli_broker_and_node_metrics_ports() -> None:
         assert messages(broker_text)["reply"] >= 1
         assert 'engine_node_agents{agent_type="echo",node="cli-n1"} 1.0' in broker_text
         assert get(f"http://127.0.0.1:{nmetrics}/healthz") == b"ok\n"
+
+
+# -- mesh peer: a handler's context variables stay with that handler ------------------------
+
+_LEAK: contextvars.ContextVar[int] = contextvars.ContextVar("wiring_leak", default=0)
+
+
+class LeakProbe(Message):
+    n: int
+    suspend: bool = False
+
+
+class LeakSeen(Message):
+    before: int
+    after: int
+
+
+class ContextSetter:
+    """Plain class (served eagerly by AgentHost): reports what it saw, then sets the var."""
+
+    async def on_probe(self, msg: LeakProbe) -> LeakSeen:
+        before = _LEAK.get()
+        _LEAK.set(msg.n)
+        if msg.suspend:
+            await asyncio.sleep(0.01)  # resumed in a task: must still see its own value
+        return LeakSeen(before, _LEAK.get())
+
+
+def test_mesh_handler_context_does_not_leak_into_the_next_handler() -> None:
+    from engine.mesh import AgentHost, Broker, MeshClient, Node
+
+    b = Broker("tcp://127.0.0.1:0", heartbeat=0.5)
+    b.start()
+
+    async def main() -> list[LeakSeen]:
+        async with (
+            Node(b.endpoints[0], {"probe": ContextSetter}, name="ctx", heartbeat=0.5) as n,
+            MeshClient(b.endpoints[0], heartbeat=0.5) as c,
+        ):
+            assert isinstance(n.host, AgentHost) and n.host.eager  # the eager first step
+            seen = []
+            for i, suspend in ((1, False), (2, True), (3, False), (4, False)):
+                to = AgentId("probe", f"k{i}")
+                seen.append(await c.send(LeakProbe(i, suspend), to=to, timeout=5))
+            assert _LEAK.get() == 0
+            return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        b.stop()
+    assert [s.before for s in seen] == [0, 0, 0, 0]  # nothing left behind by earlier runs
+    assert [s.after for s in seen] == [1, 2, 3, 4]

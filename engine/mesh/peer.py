@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -684,15 +685,19 @@ class MeshPeer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return task
+        # The first step runs in a copy of the loop's context, and the task resuming it
+        # keeps that copy: context variables a handler sets (the current span, log
+        # context) stay with that handler instead of leaking into the receive loop.
+        ctx = contextvars.copy_context()
         try:
-            yielded = coro.send(None)
+            yielded = ctx.run(coro.send, None)
         except StopIteration:
             return None
         except BaseException:
             log.exception("%s: delivery failed", self.name)
             return None
         assert self._loop is not None
-        task = self._loop.create_task(_resume(coro, yielded))
+        task = self._loop.create_task(_resume(coro, yielded), context=ctx)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
