@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import zmq
 
-from engine.errors import DecodeError, ProtocolError, RoutingError
+from engine.errors import DecodeError, ProtocolError, RoutingError, TraceContextError
 from engine.mesh import protocol as P
 from engine.mesh._io import readable, recv_frames, recv_zmq_frames, send_frames
 from engine.mesh._outbox import Outbox
@@ -38,6 +38,7 @@ from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
 from engine.mesh.security import CurveServer
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageId
+from engine.observe.tracing import Tracer, parse_traceparent
 
 if TYPE_CHECKING:
     from engine.observe.server import ObserveServer
@@ -128,6 +129,7 @@ class Broker:
         policy: str = "least_outstanding",
         batch: int = 2048,
         max_sticky: int = 1_000_000,
+        tracer: Tracer | None = None,
     ) -> None:
         self.binds = [bind] if isinstance(bind, str) else list(bind)
         self.heartbeat = heartbeat
@@ -142,6 +144,7 @@ class Broker:
         self.policy = policy
         self.batch = batch
         self.max_sticky = max_sticky
+        self.tracer = tracer  # a "hop" span per forwarded envelope when set
         self.broker_id = os.urandom(8).hex()
         self.curve = CurveServer.from_dir(curve_dir) if curve_dir else None
         self.store: MemoryStore = open_store(store)
@@ -512,6 +515,7 @@ class Broker:
 
     def _on_deliver(self, peer: _Peer, bodies: list[bytes]) -> None:
         decode = self._codec.decode
+        tracer = self.tracer
         for body in bodies:
             try:
                 env = decode(body)
@@ -528,10 +532,28 @@ class Broker:
             if self._queued >= self.max_queued:
                 self._nack(peer.ident, env.id, NackCode.BUSY, "broker queue full")
                 continue
+            if tracer is not None:
+                env, body = self._hop(tracer, peer, env)
             d = _Delivery(env, body, peer.ident, [1])
             if self._persist:
                 self.store.add(_key(env.id), body)
             self._route(d)
+
+    def _hop(self, tracer: Tracer, peer: _Peer, env: Envelope) -> tuple[Envelope, bytes]:
+        """A ``hop`` span for ``env``; the forwarded copy carries its traceparent."""
+        target = env.recipient or env.topic
+        try:
+            parent = env.traceparent or None
+            if parent is not None:
+                parse_traceparent(parent)
+        except TraceContextError:
+            parent = None  # a peer's bad header: start a new trace rather than drop the message
+        attrs: dict[str, str | int] = {"engine.source": peer.name, "engine.attempt": env.attempt}
+        if target is not None:
+            attrs["engine.target"] = str(target)
+        with tracer.span(f"hop {target}", parent, kind="hop", attributes=attrs) as span:
+            env = msgspec.structs.replace(env, traceparent=span.traceparent)
+        return env, self._codec.encode(env)
 
     def _cancel(self, source: _Peer, env: Envelope, body: bytes) -> None:
         """Forward a CANCEL to the peer running its request; drop the request if queued.

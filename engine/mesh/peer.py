@@ -31,6 +31,7 @@ from engine.errors import (
     EngineError,
     ProtocolError,
     RemoteError,
+    TraceContextError,
     UndeliverableError,
 )
 from engine.mesh import protocol as P
@@ -50,6 +51,7 @@ from engine.messages import (
     decode_payload,
     encode_payload,
 )
+from engine.observe.tracing import Tracer, current_traceparent, parse_traceparent
 
 __all__ = ["Host", "MeshPeer", "Sink", "decode_reply"]
 
@@ -109,6 +111,7 @@ class MeshPeer:
         hmac_key: bytes | None = None,
         max_frame: int = P.MAX_FRAME,
         idempotency_cache: int = 100_000,
+        tracer: Tracer | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -120,6 +123,7 @@ class MeshPeer:
         self.heartbeat = heartbeat
         self.curve = curve
         self.hmac_key = hmac_key
+        self.tracer = tracer  # opens a "handler" span around each hosted delivery
         self.ids = MessageIds()
         self.broker_id: str | None = None
         self.stats: dict[str, int] = dict.fromkeys(
@@ -411,17 +415,20 @@ class MeshPeer:
         *,
         timeout: float | None = None,
         reply_type: Any = None,
+        traceparent: str | None = None,
     ) -> Any:
         """Request/reply to an agent on any node; returns the decoded reply message.
 
         ``to.key == "*"`` lets the broker pick any instance of the type. A handler error
         raises :class:`RemoteError`; no route raises :class:`UndeliverableError`.
+        ``traceparent`` defaults to the innermost ``Tracer.span`` open here.
         """
         env = Envelope(
             self.ids.next(),
             Kind.SEND,
             recipient=to,
             deadline=time.time() + timeout if timeout else 0.0,
+            traceparent=current_traceparent() if traceparent is None else traceparent,
             payload_type=type(message).__name__,
             payload=encode_payload(message),
         )
@@ -435,6 +442,7 @@ class MeshPeer:
             self.ids.next(),
             Kind.PUBLISH,
             topic=topic,
+            traceparent=current_traceparent(),
             payload_type=type(message).__name__,
             payload=encode_payload(message),
         )
@@ -446,6 +454,7 @@ class MeshPeer:
             self.ids.next(),
             Kind.PUBLISH,
             recipient=to,
+            traceparent=current_traceparent(),
             payload_type=type(message).__name__,
             payload=encode_payload(message),
         )
@@ -458,12 +467,14 @@ class MeshPeer:
         """
         assert self._loop is not None, "start() the peer first"
         ids, encode, unacked = self.ids, self._codec.encode, self._unacked
+        traceparent = current_traceparent()
         pending: list[MessageId] = []
         for message in messages:
             env = Envelope(
                 ids.next(),
                 Kind.PUBLISH,
                 recipient=to,
+                traceparent=traceparent,
                 payload_type=type(message).__name__,
                 payload=encode_payload(message),
             )
@@ -718,7 +729,10 @@ class MeshPeer:
     async def _execute(self, host: Host, env: Envelope) -> None:
         async with self._sem:
             try:
-                reply = await host.handle(env)
+                if self.tracer is None:
+                    reply = await host.handle(env)
+                else:
+                    reply = await self._traced(host, env, self.tracer)
             except asyncio.CancelledError:
                 if self._closing:
                     raise  # unanswered: the broker redelivers it elsewhere
@@ -742,6 +756,32 @@ class MeshPeer:
             self._out.acks.append(mid)
         self._remember(mid, data)
         self._schedule_flush()
+
+    async def _traced(self, host: Host, env: Envelope, tracer: Tracer) -> Envelope | None:
+        """``host.handle(env)`` in a ``handler`` span continuing the envelope's trace.
+
+        The handler sees the span's traceparent (``ctx.envelope`` / ``ctx.traceparent``
+        and ``current_traceparent()``), so what it sends is parented on this span.
+        """
+        target = env.recipient or env.topic
+        attrs: dict[str, str | int] = {
+            "engine.node": self.name,
+            "engine.message_type": env.payload_type,
+            "engine.attempt": env.attempt,
+        }
+        if target is not None:
+            attrs["engine.target"] = str(target)
+        try:
+            parent = env.traceparent or None
+            if parent is not None:
+                parse_traceparent(parent)
+        except TraceContextError:
+            log.warning("%s: bad traceparent %r: starting a new trace", self.name, parent)
+            parent = None
+        with tracer.span(
+            f"handle {env.payload_type}", parent, kind="handler", attributes=attrs
+        ) as span:
+            return await host.handle(msgspec.structs.replace(env, traceparent=span.traceparent))
 
     # -- output ----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from engine.messages import (
     Envelope,
     TopicId,
 )
+from engine.observe.tracing import current_traceparent
 from engine.routing import Router, RouterPy
 from engine.runtime._deadlines import Deadlines
 from engine.runtime._hooks import Hooks, Middleware, compose
@@ -1052,7 +1053,8 @@ class Runtime:
         counts["publish"] += 1
         counts["delivered"] += delivered
         if self._transport is not None and self._started and not local_only:
-            self._remote.publish(message, topic_id, seq, sender, traceparent)
+            tp = traceparent or current_traceparent()
+            self._remote.publish(message, topic_id, seq, sender, tp)
         return delivered
 
     async def post(
@@ -1175,6 +1177,8 @@ class Runtime:
             )
         if timeout is not None:
             _check_timeout(timeout)
+        if not traceparent:  # continue the innermost Tracer.span open here, if any
+            traceparent = current_traceparent()
         return await self._remote.send(message, to, timeout, sender, traceparent)
 
     def deliver(self, envelope: Envelope) -> None:
