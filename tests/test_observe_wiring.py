@@ -218,3 +218,45 @@ def test_mesh_handler_context_does_not_leak_into_the_next_handler() -> None:
         b.stop()
     assert [s.before for s in seen] == [0, 0, 0, 0]  # nothing left behind by earlier runs
     assert [s.after for s in seen] == [1, 2, 3, 4]
+
+
+def test_bad_traceparent_from_a_peer_starts_a_new_trace() -> None:
+    import time
+
+    from mesh_agents import Echo, Ping, Pong
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from engine.mesh import Broker, MeshClient, Node, decode_reply
+    from engine.messages import Envelope, Kind, encode_payload
+    from engine.observe import Tracer
+
+    exporter = InMemorySpanExporter()
+    b = Broker("tcp://127.0.0.1:0", heartbeat=0.5, tracer=Tracer("b", exporters=[exporter]))
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> Pong:
+        async with (
+            Node(ep, {"echo": Echo}, name="bt", tracer=Tracer("n", exporters=[exporter])),
+            MeshClient(ep, heartbeat=0.5) as c,
+        ):
+            env = Envelope(
+                c.ids.next(),
+                Kind.SEND,
+                recipient=AgentId("echo", "x"),
+                deadline=time.time() + 10,
+                traceparent="not-a-traceparent",
+                payload_type="Ping",
+                payload=encode_payload(Ping(1)),
+            )
+            reply: Pong = decode_reply(await c.request(env, timeout=10), Pong)
+            return reply
+
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 30)).n == 2
+    finally:
+        b.stop()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"hop echo/x", "handle Ping"}
+    assert spans["hop echo/x"].parent is None  # a new trace, the message still delivered
+    assert spans["handle Ping"].parent.span_id == spans["hop echo/x"].context.span_id
