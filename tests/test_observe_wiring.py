@@ -260,3 +260,28 @@ def test_bad_traceparent_from_a_peer_starts_a_new_trace() -> None:
     assert set(spans) == {"hop echo/x", "handle Ping"}
     assert spans["hop echo/x"].parent is None  # a new trace, the message still delivered
     assert spans["handle Ping"].parent.span_id == spans["hop echo/x"].context.span_id
+
+
+def test_metrics_port_in_use_names_the_address() -> None:
+    async def main() -> None:
+        async with Runtime(metrics_port=0) as first:
+            assert first.metrics_url is not None
+            port = int(first.metrics_url.rsplit(":", 1)[1])
+            second = Runtime(metrics_port=port)
+            with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+                await second.start()
+            await second.stop()
+
+    asyncio.run(main())
+
+    from engine.mesh import Broker
+
+    b1 = Broker("tcp://127.0.0.1:0", metrics_port=0)
+    b1.start()
+    try:
+        assert b1.observe is not None
+        b2 = Broker("tcp://127.0.0.1:0", metrics_port=b1.observe.port)
+        with pytest.raises(OSError, match="cannot serve metrics on"):
+            b2.start()
+    finally:
+        b1.stop()

@@ -201,7 +201,7 @@ class Broker:
 
     def start(self) -> None:
         """Run the loop in a daemon thread; returns once the sockets are bound."""
-        self._thread = threading.Thread(target=self.run, name="engine-broker", daemon=True)
+        self._thread = threading.Thread(target=self._run_thread, name="engine-broker", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("broker did not start within 10 s")
@@ -214,6 +214,13 @@ class Broker:
             self._thread.join(timeout)
 
     _error: BaseException | None = None
+
+    def _run_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            if exc is not self._error:  # a startup error is raised by start() instead
+                raise
 
     def run(self) -> None:
         """Bind and serve until :meth:`stop` (or SIGTERM/SIGINT in ``engine broker``)."""

@@ -135,7 +135,12 @@ class ObserveServer:
     def start(self) -> ObserveServer:
         if self._server is not None:
             raise RuntimeError("server already started")
-        self._server = _Server(self._addr, self.metrics, self._max)
+        try:
+            self._server = _Server(self._addr, self.metrics, self._max)
+        except OSError as exc:
+            host, port = self._addr
+            msg = f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            raise OSError(exc.errno, msg) from exc
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="engine-observe-http", daemon=True
         )
