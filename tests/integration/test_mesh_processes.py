@@ -60,7 +60,7 @@ def test_two_nodes_share_typed_work_and_route_replies() -> None:
         asyncio.run(main())
 
 
-def _kill_node_run(n: int = 300) -> None:
+def check_kill_node_run(n: int = 300) -> None:
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
     with processes() as procs:
@@ -87,7 +87,7 @@ def _kill_node_run(n: int = 300) -> None:
         asyncio.run(main())
 
 
-def _restart_broker_run(n: int = 300) -> None:
+def check_restart_broker_run(n: int = 300) -> None:
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
     with processes() as procs:
@@ -115,16 +115,16 @@ def _restart_broker_run(n: int = 300) -> None:
 
 
 def test_sigkill_node_mid_run_every_task_completes_exactly_once() -> None:
-    _kill_node_run()
+    check_kill_node_run()
 
 
 def test_broker_restart_mid_run_completes() -> None:
-    _restart_broker_run()
+    check_restart_broker_run()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("round_", range(20))
 def test_kill_and_restart_20x(round_: int) -> None:
-    _kill_node_run()
-    _restart_broker_run()
+    check_kill_node_run()
+    check_restart_broker_run()
