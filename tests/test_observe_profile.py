@@ -9,10 +9,12 @@ import pytest
 
 from engine.cli import main
 from engine.observe._cli_profile import summarize
+from engine.routing import RouterC
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.skipif(RouterC is None, reason="attributes time to the native router's call sites")
 def test_routing_scenario_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["profile", "routing", "--seconds", "0.5", "--top", "5", "--out", str(tmp_path),
             "--root", str(ROOT)]
