@@ -40,6 +40,7 @@ def run_broker(args: argparse.Namespace) -> int:
         hmac_key=_hmac(args.hmac_key),
         policy=args.policy,
         route_timeout=args.route_timeout,
+        audit=args.audit,
     )
 
     def stop(signum: int, frame: Any) -> None:
@@ -211,6 +212,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--policy", default="least_outstanding", choices=["least_outstanding", "round_robin"]
     )
     p.add_argument("--hmac-key", default=None, help="require HMAC-SHA256 signed frames")
+    p.add_argument(
+        "--audit",
+        default=None,
+        metavar="FILE",
+        help="append node.registered/node.rejected records to this hash-chained log",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=lambda a: run_broker(_default_bind(a)))
 

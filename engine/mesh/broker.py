@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import zmq
 
-from engine.errors import DecodeError, ProtocolError, RoutingError, TraceContextError
+from engine.errors import AuditError, DecodeError, ProtocolError, RoutingError, TraceContextError
 from engine.mesh import protocol as P
 from engine.mesh._io import readable, recv_frames, recv_zmq_frames, send_frames
 from engine.mesh._outbox import Outbox
@@ -38,6 +38,7 @@ from engine.mesh._store import MemoryStore, open_store
 from engine.mesh.protocol import FrameKind, NackCode, NackItem, Role
 from engine.mesh.security import CurveServer
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageId
+from engine.observe.audit import NODE_REGISTERED, NODE_REJECTED, AuditLog
 from engine.observe.tracing import Tracer, parse_traceparent
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class Broker:
     ``metrics_port`` serves ``/metrics`` (``engine_*`` and ``engine_mesh_*``),
     ``/debug/profile`` and ``/healthz`` on ``metrics_host`` (127.0.0.1 unless told: the
     profile shows code paths) while the broker runs.
+
+    ``audit`` (an :class:`~engine.observe.audit.AuditLog` or a path) receives a
+    ``node.registered`` or ``node.rejected`` record per REGISTER; other frames cost nothing.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Broker:
         batch: int = 2048,
         max_sticky: int = 1_000_000,
         tracer: Tracer | None = None,
+        audit: AuditLog | str | os.PathLike[str] | None = None,
     ) -> None:
         self.binds = [bind] if isinstance(bind, str) else list(bind)
         self.heartbeat = heartbeat
@@ -147,6 +152,11 @@ class Broker:
         self.tracer = tracer  # a "hop" span per forwarded envelope when set
         self.broker_id = os.urandom(8).hex()
         self.curve = CurveServer.from_dir(curve_dir) if curve_dir else None
+        # node.registered / node.rejected records; only registrations pay for it.
+        self._own_audit = audit is not None and not isinstance(audit, AuditLog)
+        self.audit: AuditLog | None = (
+            audit if isinstance(audit, AuditLog) or audit is None else AuditLog(audit)
+        )
         self.store: MemoryStore = open_store(store)
         self._persist = store is not None  # PERF: no key strings per message without a store
         if metrics_port is not None and (
@@ -264,6 +274,8 @@ class Broker:
                     ),
                 )
             self.store.close()
+            if self._own_audit and self.audit is not None:
+                self.audit.close()
             sock.close(0)
             if auth is not None:
                 auth.stop()
@@ -303,14 +315,34 @@ class Broker:
         msg = [p.bytes for p in parts]
         if len(msg) > 1 and len(msg[1]) == P.HEADER_SIZE and msg[1][4] == FrameKind.REGISTER:
             try:
-                role = Role(str(parts[1].get("User-Id")))
+                # User-Id is "ROLE:FINGERPRINT" (engine.mesh.security._Authenticator)
+                role_name, _, key = str(parts[1].get("User-Id")).partition(":")
+                role = Role(role_name)
             except (ValueError, zmq.ZMQError):
-                role = Role.WORKER
-            self._on_message(msg, role)
+                role, key = Role.WORKER, ""
+            self._on_message(msg, role, key or None)
         else:
             self._on_message(msg)
 
-    def _on_message(self, msg: list[bytes], key_role: Role | None = None) -> None:
+    def _audit_event(self, event: str, data: dict[str, Any]) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(event, data)
+        except (AuditError, OSError) as exc:  # never let the audit file stop the broker
+            log.error("audit record %s not written: %s", event, exc)
+
+    def _reject(self, ident: bytes, name: str | None, reason: str, detail: str) -> None:
+        """A refused REGISTER: counted by the caller, recorded here."""
+        if self.audit is not None:
+            self._audit_event(
+                NODE_REJECTED,
+                {"peer": name, "ident": ident.hex(), "reason": reason, "detail": detail},
+            )
+
+    def _on_message(
+        self, msg: list[bytes], key_role: Role | None = None, key: str | None = None
+    ) -> None:
         stats = self.stats
         stats["received"] += 1
         ident = msg[0]
@@ -318,6 +350,8 @@ class Broker:
             kind, bodies = P.parse(msg[1:], self.hmac_key)
         except ProtocolError as exc:
             self._bad(ident, exc)
+            if self.audit is not None and msg[1][4:5] == bytes([FrameKind.REGISTER]):
+                self._reject(ident, None, "protocol violation", str(exc))
             if "version" in str(exc):
                 self._queue_other(
                     ident,
@@ -327,7 +361,7 @@ class Broker:
             return
         peer = self._peers.get(ident)
         if kind is FrameKind.REGISTER:
-            self._on_register(ident, bodies, key_role)
+            self._on_register(ident, bodies, key_role, key)
             return
         if peer is None:
             self._on_unknown(ident, kind, bodies)
@@ -394,20 +428,31 @@ class Broker:
 
     # -- registration ----------------------------------------------------------------
 
-    def _on_register(self, ident: bytes, bodies: list[bytes], key_role: Role | None) -> None:
+    def _on_register(
+        self, ident: bytes, bodies: list[bytes], key_role: Role | None, key: str | None = None
+    ) -> None:
         try:
             reg = P.decode_register(bodies)
         except ProtocolError as exc:
             self._bad(ident, exc)
+            reason = "bad role" if "role" in str(exc) else "protocol violation"
+            self._reject(ident, None, reason, str(exc))
             return
         if not reg.name or len(reg.name) > 256:
             self._bad(ident, ProtocolError("REGISTER name must be 1..256 characters"))
+            self._reject(ident, reg.name[:256], "protocol violation", "name must be 1..256 chars")
             return
         role = reg.role
         if key_role is not None and role is not key_role and key_role is not Role.ORCHESTRATOR:
             self.stats["unauthorized"] += 1
             log.warning(
                 "peer %s claims role %s but its key allows %s", reg.name, role.value, key_role.value
+            )
+            self._reject(
+                ident,
+                reg.name,
+                "bad role",
+                f"claimed {role.value}, key {key} allows {key_role.value}",
             )
             self._queue_other(
                 ident,
@@ -422,6 +467,7 @@ class Broker:
             return
         if role is Role.MONITOR and reg.types:
             self._bad(ident, ProtocolError("a monitor cannot host agent types"))
+            self._reject(ident, reg.name, "bad role", "a monitor cannot host agent types")
             return
         now = time.monotonic()
         old = self._peers.get(ident)
@@ -454,6 +500,7 @@ class Broker:
                 self._sub_peer[peer.num] = ident
         except (RoutingError, ValueError) as exc:
             self._bad(ident, ProtocolError(f"bad REGISTER: {exc}"))
+            self._reject(ident, reg.name, "protocol violation", f"bad REGISTER: {exc}")
             self._drop_peer(peer, "bad registration")
             return
         welcome = P.Welcome(
@@ -467,6 +514,15 @@ class Broker:
             reg.types,
             reg.subscriptions,
         )
+        if self.audit is not None:
+            record = {
+                "peer": reg.name,
+                "ident": ident.hex(),
+                "role": role.value,
+                "types": list(reg.types),
+                "key": key,  # CURVE key fingerprint, None without CURVE
+            }
+            self._audit_event(NODE_REGISTERED, record)
         self._dirty.add(ident)
         for type_ in reg.types:
             parked = self._parked.pop(type_, None)

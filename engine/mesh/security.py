@@ -12,6 +12,7 @@ the broker binds that role to the key, so a worker key cannot act as an orchestr
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -80,13 +81,22 @@ def _role_of(path: Path) -> Role:
 
 
 class _Authenticator(ThreadAuthenticator):
-    """ZAP handler whose User-Id is the role bound to the client's key."""
+    """ZAP handler whose User-Id is ``ROLE:FINGERPRINT`` for the client's key.
+
+    The fingerprint (:func:`fingerprint`) lets the broker's audit log name the key.
+    """
 
     roles: dict[bytes, Role]
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        role = self.roles.get(zmq.utils.z85.encode(client_public_key), Role.WORKER)
-        return role.value
+        z85 = zmq.utils.z85.encode(client_public_key)
+        role = self.roles.get(z85, Role.WORKER)
+        return f"{role.value}:{fingerprint(z85)}"
+
+
+def fingerprint(public_z85: bytes) -> str:
+    """A short, stable name for a CURVE public key: the first 16 hex of its SHA-256."""
+    return hashlib.sha256(public_z85).hexdigest()[:16]
 
 
 @dataclass

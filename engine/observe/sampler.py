@@ -3,7 +3,9 @@
 It aggregates folded stacks (``thread;outer;...;inner count``, the format of flamegraph.pl)
 and exports them as text or as speedscope JSON (https://www.speedscope.app). The cost is
 one walk over every thread's frames per sample: 0.5-2.2% measured at 100 Hz
-(``benches/bench_observe.py::test_sampler_overhead_100hz``).
+(``benches/bench_observe.py::test_sampler_overhead_100hz``). Most of a tick (55-72 us of
+sampler-thread CPU with a busy worker) is the timer wake-up and the GIL hand-off; the walk
+itself is 10-25% of it (docs/performance.md, ``## observability``).
 """
 
 from __future__ import annotations
