@@ -903,17 +903,8 @@ class Broker:
     def _flush(self, sock: zmq.Socket[Any]) -> None:
         outs = self._out
         self._out = {}
-        limit = P.MAX_BODIES
         for ident, out in outs.items():
-            msgs: list[list[bytes]] = out.other
-            if out.nacks:
-                msgs.append(P.frames(FrameKind.NACK, P.encode_nacks(out.nacks)))
-            if out.acks:
-                msgs.append(P.frames(FrameKind.ACK, P.encode_ids(out.acks)))
-            for kind, bodies in ((FrameKind.REPLY, out.reply), (FrameKind.DELIVER, out.deliver)):
-                for i in range(0, len(bodies), limit):
-                    msgs.append(P.frames(kind, *bodies[i : i + limit]))
-            for frames in msgs:
+            for frames in out.messages():
                 if not self._send(sock, ident, frames):
                     break
 

@@ -796,15 +796,7 @@ class MeshPeer:
         if not out or self._sock is None:
             return
         self._out = Outbox()
-        limit = P.MAX_BODIES
-        msgs = out.other
-        if out.nacks:
-            msgs.append(P.frames(FrameKind.NACK, P.encode_nacks(out.nacks)))
-        if out.acks:
-            msgs.append(P.frames(FrameKind.ACK, P.encode_ids(out.acks)))
-        for kind, bodies in ((FrameKind.REPLY, out.reply), (FrameKind.DELIVER, out.deliver)):
-            for i in range(0, len(bodies), limit):
-                msgs.append(P.frames(kind, *bodies[i : i + limit]))
+        msgs = out.messages()
         for i, frames in enumerate(msgs):
             if not self._send(frames):
                 self._out.other.extend(msgs[i:])  # retried by the next tick
