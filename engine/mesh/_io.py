@@ -1,60 +1,49 @@
-"""Small ZeroMQ I/O helpers shared by the broker and peers (hot path).
+"""ZeroMQ multipart I/O for the broker and peers: the compiled ``FrameSocket`` when built.
 
-PERF: plain-int flags skip pyzmq's IntFlag arithmetic, and draining while
-``EVENTS & POLLIN`` skips raising ``zmq.Again`` at the end of every drain (an exception
-object per wake-up); together ~10-20 us per send+recv round in an in-process
-DEALER->ROUTER loop. ``recv_frames`` reads ``Frame.more`` instead of a ``getsockopt(RCVMORE)``
-per part: 9.0 vs 13.3 us per 3-part message (2026-11, loaded 2-core machine).
+:func:`frame_socket` wraps a pyzmq socket in ``engine._native._frames.FrameSocket``
+(``ext/_frames.pyx``) unless extensions are disabled or missing, then in the reference twin
+:class:`~engine.mesh._frames_py.FrameSocketPy`. Both receive whole messages per call
+(``recv``/``recv_many``), send one message with an optional routing id (``send``), report
+``readable()`` and ``wait(timeout_ms)``.
+
+PERF: pyzmq's Python API costs ~2.4 us per 2-frame send, ~4.5 us per 3-frame receive and
+~2.2 us per ``getsockopt(EVENTS)``; the compiled calls 0.64 / 0.65 / 0.90 us
+(``benches/mesh_seq_profile.py --micro``, 2026-11-21, loaded 2-core machine).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
-__all__ = ["NOBLOCK", "readable", "recv_frames", "recv_zmq_frames", "send_frames"]
+from engine._native import load
+from engine.mesh._frames_py import FrameSocketPy
 
-NOBLOCK = int(zmq.NOBLOCK)
-_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
+if TYPE_CHECKING:
+    from engine._native._frames import FrameSocket as _FrameSocketC
 
-
-def readable(sock: zmq.Socket[Any]) -> bool:
-    """A message is waiting (also re-arms ZeroMQ's edge-triggered FD)."""
-    return bool(int(sock.getsockopt(_EVENTS)) & _POLLIN)
+__all__ = ["FrameIO", "FrameSocketC", "FrameSocketPy", "frame_socket"]
 
 
-def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
-    """Send one multipart message without blocking; ``zmq.Again`` if it cannot go now.
+class FrameIO(Protocol):
+    """What the broker and peers use (both implementations)."""
 
-    ZeroMQ queues a multipart message atomically: only the first part can fail.
-    """
-    send = sock.send
-    last = len(frames) - 1
-    for i in range(last):
-        send(frames[i], _MORE)
-    send(frames[last], NOBLOCK)
-
-
-def recv_frames(sock: zmq.Socket[Any]) -> list[bytes]:
-    """Receive one multipart message without blocking (``zmq.Again`` if none)."""
-    recv = sock.recv
-    frame = recv(NOBLOCK, copy=False)
-    parts = [frame.bytes]
-    while frame.more:
-        frame = recv(NOBLOCK, copy=False)
-        parts.append(frame.bytes)
-    return parts
+    def recv(self) -> list[bytes] | None: ...
+    def recv_many(self, limit: int) -> list[list[bytes]]: ...
+    def recv_many_meta(self, limit: int, prop: str) -> list[tuple[list[bytes], str | None]]: ...
+    def send(self, frames: list[bytes], ident: bytes | None = None) -> bool: ...
+    def readable(self) -> bool: ...
+    def wait(self, timeout_ms: int) -> bool: ...
 
 
-def recv_zmq_frames(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
-    """Like :func:`recv_frames` but keeps the ``zmq.Frame`` objects (for metadata)."""
-    recv = sock.recv
-    frame = recv(NOBLOCK, copy=False)
-    parts = [frame]
-    while frame.more:
-        frame = recv(NOBLOCK, copy=False)
-        parts.append(frame)
-    return parts
+_native = load("_frames")
+#: The compiled implementation, None when not built or disabled.
+FrameSocketC: type[_FrameSocketC] | None = None if _native is None else _native.FrameSocket
+
+
+def frame_socket(sock: zmq.Socket[Any]) -> FrameIO:
+    """``sock`` wrapped for multipart I/O: compiled when built, else the reference twin."""
+    if FrameSocketC is not None:
+        return FrameSocketC(sock)
+    return FrameSocketPy(sock)

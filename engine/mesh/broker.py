@@ -31,7 +31,7 @@ import zmq
 
 from engine.errors import AuditError, DecodeError, ProtocolError, RoutingError, TraceContextError
 from engine.mesh import protocol as P
-from engine.mesh._io import readable, recv_frames, recv_zmq_frames, send_frames
+from engine.mesh._io import FrameIO, frame_socket
 from engine.mesh._outbox import Outbox
 from engine.mesh._routing import make_router
 from engine.mesh._store import MemoryStore, open_store
@@ -261,12 +261,13 @@ class Broker:
             raise
         self._ready.set()
         log.info("broker %s listening on %s", self.broker_id, ", ".join(self.endpoints))
+        io = frame_socket(sock)
         try:
-            self._loop(sock)
+            self._loop(io)
         finally:
             for ident in list(self._peers):
                 self._send(
-                    sock,
+                    io,
                     ident,
                     P.frames(
                         FrameKind.DISCONNECT,
@@ -284,23 +285,21 @@ class Broker:
 
     # -- the loop --------------------------------------------------------------------
 
-    def _loop(self, sock: zmq.Socket[Any]) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+    def _loop(self, io: FrameIO) -> None:
         curve = self.curve is not None
         tick = min(self.heartbeat, 0.05)
         next_tick = time.monotonic() + tick
+        batch = self.batch
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
-            if poller.poll(int(timeout * 1000) + 1):
-                # poll() saw a message: take it, then drain while more are ready
-                for i in range(self.batch):
-                    if i and not readable(sock):
-                        break
-                    if curve:
-                        self._on_curve_message(recv_zmq_frames(sock))
-                    else:
-                        self._on_message(recv_frames(sock))
+            # PERF: one compiled call takes every waiting message (benches/mesh_seq_profile.py)
+            if io.wait(int(timeout * 1000) + 1):
+                if curve:
+                    for msg, user_id in io.recv_many_meta(batch, "User-Id"):
+                        self._on_curve_message(msg, user_id)
+                else:
+                    for msg in io.recv_many(batch):
+                        self._on_message(msg)
             now = time.monotonic()
             if now >= next_tick:
                 self._tick(now)
@@ -308,17 +307,16 @@ class Broker:
             if self._dirty:
                 self._dispatch()
             if self._out:
-                self._flush(sock)
+                self._flush(io)
             self.store.commit()
 
-    def _on_curve_message(self, parts: list[zmq.Frame]) -> None:
-        msg = [p.bytes for p in parts]
+    def _on_curve_message(self, msg: list[bytes], user_id: str | None) -> None:
         if len(msg) > 1 and len(msg[1]) == P.HEADER_SIZE and msg[1][4] == FrameKind.REGISTER:
             try:
                 # User-Id is "ROLE:FINGERPRINT" (engine.mesh.security._Authenticator)
-                role_name, _, key = str(parts[1].get("User-Id")).partition(":")
+                role_name, _, key = str(user_id).partition(":")
                 role = Role(role_name)
-            except (ValueError, zmq.ZMQError):
+            except ValueError:
                 role, key = Role.WORKER, ""
             self._on_message(msg, role, key or None)
         else:
@@ -900,20 +898,20 @@ class Broker:
             out = self._out[ident] = Outbox()
         out.other.append(frames)
 
-    def _flush(self, sock: zmq.Socket[Any]) -> None:
+    def _flush(self, io: FrameIO) -> None:
         outs = self._out
         self._out = {}
         for ident, out in outs.items():
             for frames in out.messages():
-                if not self._send(sock, ident, frames):
+                if not self._send(io, ident, frames):
                     break
 
-    def _send(self, sock: zmq.Socket[Any], ident: bytes, frames: list[bytes]) -> bool:
+    def _send(self, io: FrameIO, ident: bytes, frames: list[bytes]) -> bool:
         if self.hmac_key is not None:
             P.sign(frames, self.hmac_key)
         try:
-            send_frames(sock, [ident, *frames])
-        except zmq.Again:
+            if io.send(frames, ident):
+                return True
             log.warning("peer %s not reading (send queue full): message dropped", ident.hex())
             return False
         except zmq.ZMQError as exc:
@@ -923,7 +921,6 @@ class Broker:
                     self._drop_peer(peer, "unreachable")
                 return False
             raise
-        return True
 
     # -- restore & metrics -----------------------------------------------------------
 

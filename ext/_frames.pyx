@@ -1,0 +1,291 @@
+# cython: language_level=3, annotation_typing=False
+"""Compiled ZeroMQ multipart I/O for the mesh: whole messages per call, no per-frame Python.
+
+:class:`FrameSocket` wraps a pyzmq socket and moves multipart messages between it and lists
+of ``bytes`` in C: one call receives every waiting message (``recv_many``) or sends one
+message with its routing id (``send``). pyzmq's Python API costs ~1-3 us per frame and per
+``getsockopt`` (option enum lookup, keyword handling, a ``Frame`` object per part); a mesh
+hop moves 2-3 frames each way, on every hop of a round trip.
+
+libzmq is the one pyzmq loaded: its functions are resolved at import through pyzmq's backend
+module (``dlsym`` on that module's handle also searches its libzmq), and the socket is
+pyzmq's (``Socket.underlying``), so both bindings share one context and one library. Calls
+are non-blocking and keep the GIL, except :meth:`FrameSocket.wait`, which polls with the GIL
+released. The reference twin is ``engine.mesh._frames_py.FrameSocketPy`` (pyzmq's API).
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR
+from libc.stdint cimport uintptr_t
+
+from engine_zmq cimport (
+    ENGINE_ZMQ_DONTWAIT,
+    ENGINE_ZMQ_EVENTS,
+    ENGINE_ZMQ_POLLIN,
+    ENGINE_ZMQ_SNDMORE,
+    engine_zmq_errno_t,
+    engine_zmq_getsockopt_t,
+    engine_zmq_msg_close_t,
+    engine_zmq_msg_data_t,
+    engine_zmq_msg_gets_t,
+    engine_zmq_msg_init_t,
+    engine_zmq_msg_more_t,
+    engine_zmq_msg_recv_t,
+    engine_zmq_msg_size_t,
+    engine_zmq_msg_t,
+    engine_zmq_poll_t,
+    engine_zmq_pollitem_t,
+    engine_zmq_send_t,
+)
+
+import zmq
+
+cdef engine_zmq_msg_init_t z_msg_init = NULL
+cdef engine_zmq_msg_close_t z_msg_close = NULL
+cdef engine_zmq_msg_data_t z_msg_data = NULL
+cdef engine_zmq_msg_size_t z_msg_size = NULL
+cdef engine_zmq_msg_more_t z_msg_more = NULL
+cdef engine_zmq_msg_recv_t z_msg_recv = NULL
+cdef engine_zmq_msg_gets_t z_msg_gets = NULL
+cdef engine_zmq_send_t z_send = NULL
+cdef engine_zmq_getsockopt_t z_getsockopt = NULL
+cdef engine_zmq_poll_t z_poll = NULL
+cdef engine_zmq_errno_t z_errno = NULL
+
+cdef object _ZMQError = zmq.ZMQError
+cdef object _Socket = zmq.Socket
+cdef int _DONTWAIT = ENGINE_ZMQ_DONTWAIT
+cdef int _MORE = ENGINE_ZMQ_DONTWAIT | ENGINE_ZMQ_SNDMORE
+cdef char _EMPTY[1]
+
+
+def _resolve() -> None:
+    """Bind the libzmq functions pyzmq uses; ImportError when they cannot be found."""
+    global z_msg_init, z_msg_close, z_msg_data, z_msg_size, z_msg_more, z_msg_recv
+    global z_msg_gets, z_send, z_getsockopt, z_poll, z_errno
+    import ctypes
+
+    from zmq.backend.cython import _zmq
+
+    for name, ours in (
+        ("DONTWAIT", ENGINE_ZMQ_DONTWAIT),
+        ("SNDMORE", ENGINE_ZMQ_SNDMORE),
+        ("EVENTS", ENGINE_ZMQ_EVENTS),
+        ("POLLIN", ENGINE_ZMQ_POLLIN),
+    ):
+        if int(getattr(zmq, name)) != ours:
+            raise ImportError(f"libzmq constant {name} differs from engine_zmq.h")
+    try:
+        lib = ctypes.CDLL(_zmq.__file__)
+        addr = {
+            name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+            for name in (
+                "zmq_msg_init", "zmq_msg_close", "zmq_msg_data", "zmq_msg_size",
+                "zmq_msg_more", "zmq_msg_recv", "zmq_msg_gets", "zmq_send",
+                "zmq_getsockopt", "zmq_poll", "zmq_errno",
+            )
+        }
+    except (OSError, AttributeError) as exc:
+        raise ImportError(f"libzmq functions not found through pyzmq: {exc}") from None
+    if not all(addr.values()):
+        raise ImportError("libzmq functions not found through pyzmq")
+    z_msg_init = <engine_zmq_msg_init_t><uintptr_t>addr["zmq_msg_init"]
+    z_msg_close = <engine_zmq_msg_close_t><uintptr_t>addr["zmq_msg_close"]
+    z_msg_data = <engine_zmq_msg_data_t><uintptr_t>addr["zmq_msg_data"]
+    z_msg_size = <engine_zmq_msg_size_t><uintptr_t>addr["zmq_msg_size"]
+    z_msg_more = <engine_zmq_msg_more_t><uintptr_t>addr["zmq_msg_more"]
+    z_msg_recv = <engine_zmq_msg_recv_t><uintptr_t>addr["zmq_msg_recv"]
+    z_msg_gets = <engine_zmq_msg_gets_t><uintptr_t>addr["zmq_msg_gets"]
+    z_send = <engine_zmq_send_t><uintptr_t>addr["zmq_send"]
+    z_getsockopt = <engine_zmq_getsockopt_t><uintptr_t>addr["zmq_getsockopt"]
+    z_poll = <engine_zmq_poll_t><uintptr_t>addr["zmq_poll"]
+    z_errno = <engine_zmq_errno_t><uintptr_t>addr["zmq_errno"]
+
+
+_resolve()
+
+
+cdef int _raise(int err) except -1:
+    raise _ZMQError(err)
+
+
+@cython.final
+cdef class FrameSocket:
+    """Multipart I/O on one pyzmq socket (not thread-safe: one thread, like the socket).
+
+    Every call raises ``zmq.ZMQError`` (``ENOTSOCK``) once the socket is closed.
+    """
+
+    cdef readonly object socket
+    cdef void *_handle
+
+    def __cinit__(self, socket):
+        if not isinstance(socket, _Socket):
+            raise TypeError(f"FrameSocket needs a zmq.Socket, got {type(socket).__name__}")
+        if socket.closed:
+            raise _ZMQError(zmq.ENOTSOCK)
+        self.socket = socket
+        self._handle = <void *><uintptr_t>socket.underlying
+
+    cdef inline int _check(self) except -1:
+        if self.socket.closed:
+            raise _ZMQError(zmq.ENOTSOCK)
+        return 0
+
+    cdef object _recv_one(self, const char *prop, list meta):
+        """One message (a list of bytes), or None when none is waiting; with ``prop``, the
+        message's metadata ``prop`` (str or None, read from its last frame) is appended to
+        ``meta``."""
+        cdef engine_zmq_msg_t msg
+        cdef list parts = None
+        cdef int rc, err
+        cdef const char *value
+        z_msg_init(&msg)
+        try:
+            while True:
+                rc = z_msg_recv(&msg, self._handle, _DONTWAIT)
+                if rc < 0:
+                    err = z_errno()
+                    if err == EINTR:
+                        continue
+                    if err == EAGAIN and parts is None:
+                        return None
+                    _raise(err)
+                data = PyBytes_FromStringAndSize(<char *>z_msg_data(&msg), z_msg_size(&msg))
+                if parts is None:
+                    parts = [data]
+                else:
+                    parts.append(data)
+                if not z_msg_more(&msg):
+                    if prop != NULL:
+                        value = z_msg_gets(&msg, prop)
+                        meta.append(value.decode("utf-8", "replace") if value != NULL else None)
+                    return parts
+        finally:
+            z_msg_close(&msg)
+
+    def recv(self):
+        """One waiting message as a list of frames; ``None`` when none is waiting."""
+        self._check()
+        return self._recv_one(NULL, None)
+
+    def recv_many(self, int limit):
+        """Up to ``limit`` waiting messages, in order (an empty list when none waits).
+
+        Receiving until none is left also re-arms the socket's edge-triggered descriptor.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._check()
+        cdef list out = []
+        cdef object msg
+        while len(out) < limit:
+            msg = self._recv_one(NULL, None)
+            if msg is None:
+                break
+            out.append(msg)
+        return out
+
+    def recv_many_meta(self, int limit, str prop):
+        """Like :meth:`recv_many`, each message paired with its metadata ``prop``
+        (``"User-Id"`` set by ZAP, ``"Peer-Address"``...; None when unset)."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._check()
+        cdef bytes name = prop.encode("utf-8")
+        cdef list out = []
+        cdef list meta = []
+        cdef object msg
+        while len(out) < limit:
+            msg = self._recv_one(PyBytes_AS_STRING(name), meta)
+            if msg is None:
+                break
+            out.append((msg, meta.pop()))
+        return out
+
+    def send(self, list frames not None, bytes ident=None):
+        """Send ``frames`` as one message (after ``ident``, a ROUTER's routing id).
+
+        Returns False when it cannot go now (high-water mark: nothing was queued); ZeroMQ
+        queues a multipart message atomically, so only the first part can be refused.
+        Other failures (``EHOSTUNREACH`` for an unknown routing id...) raise ZMQError.
+        """
+        cdef Py_ssize_t n = len(frames), i
+        cdef int flags
+        cdef bytes data
+        if n == 0:
+            raise ValueError("a message needs at least one frame")
+        for i in range(n):
+            if not PyBytes_CheckExact(frames[i]):
+                frames = [f if PyBytes_CheckExact(f) else _as_bytes(f) for f in frames]
+                break
+        self._check()
+        cdef bint first = True
+        if ident is not None:
+            if _send(self._handle, PyBytes_AS_STRING(ident), PyBytes_GET_SIZE(ident), _MORE) < 0:
+                return False
+            first = False
+        for i in range(n):
+            data = <bytes>frames[i]  # checked above
+            flags = _MORE if i < n - 1 else _DONTWAIT
+            if _send(self._handle, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), flags) < 0:
+                if first:
+                    return False
+                _raise(EAGAIN)  # cannot happen: later parts of a message are never refused
+            first = False
+        return True
+
+    def readable(self):
+        """A message is waiting (also re-arms ZeroMQ's edge-triggered descriptor)."""
+        self._check()
+        cdef int events = 0
+        cdef size_t size = sizeof(int)
+        while z_getsockopt(self._handle, ENGINE_ZMQ_EVENTS, &events, &size) < 0:
+            if z_errno() != EINTR:
+                _raise(z_errno())
+        return (events & ENGINE_ZMQ_POLLIN) != 0
+
+    def wait(self, long timeout_ms):
+        """Block (GIL released) until a message is waiting or ``timeout_ms`` passed
+        (-1: no limit); True when one is. A signal ends the wait early (False)."""
+        self._check()
+        cdef engine_zmq_pollitem_t item
+        cdef int rc
+        item.socket = self._handle
+        item.fd = 0
+        item.events = ENGINE_ZMQ_POLLIN
+        item.revents = 0
+        with nogil:
+            rc = z_poll(&item, 1, timeout_ms)
+        if rc < 0:
+            if z_errno() == EINTR:
+                return False
+            _raise(z_errno())
+        return (item.revents & ENGINE_ZMQ_POLLIN) != 0
+
+
+cdef int _send(void *handle, const char *buf, Py_ssize_t size, int flags) except -2:
+    """zmq_send of one part: 0 sent, -1 would block (EAGAIN); raises other errors."""
+    cdef int rc, err
+    if size == 0:
+        buf = _EMPTY
+    while True:
+        rc = z_send(handle, buf, <size_t>size, flags)
+        if rc >= 0:
+            return 0
+        err = z_errno()
+        if err == EINTR:
+            continue
+        if err == EAGAIN:
+            return -1
+        _raise(err)
+
+
+cdef bytes _as_bytes(object frame):
+    if isinstance(frame, str):
+        raise TypeError("frames must be bytes-like, not str")
+    try:
+        return bytes(memoryview(frame))
+    except TypeError:
+        raise TypeError(f"frames must be bytes-like, not {type(frame).__name__}") from None
