@@ -120,7 +120,7 @@ cdef class FrameSocket:
     cdef readonly object socket
     cdef void *_handle
 
-    def __cinit__(self, socket):
+    def __init__(self, socket):
         if not isinstance(socket, _Socket):
             raise TypeError(f"FrameSocket needs a zmq.Socket, got {type(socket).__name__}")
         if socket.closed:

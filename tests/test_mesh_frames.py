@@ -1,0 +1,276 @@
+"""Multipart I/O of the mesh: the compiled FrameSocket against its pure-Python twin.
+
+Real ZeroMQ sockets over TCP on 127.0.0.1 (ROUTER <-> DEALER, as broker and peers use them);
+every behaviour runs on both implementations ("py" / "native") and a differential test
+checks both see the same messages.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.mesh._frames_py import FrameSocketPy
+from engine.mesh._io import FrameSocketC, frame_socket
+from engine.mesh.security import CurveClient, CurveServer, generate_keys
+from tests.conftest import impl_params
+
+IMPLS = impl_params(FrameSocketPy, FrameSocketC)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket[Any], zmq.Socket[Any]]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.IDENTITY, b"peer-1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    yield router, dealer
+    router.close(0)
+    dealer.close(0)
+    ctx.term()
+
+
+def _recv_all(io: Any, n: int, timeout: float = 5.0) -> list[list[bytes]]:
+    got: list[list[bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        if io.wait(100):
+            got += io.recv_many(4096)
+    return got
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_round_trip_dealer_to_router_and_back(impl: Any, pair: Any) -> None:
+    router, dealer = pair
+    r, d = impl(router), impl(dealer)
+    assert d.send([b"AEM\x01\x03", b"body", b""]) is True
+    assert _recv_all(r, 1) == [[b"peer-1", b"AEM\x01\x03", b"body", b""]]
+    assert r.send([b"AEM\x01\x06", b"x" * 70_000], ident=b"peer-1") is True
+    assert _recv_all(d, 1) == [[b"AEM\x01\x06", b"x" * 70_000]]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nothing_waiting(impl: Any, pair: Any) -> None:
+    router, _ = pair
+    r = impl(router)
+    assert r.recv() is None
+    assert r.recv_many(10) == []
+    assert r.readable() is False
+    t0 = time.monotonic()
+    assert r.wait(50) is False
+    assert time.monotonic() - t0 >= 0.04
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_recv_many_keeps_order_and_honours_the_limit(impl: Any, pair: Any) -> None:
+    router, dealer = pair
+    r, d = impl(router), impl(dealer)
+    for i in range(50):
+        assert d.send([str(i).encode()])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not r.readable():
+        time.sleep(0.01)
+    time.sleep(0.1)  # all 50 arrived
+    first = r.recv_many(20)
+    assert len(first) == 20
+    rest = _recv_all(r, 30)
+    got = [m[1] for m in first + rest]
+    assert got == [str(i).encode() for i in range(50)]
+    assert r.readable() is False
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_readable_reports_a_waiting_message(impl: Any, pair: Any) -> None:
+    router, dealer = pair
+    r, d = impl(router), impl(dealer)
+    d.send([b"hello"])
+    assert r.wait(5000) is True
+    assert r.readable() is True
+    assert r.recv() == [b"peer-1", b"hello"]
+    assert r.readable() is False
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unknown_routing_id_raises_host_unreachable(impl: Any, pair: Any) -> None:
+    router, _ = pair
+    with pytest.raises(zmq.ZMQError) as info:
+        impl(router).send([b"x"], ident=b"nobody")
+    assert info.value.errno == zmq.EHOSTUNREACH
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_full_queue_refuses_without_raising(impl: Any) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)  # never connected: nothing can go
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        assert impl(dealer).send([b"a", b"b"]) is False
+    finally:
+        dealer.close(0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_input_raises_typed_errors(impl: Any, pair: Any) -> None:
+    router, dealer = pair
+    d = impl(dealer)
+    with pytest.raises(TypeError, match=r"zmq\.Socket"):
+        impl(object())
+    with pytest.raises(ValueError, match="at least one frame"):
+        d.send([])
+    with pytest.raises(TypeError, match="bytes-like"):
+        d.send(["text"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        d.send((b"a",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        impl(router).send([b"a"], ident="peer-1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="limit"):
+        d.recv_many(0)
+    with pytest.raises(ValueError, match="limit"):
+        d.recv_many_meta(0, "User-Id")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_other_buffers_are_sent_as_their_bytes(impl: Any, pair: Any) -> None:
+    router, dealer = pair
+    r, d = impl(router), impl(dealer)
+    frames: list[Any] = [bytearray(b"ab"), memoryview(b"cd")]
+    assert d.send(frames)
+    assert _recv_all(r, 1) == [[b"peer-1", b"ab", b"cd"]]
+    assert isinstance(frames[0], bytearray)  # the caller's list is left alone
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_closed_socket_raises_instead_of_crashing(impl: Any) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    io = impl(sock)
+    sock.close(0)
+    for call in (io.recv, io.readable, lambda: io.recv_many(1), lambda: io.send([b"x"])):
+        with pytest.raises(zmq.ZMQError) as info:
+            call()
+        assert info.value.errno == zmq.ENOTSOCK
+    with pytest.raises(zmq.ZMQError):
+        io.wait(0)
+    with pytest.raises(zmq.ZMQError):
+        impl(sock)
+    ctx.term()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_wait_releases_the_gil(impl: Any, pair: Any) -> None:
+    router, _ = pair
+    r = impl(router)
+    ticks = 0
+    stop = threading.Event()
+
+    def count() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        assert r.wait(300) is False
+    finally:
+        stop.set()
+        t.join()
+    assert ticks > 50  # the other thread ran while wait() blocked
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_user_id_metadata_under_curve(impl: Any, tmp_path: Any) -> None:
+    generate_keys(str(tmp_path))
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    auth = CurveServer.from_dir(str(tmp_path)).apply(ctx, router)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    CurveClient.from_dir(str(tmp_path), "worker").apply(dealer)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        r = impl(router)
+        assert impl(dealer).send([b"AEM\x01\x01", b"reg"])
+        got: list[tuple[list[bytes], str | None]] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            if r.wait(100):
+                got = r.recv_many_meta(10, "User-Id")
+        assert len(got) == 1
+        msg, user_id = got[0]
+        assert msg[1:] == [b"AEM\x01\x01", b"reg"]
+        assert user_id is not None and user_id.startswith("worker:")
+        assert impl(dealer).send([b"x"])
+        assert r.wait(5000)
+        [(_, missing)] = r.recv_many_meta(10, "No-Such-Property")
+        assert missing is None
+    finally:
+        router.close(0)
+        dealer.close(0)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+
+
+def test_frame_socket_is_the_compiled_one_when_built(pair: Any) -> None:
+    router, _ = pair
+    io = frame_socket(router)
+    expected = FrameSocketPy if FrameSocketC is None else FrameSocketC
+    assert type(io) is expected
+    assert io.socket is router  # type: ignore[attr-defined]
+
+
+frames_st = st.lists(st.binary(max_size=300), min_size=1, max_size=6)
+
+
+@pytest.mark.skipif(FrameSocketC is None, reason="native extension not built")
+@settings(max_examples=40, deadline=None)
+@given(msgs=st.lists(frames_st, min_size=1, max_size=8))
+def test_native_and_reference_see_the_same_messages(msgs: list[list[bytes]]) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    routers, dealers = [], []
+    try:
+        for _ in range(2):
+            router = ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.IDENTITY, b"d")
+            dealer.connect(f"tcp://127.0.0.1:{port}")
+            routers.append(router)
+            dealers.append(dealer)
+        seen = []
+        for impl, router, dealer in zip(
+            (FrameSocketPy, FrameSocketC), routers, dealers, strict=True
+        ):
+            r, d = impl(router), impl(dealer)
+            for m in msgs:
+                assert d.send(list(m))
+            got = _recv_all(r, len(msgs))
+            for m in got:  # and back through the ROUTER with the routing id
+                assert r.send(m[1:], ident=m[0])
+            seen.append((got, _recv_all(d, len(msgs))))
+        assert seen[0] == seen[1]
+        assert seen[0][0] == [[b"d", *m] for m in msgs]
+        assert seen[0][1] == msgs
+    finally:
+        for s in routers + dealers:
+            s.close(0)
+        ctx.term()
