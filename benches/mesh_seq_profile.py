@@ -62,6 +62,39 @@ def summarize(path: Path, top: int) -> list[str]:
     return lines
 
 
+def perf_stat(pids: list[int]) -> list[subprocess.Popen[bytes]]:
+    """``perf stat`` of each process (task-clock, context switches) until SIGINT."""
+    return [
+        subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", "task-clock,context-switches", "-p", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for pid in pids
+    ]
+
+
+def perf_stat_read(procs: list[subprocess.Popen[bytes]], n: int) -> list[str]:
+    out = []
+    for p in procs:
+        p.send_signal(2)
+        _, err = p.communicate(30)
+        vals = {
+            ln.split(",")[2]: float(ln.split(",")[0])
+            for ln in err.decode().splitlines()
+            if ln.count(",") >= 2 and ln.split(",")[0].replace(".", "").isdigit()
+        }
+        ms, cs = vals.get("task-clock", 0.0), vals.get("context-switches", 0.0)
+        out.append(f"{ms * 1000 / n:6.1f} us task-clock, {cs / n:4.1f} context switches")
+    return out
+
+
+async def loop_of(c: Any, n: int) -> None:
+    to = AgentId("bench", "*")
+    for i in range(n):
+        await c.send(Ping(i, bench_mesh.BLOB), to=to)
+
+
 async def engine_loop(ep: str, n: int, pids: list[int], spy: list[str] | None) -> list[str]:
     from engine.mesh import MeshClient
 
@@ -81,6 +114,26 @@ async def engine_loop(ep: str, n: int, pids: list[int], spy: list[str] | None) -
             f"  {name:7s} {(a - b) / n * 1e6:6.1f} us CPU per round trip"
             for name, a, b in zip(names, after, before, strict=True)
         ]
+        if STRACE:
+            tracers = [
+                subprocess.Popen(
+                    ["strace", "-c", "-f", "-p", str(pid), "-o", f"{STRACE}/strace_{name}.txt"],
+                    stderr=subprocess.DEVNULL,
+                )
+                for pid, name in zip(pids, names, strict=True)
+            ]
+            await asyncio.sleep(1.0)
+            await loop_of(c, n)
+            for t in tracers:
+                t.send_signal(2)
+                t.wait(30)
+        if INSTRUCTIONS:
+            stats = perf_stat(pids)
+            await asyncio.sleep(0.5)  # perf attached
+            await loop_of(c, n)
+            names = ["broker", "node1", "node2", "client"]
+            for name, line in zip(names, perf_stat_read(stats, n), strict=True):
+                out.append(f"  {name:7s} {line} per round trip")
         if spy is not None:
             quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             if spy_paths:
@@ -99,6 +152,8 @@ async def engine_loop(ep: str, n: int, pids: list[int], spy: list[str] | None) -
 
 
 spy_paths: list[Path] = []
+INSTRUCTIONS = False
+STRACE = ""
 
 
 def main() -> None:
@@ -107,9 +162,20 @@ def main() -> None:
     ap.add_argument("--py-spy", action="store_true", help="also sample with py-spy")
     ap.add_argument("--native", action="store_true", help="py-spy --native")
     ap.add_argument("--perf", action="store_true", help="perf record all 4 processes instead")
+    ap.add_argument("--strace", action="store_true", help="strace -c each engine process")
+    ap.add_argument(
+        "--perf-stat",
+        action="store_true",
+        help="perf stat task-clock and context switches per round trip and process (ns clock)",
+    )
     ap.add_argument("--out", default="profiles/reports/mesh_seq", help="py-spy output dir")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
+    global INSTRUCTIONS, STRACE
+    INSTRUCTIONS = args.perf_stat
+    if args.strace:
+        STRACE = args.out
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     import uvloop
 
     me = os.getpid()
@@ -123,8 +189,15 @@ def main() -> None:
         wall = time.perf_counter() - t0
         after = [cpu_seconds(p) for p in [*rpids, me]]
         print(f"raw: {wall / args.n * 1e6:.0f} us wall per round trip")
-        for name, a, b in zip(["broker", "node1", "node2", "client"], after, before, strict=True):
+        names = ["broker", "node1", "node2", "client"]
+        for name, a, b in zip(names, after, before, strict=True):
             print(f"  {name:7s} {(a - b) / args.n * 1e6:6.1f} us CPU per round trip")
+        if args.perf_stat:
+            stats = perf_stat([*rpids, me])
+            time.sleep(0.5)
+            raw.sequential(args.n)
+            for name, line in zip(names, perf_stat_read(stats, args.n), strict=True):
+                print(f"  {name:7s} {line} per round trip")
         raw.close()
         ep = bench_mesh._start_engine(procs, None)
         pids = [p.pid for p in procs[3:6]] + [me]
