@@ -78,7 +78,7 @@ def perf_stat_read(procs: list[subprocess.Popen[bytes]], n: int) -> list[str]:
     out = []
     for p in procs:
         p.send_signal(2)
-        _, err = p.communicate(30)
+        _, err = p.communicate(timeout=30)
         vals = {
             ln.split(",")[2]: float(ln.split(",")[0])
             for ln in err.decode().splitlines()
@@ -225,4 +225,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
