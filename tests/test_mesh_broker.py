@@ -17,10 +17,11 @@ import zmq
 from mesh_agents import Boom, Echo, Listener, Ping, Pong, Sleep
 from mesh_procs import free_port
 
-from engine import cli
+from engine import Agent, Context, cli, handler
 from engine.errors import EncodeError, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
+from engine.mesh.peer import MeshPeer
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -392,3 +393,64 @@ def test_oversized_messages_are_cut_off_and_the_broker_keeps_serving() -> None:
         run(main())
     finally:
         b.stop()
+
+
+class Gate(Agent):
+    """Counts how many of its concurrent handlers run at once."""
+
+    running = 0
+    peak = 0
+
+    @handler(concurrent=True)
+    async def on_sleep(self, msg: Sleep, ctx: Context) -> Pong:
+        Gate.running += 1
+        Gate.peak = max(Gate.peak, Gate.running)
+        try:
+            await asyncio.sleep(msg.seconds)
+        finally:
+            Gate.running -= 1
+        return Pong(msg.n)
+
+
+def test_node_runs_at_most_concurrency_deliveries(broker: Broker) -> None:
+    ep = broker.endpoints[0]
+    Gate.running = Gate.peak = 0
+
+    async def main() -> None:
+        async with (
+            Node(ep, {"gate": Gate}, name="gated", concurrency=2, heartbeat=HB) as node,
+            MeshClient(ep, heartbeat=HB) as c,
+        ):
+            to = AgentId("gate", "k")
+            replies = await asyncio.gather(
+                *(c.send(Sleep(0.05, i), to=to, timeout=10) for i in range(12))
+            )
+            assert [r.n for r in replies] == list(range(12))
+            assert Gate.peak == 2
+            assert node._free_slots == 2 and not node._slot_waiters  # every slot came back
+
+    run(main())
+
+
+def test_node_slot_waiters_are_fifo_and_cancellation_never_leaks_a_slot() -> None:
+    async def main() -> None:
+        peer = MeshPeer("tcp://127.0.0.1:1", concurrency=1)
+        peer._loop = asyncio.get_running_loop()
+        peer._free_slots = 0  # the one slot is taken
+        first = asyncio.create_task(peer._wait_slot())
+        second = asyncio.create_task(peer._wait_slot())
+        await asyncio.sleep(0)
+        first.cancel()  # cancelled while waiting: skipped
+        await asyncio.sleep(0)
+        peer._release_slot()  # the holder finishes
+        await asyncio.wait_for(second, 1)  # the slot went to the next waiter
+        assert peer._free_slots == 0
+        third = asyncio.create_task(peer._wait_slot())
+        await asyncio.sleep(0)
+        peer._release_slot()  # `second` finishes: its slot is handed to `third`...
+        third.cancel()  # ...which is cancelled before it resumes: the slot is passed on
+        with pytest.raises(asyncio.CancelledError):
+            await third
+        assert peer._free_slots == 1 and not peer._slot_waiters  # all of concurrency=1 free
+
+    run(main())

@@ -32,8 +32,22 @@ class Outbox:
             msgs.append(P.frames(FrameKind.NACK, P.encode_nacks(self.nacks)))
         if self.acks:
             msgs.append(P.frames(FrameKind.ACK, P.encode_ids(self.acks)))
-        limit = P.MAX_BODIES
-        for kind, bodies in ((FrameKind.REPLY, self.reply), (FrameKind.DELIVER, self.deliver)):
-            for i in range(0, len(bodies), limit):
-                msgs.append(P.frames(kind, *bodies[i : i + limit]))
+        if self.reply:
+            _batch(msgs, _REPLY, self.reply)
+        if self.deliver:
+            _batch(msgs, _DELIVER, self.deliver)
         return msgs
+
+
+_REPLY = P.header(FrameKind.REPLY)
+_DELIVER = P.header(FrameKind.DELIVER)
+
+
+def _batch(msgs: list[list[bytes]], head: bytes, bodies: list[bytes]) -> None:
+    limit = P.MAX_BODIES
+    if len(bodies) <= limit:
+        bodies.insert(0, head)  # the list becomes the message (the outbox is spent)
+        msgs.append(bodies)
+        return
+    for i in range(0, len(bodies), limit):
+        msgs.append([head, *bodies[i : i + limit]])
