@@ -70,6 +70,7 @@ class _Delivery:
 
 class _Peer:
     __slots__ = (
+        "allowed",
         "heartbeat",
         "ident",
         "inflight",
@@ -89,6 +90,7 @@ class _Peer:
         self.num = num
         self.name = reg.name
         self.role = role
+        self.allowed = P.ALLOWED[role]  # frame kinds this peer may send
         self.window = max(0, reg.credit)
         self.heartbeat = reg.heartbeat_ms / 1000.0
         self.origins = list(reg.origins)
@@ -365,7 +367,7 @@ class Broker:
             self._on_unknown(ident, kind, bodies)
             return
         peer.last_seen = time.monotonic()
-        if kind not in P.ALLOWED[peer.role]:
+        if kind not in peer.allowed:
             stats["unauthorized"] += 1
             log.warning(
                 "peer %s (%s) may not send %s: dropped", peer.name, peer.role.value, kind.name
@@ -802,7 +804,8 @@ class Broker:
         self.stats["completed"] += 1
         if d.slot >= 0:
             self._router.ack(d.slot)
-        self._dirty.add(peer.ident)
+        if peer.queue:  # room in its window for work waiting here
+            self._dirty.add(peer.ident)
         d.group[0] -= 1
         if d.group[0] <= 0 and self._persist:
             self.store.remove(_key(d.key))
