@@ -3,7 +3,11 @@
 Run (under the shared lock, ~20 s)::
 
     flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py            # CPU/round trip
-    flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py --py-spy   # + py-spy
+    flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py --perf-stat # ns clock
+    flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py --strace    # syscalls
+    flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py --py-spy    # + py-spy
+    flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py --python    # no sockets
+    flock /tmp/bench.lock .venv/bin/python benches/mesh_seq_profile.py --micro     # FrameSocket
 
 Starts ``engine broker`` + 2 x ``engine node`` (``mesh_bench_agents:Bench``) and the
 raw-pyzmq ceiling (``benches/_mesh_raw.py``) exactly as the benchmark does, then runs
@@ -163,6 +167,10 @@ def main() -> None:
     ap.add_argument("--native", action="store_true", help="py-spy --native")
     ap.add_argument("--perf", action="store_true", help="perf record all 4 processes instead")
     ap.add_argument("--strace", action="store_true", help="strace -c each engine process")
+    ap.add_argument("--micro", action="store_true", help="only: FrameSocket vs pyzmq per call")
+    ap.add_argument(
+        "--python", action="store_true", help="only: Python cost per process, sockets faked"
+    )
     ap.add_argument(
         "--perf-stat",
         action="store_true",
@@ -171,6 +179,12 @@ def main() -> None:
     ap.add_argument("--out", default="profiles/reports/mesh_seq", help="py-spy output dir")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
+    if args.micro or args.python:
+        import _mesh_inproc
+
+        lines = _mesh_inproc.micro() if args.micro else []
+        print("\n".join(lines + (_mesh_inproc.python_costs() if args.python else [])))
+        return
     global INSTRUCTIONS, STRACE
     INSTRUCTIONS = args.perf_stat
     if args.strace:

@@ -1,0 +1,207 @@
+"""In-process parts of benches/mesh_seq_profile.py: the mesh's Python cost without sockets.
+
+``micro()``: FrameSocket (compiled) against its pyzmq twin on a real TCP ROUTER/DEALER pair
+(2-frame send, 3-frame receive, ``readable``). ``python_costs()``: the broker's, a node's and
+the client's own Python work per sequential round trip, with the socket replaced by a fake
+that hands messages over directly (so no ZeroMQ, kernel or wake-up cost is counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import zmq
+from mesh_bench_agents import Bench, Ping, PlainBench
+
+from engine.mesh import MeshClient, Node
+from engine.mesh import protocol as P
+from engine.mesh._frames_py import FrameSocketPy
+from engine.mesh._io import FrameSocketC
+from engine.mesh.broker import Broker
+from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload
+
+BLOB = b"x" * 64
+DELIVER = P.header(P.FrameKind.DELIVER)
+REPLY = P.header(P.FrameKind.REPLY)
+
+
+def micro(rounds: int = 100, batch: int = 200) -> list[str]:
+    """us per 2-frame send / 3-frame receive (batched) / readable(), both implementations."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    time.sleep(0.2)
+    frames = [P.header(P.FrameKind.REPLY), b"x" * 150]
+    out = []
+    impls: list[Any] = [FrameSocketPy] + ([FrameSocketC] if FrameSocketC is not None else [])
+    for impl in impls:
+        r, d = impl(router), impl(dealer)
+        t_send = t_recv = 0.0
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(batch):
+                d.send(frames)
+            t_send += time.perf_counter() - t
+            r.wait(1000)
+            time.sleep(0.003)  # all of them arrived
+            t = time.perf_counter()
+            n = 0
+            while n < batch:
+                n += len(r.recv_many(4096))
+            t_recv += time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(rounds * batch):
+            d.readable()
+        t_ready = time.perf_counter() - t
+        k = rounds * batch / 1e6
+        out.append(
+            f"{impl.__name__:14s} send {t_send / k:5.2f} us  recv {t_recv / k:5.2f} us  "
+            f"readable {t_ready / k:5.2f} us"
+        )
+    router.close(0)
+    dealer.close(0)
+    ctx.term()
+    return out
+
+
+class _FakeIO:
+    """Stands in for FrameSocket: an inbox to drain, sends recorded or answered."""
+
+    def __init__(self) -> None:
+        self.inbox: list[list[bytes]] = []
+        self.sent: list[tuple[bytes | None, list[bytes]]] = []
+
+    def recv(self) -> list[bytes] | None:
+        return self.inbox.pop(0) if self.inbox else None
+
+    def recv_many(self, limit: int) -> list[list[bytes]]:
+        msgs, self.inbox = self.inbox, []
+        return msgs
+
+    def recv_many_meta(self, limit: int, prop: str) -> list[tuple[list[bytes], str | None]]:
+        return [(m, None) for m in self.recv_many(limit)]
+
+    def send(self, frames: list[bytes], ident: bytes | None = None) -> bool:
+        self.sent.append((ident, frames))
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def wait(self, timeout_ms: int) -> bool:
+        return bool(self.inbox)
+
+
+def broker_cost(n: int = 20000) -> float:
+    """us of broker Python per round trip: a SEND in and out, its REPLY in and out."""
+    b = Broker("tcp://127.0.0.1:1")
+    io = _FakeIO()
+    for ident, name, types in (
+        (b"C", "client", []),
+        (b"N1", "n1", ["bench"]),
+        (b"N2", "n2", ["bench"]),
+    ):
+        reg = P.Register(
+            name=name, role=P.Role.ORCHESTRATOR, types=types, origins=[name], credit=128
+        )
+        b._on_message([ident, P.header(P.FrameKind.REGISTER), P.encode(reg)])
+    b._dispatch()
+    b._flush(io)
+    codec, cids, nids = Codec(), MessageIds("client"), MessageIds("n1")
+    reqs, reps = [], []
+    for i in range(n):
+        payload = encode_payload(Ping(i, BLOB))
+        req = Envelope(cids.next(), Kind.SEND, recipient=AgentId("bench", "*"), payload=payload)
+        reqs.append(codec.encode(req))
+        reps.append(
+            codec.encode(Envelope(nids.next(), Kind.REPLY, correlation=req.id, payload=payload))
+        )
+    t = time.perf_counter()
+    for i in range(n):
+        b._on_message([b"C", DELIVER, reqs[i]])  # the client's request...
+        if b._dirty:
+            b._dispatch()
+        if b._out:
+            b._flush(io)
+        b._on_message([io.sent[-1][0] or b"", REPLY, reps[i]])  # ...answered by its node
+        if b._dirty:
+            b._dispatch()
+        if b._out:
+            b._flush(io)
+    dt = time.perf_counter() - t
+    assert b.stats["replies"] == n, b.stats
+    return dt / n * 1e6
+
+
+async def _node_cost(cls: type, n: int) -> float:
+    node = Node("tcp://127.0.0.1:1", {"bench": cls})
+    node._loop = asyncio.get_running_loop()
+    io = _FakeIO()
+    node._io = io
+    codec, ids = Codec(), MessageIds()
+    bodies = [
+        codec.encode(
+            Envelope(
+                ids.next(),
+                Kind.SEND,
+                recipient=AgentId("bench", "k"),
+                payload_type="Ping",
+                payload=encode_payload(Ping(i, BLOB)),
+            )
+        )
+        for i in range(n)
+    ]
+    t = time.perf_counter()
+    for body in bodies:
+        io.inbox.append([DELIVER, body])
+        node._drain()
+        while node._running:  # the delivery's task (Runtime host) runs in the loop
+            await asyncio.sleep(0)
+    dt = time.perf_counter() - t
+    assert len(io.sent) == n
+    return dt / n * 1e6
+
+
+async def _client_cost(n: int) -> float:
+    c = MeshClient("tcp://127.0.0.1:1")
+    loop = asyncio.get_running_loop()
+    c._loop = loop
+    c._window = 1024
+    c._registered.set()
+    codec, ids = Codec(), MessageIds()
+
+    class Answering(_FakeIO):
+        def send(self, frames: list[bytes], ident: bytes | None = None) -> bool:
+            for body in frames[1:]:
+                req = codec.decode(body)
+                rep = msgspec.structs.replace(
+                    req, id=ids.next(), kind=Kind.REPLY, correlation=req.id
+                )
+                self.inbox.append([REPLY, codec.encode(rep)])
+            loop.call_soon(c._drain)  # the reply "wakes" the client's loop
+            return True
+
+    c._io = Answering()
+    to = AgentId("bench", "*")
+    t = time.perf_counter()
+    for i in range(n):
+        await c.send(Ping(i, BLOB), to=to)
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def python_costs(n: int = 20000) -> list[str]:
+    import uvloop
+
+    runtime, plain = uvloop.run(_node_cost(Bench, n)), uvloop.run(_node_cost(PlainBench, n))
+    return [
+        f"broker: {broker_cost(n):5.2f} us Python per round trip (2 messages in, 2 out)",
+        f"node (Runtime host, engine.Agent): {runtime:5.2f} us per delivery",
+        f"node (AgentHost, plain class): {plain:5.2f} us per delivery",
+        f"client: {uvloop.run(_client_cost(n)):5.2f} us per round trip "
+        "(incl. the fake broker's decode + encode)",
+    ]
