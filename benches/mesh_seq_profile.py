@@ -93,6 +93,23 @@ def perf_stat_read(procs: list[subprocess.Popen[bytes]], n: int) -> list[str]:
     return out
 
 
+def strace(pids: list[int], names: list[str], prefix: str = "") -> list[subprocess.Popen[bytes]]:
+    """``strace -c -f`` of each process into ``STRACE/strace_<prefix><name>.txt``."""
+    return [
+        subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(pid), "-o", f"{STRACE}/strace_{prefix}{name}.txt"],
+            stderr=subprocess.DEVNULL,
+        )
+        for pid, name in zip(pids, names, strict=True)
+    ]
+
+
+def strace_stop(tracers: list[subprocess.Popen[bytes]]) -> None:
+    for t in tracers:
+        t.send_signal(2)
+        t.wait(30)
+
+
 async def loop_of(c: Any, n: int) -> None:
     to = AgentId("bench", "*")
     for i in range(n):
@@ -119,18 +136,10 @@ async def engine_loop(ep: str, n: int, pids: list[int], spy: list[str] | None) -
             for name, a, b in zip(names, after, before, strict=True)
         ]
         if STRACE:
-            tracers = [
-                subprocess.Popen(
-                    ["strace", "-c", "-f", "-p", str(pid), "-o", f"{STRACE}/strace_{name}.txt"],
-                    stderr=subprocess.DEVNULL,
-                )
-                for pid, name in zip(pids, names, strict=True)
-            ]
+            tracers = strace(pids, names)
             await asyncio.sleep(1.0)
             await loop_of(c, n)
-            for t in tracers:
-                t.send_signal(2)
-                t.wait(30)
+            strace_stop(tracers)
         if INSTRUCTIONS:
             stats = perf_stat(pids)
             await asyncio.sleep(0.5)  # perf attached
@@ -206,6 +215,11 @@ def main() -> None:
         names = ["broker", "node1", "node2", "client"]
         for name, a, b in zip(names, after, before, strict=True):
             print(f"  {name:7s} {(a - b) / args.n * 1e6:6.1f} us CPU per round trip")
+        if STRACE:
+            tracers = strace([*rpids, me], names, "raw_")
+            time.sleep(1.0)
+            raw.sequential(args.n)
+            strace_stop(tracers)
         if args.perf_stat:
             stats = perf_stat([*rpids, me])
             time.sleep(0.5)
