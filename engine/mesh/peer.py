@@ -408,7 +408,7 @@ class MeshPeer:
                 and len(data) <= self._max_frame - 64
             ):
                 unacked[mid] = data  # fast path of _submit: room in the window
-                if len(self._requests) == 1 and not self._flush_scheduled:
+                if len(self._requests) == 1 and not self._flush_scheduled and not self._out:
                     # PERF: the only request in flight leaves now rather than in a
                     # call_soon'd flush; with more in flight, they batch (benches/bench_mesh.py).
                     self._send_now(FrameKind.DELIVER, data)

@@ -1,0 +1,148 @@
+"""When a mesh peer's output leaves: at once when alone (latency), batched under load.
+
+The peer's socket is replaced by a recording stand-in of ``FrameIO`` so the test sees every
+multipart message the peer sends, in order, and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from mesh_agents import Echo, Ping, Pong, Sleep
+
+from engine.mesh import MeshClient, Node
+from engine.mesh import protocol as P
+from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload
+
+DELIVER = P.header(P.FrameKind.DELIVER)
+REPLY = P.header(P.FrameKind.REPLY)
+codec = Codec()
+
+
+class Recorder:
+    """A FrameIO that records sends and hands over queued input."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+        self.inbox: list[list[bytes]] = []
+
+    def recv(self) -> list[bytes] | None:
+        return self.inbox.pop(0) if self.inbox else None
+
+    def recv_many(self, limit: int) -> list[list[bytes]]:
+        msgs, self.inbox = self.inbox[:limit], self.inbox[limit:]
+        return msgs
+
+    def recv_many_meta(self, limit: int, prop: str) -> list[tuple[list[bytes], str | None]]:
+        return [(m, None) for m in self.recv_many(limit)]
+
+    def send(self, frames: list[bytes], ident: bytes | None = None) -> bool:
+        self.sent.append(list(frames))
+        return True
+
+    def readable(self) -> bool:
+        return bool(self.inbox)
+
+    def wait(self, timeout_ms: int) -> bool:
+        return bool(self.inbox)
+
+
+def _client(loop: asyncio.AbstractEventLoop) -> tuple[MeshClient, Recorder]:
+    c = MeshClient("tcp://127.0.0.1:1")
+    io = Recorder()
+    c._loop, c._io, c._window = loop, io, 1024
+    c._registered.set()
+    return c, io
+
+
+def _answer(c: MeshClient, io: Recorder, msg: list[bytes]) -> None:
+    ids = MessageIds()
+    for body in msg[1:]:
+        req = codec.decode(body)
+        rep = msgspec.structs.replace(req, id=ids.next(), kind=Kind.REPLY, correlation=req.id)
+        io.inbox.append([REPLY, codec.encode(rep)])
+    c._drain()
+
+
+def test_a_lone_request_leaves_before_the_caller_yields() -> None:
+    async def main() -> None:
+        c, io = _client(asyncio.get_running_loop())
+        task = asyncio.ensure_future(c.send(Ping(1), to=AgentId("echo", "x")))
+        await asyncio.sleep(0)  # the task ran up to its await: the request is already out
+        assert len(io.sent) == 1 and io.sent[0][0] == DELIVER and len(io.sent[0]) == 2
+        _answer(c, io, io.sent[0])
+        assert await task == Ping(1)
+
+    asyncio.run(main())
+
+
+def test_requests_in_flight_together_share_one_message() -> None:
+    async def main() -> None:
+        c, io = _client(asyncio.get_running_loop())
+        tasks = [asyncio.ensure_future(c.send(Ping(i), to=AgentId("echo", "x"))) for i in range(6)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        # the first went alone; the other five were queued while it was in flight
+        assert [len(m) - 1 for m in io.sent] == [1, 5]
+        for m in list(io.sent):
+            _answer(c, io, m)
+        assert [r.n for r in await asyncio.gather(*tasks)] == list(range(6))
+
+    asyncio.run(main())
+
+
+def _node(loop: asyncio.AbstractEventLoop, concurrency: int = 64) -> tuple[Node, Recorder]:
+    node = Node("tcp://127.0.0.1:1", {"echo": Echo}, concurrency=concurrency)
+    io = Recorder()
+    node._loop, node._io = loop, io
+    return node, io
+
+
+def _delivery(ids: MessageIds, msg: Any) -> bytes:
+    env = Envelope(
+        ids.next(),
+        Kind.SEND,
+        recipient=AgentId("echo", "k"),
+        payload_type=type(msg).__name__,
+        payload=encode_payload(msg),
+    )
+    return codec.encode(env)
+
+
+def test_a_node_answers_the_last_running_delivery_at_once() -> None:
+    async def main() -> None:
+        node, io = _node(asyncio.get_running_loop())
+        io.inbox.append([DELIVER, _delivery(MessageIds(), Ping(1))])
+        node._drain()
+        for _ in range(20):  # the Runtime runs the delivery in a task
+            if io.sent:
+                break
+            await asyncio.sleep(0)
+        assert len(io.sent) == 1 and io.sent[0][0] == REPLY
+        assert node._flush_scheduled is False  # no extra flush queued behind it
+        reply = codec.decode(io.sent[0][1])
+        assert msgspec.msgpack.decode(reply.payload, type=Pong).n == 2
+        await node.host.stop()  # type: ignore[union-attr]
+
+    asyncio.run(main())
+
+
+def test_a_node_batches_replies_while_others_run() -> None:
+    async def main() -> None:
+        node, io = _node(asyncio.get_running_loop())
+        ids = MessageIds()
+        io.inbox.extend([DELIVER, _delivery(ids, Sleep(0.01 * (i + 1), i))] for i in range(3))
+        io.inbox.append([DELIVER, *(_delivery(ids, Ping(i)) for i in range(4))])
+        node._drain()
+        for _ in range(200):
+            if sum(len(m) - 1 for m in io.sent) == 7:
+                break
+            await asyncio.sleep(0.005)
+        bodies = [len(m) - 1 for m in io.sent]
+        assert sum(bodies) == 7 and all(m[0] == REPLY for m in io.sent)
+        assert bodies[0] == 4  # the four pings answered while the sleeps ran: one message
+        await node.host.stop()  # type: ignore[union-attr]
+
+    asyncio.run(main())
