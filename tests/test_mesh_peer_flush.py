@@ -69,7 +69,7 @@ def _answer(c: MeshClient, io: Recorder, msg: list[bytes]) -> None:
 def test_a_lone_request_leaves_before_the_caller_yields() -> None:
     async def main() -> None:
         c, io = _client(asyncio.get_running_loop())
-        task = asyncio.ensure_future(c.send(Ping(1), to=AgentId("echo", "x")))
+        task = asyncio.ensure_future(c.send(Ping(1), to=AgentId("echo", "x"), reply_type=Ping))
         await asyncio.sleep(0)  # the task ran up to its await: the request is already out
         assert len(io.sent) == 1 and io.sent[0][0] == DELIVER and len(io.sent[0]) == 2
         _answer(c, io, io.sent[0])
@@ -81,7 +81,10 @@ def test_a_lone_request_leaves_before_the_caller_yields() -> None:
 def test_requests_in_flight_together_share_one_message() -> None:
     async def main() -> None:
         c, io = _client(asyncio.get_running_loop())
-        tasks = [asyncio.ensure_future(c.send(Ping(i), to=AgentId("echo", "x"))) for i in range(6)]
+        tasks = [
+            asyncio.ensure_future(c.send(Ping(i), to=AgentId("echo", "x"), reply_type=Ping))
+            for i in range(6)
+        ]
         for _ in range(3):
             await asyncio.sleep(0)
         # the first went alone; the other five were queued while it was in flight
