@@ -4,12 +4,6 @@ cdef extern from "engine_zmq.h" nogil:
     ctypedef struct engine_zmq_msg_t:
         pass
 
-    ctypedef struct engine_zmq_pollitem_t:
-        void *socket
-        int fd
-        short events
-        short revents
-
     ctypedef int (*engine_zmq_msg_init_t)(engine_zmq_msg_t *) noexcept nogil
     ctypedef int (*engine_zmq_msg_close_t)(engine_zmq_msg_t *) noexcept nogil
     ctypedef void *(*engine_zmq_msg_data_t)(engine_zmq_msg_t *) noexcept nogil
@@ -19,10 +13,20 @@ cdef extern from "engine_zmq.h" nogil:
     ctypedef const char *(*engine_zmq_msg_gets_t)(const engine_zmq_msg_t *, const char *) noexcept nogil
     ctypedef int (*engine_zmq_send_t)(void *, const void *, size_t, int) noexcept nogil
     ctypedef int (*engine_zmq_getsockopt_t)(void *, int, void *, size_t *) noexcept nogil
-    ctypedef int (*engine_zmq_poll_t)(engine_zmq_pollitem_t *, int, long) noexcept nogil
     ctypedef int (*engine_zmq_errno_t)() noexcept nogil
 
     const int ENGINE_ZMQ_DONTWAIT
     const int ENGINE_ZMQ_SNDMORE
     const int ENGINE_ZMQ_EVENTS
     const int ENGINE_ZMQ_POLLIN
+
+
+# poll(2): FrameSocket.wait polls the socket's ZMQ_FD itself.
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    const short POLLIN

@@ -13,13 +13,6 @@ typedef struct engine_zmq_msg_t {
     unsigned char _[64] __attribute__((aligned(sizeof(void *))));
 } engine_zmq_msg_t;
 
-typedef struct engine_zmq_pollitem_t {
-    void *socket;
-    int fd;
-    short events;
-    short revents;
-} engine_zmq_pollitem_t;
-
 typedef int (*engine_zmq_msg_init_t)(engine_zmq_msg_t *);
 typedef int (*engine_zmq_msg_close_t)(engine_zmq_msg_t *);
 typedef void *(*engine_zmq_msg_data_t)(engine_zmq_msg_t *);
@@ -29,7 +22,6 @@ typedef int (*engine_zmq_msg_recv_t)(engine_zmq_msg_t *, void *, int);
 typedef const char *(*engine_zmq_msg_gets_t)(const engine_zmq_msg_t *, const char *);
 typedef int (*engine_zmq_send_t)(void *, const void *, size_t, int);
 typedef int (*engine_zmq_getsockopt_t)(void *, int, void *, size_t *);
-typedef int (*engine_zmq_poll_t)(engine_zmq_pollitem_t *, int, long);
 typedef int (*engine_zmq_errno_t)(void);
 
 #define ENGINE_ZMQ_DONTWAIT 1

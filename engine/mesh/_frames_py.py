@@ -119,7 +119,8 @@ class FrameSocketPy:
         return bool(int(self._check().getsockopt(_EVENTS)) & _POLLIN)
 
     def wait(self, timeout_ms: int) -> bool:
-        """Block until a message is waiting or ``timeout_ms`` passed (-1: no limit)."""
+        """Block until a message is waiting or ``timeout_ms`` passed (-1: no limit); True when
+        one is (the compiled twin may also return False early: callers loop)."""
         sock = self._check()
         poller = self._poller
         if poller is None:
