@@ -7,7 +7,7 @@
 ``readable()`` and ``wait(timeout_ms)``.
 
 PERF: pyzmq's Python API costs ~2.4 us per 2-frame send, ~4.5 us per 3-frame receive and
-~2.2 us per ``getsockopt(EVENTS)``; the compiled calls 0.64 / 0.65 / 0.90 us
+~2.2 us per ``getsockopt(EVENTS)``; the compiled calls 0.4-0.6 / 0.5-0.7 / 0.4-0.9 us
 (``benches/mesh_seq_profile.py --micro``, 2026-11-21, loaded 2-core machine).
 """
 
