@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import msgspec
+import pytest
 from mesh_agents import Echo, Ping, Pong, Sleep
 
 from engine.mesh import MeshClient, Node
@@ -149,3 +150,28 @@ def test_a_node_batches_replies_while_others_run() -> None:
         await node.host.stop()  # type: ignore[union-attr]
 
     asyncio.run(main())
+
+
+def test_a_failing_message_does_not_drop_the_rest_of_its_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        node, io = _node(asyncio.get_running_loop())
+
+        def broken(ids: object) -> None:
+            raise RuntimeError("bug in the ACK path")
+
+        node._on_ack = broken  # type: ignore[method-assign]
+        ack = [P.header(P.FrameKind.ACK), P.encode_ids([MessageIds().next()])]
+        io.inbox.extend([ack, [DELIVER, _delivery(MessageIds(), Ping(5))]])
+        node._drain()
+        for _ in range(20):
+            if io.sent:
+                break
+            await asyncio.sleep(0)
+        assert [m[0] for m in io.sent] == [REPLY]
+        assert msgspec.msgpack.decode(codec.decode(io.sent[0][1]).payload, type=Pong).n == 6
+        await node.host.stop()  # type: ignore[union-attr]
+
+    asyncio.run(main())
+    assert "bug in the ACK path" in caplog.text

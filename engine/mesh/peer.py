@@ -315,6 +315,8 @@ class MeshPeer:
                     except (ProtocolError, DecodeError) as exc:
                         self.stats["malformed"] += 1
                         log.warning("%s: dropped malformed message from broker: %s", self.name, exc)
+                    except Exception:  # a bug here must not drop the rest of the batch
+                        log.exception("%s: failed to handle a message from the broker", self.name)
             finally:
                 self._flush_scheduled = scheduled
             if len(msgs) == 4096:
