@@ -346,19 +346,16 @@ class Broker:
         stats = self.stats
         stats["received"] += 1
         ident = msg[0]
-        try:
-            kind, bodies = P.parse(msg[1:], self.hmac_key)
-        except ProtocolError as exc:
-            self._bad(ident, exc)
-            if self.audit is not None and msg[1][4:5] == bytes([FrameKind.REGISTER]):
-                self._reject(ident, None, "protocol violation", str(exc))
-            if "version" in str(exc):
-                self._queue_other(
-                    ident,
-                    FrameKind.DISCONNECT,
-                    P.encode(P.Disconnect(P.DisconnectCode.BAD_VERSION, str(exc))),
-                )
-            return
+        unsigned = self.hmac_key is None and len(msg) > 1
+        kind: FrameKind | None = P.UNSIGNED.get(msg[1]) if unsigned else None
+        if kind is not None and len(msg) <= P.MAX_BODIES + 2:
+            bodies = msg[2:]  # what parse() returns for a valid unsigned message
+        else:
+            try:
+                kind, bodies = P.parse(msg[1:], self.hmac_key)
+            except ProtocolError as exc:
+                self._bad_message(ident, msg, exc)
+                return
         peer = self._peers.get(ident)
         if kind is FrameKind.REGISTER:
             self._on_register(ident, bodies, key_role, key)
@@ -397,6 +394,18 @@ class Broker:
                 self._drop_peer(peer, "left")
         except ProtocolError as exc:
             self._bad(ident, exc)
+
+    def _bad_message(self, ident: bytes, msg: list[bytes], exc: ProtocolError) -> None:
+        """A message whose frames do not parse: counted, logged, maybe answered."""
+        self._bad(ident, exc)
+        if self.audit is not None and msg[1][4:5] == bytes([FrameKind.REGISTER]):
+            self._reject(ident, None, "protocol violation", str(exc))
+        if "version" in str(exc):
+            self._queue_other(
+                ident,
+                FrameKind.DISCONNECT,
+                P.encode(P.Disconnect(P.DisconnectCode.BAD_VERSION, str(exc))),
+            )
 
     def _bad(self, ident: bytes, exc: Exception) -> None:
         self.stats["malformed"] += 1
