@@ -343,7 +343,7 @@ class VectorStore:
             with self._lock.write():
                 if self._main is not main or self._main_n != base_n:
                     return  # a re-build swapped in meanwhile and holds these vectors
-                self._main = replace(main, index=index)
+                self._main = replace(main, index=index, _walk=None)
                 self._fresh.remove_ids(faiss.IDSelectorRange(0, step))
                 self._main_n += step
                 self._bytes_cache = (-1, 0)
@@ -509,7 +509,17 @@ class VectorStore:
         parts_d: list[F32] = []
         parts_i: list[I64] = []
         main = self._main
-        if main is not None and self._main_n:
+        walk = _index.walker(main, self.metric) if main is not None and self._main_n else None
+        if walk is not None:
+            assert main is not None
+            widen = 1.0 / math.sqrt(max(selectivity, 1e-6))
+            ef = math.ceil(main.params.get("efSearch", 16) * widen)
+            d = np.empty((len(q), k), np.float32)
+            i = np.empty((len(q), k), np.int64)
+            walk.search(q, k, ef, d, i, bitmap)
+            parts_d.append(d)
+            parts_i.append(i)
+        elif main is not None and self._main_n:
             sel = None
             if bitmap is not None:
                 sel = faiss.IDSelectorBitmap(self._main_n, faiss.swig_ptr(bitmap))
@@ -700,6 +710,7 @@ class VectorStore:
         for s, m in meta.items():
             if (alive[s >> 3] >> (s & 7)) & 1:
                 self._index_meta(s, m)
+        built._walk = None  # the index grew since the build: views are re-taken on use
         self._main = built
         self._main_n = new_n
         self._fresh = self._new_flat()
