@@ -3,7 +3,8 @@
     python benches/memory_table.py                  # all sections (a few minutes at 100k)
     python benches/memory_table.py --n 20000 --sections table
 
-Columns: bytes per vector (FAISS index bytes / vectors; hnswlib: its saved index), build
+Columns: bytes per vector, all in (the store: FAISS index + id map + per-slot arrays; hnswlib:
+its saved index, labels included), the FAISS index alone, build
 time (including self-tuning), single-query p50/p99 over 500 queries, batch QPS over all
 queries (FAISS and hnswlib each on all cores), recall@10 against exact ``IndexFlatIP``
 ground truth on held-out queries. hnswlib's ``ef`` is raised until it matches the engine
@@ -66,6 +67,7 @@ def row(
     return {
         "index": name,
         "B/vector": bpv,
+        "index B/vector": bpv,
         "build s": build,
         "p50 µs": pct(ts, 50),
         "p99 µs": pct(ts, 99),
@@ -107,7 +109,8 @@ def engine_row(
     build = time.perf_counter() - t
     found, _ = vs.search(ds.queries, k=10)
     st = vs.stats()
-    label = f"{name}: {st['description']} {st['params'] or ''}".strip()
+    walk = ", native walk" if st["walk"] == "native" else ""
+    label = f"{name}: {st['description']} {st['params'] or ''}{walk}".strip()
     exhaustive = kind in ("flat", "sq8")  # milliseconds per query: fewer of them
     r = row(
         label,
@@ -117,6 +120,7 @@ def engine_row(
         batch_qps(lambda q: vs.search(q, k=10), ds.queries),
         recall_at(found, gt),
     )
+    r["index B/vector"] = st["index_bytes_per_vector"]
     r["est. recall"] = st["recall_estimate"]
     return r, vs
 

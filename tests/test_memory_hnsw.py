@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,32 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
     assert vs._main is not first and vs.stats()["walk"] == "native"
     ids, _ = vs.search(x[5000:9000:97], k=1)
     assert (ids[:, 0] == np.arange(5000, 9000, 97)).mean() >= 0.95
+
+
+@needs_native
+def test_walk_releases_the_gil(base: np.ndarray) -> None:
+    """Python code in another thread advances during one (batch) walk call."""
+    assert HNSW is not None
+    index = hnsw_sq8(base, "ip")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
+    q = np.ascontiguousarray(np.tile(base[:500], (8, 1)))
+    counter = [0]
+    started = threading.Event()
+    done = threading.Event()
+    delta: list[int] = []
+
+    def native() -> None:
+        started.set()
+        time.sleep(0.01)  # let the spinner start
+        before = counter[0]
+        walk(w, q, 10, 128)
+        delta.append(counter[0] - before)
+        done.set()
+
+    th = threading.Thread(target=native)
+    th.start()
+    started.wait()
+    while not done.is_set():
+        counter[0] += 1
+    th.join()
+    assert delta[0] > 1000, delta
