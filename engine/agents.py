@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union, overload
 import msgspec
 
 from engine.errors import DeadlineExceeded
-from engine.messages import AgentId, Envelope, Kind, MessageId, TopicId, encode_payload
+from engine.messages import (
+    AgentId,
+    Envelope,
+    Kind,
+    MessageId,
+    TopicId,
+    encode_payload,
+    wire_name,
+)
 
 if TYPE_CHECKING:
     from collections import deque
@@ -239,7 +247,7 @@ class Context(msgspec.Struct, eq=False):
             topic=self.topic,
             deadline=deadline,
             traceparent=self.traceparent,
-            payload_type=type(message).__name__,
+            payload_type=wire_name(type(message)),
             payload=encode_payload(message if with_payload else None),
         )
 

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidTransition",
     "InvalidVectorError",
     "MailboxFull",
+    "MessageTypeConflict",
     "NativeUnavailable",
     "ProtocolError",
     "QueryCancelled",
@@ -72,6 +73,19 @@ class CycleError(SchedulerError):
 
 class UndeliverableError(EngineError):
     """No agent can receive the message (unknown agent type, no subscriber, node gone)."""
+
+
+class MessageTypeConflict(EngineError, TypeError):
+    """Two different message classes share one wire name (see ``Message``'s ``tag=``)."""
+
+    def __init__(self, name: str, classes: list[type]) -> None:
+        self.name = name
+        self.classes = list(classes)
+        where = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in self.classes)
+        super().__init__(
+            f"message type {name!r} is ambiguous: {where} share it; "
+            'give one a distinct wire name with `class X(Message, tag="app.X")`'
+        )
 
 
 class MailboxFull(EngineError):

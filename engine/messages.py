@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+import sys
 from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
-from engine.errors import DecodeError, EncodeError
+from engine.errors import DecodeError, EncodeError, MessageTypeConflict
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -31,6 +32,9 @@ __all__ = [
     "encode",
     "encode_into",
     "encode_payload",
+    "message_class",
+    "same_definition",
+    "wire_name",
 ]
 
 #: Default limit for one encoded envelope (bytes); ``Codec(max_size=...)`` overrides it.
@@ -126,12 +130,68 @@ class Envelope(msgspec.Struct, tag="v1", array_like=True, gc=False):
     payload: msgspec.Raw = msgspec.Raw(b"\xc0")  # MessagePack nil: an empty Raw is not valid
 
 
+_by_wire_name: dict[str, type] = {}
+
+
 class Message(msgspec.Struct, tag=True, tag_field="@type"):
     """Base class of user messages: subclass it with typed fields.
 
-    The class name is the wire tag (field ``"@type"``, so users may name a field ``type``);
-    subclasses are encoded as tagged MessagePack maps.
+    The wire name is the msgspec tag (field ``"@type"``, so users may name a field
+    ``type``): the class name unless the class sets ``tag="app.Name"``, which is how two
+    classes of the same name in different modules stay apart. An explicit tag is inherited
+    (msgspec), so a subclass of a tagged class needs its own. Subclasses are encoded as
+    tagged MessagePack maps; envelopes carry the wire name as ``payload_type``.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _by_wire_name.clear()  # the new class may redefine or shadow a looked-up name
+
+
+def wire_name(cls: type) -> str:
+    """The name ``cls`` travels under: a tagged struct's msgspec tag, else the class name."""
+    config = getattr(cls, "__struct_config__", None)
+    tag = config.tag if config is not None else None
+    return tag if isinstance(tag, str) else cls.__name__
+
+
+def message_class(name: str) -> type | None:
+    """The :class:`Message` subclass whose wire name is ``name`` (None if there is none).
+
+    A class defined again (same qualified name and module or source file: a re-run notebook
+    cell, a reloaded module) replaces the older one. Two *different* classes sharing the name
+    raise :class:`~engine.errors.MessageTypeConflict`: the receiver cannot tell which one
+    was meant, so it refuses to guess.
+    """
+    cls = _by_wire_name.get(name)
+    if cls is not None:
+        return cls
+    found: list[type] = []
+    todo = list(Message.__subclasses__())
+    while todo:
+        c = todo.pop(0)  # breadth first, in definition order: a redefinition comes later
+        todo.extend(c.__subclasses__())
+        if wire_name(c) == name:
+            found = [f for f in found if not same_definition(f, c)] + [c]
+    if len(found) > 1:
+        raise MessageTypeConflict(name, found)
+    if found:
+        cls = found[0]
+        _by_wire_name[name] = cls
+        return cls
+    return None
+
+
+def same_definition(a: type, b: type) -> bool:
+    """Whether ``a`` and ``b`` are one class defined twice: same qualified name, and the same
+    module or the same source file (a module imported under two names)."""
+    if a.__qualname__ != b.__qualname__:
+        return False
+    if a.__module__ == b.__module__:
+        return True
+    fa = getattr(sys.modules.get(a.__module__), "__file__", None)
+    fb = getattr(sys.modules.get(b.__module__), "__file__", None)
+    return fa is not None and fa == fb
 
 
 class ErrorInfo(msgspec.Struct, tag=True, array_like=True, gc=False):

@@ -23,27 +23,29 @@ def uv(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     return wrapper
 
 
-class Ping(Message):
+# The runtime tests' messages carry their own wire names ("rt.Ping"): the mesh tests
+# define same-named classes, and a process holding both must tell them apart.
+class Ping(Message, tag="rt.Ping"):
     n: int
 
 
-class Pong(Message):
+class Pong(Message, tag="rt.Pong"):
     n: int
 
 
-class Boom(Message):
+class Boom(Message, tag="rt.Boom"):
     text: str
 
 
-class Slow(Message):
+class Slow(Message, tag="rt.Slow"):
     seconds: float
 
 
-class Note(Message):
+class Note(Message, tag="rt.Note"):
     text: str
 
 
-class SubPing(Ping):
+class SubPing(Ping, tag="rt.SubPing"):  # an explicit tag is inherited: set its own
     """A Ping subclass: handled by the Ping handler through the MRO."""
 
 

@@ -104,20 +104,37 @@ def node(name: str, port: int, spans: str) -> None:
         with tracer.span(f"handle on {name}", env.traceparent, kind="handler") as h:
             if name == "a":  # node a fans a subtask out to node b and waits for its reply
                 with tracer.span("subtask for b", h.traceparent, kind="subtask") as sub:
-                    sock.send(encode(Envelope(
-                        ids.next(), Kind.SEND, sender=me, recipient=AgentId("b"),
-                        traceparent=sub.traceparent, payload_type="ObsWork",
-                        payload=encode_payload(ObsWork(work.n + 1)),
-                    )))
+                    sock.send(
+                        encode(
+                            Envelope(
+                                ids.next(),
+                                Kind.SEND,
+                                sender=me,
+                                recipient=AgentId("b"),
+                                traceparent=sub.traceparent,
+                                payload_type="ObsWork",
+                                payload=encode_payload(ObsWork(work.n + 1)),
+                            )
+                        )
+                    )
                     reply = decode(sock.recv())
                     assert reply.kind == Kind.REPLY
                     work = decode_payload(reply.payload, ObsWork)
             assert env.sender is not None
-            sock.send(encode(Envelope(
-                ids.next(), Kind.REPLY, sender=me, recipient=env.sender, correlation=env.id,
-                traceparent=h.traceparent, payload_type="ObsWork",
-                payload=encode_payload(ObsWork(work.n * 10)),
-            )))
+            sock.send(
+                encode(
+                    Envelope(
+                        ids.next(),
+                        Kind.REPLY,
+                        sender=me,
+                        recipient=env.sender,
+                        correlation=env.id,
+                        traceparent=h.traceparent,
+                        payload_type="ObsWork",
+                        payload=encode_payload(ObsWork(work.n * 10)),
+                    )
+                )
+            )
 
 
 if __name__ == "__main__":

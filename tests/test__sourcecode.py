@@ -41,8 +41,13 @@ def stubtest_output() -> str:
     if not built:
         return ""
     res = _run(
-        sys.executable, "-m", "mypy.stubtest", *built,
-        "--ignore-missing-stub", "--mypy-config-file", "pyproject.toml",
+        sys.executable,
+        "-m",
+        "mypy.stubtest",
+        *built,
+        "--ignore-missing-stub",
+        "--mypy-config-file",
+        "pyproject.toml",
     )
     return res.stdout + res.stderr if res.returncode else ""
 

@@ -44,17 +44,19 @@ def _shell_lines(path: Path) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in DOCS if _blocks(p, "python")], ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p, "python")], ids=lambda p: p.name)
 def test_python_examples_run(path: Path, tmp_path: Path) -> None:
     blocks = _blocks(path, "python")
     script = tmp_path / "example.py"
     script.write_text("\n\n".join(blocks))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     res = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120, env=env,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert res.returncode == 0, f"{path.name} examples failed:\n{res.stdout}\n{res.stderr}"
 

@@ -78,7 +78,14 @@ def edit_and_rehash(lines: list[bytes]) -> list[bytes]:
         (lambda ls: [ls[0], b'{"seq": 2}\n', *ls[1:]], 2, "exactly the fields"),
     ],
     ids=[
-        "edited", "edited-rehashed", "removed", "reordered", "duplicated", "torn", "junk", "shape",
+        "edited",
+        "edited-rehashed",
+        "removed",
+        "reordered",
+        "duplicated",
+        "torn",
+        "junk",
+        "shape",
     ],
 )
 def test_tampering_detected(log_file: Path, tamper: Tamper, line: int, why: str) -> None:

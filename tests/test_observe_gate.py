@@ -18,33 +18,34 @@ import pytest
 from engine.cli import main
 from engine.observe import gate
 
-WORK = '''
+WORK = """
 def work(n: int) -> int:
     total = 0
     for i in range(n):
         total += i * i
     return total
-'''
+"""
 SLOW = WORK.replace("range(n)", "range(n + n // 2)")  # 50% more loop iterations
 
-BENCH = '''
+BENCH = """
 from engine import work
 
 
 def test_work(benchmark):
     benchmark(work, 3000)
-'''
-HOTPATH = '''
+"""
+HOTPATH = """
 from engine import work
 
 PROBES = {"work": lambda: (lambda k: [work(300) for _ in range(k)])}
-'''
+"""
 
 
 def git(repo: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
 
 
@@ -113,8 +114,9 @@ def test_new_benchmark_is_reported_not_failed(repo: Path) -> None:
     more = BENCH.replace("test_work", "test_more").replace("import work", "import extra, work")
     (repo / "benches" / "bench_more.py").write_text(more)
     (repo / "engine" / "__init__.py").write_text(WORK + "\nextra = 1\n")
-    code, report = bench(repo, "-k", "more", "--compare", "HEAD", "--rounds", "1",
-                         "--max-time", "0.02")
+    code, report = bench(
+        repo, "-k", "more", "--compare", "HEAD", "--rounds", "1", "--max-time", "0.02"
+    )
     verdicts = {r["name"]: r["verdict"] for r in report["results"]}  # type: ignore[attr-defined]
     assert verdicts == {"test_more": "new"}
     assert code == 0

@@ -24,7 +24,7 @@ from engine.routing import RouterC
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BENCH = '''
+BENCH = """
 from engine.messages import AgentId
 from engine.routing import Router
 
@@ -41,9 +41,9 @@ def make():
 def test_router_match_many(benchmark):
     r, handles = make()
     benchmark(r.match_many, handles)
-'''
+"""
 
-SLOW_PATCH = '''
+SLOW_PATCH = """
 
 # --- deliberately slowed by tests/test_observe_gate_router.py: match_many takes 20% longer
 import time as _time
@@ -66,13 +66,14 @@ class Router:  # type: ignore[no-redef]
         while clock() < end:  # the slower path: 20% more time than the real work took
             pass
         return out
-'''
+"""
 
 
 def git(repo: Path, *args: str) -> bytes:
     return subprocess.run(
         ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
 
 
@@ -96,10 +97,23 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compare(repo: Path, rounds: int) -> tuple[int, dict[str, object]]:
     report = repo.parent / "report.json"
     report.unlink(missing_ok=True)
-    code = main([
-        "bench", "benches/bench_gate_router.py", "--root", str(repo), "--compare", "HEAD",
-        "--rounds", str(rounds), "--max-time", "0.03", "-q", "--report", str(report),
-    ])
+    code = main(
+        [
+            "bench",
+            "benches/bench_gate_router.py",
+            "--root",
+            str(repo),
+            "--compare",
+            "HEAD",
+            "--rounds",
+            str(rounds),
+            "--max-time",
+            "0.03",
+            "-q",
+            "--report",
+            str(report),
+        ]
+    )
     return code, orjson.loads(report.read_bytes())
 
 

@@ -138,9 +138,11 @@ def test_broker_metrics_nodes_and_top(capsys: pytest.CaptureFixture[str]) -> Non
     ep = broker.endpoints[0]
 
     async def traffic() -> None:
-        async with Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0) as n1, \
-                Node(ep, {"echo": MeshEcho, "planner": Planner}, name="n2", heartbeat=2.0), \
-                MeshClient(ep, heartbeat=2.0) as client:
+        async with (
+            Node(ep, {"echo": MeshEcho}, name="n1", heartbeat=2.0) as n1,
+            Node(ep, {"echo": MeshEcho, "planner": Planner}, name="n2", heartbeat=2.0),
+            MeshClient(ep, heartbeat=2.0) as client,
+        ):
             node_srv = serve(n1, 0)
             replies = await asyncio.gather(
                 *(client.send(ObsPing(i), to=AgentId("echo", "*"), timeout=10) for i in range(20))

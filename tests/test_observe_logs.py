@@ -92,8 +92,12 @@ def test_key_value_and_headers_redacted() -> None:
 
 def test_secret_fields_redacted(stream: io.StringIO) -> None:
     logging.getLogger("engine").info(
-        "cfg", extra={"api_key": "plain", "headers": {"Authorization": "x", "Accept": "json"},
-                      "note": "key sk-abcdefghijklmnopqrstuv"},
+        "cfg",
+        extra={
+            "api_key": "plain",
+            "headers": {"Authorization": "x", "Accept": "json"},
+            "note": "key sk-abcdefghijklmnopqrstuv",
+        },
     )
     (rec,) = lines(stream)
     assert rec["api_key"] == REDACTED

@@ -61,7 +61,9 @@ def test_hot_counters_exported_on_scrape() -> None:
     m.message("nack")
     got = samples(m.exposition().decode(), "engine_messages_total")
     assert got == {
-        (("kind", "send"),): 7.0, (("kind", "reply"),): 3.0, (("kind", "publish"),): 1.0,
+        (("kind", "send"),): 7.0,
+        (("kind", "reply"),): 3.0,
+        (("kind", "publish"),): 1.0,
         (("kind", "nack"),): 1.0,
     }
     assert m.messages_total() == {"send": 7, "reply": 3, "publish": 1, "nack": 1}

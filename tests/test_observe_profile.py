@@ -16,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(RouterC is None, reason="attributes time to the native router's call sites")
 def test_routing_scenario_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["profile", "routing", "--seconds", "0.5", "--top", "5", "--out", str(tmp_path),
-            "--root", str(ROOT)]
+    argv = [
+        "profile",
+        "routing",
+        "--seconds",
+        "0.5",
+        "--top",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--root",
+        str(ROOT),
+    ]
     assert main(argv) == 0
     for ext in ("json", "html", "txt"):
         assert (tmp_path / f"routing.{ext}").stat().st_size > 0
@@ -78,8 +88,18 @@ def test_scenario_runs_plainly(scenario: str, expect: str) -> None:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "profiles" / "scenarios" / f"{scenario}.py"), "--seconds",
-         "0.2", "--scale", "0.1"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "profiles" / "scenarios" / f"{scenario}.py"),
+            "--seconds",
+            "0.2",
+            "--scale",
+            "0.1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]

@@ -47,7 +47,9 @@ def start(role: str, port: int, spans: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "observe_trace_peers.py"), role, str(port), str(spans)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -89,11 +91,19 @@ def test_one_job_is_one_connected_trace(
         sock.send(encode(hello))
         assert decode(sock.recv()).kind == Kind.PUBLISH
         with tracer.span("job", kind="task") as job:
-            sock.send(encode(Envelope(
-                ids.next(), Kind.SEND, sender=me, recipient=AgentId("a"),
-                traceparent=job.traceparent, payload_type="ObsWork",
-                payload=encode_payload(ObsWork(1)),
-            )))
+            sock.send(
+                encode(
+                    Envelope(
+                        ids.next(),
+                        Kind.SEND,
+                        sender=me,
+                        recipient=AgentId("a"),
+                        traceparent=job.traceparent,
+                        payload_type="ObsWork",
+                        payload=encode_payload(ObsWork(1)),
+                    )
+                )
+            )
             reply = decode(sock.recv())
         assert decode_payload(reply.payload, ObsWork) == ObsWork(200)  # b: (1 + 1) * 10, a: * 10
         for target in ("a", "b"):
@@ -109,11 +119,16 @@ def test_one_job_is_one_connected_trace(
     for f in files.values():
         spans += orjson.loads(f.read_bytes())
     root = exporter.get_finished_spans()[0]
-    spans.append({
-        "name": root.name, "trace_id": f"{root.context.trace_id:032x}",
-        "span_id": f"{root.context.span_id:016x}", "parent_id": None, "service": "client",
-        "kind": "task",
-    })
+    spans.append(
+        {
+            "name": root.name,
+            "trace_id": f"{root.context.trace_id:032x}",
+            "span_id": f"{root.context.span_id:016x}",
+            "parent_id": None,
+            "service": "client",
+            "kind": "task",
+        }
+    )
     by_id = {s["span_id"]: s for s in spans}
 
     assert {s["trace_id"] for s in spans} == {f"{root.context.trace_id:032x}"}
@@ -132,6 +147,11 @@ def test_one_job_is_one_connected_trace(
         return out[::-1]
 
     assert chain("handle on b") == [
-        "job", "hop a", "handle on a", "subtask for b", "hop b", "handle on b",
+        "job",
+        "hop a",
+        "handle on a",
+        "subtask for b",
+        "hop b",
+        "handle on b",
     ]
     assert chain("hop client") == ["job", "hop a", "handle on a", "hop client"]

@@ -772,7 +772,7 @@ async def test_post_is_one_way_and_ordered() -> None:
 
 @uv
 async def test_runtime_as_mesh_host_handles_envelopes() -> None:
-    from engine.messages import Envelope, ErrorInfo, Kind, MessageId, decode_payload
+    from engine.messages import Envelope, ErrorInfo, Kind, MessageId, decode_payload, wire_name
     from engine.messages import encode_payload as enc
 
     rt = Runtime(origin="host")
@@ -789,7 +789,7 @@ async def test_runtime_as_mesh_host_handles_envelopes() -> None:
             MessageId("peer", seq),
             kind,
             sender=client,
-            payload_type=type(message).__name__,
+            payload_type=wire_name(type(message)),
             payload=enc(message),
             **kw,
         )
@@ -797,7 +797,7 @@ async def test_runtime_as_mesh_host_handles_envelopes() -> None:
     reply = await rt.handle(env(Kind.SEND, Ping(1), 1, recipient=AgentId("echo", "x")))
     assert reply is not None and reply.kind is Kind.REPLY
     assert reply.correlation == MessageId("peer", 1) and reply.recipient == client
-    assert reply.payload_type == "Pong" and decode_payload(reply.payload, Pong) == Pong(2)
+    assert reply.payload_type == "rt.Pong" and decode_payload(reply.payload, Pong) == Pong(2)
 
     error = await rt.handle(env(Kind.SEND, Boom("no"), 2, recipient=AgentId("echo")))
     assert error is not None and error.kind is Kind.ERROR
@@ -1088,7 +1088,7 @@ async def test_context_envelope_matches_the_wire_headers() -> None:
     assert sent.id.origin == "o1" and sent.traceparent == "00-x"
     assert 0 < sent.deadline - time.time() <= 5
     assert decode_payload(decode(encode(sent)).payload, Ping) == Ping(3)
-    assert decode(encode(bare)).payload_type == "Ping"  # headers only, still valid
+    assert decode(encode(bare)).payload_type == "rt.Ping"  # headers only, still valid
     assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
     await rt.stop()
 

@@ -251,9 +251,7 @@ def test_task_is_ready_when_all_deps_completed(impl: Any) -> None:
 def test_push_many_with_csr_deps_runs_a_dag_in_order(impl: Any) -> None:
     s = impl()
     # 0 -> {1, 2} -> 3 ; 4 independent
-    s.push_many(
-        [0, 1, 2, 3, 4], dep_counts=[0, 1, 1, 2, 0], deps=[0, 0, 1, 2]
-    )
+    s.push_many([0, 1, 2, 3, 4], dep_counts=[0, 1, 1, 2, 0], deps=[0, 0, 1, 2])
     assert s.pop_ready(10).tolist() == [0, 4]
     s.complete_many([0, 4])
     assert s.pop_ready(10).tolist() == [1, 2]
@@ -338,8 +336,15 @@ def test_stats_track_every_state(impl: Any) -> None:
     s.push(9, deps=[0])
     s.pop_ready(2)
     assert s.stats() == {
-        "pushed": 6, "dispatched": 2, "completed": 0, "failed": 0, "cancelled": 0,
-        "expired": 0, "waiting": 1, "ready": 3, "running": 2,
+        "pushed": 6,
+        "dispatched": 2,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "expired": 0,
+        "waiting": 1,
+        "ready": 3,
+        "running": 2,
     }
 
 
@@ -367,8 +372,14 @@ def test_memory_stays_bounded_under_churn(impl: Any) -> None:
     def churn(r: int) -> None:
         ids = np.arange(r * 1500, (r + 1) * 1500)
         has_dep = (ids % 4 == 0) & (ids > ids[0])  # on the previous task of the batch
-        s.push_many(ids, rng.integers(-10, 10, 1500), np.where(ids % 7 == 0, r + 0.5, INF),
-                    tenants=ids % 5, dep_counts=has_dep.astype(np.int64), deps=ids[has_dep] - 1)
+        s.push_many(
+            ids,
+            rng.integers(-10, 10, 1500),
+            np.where(ids % 7 == 0, r + 0.5, INF),
+            tenants=ids % 5,
+            dep_counts=has_dep.astype(np.int64),
+            deps=ids[has_dep] - 1,
+        )
         for t in ids[1::3].tolist():
             if t in s:
                 s.cancel(t)
@@ -401,8 +412,9 @@ def test_no_extensions_falls_back_to_the_reference() -> None:
     )
     env = dict(os.environ, ENGINE_NO_EXTENSIONS="1")
     env.pop("ENGINE_REQUIRE_NATIVE", None)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -597,8 +609,12 @@ def test_twins_agree_on_large_mixed_workloads(
     ).astype(np.int64)
     counts = np.array([min(int(c), i) for i, c in enumerate(counts)], np.int64)
     args = (ids, rng.integers(0, 4, n), np.where(rng.random(n) < 0.2, 3.0, INF))
-    kwargs = {"tenants": rng.integers(0, 4, n), "pools": rng.integers(0, 3, n),
-              "dep_counts": counts, "deps": deps}
+    kwargs = {
+        "tenants": rng.integers(0, 4, n),
+        "pools": rng.integers(0, 3, n),
+        "dep_counts": counts,
+        "deps": deps,
+    }
     actions = rng.integers(0, 10, 4 * n)
     logs = []
     for cls in (SchedulerPy, SchedulerC):
@@ -649,8 +665,14 @@ class TwinMachine(RuleBasedStateMachine):
         a, b = _outcome(fn, self.py), _outcome(fn, self.c)
         assert a == b
 
-    @rule(t=IDS, p=st.integers(0, 3), d=DEADLINES, ten=st.integers(0, 2), pool=st.integers(0, 2),
-          deps=st.lists(IDS, max_size=3))
+    @rule(
+        t=IDS,
+        p=st.integers(0, 3),
+        d=DEADLINES,
+        ten=st.integers(0, 2),
+        pool=st.integers(0, 2),
+        deps=st.lists(IDS, max_size=3),
+    )
     def push(self, t: int, p: int, d: float, ten: int, pool: int, deps: list[int]) -> None:
         self.both(lambda s: s.push(t, p, d, tenant=ten, pool=pool, deps=deps))
 
@@ -662,10 +684,16 @@ class TwinMachine(RuleBasedStateMachine):
         counts = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
         deps = data.draw(st.lists(IDS, min_size=sum(counts), max_size=sum(counts)))
         dls = data.draw(st.lists(DEADLINES, min_size=n, max_size=n))
-        self.both(lambda s: s.push_many(
-            np.array(ids, np.int64), np.array(prios, np.int64), np.array(dls),
-            tenants=np.array(tens, np.int64), dep_counts=np.array(counts, np.int64),
-            deps=np.array(deps, np.int64)))
+        self.both(
+            lambda s: s.push_many(
+                np.array(ids, np.int64),
+                np.array(prios, np.int64),
+                np.array(dls),
+                tenants=np.array(tens, np.int64),
+                dep_counts=np.array(counts, np.int64),
+                deps=np.array(deps, np.int64),
+            )
+        )
 
     @rule(n=st.integers(0, 8))
     def pop_ready(self, n: int) -> None:
@@ -699,8 +727,11 @@ class TwinMachine(RuleBasedStateMachine):
     def set_weight(self, ten: int, w: int) -> None:
         self.both(lambda s: s.set_weight(ten, w))
 
-    @rule(pool=st.integers(0, 2), slots=st.sampled_from([None, 0, 1, 2]),
-          rate=st.sampled_from([None, 1.0, 2.0]))
+    @rule(
+        pool=st.integers(0, 2),
+        slots=st.sampled_from([None, 0, 1, 2]),
+        rate=st.sampled_from([None, 1.0, 2.0]),
+    )
     def set_pool(self, pool: int, slots: int | None, rate: float | None) -> None:
         self.both(lambda s: s.set_pool(pool, slots=slots, rate=rate))
 

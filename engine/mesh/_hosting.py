@@ -25,7 +25,15 @@ import msgspec
 from engine.errors import DecodeError, EngineError, RoutingError
 from engine.mesh._routing import make_router
 from engine.mesh.peer import error_reply
-from engine.messages import AgentId, Envelope, Kind, Message, MessageIds, decode_payload
+from engine.messages import (
+    AgentId,
+    Envelope,
+    Kind,
+    Message,
+    MessageIds,
+    decode_payload,
+    wire_name,
+)
 
 __all__ = ["AgentHost", "MeshContext", "load_agent_classes", "type_name_of"]
 
@@ -89,7 +97,7 @@ class _Handlers:
                 continue
             ann = hints.get(params[0].name)
             for msg_cls in _message_classes(ann):
-                self.table[msg_cls.__name__] = (name, msg_cls, len(params))
+                self.table[wire_name(msg_cls)] = (name, msg_cls, len(params))
         if not self.table:
             raise EngineError(f"{cls.__qualname__} has no async handler taking a Message")
 
@@ -191,6 +199,6 @@ class AgentHost:
             recipient=envelope.sender,
             correlation=envelope.id,
             traceparent=envelope.traceparent,
-            payload_type=type(result).__name__ if result is not None else "",
+            payload_type=wire_name(type(result)) if result is not None else "",
             payload=payload,
         )

@@ -50,6 +50,8 @@ from engine.messages import (
     TopicId,
     decode_payload,
     encode_payload,
+    message_class,
+    wire_name,
 )
 from engine.observe.tracing import Tracer, current_traceparent, parse_traceparent
 
@@ -429,7 +431,7 @@ class MeshPeer:
             recipient=to,
             deadline=time.time() + timeout if timeout else 0.0,
             traceparent=current_traceparent() if traceparent is None else traceparent,
-            payload_type=type(message).__name__,
+            payload_type=wire_name(type(message)),
             payload=encode_payload(message),
         )
         return decode_reply(await self.request(env, timeout), reply_type)
@@ -443,7 +445,7 @@ class MeshPeer:
             Kind.PUBLISH,
             topic=topic,
             traceparent=current_traceparent(),
-            payload_type=type(message).__name__,
+            payload_type=wire_name(type(message)),
             payload=encode_payload(message),
         )
         await self.submit(env)
@@ -455,7 +457,7 @@ class MeshPeer:
             Kind.PUBLISH,
             recipient=to,
             traceparent=current_traceparent(),
-            payload_type=type(message).__name__,
+            payload_type=wire_name(type(message)),
             payload=encode_payload(message),
         )
         await self.submit(env)
@@ -475,7 +477,7 @@ class MeshPeer:
                 Kind.PUBLISH,
                 recipient=to,
                 traceparent=traceparent,
-                payload_type=type(message).__name__,
+                payload_type=wire_name(type(message)),
                 payload=encode_payload(message),
             )
             if len(unacked) >= self._window or not self._registered.is_set():
@@ -863,23 +865,6 @@ def error_reply(env: Envelope, exc: BaseException, mid: MessageId) -> Envelope:
     )
 
 
-_TYPES: dict[str, type] = {}
-
-
-def _message_class(name: str) -> type | None:
-    from engine.messages import Message
-
-    cls = _TYPES.get(name)
-    if cls is None:
-        todo: deque[type] = deque(Message.__subclasses__())
-        while todo:
-            c = todo.popleft()
-            _TYPES.setdefault(c.__name__, c)
-            todo.extend(c.__subclasses__())
-        cls = _TYPES.get(name)
-    return cls
-
-
 def decode_reply(env: Envelope, reply_type: Any = None) -> Any:
     """The message inside a REPLY envelope; raises :class:`RemoteError` for an ERROR one."""
     if env.kind is Kind.ERROR:
@@ -891,7 +876,7 @@ def decode_reply(env: Envelope, reply_type: Any = None) -> Any:
     if reply_type is None:
         if env.payload_type == "" or env.payload == b"\xc0" or not bytes(env.payload):
             return None
-        reply_type = _message_class(env.payload_type)
+        reply_type = message_class(env.payload_type)  # MessageTypeConflict if ambiguous
         if reply_type is None:
             return env.payload
     return decode_payload(env.payload, reply_type)

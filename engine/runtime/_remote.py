@@ -24,6 +24,7 @@ from engine.messages import (
     TopicId,
     decode_payload,
     encode_payload,
+    wire_name,
 )
 from engine.runtime._transport import Transport
 from engine.runtime._wire import MessageTypes, error_from_info, error_info
@@ -71,7 +72,7 @@ class Remote:
             recipient=to,
             deadline=time.time() + timeout if timeout is not None else 0.0,
             traceparent=traceparent,
-            payload_type=type(message).__name__,
+            payload_type=wire_name(type(message)),
             payload=encode_payload(message),
         )
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -118,7 +119,7 @@ class Remote:
                 sender=sender,
                 topic=topic,
                 traceparent=traceparent,
-                payload_type=type(message).__name__,
+                payload_type=wire_name(type(message)),
                 payload=encode_payload(message),
             )
         )
@@ -219,6 +220,6 @@ class Remote:
             recipient=envelope.sender,
             correlation=envelope.id,
             traceparent=envelope.traceparent,
-            payload_type=type(result).__name__ if isinstance(result, Message) else "",
+            payload_type=wire_name(type(result)) if isinstance(result, Message) else "",
             payload=encode_payload(result),
         )

@@ -1,9 +1,9 @@
 """What the runtime needs at its transport boundary: message classes by wire name, errors.
 
-A :class:`~engine.messages.Message` travels as ``payload_type`` (its class name, which is
-also its msgspec tag) plus the encoded payload. :class:`MessageTypes` maps names back to
-classes: the message classes of the runtime's registered agents first, then any live
-``Message`` subclass (the most recently defined wins when names repeat).
+A :class:`~engine.messages.Message` travels as ``payload_type`` (its wire name: the msgspec
+tag, the class name by default) plus the encoded payload. :class:`MessageTypes` maps names
+back to classes: the message classes of the runtime's registered agents first, then the one
+live ``Message`` subclass of that name; an ambiguous name is refused, never guessed.
 """
 
 from __future__ import annotations
@@ -14,16 +14,29 @@ from engine.errors import (
     DeadlineExceeded,
     EngineError,
     MailboxFull,
+    MessageTypeConflict,
     RemoteError,
     UndeliverableError,
 )
-from engine.messages import Envelope, ErrorInfo, Message, decode_payload
+from engine.messages import (
+    Envelope,
+    ErrorInfo,
+    Message,
+    decode_payload,
+    message_class,
+    same_definition,
+    wire_name,
+)
 
 __all__ = ["MessageTypes", "error_from_info", "error_info"]
 
 
 class MessageTypes:
-    """Per-runtime map of wire names to message classes (grows with what it has seen)."""
+    """Per-runtime map of wire names to message classes (grows with what it has seen).
+
+    Classes registered through the runtime's agents win over a lookup among all loaded
+    ``Message`` subclasses; two different registered classes may not share a wire name.
+    """
 
     __slots__ = ("_by_name",)
 
@@ -31,18 +44,23 @@ class MessageTypes:
         self._by_name: dict[str, type] = {}
 
     def add(self, cls: type) -> None:
+        """Register ``cls``; :class:`MessageTypeConflict` if another class has its name."""
         if isinstance(cls, type) and issubclass(cls, Message):
-            self._by_name[cls.__name__] = cls
+            name = wire_name(cls)
+            other = self._by_name.setdefault(name, cls)
+            if other is not cls:
+                if not same_definition(other, cls):
+                    raise MessageTypeConflict(name, [other, cls])
+                self._by_name[name] = cls  # defined again (notebook cell, reload): newest
 
     def get(self, name: str) -> type | None:
+        """The class for ``name``: registered, else the one loaded class of that name."""
         cls = self._by_name.get(name)
         if cls is None:
-            stack: list[type] = [Message]
-            while stack:
-                c = stack.pop(0)
-                if c.__name__ == name:
-                    cls = c
-                stack.extend(c.__subclasses__())
+            try:
+                cls = message_class(name)
+            except MessageTypeConflict as exc:
+                raise UndeliverableError(str(exc)) from None
             if cls is not None:
                 self._by_name[name] = cls
         return cls
