@@ -139,7 +139,7 @@ def hnswlib_row(ds: Dataset, gt: np.ndarray, want: float, m: int) -> dict[str, A
     p.add_items(ds.base, np.arange(n))
     build = time.perf_counter() - t
     chosen = None
-    for ef in (10, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256):
+    for ef in (10, 16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 128, 160, 192, 256):
         p.set_ef(ef)
         labels, _ = p.knn_query(ds.queries, k=10)
         rec = recall_at(labels.astype(np.int64), gt)
