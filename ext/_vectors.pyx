@@ -88,6 +88,13 @@ ctypedef fused ns_t:
     int32_t
 
 
+cdef extern from "engine_hnsw.h" nogil:
+    float eh_ip(const float* w, const uint8_t* c, int64_t d, int use_avx2)
+    int eh_has_avx2()
+
+cdef int _AVX2 = eh_has_avx2()  # AVX2/FMA kernels chosen at run time (no -march=native)
+
+
 cdef inline uint64_t _mix(int64_t key) noexcept nogil:
     # splitmix64 finaliser: good spread for sequential ids.
     cdef uint64_t z = <uint64_t>key + 0x9E3779B97F4A7C15ULL
@@ -540,7 +547,7 @@ def score_sq8(const uint8_t[:, ::1] codes, const int64_t[::1] slots, const float
                     w[j] = q[j] * vdiff[j] / 255.0
                     bias += q[j] * vmin[j] + 0.5 * w[j]
                 for i in range(n):
-                    out[i] = <float>bias + engine_dot_u8(w, &codes[slots[i], 0], d)
+                    out[i] = <float>bias + eh_ip(w, &codes[slots[i], 0], d, _AVX2)
             else:
                 for j in range(d):
                     w[j] = vdiff[j] / 255.0

@@ -173,6 +173,15 @@ eh_l2_avx2(const float *w, const float *a, const uint8_t *c, int64_t d) {
 }
 #endif
 
+/* sum_j w_j c_j with the AVX2 kernel when use_avx2 (see eh_has_avx2) */
+static inline float eh_ip(const float *w, const uint8_t *c, int64_t d, int use_avx2) {
+#if EH_X86
+    if (use_avx2) return eh_ip_avx2(w, c, d);
+#endif
+    (void)use_avx2;
+    return eh_ip_scalar(w, c, d);
+}
+
 /* ---------------------------------------------------------------- heaps */
 /* max-heap on (dist) of size *n */
 static inline void eh_maxheap_push(float *hd, int32_t *hi, int32_t *n, float d, int32_t i) {

@@ -70,12 +70,19 @@ class Built:
     order: I64 | None = None  # FAISS id i holds row order[i] of the build matrix
     _plain: tuple[Any, list[Any]] | None = None
     _walk: Any = None  # the native walker over this index (hnsw kind), built on first use
+    _codes: tuple[str, Any, Any, Any] | None = None  # codes_of(), taken on first use
 
     def plain_params(self) -> tuple[Any, list[Any]]:
         """The unfiltered search parameters, built once (read-only, shared by threads)."""
         if self._plain is None:
             self._plain = make_params(self.kind, self.params, None)
         return self._plain
+
+    def codes(self) -> tuple[str, Any, Any, Any]:
+        """:func:`codes_of` this (installed, never mutated) index, taken once."""
+        if self._codes is None:
+            self._codes = codes_of(self.index, self.kind)
+        return self._codes
 
 
 def faiss_metric(metric: str) -> int:

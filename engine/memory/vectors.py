@@ -370,7 +370,7 @@ class VectorStore:
             with self._lock.write():
                 if self._main is not main or self._main_n != base_n:
                     return  # a re-build swapped in meanwhile and holds these vectors
-                self._main = replace(main, index=index, _walk=None)
+                self._main = replace(main, index=index, _walk=None, _codes=None)
                 self._fresh.remove_ids(faiss.IDSelectorRange(0, step))
                 self._main_n += step
                 self._bytes_cache = (-1, 0)
@@ -512,7 +512,7 @@ class VectorStore:
         if split:
             main = self._main
             assert main is not None
-            how, codes, vmin, vdiff = _index.codes_of(main.index, main.kind)
+            how, codes, vmin, vdiff = main.codes()
             mine = slots[:split]
             for r in range(nq):
                 if how == "sq8":
@@ -528,17 +528,8 @@ class VectorStore:
             local = np.ascontiguousarray(slots[split:] - self._main_n)
             for r in range(nq):
                 V.score_f32(rows, local, q[r], l2, scores[r, split:])
-        kk = min(k, count)
-        key = -scores if self._largest else scores
-        top = (
-            np.argpartition(key, kk - 1, axis=1)[:, :kk]
-            if kk < count
-            else np.tile(np.arange(count), (nq, 1))
-        )
-        order = np.take_along_axis(key, top, 1).argsort(axis=1, kind="stable")
-        top = np.take_along_axis(top, order, 1)
-        d_out[:, :kk] = np.take_along_axis(scores, top, 1)
-        s_out[:, :kk] = slots[top]
+        cand = np.ascontiguousarray(np.broadcast_to(slots, (nq, count)))
+        V.merge_topk(scores, cand, k, self._largest, d_out, s_out)  # ties: lower slot first
         return d_out, s_out
 
     def _search_indexes(self, q: F32, k: int, bitmap: Any, selectivity: float) -> tuple[F32, I64]:
@@ -749,7 +740,7 @@ class VectorStore:
         for s, m in meta.items():
             if (alive[s >> 3] >> (s & 7)) & 1:
                 self._index_meta(s, m)
-        built._walk = None  # the index grew since the build: views are re-taken on use
+        built._walk = built._codes = None  # the index grew since the build: views re-taken
         self._main = built
         self._main_n = new_n
         self._fresh = self._new_flat()
