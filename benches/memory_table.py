@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benches._vectors_data import Dataset, load, recall_at
-from engine.memory import SemanticCache, VectorStore
+from engine.memory import SemanticCache, VectorStore, _index
 from engine.memory._native import NATIVE, VPy
 
 F = np.float32
@@ -264,6 +264,58 @@ def section_online(vs: VectorStore, ds: Dataset) -> None:
     print(f"- new vectors found: top-1 {top1:.3f}, in top-10 {in10:.3f}")
 
 
+def section_sweep(ds: Dataset) -> None:
+    """The native walk vs FAISS's own search on the same index vs hnswlib, one thread each,
+    raw calls (no store), over a range of beams: the single-query frontier."""
+    n = min(50_000, len(ds.base))
+    x = ds.base[:n]
+    _, gt = faiss.knn(ds.queries, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    index = _index._new_index("hnsw", x.shape[1], "ip", n)[0]
+    index.train(x)
+    index.add(x)
+    walk = _index._HNSW.HnswSQ8(*_index.graph_arrays(index, "ip")) if _index._HNSW else None
+    try:
+        import hnswlib
+    except ImportError:
+        hnswlib = None
+    if hnswlib is not None:
+        p = hnswlib.Index(space="ip", dim=x.shape[1])
+        p.init_index(max_elements=n, M=16, ef_construction=100, random_seed=1)
+        p.set_num_threads(os.cpu_count() or 1)
+        p.add_items(x, np.arange(n))
+        p.set_num_threads(1)
+    print(f"\n### Single-query sweep at {n:,}: native walk / FAISS index.search / hnswlib M16\n")
+    head = ("efSearch / ef", "native walk: recall, p50", "FAISS: recall, p50", "hnswlib")
+    print("| " + " | ".join(head) + " |")
+    print("|---:|---|---|---|")
+    k = 10
+    out_d = np.empty((len(ds.queries), k), np.float32)
+    out_i = np.empty((len(ds.queries), k), np.int64)
+    o_d, o_i = out_d[:1].copy(), out_i[:1].copy()
+    with _index.single_thread():
+        for ef in (32, 48, 64, 80, 96):
+            cells = [str(ef)]
+            if walk is not None:
+                walk.search(ds.queries, k, ef, out_d, out_i)
+                ts = single(lambda q, ef=ef: walk.search(q, k, ef, o_d, o_i), ds.queries)
+                cells.append(f"{recall_at(out_i, gt):.3f}, {pct(ts, 50):.0f} µs")
+            else:
+                cells.append("-")
+            params = _index._faiss.SearchParametersHNSW()
+            params.efSearch = ef
+            _, found = index.search(ds.queries, k, params=params)
+            ts = single(lambda q, pr=params: index.search(q, k, params=pr), ds.queries)
+            cells.append(f"{recall_at(found, gt):.3f}, {pct(ts, 50):.0f} µs")
+            if hnswlib is not None:
+                p.set_ef(ef)
+                found = p.knn_query(ds.queries, k=k)[0].astype(np.int64)
+                ts = single(lambda q: p.knn_query(q, k=k), ds.queries)
+                cells.append(f"{recall_at(found, gt):.3f}, {pct(ts, 50):.0f} µs")
+            else:
+                cells.append("-")
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
 def section_gil() -> None:
     x = np.random.default_rng(0).standard_normal((8, 20_000, 384)).astype(F)
     print("\n### GIL release (normalise 8 x 20k x 384 float32: loop vs 2 threads)\n")
@@ -333,7 +385,7 @@ def section_cache(ds: Dataset) -> None:
     print(f"- exact-prompt hit: p50 {pct(ex, 50):.1f} µs, p99 {pct(ex, 99):.1f} µs")
 
 
-SECTIONS = ("table", "small", "filtered", "online", "gil", "cache")
+SECTIONS = ("table", "small", "filtered", "online", "gil", "cache", "sweep")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         section_gil()
     if "cache" in sections:
         section_cache(ds)
+    if "sweep" in sections:
+        section_sweep(ds)
     return 0
 
 
