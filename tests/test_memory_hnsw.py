@@ -304,3 +304,18 @@ def test_walk_releases_the_gil(base: np.ndarray) -> None:
         counter[0] += 1
     th.join()
     assert delta[0] > 1000, delta
+
+
+@needs_native
+def test_loaded_store_walks_natively_with_the_same_results(tmp_path: Path) -> None:
+    x = clustered(5000, 32, seed=13)
+    vs = VectorStore(32, index="hnsw", background=False, promote_at=1000)
+    vs.add(np.arange(5000) + 10, x)
+    q = clustered(100, 32, seed=14)
+    before = vs.search(q, k=10)
+    vs.save(tmp_path / "s.db")
+    loaded = VectorStore.load(tmp_path / "s.db", background=False)
+    assert loaded.stats()["walk"] == "native"
+    after = loaded.search(q, k=10)
+    assert (after[0] == before[0]).all()
+    np.testing.assert_allclose(after[1], before[1], rtol=1e-6)
