@@ -319,3 +319,13 @@ def test_loaded_store_walks_natively_with_the_same_results(tmp_path: Path) -> No
     after = loaded.search(q, k=10)
     assert (after[0] == before[0]).all()
     np.testing.assert_allclose(after[1], before[1], rtol=1e-6)
+
+
+def test_factory_string_hnsw_is_searched_by_faiss() -> None:
+    """Factory strings are not tuned: FAISS searches them with their own efSearch."""
+    x = clustered(3000, 16, seed=15)
+    vs = VectorStore(16, index="HNSW16,SQ8", background=False, promote_at=1000)
+    vs.add(np.arange(3000), x)
+    assert vs.stats()["index"] == "HNSW16,SQ8" and vs.stats()["walk"] == "faiss"
+    ids, _ = vs.search(x[:20], k=1)
+    assert (ids[:, 0] == np.arange(20)).mean() >= 0.9

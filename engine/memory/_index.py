@@ -374,9 +374,11 @@ def graph_arrays(index: Any, metric: str) -> tuple[Any, ...] | None:
 
 
 def walker(built: Built, metric: str) -> Any:
-    """The native walker over ``built`` (an installed, never-mutated HNSW-over-SQ8 index),
-    created once and cached; None when the kind or the build does not allow it."""
+    """The native walker over ``built`` (an installed, never-mutated ``hnsw`` kind index),
+    created once and cached; None for other kinds (factory strings included: their
+    efSearch is FAISS's, untuned) or when the extension is not built."""
     if built._walk is None:
-        arrays = graph_arrays(built.index, metric) if _HNSW is not None else None
+        ok = built.kind == "hnsw" and _HNSW is not None
+        arrays = graph_arrays(built.index, metric) if ok else None
         built._walk = False if arrays is None else _HNSW.HnswSQ8(*arrays)  # type: ignore[union-attr]
     return built._walk or None

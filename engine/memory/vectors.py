@@ -798,7 +798,7 @@ class VectorStore:
     def _walk_kind(self, main: _index.Built | None) -> str:
         """Who walks the main index for a search: ``"native"`` (ext/_hnsw.pyx over FAISS's
         graph) or ``"faiss"`` (``index.search``)."""
-        if main is not None and main.kind == "hnsw" and _index.walker(main, self.metric):
+        if main is not None and _index.walker(main, self.metric):
             return "native"
         return "faiss"
 
