@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import faiss
@@ -79,7 +80,11 @@ def peer(ds: Dataset, store: VectorStore) -> tuple[Any, int, float]:
 
 @pytest.mark.benchmark(group="memory-single-query")
 def test_hnswlib_single_query(
-    benchmark: Any, ds: Dataset, peer: tuple[Any, int, float], bench_report: list[str]
+    benchmark: Any,
+    ds: Dataset,
+    store: VectorStore,
+    peer: tuple[Any, int, float],
+    bench_report: list[str],
 ) -> None:
     """Gate (issue 6): the engine's single-query median is no slower than hnswlib's at the
     same recall."""
@@ -94,7 +99,28 @@ def test_hnswlib_single_query(
             f"memory: single-query median, hnswlib M16 ef{ef} (recall {rec:.3f}) / engine "
             f"= {ratio:.2f}x at {N:,} vectors"
         )
-        assert ratio >= 1.0, f"engine single query {ratio:.2f}x hnswlib's speed"
+    # The gate compares interleaved timings (engine query i, then hnswlib query i): a load
+    # burst on the shared host hits both sides alike. The two benchmarks above run minutes
+    # apart in the worst case and once gave 0.73x next to 1.25x and 1.60x in the runs
+    # before and after (2026-11-21).
+    paired = _paired_single_ratio(store, p, ds.queries)
+    bench_report.append(f"memory: single-query p50, interleaved, hnswlib / engine = {paired:.2f}x")
+    assert paired >= 1.0, f"engine single query {paired:.2f}x hnswlib's speed (interleaved)"
+
+
+def _paired_single_ratio(store: VectorStore, p: Any, q: np.ndarray, rounds: int = 3) -> float:
+    eng: list[float] = []
+    peer: list[float] = []
+    for _ in range(rounds):
+        for i in range(len(q)):
+            row = q[i : i + 1]
+            t = time.perf_counter()
+            store.search(row, k=10)
+            eng.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            p.knn_query(row, k=10)
+            peer.append(time.perf_counter() - t)
+    return float(np.median(peer) / np.median(eng))
 
 
 @pytest.mark.benchmark(group="memory-batch")

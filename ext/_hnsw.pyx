@@ -10,7 +10,7 @@ the view keeps the index object alive. Reference twin: ``engine/memory/_hnsw_py.
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memset
 
@@ -30,10 +30,10 @@ cdef extern from "engine_hnsw.h" nogil:
         pass
     void eh_scratch_free(eh_scratch* s)
     int eh_has_avx2()
-    int32_t eh_search(const eh_graph* g, eh_scratch* s, const float* q, const float* vmin,
-                      const float* vdiff, int32_t k, int32_t ef, const uint8_t* bitmap,
-                      int64_t nbits, float* out_d, int64_t* out_i, int64_t* ndis,
-                      int use_avx2)
+    int32_t eh_search(const eh_graph* g, eh_scratch* s, const float* q, float scale,
+                      const float* vmin, const float* vdiff, int32_t k, int32_t ef,
+                      const uint8_t* bitmap, int64_t nbits, float* out_d, int64_t* out_i,
+                      int64_t* ndis, int use_avx2)
 
 cdef int _AVX2 = eh_has_avx2()
 cdef enum:
@@ -170,19 +170,28 @@ cdef class HnswSQ8:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     def search(self, const float[:, ::1] q, int k, int ef, float[:, ::1] out_d,
-               int64_t[:, ::1] out_i, const uint8_t[::1] bitmap=None):
+               int64_t[:, ::1] out_i, const uint8_t[::1] bitmap=None,
+               const int64_t[::1] ext=None, bint normalize=False):
         """Top-``k`` of each row of ``q`` with a beam of ``ef``, into ``out_d``/``out_i``
         (best first; missing results are id -1 and score -inf, or +inf for l2).
 
         ``bitmap`` (FAISS ``IDSelectorBitmap`` layout) keeps results to the set bits, as
-        FAISS's selector does: the walk still passes through the other nodes."""
-        cdef Py_ssize_t nq = q.shape[0], r, t
-        cdef int64_t nbits = 0, nd = 0
+        FAISS's selector does: the walk still passes through the other nodes. ``ext`` maps
+        the results' node ids to ``ext[node]`` (the vector store's external ids) in the same
+        call. ``normalize`` (inner product only): score each row as if L2-normalised (cosine
+        against normalised data), folded into the query weights.
+
+        Returns -1, or the index of the first row holding NaN/inf (outputs then undefined)."""
+        cdef Py_ssize_t nq = q.shape[0], r, t, j
+        cdef int64_t nbits = 0, nd = 0, next_ = 0, node
         cdef const uint8_t* bm = NULL
         cdef int32_t got = 0
         cdef float pad = INFINITY if self.l2 else -INFINITY
+        cdef float scale
+        cdef double ss
         cdef _Scratch scr
         cdef bint oom = False
+        cdef Py_ssize_t bad = -1
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if ef < 1:
@@ -191,6 +200,10 @@ cdef class HnswSQ8:
             raise ValueError(f"queries have {q.shape[1]} columns, the index {self.g.d}")
         if out_d.shape[0] != nq or out_i.shape[0] != nq or out_d.shape[1] < k or out_i.shape[1] < k:
             raise ValueError("out_d/out_i must be (nq, >= k)")
+        if normalize and self.l2:
+            raise ValueError("normalize applies to inner-product indexes only")
+        if ext is not None:
+            next_ = ext.shape[0]
         if bitmap is not None:
             nbits = <int64_t>bitmap.shape[0] * 8
             if nbits:
@@ -201,22 +214,37 @@ cdef class HnswSQ8:
         try:
             with nogil:
                 for r in range(nq):
+                    ss = 0.0
+                    for j in range(self.g.d):
+                        if not isfinite(q[r, j]):
+                            bad = r
+                            break
+                        ss += <double>q[r, j] * q[r, j]
+                    if bad >= 0:
+                        break
+                    scale = <float>(1.0 / sqrt(ss)) if normalize and ss > 0.0 else 1.0
                     for t in range(k):
                         out_d[r, t] = pad
                         out_i[r, t] = -1
                     if self.g.n == 0:
                         continue
-                    got = eh_search(&self.g, scr.s, &q[r, 0], &self._vmin[0], &self._vdiff[0],
-                                    k, ef, bm, nbits, &out_d[r, 0], &out_i[r, 0], &nd, _AVX2)
+                    got = eh_search(&self.g, scr.s, &q[r, 0], scale, &self._vmin[0],
+                                    &self._vdiff[0], k, ef, bm, nbits, &out_d[r, 0],
+                                    &out_i[r, 0], &nd, _AVX2)
                     if got < 0:
                         oom = True
                         break
                     if not self.l2:
                         for t in range(got):
                             out_d[r, t] = -out_d[r, t]
+                    if ext is not None:
+                        for t in range(got):
+                            node = out_i[r, t]
+                            out_i[r, t] = ext[node] if node < next_ else -1
         finally:
             if len(self._pool) < 8:
                 self._pool.append(scr)
         self.ndis += nd
         if oom:
             raise MemoryError()
+        return bad

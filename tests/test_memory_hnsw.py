@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 import pytest
 
+from engine.errors import DimensionError, InvalidVectorError
 from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
 from tests._memory_data import clustered, exact_ids
@@ -329,3 +330,39 @@ def test_factory_string_hnsw_is_searched_by_faiss() -> None:
     assert vs.stats()["index"] == "HNSW16,SQ8" and vs.stats()["walk"] == "faiss"
     ids, _ = vs.search(x[:20], k=1)
     assert (ids[:, 0] == np.arange(20)).mean() >= 0.9
+
+
+@needs_native
+def test_single_call_path_matches_the_general_path() -> None:
+    """float32 queries go to the walk in one native call (normalised there for cosine);
+    anything needing conversion takes the general path: same results."""
+    x = clustered(5000, 32, seed=16)
+    vs = VectorStore(32, index="hnsw", background=False, promote_at=1000)
+    vs.add(np.arange(5000) + 7, x)
+    q = (clustered(16, 32, seed=17) * 3.0).astype(np.float32)  # not unit length
+    assert vs._search_walk(q, 10) is not None  # the single-call path applies
+    fast = vs.search(q, k=10)
+    slow = vs.search(q.astype(np.float64), k=10)
+    assert vs._search_walk(q.astype(np.float64), 10) is None
+    assert agreement(fast[0], slow[0]) >= 0.99
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-5, atol=1e-5)
+    one = vs.search(q[0], k=10)
+    assert one[0][0].tolist() == fast[0][0].tolist()
+    bad = q.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(InvalidVectorError) as err:
+        vs.search(bad, k=3)
+    assert err.value.row == 3
+    with pytest.raises(DimensionError):
+        vs.search(q[:, :8].copy(), k=3)
+    vs.remove([int(fast[0][0, 0])])  # tombstones reach the walk as the alive bitmap
+    again = vs.search(q[:1], k=10)
+    assert int(fast[0][0, 0]) not in again[0][0].tolist()
+    # the walker's own bad-row report
+    w = _index.walker(vs._main, "cosine")  # type: ignore[arg-type]
+    out_d, out_i = np.empty((16, 5), np.float32), np.empty((16, 5), np.int64)
+    assert w.search(bad, 5, 32, out_d, out_i) == 3
+    with pytest.raises(ValueError, match="inner-product"):
+        HNSW.HnswSQ8(*graph_arrays(hnsw_sq8(x[:500], "l2"), "l2")).search(  # type: ignore[union-attr, misc]
+            q, 5, 32, out_d, out_i, None, None, True
+        )

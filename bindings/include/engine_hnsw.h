@@ -264,7 +264,7 @@ eh_member(const uint8_t *bitmap, int64_t nbits, int32_t v) {
 /* Search one query. Writes up to k (dist, id) sorted ascending into out_d/out_i and returns
  * how many; -1 when out of memory. Distances: -inner product, or squared L2. */
 static inline __attribute__((always_inline)) int32_t
-eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, const float *vmin,
+eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, float scale, const float *vmin,
                const float *vdiff, int32_t k, int32_t ef, const uint8_t *bitmap, int64_t nbits,
                float *out_d, int64_t *out_i, int64_t *ndis, int avx2) {
     const int64_t d = g->d;
@@ -273,12 +273,13 @@ eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, const float *vm
     if (ef < k) ef = k;
     if (eh_scratch_reserve(s, g->n, d, ef, k) < 0) return -1;
     /* fold the SQ8 decode x_j = vmin_j + (c_j + 0.5) * st_j (st_j = vdiff_j / 255) into q */
-    if (!g->l2) {
+    if (!g->l2) { /* scale: 1/|q| for cosine (the query normalised on the fly), else 1 */
         double b = 0.0;
         for (int64_t j = 0; j < d; j++) {
             float st = vdiff[j] / 255.0f;
-            s->w[j] = q[j] * st;
-            b += (double)q[j] * ((double)vmin[j] + 0.5 * (double)st);
+            float qj = q[j] * scale;
+            s->w[j] = qj * st;
+            b += (double)qj * ((double)vmin[j] + 0.5 * (double)st);
         }
         bias = -(float)b;
     } else {
@@ -406,18 +407,18 @@ eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, const float *vm
 
 #if EH_X86
 __attribute__((target("avx2,fma"))) static int32_t
-eh_search_avx2(const eh_graph *g, eh_scratch *s, const float *q, const float *vmin,
+eh_search_avx2(const eh_graph *g, eh_scratch *s, const float *q, float scale, const float *vmin,
                const float *vdiff, int32_t k, int32_t ef, const uint8_t *bitmap, int64_t nbits,
                float *out_d, int64_t *out_i, int64_t *ndis) {
-    return eh_search_body(g, s, q, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i, ndis, 1);
+    return eh_search_body(g, s, q, scale, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i, ndis, 1);
 }
 #endif
 
-static int32_t eh_search_plain(const eh_graph *g, eh_scratch *s, const float *q,
+static int32_t eh_search_plain(const eh_graph *g, eh_scratch *s, const float *q, float scale,
                                const float *vmin, const float *vdiff, int32_t k, int32_t ef,
                                const uint8_t *bitmap, int64_t nbits, float *out_d,
                                int64_t *out_i, int64_t *ndis) {
-    return eh_search_body(g, s, q, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i, ndis, 0);
+    return eh_search_body(g, s, q, scale, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i, ndis, 0);
 }
 
 /* 1 when the AVX2/FMA kernels run on this CPU */
@@ -430,16 +431,18 @@ static int eh_has_avx2(void) {
 #endif
 }
 
-static int32_t eh_search(const eh_graph *g, eh_scratch *s, const float *q, const float *vmin,
-                         const float *vdiff, int32_t k, int32_t ef, const uint8_t *bitmap,
-                         int64_t nbits, float *out_d, int64_t *out_i, int64_t *ndis,
-                         int use_avx2) {
+static int32_t eh_search(const eh_graph *g, eh_scratch *s, const float *q, float scale,
+                         const float *vmin, const float *vdiff, int32_t k, int32_t ef,
+                         const uint8_t *bitmap, int64_t nbits, float *out_d, int64_t *out_i,
+                         int64_t *ndis, int use_avx2) {
 #if EH_X86
     if (use_avx2)
-        return eh_search_avx2(g, s, q, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i, ndis);
+        return eh_search_avx2(g, s, q, scale, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i,
+                              ndis);
 #endif
     (void)use_avx2;
-    return eh_search_plain(g, s, q, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i, ndis);
+    return eh_search_plain(g, s, q, scale, vmin, vdiff, k, ef, bitmap, nbits, out_d, out_i,
+                           ndis);
 }
 
 #endif /* ENGINE_HNSW_H */

@@ -38,4 +38,6 @@ class HnswSQ8:
         out_d: npt.NDArray[np.float32],  # float[:, ::1]
         out_i: npt.NDArray[np.int64],  # int64_t[:, ::1]
         bitmap: npt.NDArray[np.uint8] | None = None,  # const uint8_t[::1]
-    ) -> None: ...
+        ext: npt.NDArray[np.int64] | None = None,  # const int64_t[::1]
+        normalize: bool = False,
+    ) -> int: ...

@@ -124,7 +124,9 @@ class HnswSQ8:
         out_d: npt.NDArray[np.float32],
         out_i: npt.NDArray[np.int64],
         bitmap: npt.NDArray[np.uint8] | None = None,
-    ) -> None:
+        ext: npt.NDArray[np.int64] | None = None,
+        normalize: bool = False,
+    ) -> int:
         if k < 1 or ef < 1:
             raise ValueError(f"k and ef must be >= 1, got {k}, {ef}")
         if q.ndim != 2 or q.shape[1] != self.d:
@@ -132,6 +134,14 @@ class HnswSQ8:
         nq = len(q)
         if out_d.shape[0] != nq or out_i.shape[0] != nq or min(out_d.shape[1], out_i.shape[1]) < k:
             raise ValueError("out_d/out_i must be (nq, >= k)")
+        if normalize and self.l2:
+            raise ValueError("normalize applies to inner-product indexes only")
+        bad = ~np.isfinite(q).all(axis=1)
+        if bad.any():
+            return int(np.argmax(bad))
+        if normalize:
+            norms = np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
+            q = (q / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
         def member(v: int) -> bool:
             if bitmap is None:
@@ -145,4 +155,5 @@ class HnswSQ8:
                 continue
             for t, (d, v) in enumerate(self._one(q[r], k, ef, member)):
                 out_d[r, t] = d if self.l2 else -d
-                out_i[r, t] = v
+                out_i[r, t] = v if ext is None else (ext[v] if v < len(ext) else -1)
+        return -1
