@@ -9,7 +9,7 @@ Kinds (see docs/memory.md for the measurements behind the default):
   ``flat``   exact ``IndexFlat``                                      4·d B/vector
   ``ivfpq``  IVF + PQ fast-scan (4-bit, d/4 sub-quantisers) with SQ8 re-rank (``IndexRefine``)
              ~1.2·d B/vector; tuned: ``nprobe``, ``k_factor``
-  ``hnsw``   HNSW12 (22 links at level 0) over SQ8 (efConstruction 80)  ~1.27·d B/vector;
+  ``hnsw``   HNSW12 (22 links at level 0) over SQ8 (efConstruction 160)  ~1.27·d B/vector;
              tuned: ``efSearch``; single queries walk it natively (ext/_hnsw.pyx)
   ``sq8``    flat 8-bit scalar quantiser (exact scan of codes)       d B/vector
   anything else goes to ``faiss.index_factory`` (not tuned: parameters stay as built).
@@ -52,7 +52,12 @@ HNSW_M = 12
 # equal recall (50k real vectors, native walk: efSearch 64 -> R 0.962 with 24 links,
 # 0.956 with 22, 0.949 with 20; benches/memory_table.py sweep, 2026-11).
 HNSW_LINKS0 = 22
-HNSW_EF_CONSTRUCTION = 80
+# PERF: efConstruction 160 builds a graph needing efSearch 64 where 80 needed 80 for the
+# same tuned recall at 100k (store p50 93 vs 108 µs alone, 123 vs 135-151 µs interleaved
+# with hnswlib; build 21 s vs 10-15 s on 2 cores; 100k real set, store and hnswlib timed
+# per query in alternation, 2026-11-21). Before the native walk the beam was cheap next
+# to FAISS's per-query overhead and 80 was kept for build time.
+HNSW_EF_CONSTRUCTION = 160
 _faiss: Any = faiss  # the bundled stubs miss a few classes and mistype IndexHNSWSQ
 
 
@@ -240,7 +245,7 @@ def _tune(built: Built, x: F32, q: F32, metric: str, target: float, k: int) -> N
             for p in probes:
                 grids.append({"nprobe": p, "k_factor": kf})
     elif built.kind == "hnsw":
-        for ef in (16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512):
+        for ef in (16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512):
             grids.append({"efSearch": max(ef, k + 1)})
     else:
         built.recall = recall_of({})
