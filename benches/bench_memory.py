@@ -9,7 +9,9 @@ Data: the real 100k x 384 set when present (benches/_vectors_data.py), first 20k
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Any
 
 import faiss
@@ -59,21 +61,34 @@ def test_engine_single_query(benchmark: Any, ds: Dataset, store: VectorStore) ->
     _MEDIANS["engine"] = benchmark.stats.stats.median
 
 
-@pytest.mark.benchmark(group="memory-single-query")
-def test_hnswlib_single_query(
-    benchmark: Any, ds: Dataset, store: VectorStore, bench_report: list[str]
-) -> None:
+@pytest.fixture(scope="module")
+def peer(ds: Dataset, store: VectorStore) -> tuple[Any, int, float]:
+    """hnswlib M16 with its ``ef`` raised until it matches the engine's recall."""
     hnswlib = pytest.importorskip("hnswlib")
     p = hnswlib.Index(space="ip", dim=ds.base.shape[1])
     p.init_index(max_elements=len(ds.base), M=16, ef_construction=100, random_seed=1)
     p.add_items(ds.base)
     found, _ = store.search(ds.queries, k=10)
     want = recall_at(found, ds.gt)
-    for ef in (16, 24, 32, 48, 64, 96, 128):  # same recall as the engine
+    for ef in (16, 24, 32, 40, 48, 56, 64, 80, 96, 128):  # same recall as the engine
         p.set_ef(ef)
         rec = recall_at(p.knn_query(ds.queries, k=10)[0].astype(np.int64), ds.gt)
         if rec >= want:
             break
+    return p, ef, rec
+
+
+@pytest.mark.benchmark(group="memory-single-query")
+def test_hnswlib_single_query(
+    benchmark: Any,
+    ds: Dataset,
+    store: VectorStore,
+    peer: tuple[Any, int, float],
+    bench_report: list[str],
+) -> None:
+    """Gate (issue 6): the engine's single-query median is no slower than hnswlib's at the
+    same recall."""
+    p, ef, rec = peer
     p.set_num_threads(1)
     nxt = _cycle(ds.queries)
     benchmark(lambda: p.knn_query(nxt(), k=10))
@@ -84,6 +99,51 @@ def test_hnswlib_single_query(
             f"memory: single-query median, hnswlib M16 ef{ef} (recall {rec:.3f}) / engine "
             f"= {ratio:.2f}x at {N:,} vectors"
         )
+    # The gate compares interleaved timings (engine query i, then hnswlib query i): a load
+    # burst on the shared host hits both sides alike. The two benchmarks above run minutes
+    # apart in the worst case and once gave 0.73x next to 1.25x and 1.60x in the runs
+    # before and after (2026-11-21).
+    paired = _paired_single_ratio(store, p, ds.queries)
+    bench_report.append(f"memory: single-query p50, interleaved, hnswlib / engine = {paired:.2f}x")
+    assert paired >= 1.0, f"engine single query {paired:.2f}x hnswlib's speed (interleaved)"
+
+
+def _paired_single_ratio(store: VectorStore, p: Any, q: np.ndarray, rounds: int = 3) -> float:
+    eng: list[float] = []
+    peer: list[float] = []
+    for _ in range(rounds):
+        for i in range(len(q)):
+            row = q[i : i + 1]
+            t = time.perf_counter()
+            store.search(row, k=10)
+            eng.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            p.knn_query(row, k=10)
+            peer.append(time.perf_counter() - t)
+    return float(np.median(peer) / np.median(eng))
+
+
+@pytest.mark.benchmark(group="memory-batch")
+def test_engine_batch(benchmark: Any, ds: Dataset, store: VectorStore) -> None:
+    benchmark.pedantic(lambda: store.search(ds.queries, k=10), rounds=5, warmup_rounds=1)
+    _MEDIANS["engine-batch"] = benchmark.stats.stats.median
+
+
+@pytest.mark.benchmark(group="memory-batch")
+def test_hnswlib_batch(
+    benchmark: Any, ds: Dataset, peer: tuple[Any, int, float], bench_report: list[str]
+) -> None:
+    """Gate (issue 6): batch throughput (all queries in one call, every core) >= hnswlib's."""
+    p, ef, _ = peer
+    p.set_num_threads(os.cpu_count() or 1)
+    benchmark.pedantic(lambda: p.knn_query(ds.queries, k=10), rounds=5, warmup_rounds=1)
+    if "engine-batch" in _MEDIANS:
+        ratio = benchmark.stats.stats.median / _MEDIANS["engine-batch"]
+        bench_report.append(
+            f"memory: batch of {len(ds.queries)} median, hnswlib M16 ef{ef} / engine "
+            f"= {ratio:.2f}x at {N:,} vectors"
+        )
+        assert ratio >= 1.0, f"engine batch throughput {ratio:.2f}x hnswlib's"
 
 
 @pytest.mark.benchmark(group="memory-glue")

@@ -3,7 +3,8 @@
     python benches/memory_table.py                  # all sections (a few minutes at 100k)
     python benches/memory_table.py --n 20000 --sections table
 
-Columns: bytes per vector (FAISS index bytes / vectors; hnswlib: its saved index), build
+Columns: bytes per vector, all in (the store: FAISS index + id map + per-slot arrays; hnswlib:
+its saved index, labels included), the FAISS index alone, build
 time (including self-tuning), single-query p50/p99 over 500 queries, batch QPS over all
 queries (FAISS and hnswlib each on all cores), recall@10 against exact ``IndexFlatIP``
 ground truth on held-out queries. hnswlib's ``ef`` is raised until it matches the engine
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benches._vectors_data import Dataset, load, recall_at
-from engine.memory import SemanticCache, VectorStore
+from engine.memory import SemanticCache, VectorStore, _index
 from engine.memory._native import NATIVE, VPy
 
 F = np.float32
@@ -66,6 +67,7 @@ def row(
     return {
         "index": name,
         "B/vector": bpv,
+        "index B/vector": bpv,
         "build s": build,
         "p50 µs": pct(ts, 50),
         "p99 µs": pct(ts, 99),
@@ -107,7 +109,8 @@ def engine_row(
     build = time.perf_counter() - t
     found, _ = vs.search(ds.queries, k=10)
     st = vs.stats()
-    label = f"{name}: {st['description']} {st['params'] or ''}".strip()
+    walk = ", native walk" if st["walk"] == "native" else ""
+    label = f"{name}: {st['description']} {st['params'] or ''}{walk}".strip()
     exhaustive = kind in ("flat", "sq8")  # milliseconds per query: fewer of them
     r = row(
         label,
@@ -117,6 +120,7 @@ def engine_row(
         batch_qps(lambda q: vs.search(q, k=10), ds.queries),
         recall_at(found, gt),
     )
+    r["index B/vector"] = st["index_bytes_per_vector"]
     r["est. recall"] = st["recall_estimate"]
     return r, vs
 
@@ -135,7 +139,7 @@ def hnswlib_row(ds: Dataset, gt: np.ndarray, want: float, m: int) -> dict[str, A
     p.add_items(ds.base, np.arange(n))
     build = time.perf_counter() - t
     chosen = None
-    for ef in (10, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256):
+    for ef in (10, 16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 128, 160, 192, 256):
         p.set_ef(ef)
         labels, _ = p.knn_query(ds.queries, k=10)
         rec = recall_at(labels.astype(np.int64), gt)
@@ -154,7 +158,27 @@ def hnswlib_row(ds: Dataset, gt: np.ndarray, want: float, m: int) -> dict[str, A
     qps = batch_qps(lambda q: p.knn_query(q, k=10), ds.queries)
     r = row(f"hnswlib M{m} ef{ef} (same recall)", bpv, build, ts, qps, rec)
     r["est. recall"] = float("nan")
+    p.set_num_threads(1)
+    r["_peer"] = p  # for the interleaved comparison (not a column)
     return r
+
+
+def interleaved(
+    vs: VectorStore, peer: Any, q: np.ndarray, n: int = NQ_SINGLE
+) -> tuple[float, float]:
+    """p50 µs of the store and of hnswlib timed per query in alternation (one thread each):
+    both see the same host load and share the caches, unlike two back-to-back loops."""
+    eng: list[float] = []
+    other: list[float] = []
+    for i in range(min(n, len(q))):
+        row_ = q[i : i + 1]
+        t = time.perf_counter()
+        vs.search(row_, k=10)
+        eng.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        peer.knn_query(row_, k=10)
+        other.append(time.perf_counter() - t)
+    return pct(eng, 50), pct(other, 50)
 
 
 def section_table(ds: Dataset, gt: np.ndarray, kinds: list[str]) -> VectorStore | None:
@@ -173,8 +197,15 @@ def section_table(ds: Dataset, gt: np.ndarray, kinds: list[str]) -> VectorStore 
     for m in (16,):
         peer = hnswlib_row(ds, gt, want, m)
         if peer is not None:
+            p = peer.pop("_peer")
             rows.append(peer)
     print_table(rows)
+    if auto is not None and peer is not None:
+        e, h = interleaved(auto, p, ds.queries)
+        print(
+            f"\n- single queries timed in alternation: auto p50 {e:.0f} µs, "
+            f"{peer['index'].split(' (')[0]} p50 {h:.0f} µs (hnswlib / auto = {h / e:.2f}x)"
+        )
     return auto
 
 
@@ -260,6 +291,58 @@ def section_online(vs: VectorStore, ds: Dataset) -> None:
     print(f"- new vectors found: top-1 {top1:.3f}, in top-10 {in10:.3f}")
 
 
+def section_sweep(ds: Dataset) -> None:
+    """The native walk vs FAISS's own search on the same index vs hnswlib, one thread each,
+    raw calls (no store), over a range of beams: the single-query frontier."""
+    n = min(50_000, len(ds.base))
+    x = ds.base[:n]
+    _, gt = faiss.knn(ds.queries, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    index = _index._new_index("hnsw", x.shape[1], "ip", n)[0]
+    index.train(x)
+    index.add(x)
+    walk = _index._HNSW.HnswSQ8(*_index.graph_arrays(index, "ip")) if _index._HNSW else None
+    try:
+        import hnswlib
+    except ImportError:
+        hnswlib = None
+    if hnswlib is not None:
+        p = hnswlib.Index(space="ip", dim=x.shape[1])
+        p.init_index(max_elements=n, M=16, ef_construction=100, random_seed=1)
+        p.set_num_threads(os.cpu_count() or 1)
+        p.add_items(x, np.arange(n))
+        p.set_num_threads(1)
+    print(f"\n### Single-query sweep at {n:,}: native walk / FAISS index.search / hnswlib M16\n")
+    head = ("efSearch / ef", "native walk: recall, p50", "FAISS: recall, p50", "hnswlib")
+    print("| " + " | ".join(head) + " |")
+    print("|---:|---|---|---|")
+    k = 10
+    out_d = np.empty((len(ds.queries), k), np.float32)
+    out_i = np.empty((len(ds.queries), k), np.int64)
+    o_d, o_i = out_d[:1].copy(), out_i[:1].copy()
+    with _index.single_thread():
+        for ef in (32, 48, 64, 80, 96):
+            cells = [str(ef)]
+            if walk is not None:
+                walk.search(ds.queries, k, ef, out_d, out_i)
+                ts = single(lambda q, ef=ef: walk.search(q, k, ef, o_d, o_i), ds.queries)
+                cells.append(f"{recall_at(out_i, gt):.3f}, {pct(ts, 50):.0f} µs")
+            else:
+                cells.append("-")
+            params = _index._faiss.SearchParametersHNSW()
+            params.efSearch = ef
+            _, found = index.search(ds.queries, k, params=params)
+            ts = single(lambda q, pr=params: index.search(q, k, params=pr), ds.queries)
+            cells.append(f"{recall_at(found, gt):.3f}, {pct(ts, 50):.0f} µs")
+            if hnswlib is not None:
+                p.set_ef(ef)
+                found = p.knn_query(ds.queries, k=k)[0].astype(np.int64)
+                ts = single(lambda q: p.knn_query(q, k=k), ds.queries)
+                cells.append(f"{recall_at(found, gt):.3f}, {pct(ts, 50):.0f} µs")
+            else:
+                cells.append("-")
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
 def section_gil() -> None:
     x = np.random.default_rng(0).standard_normal((8, 20_000, 384)).astype(F)
     print("\n### GIL release (normalise 8 x 20k x 384 float32: loop vs 2 threads)\n")
@@ -329,7 +412,7 @@ def section_cache(ds: Dataset) -> None:
     print(f"- exact-prompt hit: p50 {pct(ex, 50):.1f} µs, p99 {pct(ex, 99):.1f} µs")
 
 
-SECTIONS = ("table", "small", "filtered", "online", "gil", "cache")
+SECTIONS = ("table", "small", "filtered", "online", "gil", "cache", "sweep")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         section_gil()
     if "cache" in sections:
         section_cache(ds)
+    if "sweep" in sections:
+        section_sweep(ds)
     return 0
 
 

@@ -9,13 +9,16 @@ Bitmaps are little-endian within a byte, as ``faiss.IDSelectorBitmap`` reads the
 cimport cython
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from libc.math cimport INFINITY, isfinite, sqrt
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memset
 
 cdef extern from *:
     """
     static inline int engine_popcount8(unsigned char v) { return __builtin_popcount(v); }
     static inline int engine_ctz8(unsigned char v) { return __builtin_ctz(v); }
+    static inline Py_ssize_t engine_fastrange(unsigned long long h, Py_ssize_t cap) {
+        return (Py_ssize_t)(((unsigned __int128)h * (unsigned long long)cap) >> 64);
+    }
     /* 16 independent float accumulators: the compiler vectorises the fixed inner loop
        (no -ffast-math needed); 5x faster than one double accumulator on SQ8 rows
        (benches/memory_table.py filtered section, 2026-11). */
@@ -71,11 +74,25 @@ cdef extern from *:
     """
     int engine_popcount8(unsigned char v) nogil
     int engine_ctz8(unsigned char v) nogil
+    Py_ssize_t engine_fastrange(uint64_t h, Py_ssize_t cap) nogil
     float engine_dot_u8(const float* w, const unsigned char* c, Py_ssize_t d) nogil
     float engine_l2_u8(const float* q, const float* vmin, const float* step,
                        const unsigned char* c, Py_ssize_t d) nogil
     float engine_dot_f32(const float* a, const float* b, Py_ssize_t d) nogil
     float engine_l2_f32(const float* a, const float* b, Py_ssize_t d) nogil
+
+
+ctypedef fused ns_t:
+    int8_t
+    int16_t
+    int32_t
+
+
+cdef extern from "engine_hnsw.h" nogil:
+    float eh_ip(const float* w, const uint8_t* c, int64_t d, int use_avx2)
+    int eh_has_avx2()
+
+cdef int _AVX2 = eh_has_avx2()  # AVX2/FMA kernels chosen at run time (no -march=native)
 
 
 cdef inline uint64_t _mix(int64_t key) noexcept nogil:
@@ -86,156 +103,175 @@ cdef inline uint64_t _mix(int64_t key) noexcept nogil:
     return z ^ (z >> 31)
 
 
-@cython.final
-cdef class IdMap:
-    """Map int64 external ids to int64 slots: open addressing, linear probing,
-    backward-shift deletion, load factor <= 1/2, tables in ``PyMem_*``."""
+cdef inline Py_ssize_t _home(int64_t key, Py_ssize_t cap) noexcept nogil:
+    # multiply-shift range reduction: any capacity, not only powers of two
+    return engine_fastrange(_mix(key), cap)
 
-    cdef int64_t* keys
-    cdef int64_t* values
-    cdef uint8_t* used
-    cdef Py_ssize_t cap      # power of two
+
+cdef int _check_slots(const int64_t[::1] ext, const int64_t[::1] slots) except -1:
+    cdef Py_ssize_t i
+    cdef int64_t top = min(<int64_t>ext.shape[0], <int64_t>0x7FFFFFFF)
+    for i in range(slots.shape[0]):
+        if slots[i] < 0 or slots[i] >= top:
+            raise ValueError(f"slot {slots[i]} outside the id array (or above 2**31 - 1)")
+    return 0
+
+
+@cython.final
+cdef class SlotMap:
+    """Map int64 external ids to slots, storing only the int32 slot: the id of slot ``s``
+    is ``ext[s]`` (the store's per-slot id array, passed to every call), so an entry costs
+    4 bytes over a table kept at most 4/5 full (5-6 B per id; 5.3 B after a rebuild, at load
+    3/4), instead of 34+ B per id for int64 key/value tables at load 1/2. Open addressing,
+    linear probing, backward-shift deletion.
+    """
+
+    cdef int32_t* table      # slot, or -1 when empty
+    cdef Py_ssize_t cap
     cdef Py_ssize_t size
 
     def __cinit__(self, Py_ssize_t capacity=0):
-        self.keys = NULL
-        self.values = NULL
-        self.used = NULL
+        self.table = NULL
         self.size = 0
-        self._alloc(max(16, capacity * 2))
+        self._alloc(capacity * 4 // 3 + 1)  # `capacity` ids at load 3/4
 
     def __dealloc__(self):
-        PyMem_Free(self.keys)
-        PyMem_Free(self.values)
-        PyMem_Free(self.used)
+        PyMem_Free(self.table)
 
-    cdef int _alloc(self, Py_ssize_t want) except -1:
-        cdef Py_ssize_t cap = 16
-        while cap < want:
-            cap <<= 1
-        keys = <int64_t*>PyMem_Calloc(cap, sizeof(int64_t))
-        values = <int64_t*>PyMem_Calloc(cap, sizeof(int64_t))
-        used = <uint8_t*>PyMem_Calloc(cap, sizeof(uint8_t))
-        if keys == NULL or values == NULL or used == NULL:
-            PyMem_Free(keys)
-            PyMem_Free(values)
-            PyMem_Free(used)
+    cdef int _alloc(self, Py_ssize_t cap) except -1:
+        cap = max(16, cap)
+        cdef int32_t* table = <int32_t*>PyMem_Malloc(cap * sizeof(int32_t))
+        if table == NULL:
             raise MemoryError()
-        self.keys = keys
-        self.values = values
-        self.used = used
+        memset(table, 0xFF, cap * sizeof(int32_t))
+        self.table = table
         self.cap = cap
         return 0
 
-    cdef int _grow(self, Py_ssize_t need) except -1:
-        cdef int64_t* ok = self.keys
-        cdef int64_t* ov = self.values
-        cdef uint8_t* ou = self.used
+    cdef int _put(self, const int64_t* ext, int32_t slot) noexcept nogil:
+        cdef int64_t key = ext[slot]
+        cdef Py_ssize_t h = _home(key, self.cap)
+        cdef int32_t s
+        while True:
+            s = self.table[h]
+            if s < 0:
+                self.table[h] = slot
+                self.size += 1
+                return 1
+            if ext[s] == key:
+                self.table[h] = slot
+                return 0
+            h += 1
+            if h == self.cap:
+                h = 0
+
+    cdef inline Py_ssize_t _find(self, const int64_t* ext, int64_t key) noexcept nogil:
+        cdef Py_ssize_t h = _home(key, self.cap)
+        cdef int32_t s
+        while True:
+            s = self.table[h]
+            if s < 0:
+                return -1
+            if ext[s] == key:
+                return h
+            h += 1
+            if h == self.cap:
+                h = 0
+
+    cdef int _grow(self, const int64_t* ext, Py_ssize_t need) except -1:
+        cdef int32_t* old = self.table
         cdef Py_ssize_t ocap = self.cap, i
-        if need * 2 <= self.cap:
+        if need * 5 <= self.cap * 4:  # grow past load 4/5, to load 2/3
             return 0
-        self._alloc(need * 2)
+        self._alloc(need * 3 // 2 + 1)
         self.size = 0
         with nogil:
             for i in range(ocap):
-                if ou[i]:
-                    self._put(ok[i], ov[i])
-        PyMem_Free(ok)
-        PyMem_Free(ov)
-        PyMem_Free(ou)
+                if old[i] >= 0:
+                    self._put(ext, old[i])
+        PyMem_Free(old)
         return 0
-
-    cdef inline void _put(self, int64_t key, int64_t value) noexcept nogil:
-        cdef uint64_t mask = <uint64_t>self.cap - 1
-        cdef uint64_t h = _mix(key) & mask
-        while self.used[h]:
-            if self.keys[h] == key:
-                self.values[h] = value
-                return
-            h = (h + 1) & mask
-        self.used[h] = 1
-        self.keys[h] = key
-        self.values[h] = value
-        self.size += 1
-
-    cdef inline int64_t _get(self, int64_t key) noexcept nogil:
-        cdef uint64_t mask = <uint64_t>self.cap - 1
-        cdef uint64_t h = _mix(key) & mask
-        while self.used[h]:
-            if self.keys[h] == key:
-                return self.values[h]
-            h = (h + 1) & mask
-        return -1
-
-    cdef inline int _del(self, int64_t key) noexcept nogil:
-        cdef uint64_t mask = <uint64_t>self.cap - 1
-        cdef uint64_t h = _mix(key) & mask, j, home
-        while self.used[h]:
-            if self.keys[h] == key:
-                break
-            h = (h + 1) & mask
-        else:
-            return 0
-        # backward-shift: move later entries of the cluster into the hole when allowed
-        j = h
-        while True:
-            j = (j + 1) & mask
-            if not self.used[j]:
-                break
-            home = _mix(self.keys[j]) & mask
-            # entry at j may move to h iff its home is not cyclically in (h, j]
-            if (j > h and (home <= h or home > j)) or (j < h and (home <= h and home > j)):
-                self.keys[h] = self.keys[j]
-                self.values[h] = self.values[j]
-                h = j
-        self.used[h] = 0
-        self.size -= 1
-        return 1
 
     def __len__(self):
         return self.size
 
-    def clear(self):
-        with nogil:
-            memset(self.used, 0, self.cap)
+    @property
+    def nbytes(self):
+        """Bytes held by the table."""
+        return self.cap * sizeof(int32_t)
+
+    def clear(self, Py_ssize_t capacity=0):
+        """Forget every id; re-size the table for ``capacity`` ids."""
+        cdef int32_t* old = self.table
+        self._alloc(capacity * 4 // 3 + 1)  # at load 3/4 once `capacity` ids are back
+        PyMem_Free(old)
         self.size = 0
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def put_many(self, const int64_t[::1] keys, const int64_t[::1] values):
-        """Insert or overwrite ``keys[i] -> values[i]``."""
-        cdef Py_ssize_t i, n = keys.shape[0]
-        if values.shape[0] != n:
-            raise ValueError("keys and values differ in length")
-        self._grow(self.size + n)
+    def put_many(self, const int64_t[::1] ext, const int64_t[::1] slots):
+        """Map ``ext[s] -> s`` for each slot ``s`` (replacing the id's previous slot)."""
+        cdef Py_ssize_t i, n = slots.shape[0]
+        _check_slots(ext, slots)
+        if n == 0:
+            return
+        self._grow(&ext[0], self.size + n)
         with nogil:
             for i in range(n):
-                self._put(keys[i], values[i])
+                self._put(&ext[0], <int32_t>slots[i])
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def get_many(self, const int64_t[::1] keys, int64_t[::1] out):
-        """Write each key's slot (or -1) into ``out``; return how many keys were missing."""
-        cdef Py_ssize_t i, n = keys.shape[0], missing = 0
-        cdef int64_t v
+    def get_many(self, const int64_t[::1] ext, const int64_t[::1] keys, int64_t[::1] out):
+        """Write each id's slot (or -1) into ``out``; return how many ids were missing."""
+        cdef Py_ssize_t i, h, n = keys.shape[0], missing = 0
         if out.shape[0] < n:
             raise ValueError("out is shorter than keys")
+        if n == 0:
+            return 0
+        if self.size == 0 or ext.shape[0] == 0:
+            out[:n] = -1
+            return n
         with nogil:
             for i in range(n):
-                v = self._get(keys[i])
-                out[i] = v
-                if v < 0:
+                h = self._find(&ext[0], keys[i])
+                if h < 0:
+                    out[i] = -1
                     missing += 1
+                else:
+                    out[i] = self.table[h]
         return missing
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def remove_many(self, const int64_t[::1] keys):
-        """Forget the keys; return how many were present."""
-        cdef Py_ssize_t i, n = keys.shape[0], removed = 0
+    def remove_many(self, const int64_t[::1] ext, const int64_t[::1] keys):
+        """Forget the ids; return how many were present."""
+        cdef Py_ssize_t i, h, j, home, n = keys.shape[0], removed = 0
+        cdef const int64_t* e
+        if n == 0 or self.size == 0 or ext.shape[0] == 0:
+            return 0
+        e = &ext[0]
         with nogil:
             for i in range(n):
-                removed += self._del(keys[i])
+                h = self._find(e, keys[i])
+                if h < 0:
+                    continue
+                # backward shift: pull later entries of the run into the hole when allowed
+                j = h
+                while True:
+                    j += 1
+                    if j == self.cap:
+                        j = 0
+                    if self.table[j] < 0:
+                        break
+                    home = _home(e[self.table[j]], self.cap)
+                    # entry at j may move to h iff its home is not cyclically in (h, j]
+                    if (j > h and (home <= h or home > j)) or (j < h and home <= h and home > j):
+                        self.table[h] = self.table[j]
+                        h = j
+                self.table[h] = -1
+                self.size -= 1
+                removed += 1
         return removed
 
 
@@ -286,8 +322,10 @@ cdef int _check_bitmap(Py_ssize_t nbytes, Py_ssize_t n) except -1:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def filter_bitmap(const int32_t[::1] ns, int32_t code, const uint8_t[::1] alive, uint8_t[::1] out):
-    """``out`` = alive slots whose namespace is ``code`` (any namespace when ``code < 0``)."""
+def filter_bitmap(const ns_t[::1] ns, int32_t code, const uint8_t[::1] alive, uint8_t[::1] out):
+    """``out`` = alive slots whose namespace is ``code`` (any namespace when ``code < 0``).
+
+    ``ns``: int8, int16 or int32 codes (the store keeps them as narrow as it can)."""
     cdef Py_ssize_t i, b, t, n = ns.shape[0], count = 0, nb = out.shape[0]
     cdef uint8_t bit, a, m
     _check_bitmap(alive.shape[0], n)
@@ -509,7 +547,7 @@ def score_sq8(const uint8_t[:, ::1] codes, const int64_t[::1] slots, const float
                     w[j] = q[j] * vdiff[j] / 255.0
                     bias += q[j] * vmin[j] + 0.5 * w[j]
                 for i in range(n):
-                    out[i] = <float>bias + engine_dot_u8(w, &codes[slots[i], 0], d)
+                    out[i] = <float>bias + eh_ip(w, &codes[slots[i], 0], d, _AVX2)
             else:
                 for j in range(d):
                     w[j] = vdiff[j] / 255.0

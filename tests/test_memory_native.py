@@ -27,42 +27,68 @@ def V(request: pytest.FixtureRequest) -> ModuleType:
     return mod
 
 
-def test_idmap_put_get_remove(V: ModuleType) -> None:
-    m = V.IdMap(0)
-    keys = np.array([5, -3, 2**62, -(2**63), 7], np.int64)
-    m.put_many(keys, np.arange(5, dtype=np.int64))
+def test_slotmap_put_get_remove(V: ModuleType) -> None:
+    """Ids live in the caller's per-slot array; the map holds slots only."""
+    m = V.SlotMap(0)
+    ext = np.array([5, -3, 2**62, -(2**63), 7, -1, -1, -1], np.int64)
+    m.put_many(ext, np.arange(5, dtype=np.int64))
     out = np.empty(6, np.int64)
-    assert m.get_many(np.array([7, 5, 99, -(2**63)], np.int64), out) == 1
+    assert m.get_many(ext, np.array([7, 5, 99, -(2**63)], np.int64), out) == 1
     assert out[:4].tolist() == [4, 0, -1, 3]
-    assert m.remove_many(np.array([5, 5, 123], np.int64)) == 1
+    assert m.remove_many(ext, np.array([5, 5, 123], np.int64)) == 1
     assert len(m) == 4
-    m.put_many(np.array([7], np.int64), np.array([40], np.int64))  # overwrite
-    assert m.get_many(np.array([7, 5], np.int64), out) == 1
-    assert out[:2].tolist() == [40, -1]
-    with pytest.raises(ValueError):
-        m.put_many(np.array([1, 2], np.int64), np.array([1], np.int64))
+    ext[6] = 7  # upsert: id 7 moves to slot 6
+    m.put_many(ext, np.array([6], np.int64))
+    assert len(m) == 4
+    assert m.get_many(ext, np.array([7, 5], np.int64), out) == 1
+    assert out[:2].tolist() == [6, -1]
+    with pytest.raises(ValueError, match="slot 8 outside"):
+        m.put_many(ext, np.array([8], np.int64))
+    with pytest.raises(ValueError, match="slot -1 outside"):
+        m.put_many(ext, np.array([-1], np.int64))
+    assert m.nbytes > 0
     m.clear()
     assert len(m) == 0
+    assert m.get_many(ext, np.array([7], np.int64), out) == 1
+
+
+@needs_native
+def test_slotmap_bytes_per_id() -> None:
+    """An id costs an int32 slot in a table at most 4/5 full: 5-6 B at any size."""
+    assert NATIVE is not None
+    for n in (1000, 65_537, 100_000):
+        m = NATIVE.SlotMap(0)
+        ext = np.arange(n, dtype=np.int64) * 7919
+        for lo in range(0, n, 4096):  # grown in steps, as a store grows
+            m.put_many(ext, np.arange(lo, min(lo + 4096, n), dtype=np.int64))
+        assert len(m) == n
+        assert 5.0 <= m.nbytes / n <= 6.1
+        out = np.empty(n, np.int64)
+        assert m.get_many(ext, ext, out) == 0
+        assert (out == np.arange(n)).all()
 
 
 @needs_native
 @given(st.lists(st.tuples(st.booleans(), st.integers(-50, 50)), max_size=300))
-def test_idmap_matches_dict(ops: list[tuple[bool, int]]) -> None:
-    """Random put/remove sequences (small key space forces collisions and backward shifts)."""
+def test_slotmap_matches_dict(ops: list[tuple[bool, int]]) -> None:
+    """Random put/remove sequences (small key space forces collisions and backward shifts);
+    every put takes a new slot, as the store's adds do."""
     assert NATIVE is not None
-    m = NATIVE.IdMap(0)
+    m = NATIVE.SlotMap(0)
+    ext = np.full(len(ops) + 1, -1, np.int64)
     ref: dict[int, int] = {}
     for i, (put, key) in enumerate(ops):
         k = np.array([key], np.int64)
         if put:
-            m.put_many(k, np.array([i], np.int64))
+            ext[i] = key
+            m.put_many(ext, np.array([i], np.int64))
             ref[key] = i
         else:
-            assert m.remove_many(k) == (key in ref)
+            assert m.remove_many(ext, k) == (key in ref)
             ref.pop(key, None)
     probe = np.arange(-50, 51, dtype=np.int64)
     out = np.empty(len(probe), np.int64)
-    m.get_many(probe, out)
+    m.get_many(ext, probe, out)
     assert out.tolist() == [ref.get(int(p), -1) for p in probe]
     assert len(m) == len(ref)
 
@@ -94,13 +120,14 @@ def test_filter_bitmap_and_slots_match(args: tuple[np.ndarray, np.ndarray, int])
     n = len(ns)
     outs = []
     for mod in (_vectors_py, NATIVE):
-        out = np.zeros(len(alive), np.uint8)
-        count = mod.filter_bitmap(ns, code, alive, out)
-        slots = np.empty(n, np.int64)
-        got = mod.bitmap_to_slots(out, n, slots)
-        assert got == count == mod.bitmap_count(out)
-        outs.append((out.tobytes(), slots[:got].tolist()))
-    assert outs[0] == outs[1]
+        for width in (np.int8, np.int16, np.int32):  # the store narrows its namespace codes
+            out = np.zeros(len(alive), np.uint8)
+            count = mod.filter_bitmap(ns.astype(width), code, alive, out)
+            slots = np.empty(n, np.int64)
+            got = mod.bitmap_to_slots(out, n, slots)
+            assert got == count == mod.bitmap_count(out)
+            outs.append((out.tobytes(), slots[:got].tolist()))
+    assert all(o == outs[0] for o in outs)
 
 
 def test_bitmap_roundtrip_and_errors(V: ModuleType) -> None:

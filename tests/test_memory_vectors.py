@@ -265,4 +265,36 @@ def test_other_index_kinds(kind: str, data: np.ndarray) -> None:
     floor = 0.5 if kind.startswith("IVF") else 0.88  # factory strings are not tuned
     assert recall(found, exact_ids(q, data[:3000], 10)) >= floor
     if kind in ("ivfpq", "sq8"):  # codes well below float32 (graph links dominate at 32-d)
-        assert st["bytes_per_vector"] < 32 * 4 * 0.6
+        assert st["index_bytes_per_vector"] < 32 * 4 * 0.6
+    # all in: + int64 id, id map, alive bit (no namespace or TTL arrays: none used)
+    assert st["bytes_per_vector"] > st["index_bytes_per_vector"] + 8
+    assert vs._ns is None and vs._expire is None
+
+
+def test_per_slot_arrays_are_lazy_and_narrow(glue: ModuleType, tmp_path: Path) -> None:
+    """Namespace codes exist once a namespace is used, as int8 until they outgrow it;
+    expiries once a TTL is used; both survive save/load and rebuilds."""
+    x = clustered(400, 8, seed=2)
+    vs = VectorStore(8, background=False, promote_at=10_000)
+    vs.add(np.arange(100), x[:100])
+    assert vs._ns is None and vs._expire is None
+    vs.add([1000], x[100:101], namespace="ns0")
+    assert vs._ns is not None and vs._ns.dtype == np.int8
+    for i in range(1, 200):  # 200 namespaces: the codes outgrow int8
+        vs.add([1000 + i], x[100 + i : 101 + i], namespace=f"ns{i}")
+    assert vs._ns.dtype == np.int16
+    ids, _ = vs.search(x[299], k=3, namespace="ns199")
+    assert ids[0].tolist() == [1199, -1, -1]
+    vs.add([5000], x[399:400], ttl=60)
+    assert vs._expire is not None
+    vs.save(tmp_path / "s.db")
+    vs2 = VectorStore.load(tmp_path / "s.db", background=False)
+    assert vs2._ns is not None and vs2._ns.dtype == np.int16 and vs2._expire is not None
+    ids, _ = vs2.search(x[250], k=1, namespace="ns150")
+    assert ids[0, 0] == 1150
+    assert 5000 in vs2 and len(vs2) == 301
+    vs2.rebuild()
+    ids, _ = vs2.search(x[250], k=1, namespace="ns150")
+    assert ids[0, 0] == 1150
+    ids, _ = vs2.search(x[:100], k=1)  # no namespace: every vector
+    assert (ids[:, 0] == np.arange(100)).all()

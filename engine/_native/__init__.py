@@ -16,7 +16,7 @@ from engine.errors import NativeUnavailable
 __all__ = ["HAS_NATIVE", "MODULES", "load", "native_info"]
 
 #: Compiled modules the engine ships (one per ``ext/_<name>.pyx``).
-MODULES: tuple[str, ...] = ("_frames", "_router", "_scheduler", "_vectors")
+MODULES: tuple[str, ...] = ("_frames", "_hnsw", "_router", "_scheduler", "_vectors")
 
 _loaded: dict[str, ModuleType | None] = {}
 

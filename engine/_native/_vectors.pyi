@@ -6,26 +6,33 @@ import numpy as np
 import numpy.typing as npt
 
 @final
-class IdMap:
-    def __new__(cls, capacity: int = 0) -> IdMap: ...
+class SlotMap:
+    def __new__(cls, capacity: int = 0) -> SlotMap: ...
     def __len__(self) -> int: ...
-    def clear(self) -> None: ...
+    @property
+    def nbytes(self) -> int: ...
+    def clear(self, capacity: int = 0) -> None: ...
     def put_many(
         self,
-        keys: npt.NDArray[np.int64],  # const int64_t[::1]
-        values: npt.NDArray[np.int64],  # const int64_t[::1]
+        ext: npt.NDArray[np.int64],  # const int64_t[::1]
+        slots: npt.NDArray[np.int64],  # const int64_t[::1]
     ) -> None: ...
     def get_many(
         self,
+        ext: npt.NDArray[np.int64],  # const int64_t[::1]
         keys: npt.NDArray[np.int64],  # const int64_t[::1]
         out: npt.NDArray[np.int64],  # int64_t[::1]
     ) -> int: ...
-    def remove_many(self, keys: npt.NDArray[np.int64]) -> int: ...  # const int64_t[::1]
+    def remove_many(
+        self,
+        ext: npt.NDArray[np.int64],  # const int64_t[::1]
+        keys: npt.NDArray[np.int64],  # const int64_t[::1]
+    ) -> int: ...
 
 def check_finite(x: npt.NDArray[np.float32]) -> int: ...  # const float[:, ::1]
 def normalize(x: npt.NDArray[np.float32]) -> int: ...  # float[:, ::1]
 def filter_bitmap(
-    ns: npt.NDArray[np.int32],  # const int32_t[::1]
+    ns: npt.NDArray[np.int8] | npt.NDArray[np.int16] | npt.NDArray[np.int32],  # const ns_t[::1]
     code: int,
     alive: npt.NDArray[np.uint8],  # const uint8_t[::1]
     out: npt.NDArray[np.uint8],  # uint8_t[::1]

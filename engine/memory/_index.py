@@ -9,7 +9,8 @@ Kinds (see docs/memory.md for the measurements behind the default):
   ``flat``   exact ``IndexFlat``                                      4·d B/vector
   ``ivfpq``  IVF + PQ fast-scan (4-bit, d/4 sub-quantisers) with SQ8 re-rank (``IndexRefine``)
              ~1.2·d B/vector; tuned: ``nprobe``, ``k_factor``
-  ``hnsw``   HNSW12 over SQ8 (efConstruction 80)   ~1.3·d B/vector; tuned: ``efSearch``
+  ``hnsw``   HNSW12 (22 links at level 0) over SQ8 (efConstruction 160)  ~1.27·d B/vector;
+             tuned: ``efSearch``; single queries walk it natively (ext/_hnsw.pyx)
   ``sq8``    flat 8-bit scalar quantiser (exact scan of codes)       d B/vector
   anything else goes to ``faiss.index_factory`` (not tuned: parameters stay as built).
 """
@@ -25,13 +26,38 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Built", "build", "exact_topk", "make_params", "reconstruct", "single_thread"]
+from engine._native import load
+
+# The native walk over FAISS's HNSW graph (ext/_hnsw.pyx); None when extensions are off,
+# and then HNSW searches go through FAISS's own index.search (same ids, slower).
+_HNSW = load("_hnsw")
+
+__all__ = [
+    "Built",
+    "build",
+    "exact_topk",
+    "graph_arrays",
+    "make_params",
+    "reconstruct",
+    "single_thread",
+    "walker",
+]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 KINDS = ("flat", "ivfpq", "hnsw", "sq8")
 HNSW_M = 12
-HNSW_EF_CONSTRUCTION = 80
+# Level-0 links (FAISS's default is 2*M = 24): 22 saves 8 B/vector, which keeps the index
+# plus the store's id map and per-slot arrays under 512 B/vector, for ~10% more beam at
+# equal recall (50k real vectors, native walk: efSearch 64 -> R 0.962 with 24 links,
+# 0.956 with 22, 0.949 with 20; benches/memory_table.py sweep, 2026-11).
+HNSW_LINKS0 = 22
+# PERF: efConstruction 160 builds a graph needing efSearch 64 where 80 needed 80 for the
+# same tuned recall at 100k (store p50 93 vs 108 µs alone, 123 vs 135-151 µs interleaved
+# with hnswlib; build 21 s vs 10-15 s on 2 cores; 100k real set, store and hnswlib timed
+# per query in alternation, 2026-11-21). Before the native walk the beam was cheap next
+# to FAISS's per-query overhead and 80 was kept for build time.
+HNSW_EF_CONSTRUCTION = 160
 _faiss: Any = faiss  # the bundled stubs miss a few classes and mistype IndexHNSWSQ
 
 
@@ -48,12 +74,20 @@ class Built:
     build_seconds: float = 0.0
     order: I64 | None = None  # FAISS id i holds row order[i] of the build matrix
     _plain: tuple[Any, list[Any]] | None = None
+    _walk: Any = None  # the native walker over this index (hnsw kind), built on first use
+    _codes: tuple[str, Any, Any, Any] | None = None  # codes_of(), taken on first use
 
     def plain_params(self) -> tuple[Any, list[Any]]:
         """The unfiltered search parameters, built once (read-only, shared by threads)."""
         if self._plain is None:
             self._plain = make_params(self.kind, self.params, None)
         return self._plain
+
+    def codes(self) -> tuple[str, Any, Any, Any]:
+        """:func:`codes_of` this (installed, never mutated) index, taken once."""
+        if self._codes is None:
+            self._codes = codes_of(self.index, self.kind)
+        return self._codes
 
 
 def faiss_metric(metric: str) -> int:
@@ -88,6 +122,7 @@ def _new_index(kind: str, dim: int, metric: str, n: int) -> tuple[Any, str]:
     if kind == "hnsw":
         # M=12 keeps links (2M int32 at level 0) + SQ8 codes under d*4/3 bytes at 384-d
         index = _faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, fm)
+        index.hnsw.set_nb_neighbors(0, HNSW_LINKS0)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         return index, f"HNSW{HNSW_M},SQ8"
     if kind == "sq8":
@@ -186,7 +221,16 @@ def _tune(built: Built, x: F32, q: F32, metric: str, target: float, k: int) -> N
     nq = len(q)
     _, truth = exact_topk(q, x, k, metric)
 
+    # HNSW is tuned on the walk that will serve it (the native one when built: same ids as
+    # FAISS's at equal efSearch, checked by tests/test_memory_hnsw.py)
+    arrays = graph_arrays(built.index, metric) if built.kind == "hnsw" and _HNSW else None
+    walk = _HNSW.HnswSQ8(*arrays) if arrays is not None and _HNSW is not None else None
+
     def recall_of(params: dict[str, int]) -> float:
+        if walk is not None:
+            found = np.empty((nq, k), np.int64)
+            walk.search(q, k, params["efSearch"], np.empty((nq, k), np.float32), found)
+            return _recall(found, truth, k)
         p, _keep = make_params(built.kind, params, None)
         _, found = built.index.search(q, k, params=p)
         return _recall(found, truth, k)
@@ -201,7 +245,7 @@ def _tune(built: Built, x: F32, q: F32, metric: str, target: float, k: int) -> N
             for p in probes:
                 grids.append({"nprobe": p, "k_factor": kf})
     elif built.kind == "hnsw":
-        for ef in (16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512):
+        for ef in (16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512):
             grids.append({"efSearch": max(ef, k + 1)})
     else:
         built.recall = recall_of({})
@@ -227,6 +271,9 @@ def _tune(built: Built, x: F32, q: F32, metric: str, target: float, k: int) -> N
     # time the candidates on single queries (the latency the target trades against)
     timed: list[tuple[float, dict[str, int], float]] = []
     for params, r in passing:
+        if len(passing) == 1:
+            timed.append((0.0, params, r))
+            break
         p, _keep = make_params(built.kind, params, None)
         with single_thread():
             t = time.perf_counter()
@@ -294,3 +341,49 @@ def reconstruct(index: Any, kind: str, slots: I64) -> F32:
     src = index.refine_index if kind == "ivfpq" else index
     out: F32 = src.reconstruct_batch(slots)
     return out
+
+
+def graph_arrays(index: Any, metric: str) -> tuple[Any, ...] | None:
+    """Zero-copy views of an ``IndexHNSWSQ`` (8-bit) graph and codes, in the argument order
+    of ``HnswSQ8(...)``; None for any other index. Valid while ``index`` is not mutated."""
+    if not isinstance(index, faiss.IndexHNSW):
+        return None
+    storage = faiss.downcast_index(index.storage)
+    if not (
+        isinstance(storage, faiss.IndexScalarQuantizer)
+        and storage.sq.qtype == faiss.ScalarQuantizer.QT_8bit
+    ):
+        return None
+    h: Any = index.hnsw  # the bundled stubs miss neighbors/offsets
+    n, d = storage.ntotal, storage.d
+
+    def view(vec: Any, size: int) -> Any:
+        return faiss.rev_swig_ptr(vec.data(), size) if size else np.empty(0, np.int32)
+
+    codes = faiss.rev_swig_ptr(storage.codes.data(), n * d).reshape(n, d)
+    trained = faiss.vector_to_array(storage.sq.trained).astype(np.float32)
+    offsets = faiss.rev_swig_ptr(h.offsets.data(), h.offsets.size())
+    return (
+        view(h.neighbors, h.neighbors.size()),
+        offsets,
+        view(h.levels, h.levels.size()),
+        faiss.vector_to_array(h.cum_nneighbor_per_level).astype(np.int32),
+        codes,
+        np.ascontiguousarray(trained[:d]),
+        np.ascontiguousarray(trained[d:]),
+        int(h.entry_point),
+        int(h.max_level),
+        metric == "l2",
+        index,
+    )
+
+
+def walker(built: Built, metric: str) -> Any:
+    """The native walker over ``built`` (an installed, never-mutated ``hnsw`` kind index),
+    created once and cached; None for other kinds (factory strings included: their
+    efSearch is FAISS's, untuned) or when the extension is not built."""
+    if built._walk is None:
+        ok = built.kind == "hnsw" and _HNSW is not None
+        arrays = graph_arrays(built.index, metric) if ok else None
+        built._walk = False if arrays is None else _HNSW.HnswSQ8(*arrays)  # type: ignore[union-attr]
+    return built._walk or None

@@ -63,8 +63,12 @@ def save(store: VectorStore, path: Path) -> None:
     n = store._n
     blobs: dict[str, bytes] = {
         "ext": store._ext[:n].tobytes(),
-        "ns": store._ns[:n].tobytes(),
-        "expire": store._expire[:n].tobytes(),
+        "ns": (
+            store._ns[:n].astype(np.int32) if store._ns is not None else np.full(n, -1, np.int32)
+        ).tobytes(),
+        "expire": (
+            store._expire[:n] if store._expire is not None else np.full(n, math.inf)
+        ).tobytes(),
         "alive": store._alive[: (n + 7) // 8].tobytes(),
         "fresh": (
             faiss.rev_swig_ptr(store._fresh.get_xb(), store._fresh.ntotal * store.dim).tobytes()
@@ -188,8 +192,12 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
             raise CorruptFileError(f"{path}: fresh vectors disagree with n={n}")
         store._grow(n)
         store._ext[:n] = ext
-        store._ns[:n] = ns
-        store._expire[:n] = expire
+        if n and (int(ns.max()) >= len(names) or int(ns.min()) < -1):
+            raise CorruptFileError(f"{path}: namespace codes outside the {len(names)} names")
+        if n and ns.max() >= 0:
+            store._ns_room(int(ns.max()))[:n] = ns
+        if n and np.isfinite(expire).any():
+            store._expire_room()[:n] = expire
         store._alive[: len(alive)] = alive
         store._n = n
         store._main_n = int(info["main_n"])
@@ -217,15 +225,15 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
         bits = np.unpackbits(store._alive, bitorder="little")[:n].astype(bool)
         live = np.flatnonzero(bits).astype(np.int64)
         store._dead = n - len(live)
-        store._ids.put_many(np.ascontiguousarray(store._ext[live]), live)
+        store._ids.put_many(store._ext, live)
         store._ns_names = list(names)
-        codes, sizes = np.unique(store._ns[:n], return_counts=True)
+        codes, sizes = np.unique(ns, return_counts=True)
         store._ns_size = {int(c): int(z) for c, z in zip(codes, sizes, strict=True) if c >= 0}
         store._ns_codes = {name: i for i, name in enumerate(names)}
         for s, m_ in meta.items():
             if 0 <= s < n and bits[s]:
                 store._index_meta(s, m_)
-        live_exp = store._expire[live]
+        live_exp = expire[live]
         store._next_expiry = float(live_exp.min()) if len(live_exp) else math.inf
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(f"{path}: malformed store ({exc})") from exc

@@ -22,10 +22,18 @@ class RWLock:
         self._waiting_writers = 0
         self._waiting_readers = 0
         self._reader_turn = False
+        self._read = _Read(self)
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self) -> _Read:
+        """``with lock.read():`` shared access (a reusable context object: a single-query
+        search takes this lock, and a generator-based context manager cost ~1.5 µs)."""
+        return self._read
+
+    def _acquire_read(self) -> None:
         with self._cond:
+            if not (self._writer or self._waiting_writers):  # the common case
+                self._readers += 1
+                return
             self._waiting_readers += 1
             while self._writer or (self._waiting_writers and not self._reader_turn):
                 self._cond.wait()
@@ -33,13 +41,12 @@ class RWLock:
             self._readers += 1
             if not self._waiting_readers:
                 self._reader_turn = False
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+
+    def _release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers and self._waiting_writers:  # only writers wait on readers
+                self._cond.notify_all()
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -56,3 +63,16 @@ class RWLock:
                 self._writer = False
                 self._reader_turn = self._waiting_readers > 0
                 self._cond.notify_all()
+
+
+class _Read:
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: RWLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock._acquire_read()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock._release_read()

@@ -9,12 +9,13 @@ over speed here. Bitmaps are little-endian within each byte, as FAISS's
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "IdMap",
+    "SlotMap",
     "bitmap_and",
     "bitmap_count",
     "bitmap_set",
@@ -35,8 +36,9 @@ I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
 
-class IdMap:
-    """Map int64 external ids to int64 slots (FAISS ids)."""
+class SlotMap:
+    """Map int64 external ids to slots; the id of slot ``s`` is ``ext[s]`` (the store's
+    per-slot id array, passed to every call)."""
 
     def __init__(self, capacity: int = 0) -> None:
         self._d: dict[int, int] = {}
@@ -44,17 +46,24 @@ class IdMap:
     def __len__(self) -> int:
         return len(self._d)
 
-    def clear(self) -> None:
-        self._d.clear()
+    @property
+    def nbytes(self) -> int:
+        return sys.getsizeof(self._d)
 
-    def put_many(self, keys: I64, values: I64) -> None:
-        if len(keys) != len(values):
-            raise ValueError("keys and values differ in length")
-        for k, v in zip(keys.tolist(), values.tolist(), strict=True):
-            self._d[k] = v
+    def clear(self, capacity: int = 0) -> None:
+        self._d = {}
 
-    def get_many(self, keys: I64, out: I64) -> int:
-        """Write each key's slot (or -1) into ``out``; return how many keys were missing."""
+    def put_many(self, ext: I64, slots: I64) -> None:
+        """Map ``ext[s] -> s`` for each slot ``s`` (replacing the id's previous slot)."""
+        top = min(len(ext), 2**31 - 1)
+        for s in slots.tolist():
+            if not 0 <= s < top:
+                raise ValueError(f"slot {s} outside the id array (or above 2**31 - 1)")
+        for s in slots.tolist():
+            self._d[int(ext[s])] = s
+
+    def get_many(self, ext: I64, keys: I64, out: I64) -> int:
+        """Write each id's slot (or -1) into ``out``; return how many ids were missing."""
         if len(out) < len(keys):
             raise ValueError("out is shorter than keys")
         missing = 0
@@ -64,8 +73,8 @@ class IdMap:
             missing += v < 0
         return missing
 
-    def remove_many(self, keys: I64) -> int:
-        """Forget the keys; return how many were present."""
+    def remove_many(self, ext: I64, keys: I64) -> int:
+        """Forget the ids; return how many were present."""
         n = 0
         for k in keys.tolist():
             if self._d.pop(k, None) is not None:

@@ -5,7 +5,8 @@ Layout. Every stored vector has a *slot* (its FAISS id). Slots ``[0, main_n)`` l
 *main* index (quantised once the store is large, see ``_index.py``); slots ``[main_n, n)``
 live in a small exact *fresh* ``IndexFlat`` that takes online adds and is flushed into the
 main index in small chunks. A search asks both and merges the two top-k lists natively.
-Per-slot arrays hold the external id, namespace code, expiry and an alive bitmap; removals,
+Per-slot arrays hold the external id, namespace code (allocated on the first namespace, as
+narrow as the codes allow), expiry (allocated on the first TTL) and an alive bitmap; removals,
 upserts and expiries only clear the alive bit (a tombstone), excluded through
 ``faiss.IDSelectorBitmap``; re-builds compact them away.
 
@@ -57,6 +58,7 @@ Where = Mapping[str, Scalar | Sequence[Scalar]]
 _FLUSH_AT = 512
 _FLUSH_DEFAULT = 256  # replay granularity of background re-builds
 _NO_NS = -1
+_MAX_SLOTS = 2**31 - 1  # the id map stores int32 slots
 # Batches are split over a pool of threads each running FAISS on one OpenMP thread:
 # dynamic scheduling beats OpenMP's static split on a shared machine, 2-4x batch QPS
 # (benches/memory_table.py, 2026-11). Up to _SMALL_BATCH queries run in the caller.
@@ -149,12 +151,12 @@ class VectorStore:
         # per-slot state
         self._n = 0
         self._ext = np.empty(0, np.int64)
-        self._ns = np.empty(0, np.int32)
-        self._expire = np.empty(0, np.float64)
+        self._ns: npt.NDArray[Any] | None = None  # int8/16/32 codes, once a namespace is used
+        self._expire: npt.NDArray[np.float64] | None = None  # once a TTL is used
         self._alive = np.zeros(8, np.uint8)
         self._dead = 0
         self._next_expiry = math.inf
-        self._ids = V.IdMap(0)
+        self._ids = V.SlotMap(0)  # external id -> slot (keys read through self._ext)
         self._ns_codes: dict[str, int] = {}
         self._ns_size: dict[int, int] = {}  # slots per namespace code (dead ones included)
         self._ns_slots: dict[int, I64] = {}  # cached slot lists of small namespaces
@@ -187,15 +189,35 @@ class VectorStore:
         cap = len(self._ext)
         if need <= cap:
             return
-        new = max(need, 2 * cap, 1024)
+        if need > _MAX_SLOTS:
+            raise VectorStoreError(f"a store holds at most {_MAX_SLOTS} slots")
+        # x1.25: the per-slot arrays count in the store's bytes per vector (stats())
+        new = min(max(need, cap + cap // 4, 1024), _MAX_SLOTS)
         for name, fill in (("_ext", -1), ("_ns", _NO_NS), ("_expire", math.inf)):
             old = getattr(self, name)
+            if old is None:
+                continue
             arr = np.full(new, fill, dtype=old.dtype)
             arr[: len(old)] = old
             setattr(self, name, arr)
         alive = np.zeros((new + 7) // 8 + 8, np.uint8)
         alive[: len(self._alive)] = self._alive
         self._alive = alive
+
+    def _ns_room(self, code: int) -> npt.NDArray[Any]:
+        """The per-slot namespace array, created or widened so that it holds ``code``."""
+        dtype = np.int8 if code <= 127 else np.int16 if code <= 32767 else np.int32
+        ns = self._ns
+        if ns is None:
+            ns = self._ns = np.full(len(self._ext), _NO_NS, dtype)
+        elif np.iinfo(ns.dtype).max < code:
+            ns = self._ns = ns.astype(dtype)
+        return ns
+
+    def _expire_room(self) -> npt.NDArray[np.float64]:
+        if self._expire is None:
+            self._expire = np.full(len(self._ext), math.inf, np.float64)
+        return self._expire
 
     def _ns_code(self, namespace: str | None, create: bool) -> int:
         if namespace is None:
@@ -274,20 +296,25 @@ class VectorStore:
         with self._lock.write():
             code = self._ns_code(namespace, create=True)
             old = np.empty(n, np.int64)
-            if self._ids.get_many(ids_a, old) < n:
+            if self._ids.get_many(self._ext, ids_a, old) < n:
                 self._kill(old[old >= 0])
             start = self._n
             slots = np.arange(start, start + n, dtype=np.int64)
             self._grow(start + n)
             self._ext[start : start + n] = ids_a
-            self._ns[start : start + n] = code
             if code >= 0:
+                self._ns_room(code)[start : start + n] = code
                 self._ns_size[code] = self._ns_size.get(code, 0) + n
                 self._ns_slots.pop(code, None)
-            self._expire[start : start + n] = expire
+            elif self._ns is not None:
+                self._ns[start : start + n] = _NO_NS
+            if ttl is not None:
+                self._expire_room()[start : start + n] = expire
+            elif self._expire is not None:
+                self._expire[start : start + n] = math.inf
             V.bitmap_set(slots, self._alive)
             self._n = start + n
-            self._ids.put_many(ids_a, slots)
+            self._ids.put_many(self._ext, slots)
             if metadata is not None:
                 for s, m in zip(slots.tolist(), metas, strict=True):
                     if m:
@@ -306,10 +333,10 @@ class VectorStore:
         self._sweep()
         with self._lock.write():
             slots = np.empty(len(ids_a), np.int64)
-            if self._ids.get_many(ids_a, slots):
+            if self._ids.get_many(self._ext, ids_a, slots):
                 raise UnknownIdError(ids_a[slots < 0].tolist())
             self._kill(slots)
-            self._ids.remove_many(ids_a)
+            self._ids.remove_many(self._ext, ids_a)
         self._maybe_rebuild()
 
     def __len__(self) -> int:
@@ -319,7 +346,7 @@ class VectorStore:
     def __contains__(self, id_: int) -> bool:
         self._sweep()
         out = np.empty(1, np.int64)
-        return bool(self._ids.get_many(np.array([id_], np.int64), out) == 0)
+        return bool(self._ids.get_many(self._ext, np.array([id_], np.int64), out) == 0)
 
     def _flush(self) -> None:
         """Move fresh vectors into the main index, copy-on-write (see ``_FLUSH_AT``)."""
@@ -343,7 +370,7 @@ class VectorStore:
             with self._lock.write():
                 if self._main is not main or self._main_n != base_n:
                     return  # a re-build swapped in meanwhile and holds these vectors
-                self._main = replace(main, index=index)
+                self._main = replace(main, index=index, _walk=None, _codes=None)
                 self._fresh.remove_ids(faiss.IDSelectorRange(0, step))
                 self._main_n += step
                 self._bytes_cache = (-1, 0)
@@ -353,7 +380,7 @@ class VectorStore:
     def _sweep(self) -> None:
         """Expire slots whose TTL passed (cheap no-op until the earliest expiry)."""
         now = time.time()
-        if now < self._next_expiry:
+        if now < self._next_expiry or self._expire is None:
             return
         with self._sweep_lock, self._lock.write():
             out = np.empty(self._n, np.int64)
@@ -362,7 +389,7 @@ class VectorStore:
             self._dead += count
             for s in gone.tolist():
                 self._forget_meta(s)
-            self._ids.remove_many(self._ext[gone])
+            self._ids.remove_many(self._ext, self._ext[gone])
             self._next_expiry = nxt
 
     # ------------------------------------------------------------------ search
@@ -382,6 +409,10 @@ class VectorStore:
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise VectorStoreError(f"k must be a positive int, got {k!r}")
+        if namespace is None and where is None:
+            fast = self._search_walk(queries, k)
+            if fast is not None:
+                return fast
         q = self._prepare(queries, "queries")
         self._sweep()
         with self._lock.read():
@@ -402,8 +433,11 @@ class VectorStore:
                 bm = None if bitmap is None else bitmap[0]
                 sel = 1.0 if bitmap is None else bitmap[1] / alive
                 if nq <= _SMALL_BATCH:
-                    with _index.single_thread():
-                        d, s = self._search_indexes(q, k, bm, sel)
+                    if self._fresh.ntotal == 0 and self._walk_kind(self._main) == "native":
+                        d, s = self._search_indexes(q, k, bm, sel)  # FAISS not called
+                    else:
+                        with _index.single_thread():
+                            d, s = self._search_indexes(q, k, bm, sel)
                 else:
                     pool = _search_pool()
                     step = max(8, -(-nq // (4 * (os.cpu_count() or 1))))
@@ -418,6 +452,46 @@ class VectorStore:
             V.map_ids(s, self._ext, ids)
             return ids, d
 
+    def _search_walk(self, queries: Any, k: int) -> tuple[I64, F32] | None:
+        """A few unfiltered queries in one native call: finite check, cosine normalisation
+        (folded into the query weights), the walk and the id mapping; None when the walk
+        does not apply (other kinds, fresh vectors pending, input needing conversion) and
+        the general path takes over.
+
+        PERF: the general path's Python steps cost ~15 µs per query on an idle cache and
+        ~30 µs when another index ran in between (100k, interleaved with hnswlib,
+        2026-11-21); this path ~5 µs."""
+        if type(queries) is not np.ndarray or queries.dtype != np.float32:
+            return None
+        q = queries.reshape(1, -1) if queries.ndim == 1 else queries
+        if q.ndim != 2 or q.shape[1] != self.dim or not 0 < len(q) <= _SMALL_BATCH:
+            return None
+        if not q.flags.c_contiguous:
+            return None
+        self._sweep()
+        with self._lock.read():
+            main = self._main
+            if main is None or self._fresh.ntotal or main.kind != "hnsw":
+                return None
+            walk = _index.walker(main, self.metric)
+            if walk is None:
+                return None
+            ids = np.empty((len(q), k), np.int64)
+            d = np.empty((len(q), k), np.float32)
+            bad = walk.search(
+                q,
+                k,
+                main.params.get("efSearch", 16),
+                d,
+                ids,
+                self._alive if self._dead else None,
+                self._ext,
+                self.metric == "cosine",
+            )
+        if bad >= 0:
+            raise InvalidVectorError(int(bad), "queries")
+        return ids, d
+
     def _filter(self, namespace: str | None, where: Where | None) -> tuple[Any, int] | None:
         """Bitmap of eligible slots and its population, or None when every alive slot is."""
         if namespace is None and where is None and self._dead == 0:
@@ -427,7 +501,12 @@ class VectorStore:
         out = np.zeros((n + 7) // 8 + 8, np.uint8)
         if code == -2:
             return out, 0
-        count = V.filter_bitmap(self._ns[:n], code, self._alive, out)
+        if self._ns is None:  # no namespace in use: the alive bits (none are set past n)
+            nb = (n + 7) // 8
+            out[:nb] = self._alive[:nb]
+            count = V.bitmap_count(out)
+        else:
+            count = V.filter_bitmap(self._ns[:n], code, self._alive, out)
         if where:
             if not isinstance(where, Mapping):
                 raise VectorStoreError(f"where must be a mapping, got {type(where).__name__}")
@@ -455,6 +534,7 @@ class VectorStore:
             return None
         slots = self._ns_slots.get(code)
         if slots is None:
+            assert self._ns is not None  # code >= 0: a namespace was used
             slots = np.flatnonzero(self._ns[: self._n] == code).astype(np.int64)
             self._ns_slots[code] = slots
         out = np.empty(len(slots), np.int64)
@@ -476,7 +556,7 @@ class VectorStore:
         if split:
             main = self._main
             assert main is not None
-            how, codes, vmin, vdiff = _index.codes_of(main.index, main.kind)
+            how, codes, vmin, vdiff = main.codes()
             mine = slots[:split]
             for r in range(nq):
                 if how == "sq8":
@@ -492,24 +572,25 @@ class VectorStore:
             local = np.ascontiguousarray(slots[split:] - self._main_n)
             for r in range(nq):
                 V.score_f32(rows, local, q[r], l2, scores[r, split:])
-        kk = min(k, count)
-        key = -scores if self._largest else scores
-        top = (
-            np.argpartition(key, kk - 1, axis=1)[:, :kk]
-            if kk < count
-            else np.tile(np.arange(count), (nq, 1))
-        )
-        order = np.take_along_axis(key, top, 1).argsort(axis=1, kind="stable")
-        top = np.take_along_axis(top, order, 1)
-        d_out[:, :kk] = np.take_along_axis(scores, top, 1)
-        s_out[:, :kk] = slots[top]
+        cand = np.ascontiguousarray(np.broadcast_to(slots, (nq, count)))
+        V.merge_topk(scores, cand, k, self._largest, d_out, s_out)  # ties: lower slot first
         return d_out, s_out
 
     def _search_indexes(self, q: F32, k: int, bitmap: Any, selectivity: float) -> tuple[F32, I64]:
         parts_d: list[F32] = []
         parts_i: list[I64] = []
         main = self._main
-        if main is not None and self._main_n:
+        walk = _index.walker(main, self.metric) if main is not None and self._main_n else None
+        if walk is not None:
+            assert main is not None
+            widen = 1.0 / math.sqrt(max(selectivity, 1e-6))
+            ef = math.ceil(main.params.get("efSearch", 16) * widen)
+            d = np.empty((len(q), k), np.float32)
+            i = np.empty((len(q), k), np.int64)
+            walk.search(q, k, ef, d, i, bitmap)
+            parts_d.append(d)
+            parts_i.append(i)
+        elif main is not None and self._main_n:
             sel = None
             if bitmap is not None:
                 sel = faiss.IDSelectorBitmap(self._main_n, faiss.swig_ptr(bitmap))
@@ -678,11 +759,14 @@ class VectorStore:
             built.index.add(np.zeros((pad, self.dim), np.float32))
         new_n = len(order) + pad
         ext = np.full(max(new_n, 1024), -1, np.int64)
-        ns = np.full(len(ext), _NO_NS, np.int32)
-        expire = np.full(len(ext), math.inf, np.float64)
         ext[: len(order)] = self._ext[order]
-        ns[: len(order)] = self._ns[order]
-        expire[: len(order)] = self._expire[order]
+        ns = expire = None
+        if self._ns is not None:
+            ns = np.full(len(ext), _NO_NS, self._ns.dtype)
+            ns[: len(order)] = self._ns[order]
+        if self._expire is not None:
+            expire = np.full(len(ext), math.inf, np.float64)
+            expire[: len(order)] = self._expire[order]
         bits = np.unpackbits(self._alive, bitorder="little")[order].astype(bool)
         alive = np.zeros((len(ext) + 7) // 8 + 8, np.uint8)
         new_slots = np.flatnonzero(bits).astype(np.int64)
@@ -693,18 +777,21 @@ class VectorStore:
         self._ext, self._ns, self._expire, self._alive = ext, ns, expire, alive
         self._n = new_n
         self._dead = new_n - len(new_slots)
-        self._ids.clear()
-        self._ids.put_many(np.ascontiguousarray(ext[new_slots]), new_slots)
+        self._ids.clear(len(new_slots))
+        self._ids.put_many(ext, new_slots)
         self._meta = {}
         self._postings = {}
         for s, m in meta.items():
             if (alive[s >> 3] >> (s & 7)) & 1:
                 self._index_meta(s, m)
+        built._walk = built._codes = None  # the index grew since the build: views re-taken
         self._main = built
         self._main_n = new_n
         self._fresh = self._new_flat()
-        codes, sizes = np.unique(ns[:new_n], return_counts=True)
-        self._ns_size = {int(c): int(z) for c, z in zip(codes, sizes, strict=True) if c >= 0}
+        self._ns_size = {}
+        if ns is not None:
+            codes, sizes = np.unique(ns[:new_n], return_counts=True)
+            self._ns_size = {int(c): int(z) for c, z in zip(codes, sizes, strict=True) if c >= 0}
         self._ns_slots = {}
         self._bytes_cache = (-1, 0)
 
@@ -722,7 +809,12 @@ class VectorStore:
                     size += len(faiss.serialize_index(main.index))
                 self._bytes_cache = (key, size)
             index_bytes = self._bytes_cache[1]
-            side = self._n * (8 + 4 + 8) + len(self._alive) + len(self._ids) * 32
+            # everything the store holds per vector besides metadata: the FAISS index (its
+            # serialized size, which is what it holds in RAM), fresh vectors, the per-slot
+            # arrays (allocated capacity) and the id map's table
+            side = self._ext.nbytes + self._alive.nbytes + self._ids.nbytes
+            side += self._ns.nbytes if self._ns is not None else 0
+            side += self._expire.nbytes if self._expire is not None else 0
             return {
                 "count": count,
                 "dim": self.dim,
@@ -733,8 +825,10 @@ class VectorStore:
                 "target_recall": self.target_recall,
                 "recall_estimate": main.recall if main is not None else 1.0,
                 "index_bytes": index_bytes,
-                "bytes_per_vector": index_bytes / count if count else 0.0,
-                "total_bytes_per_vector": (index_bytes + side) / count if count else 0.0,
+                "bytes": index_bytes + side,
+                "bytes_per_vector": (index_bytes + side) / count if count else 0.0,
+                "index_bytes_per_vector": index_bytes / count if count else 0.0,
+                "walk": self._walk_kind(main),
                 "slots": self._n,
                 "tombstones": self._dead,
                 "fresh": self._fresh.ntotal,
@@ -744,6 +838,13 @@ class VectorStore:
                 "building": self._builder is not None and self._builder.is_alive(),
                 "native": V.__name__.startswith("engine._native"),
             }
+
+    def _walk_kind(self, main: _index.Built | None) -> str:
+        """Who walks the main index for a search: ``"native"`` (ext/_hnsw.pyx over FAISS's
+        graph) or ``"faiss"`` (``index.search``)."""
+        if main is not None and _index.walker(main, self.metric):
+            return "native"
+        return "faiss"
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

@@ -1,0 +1,368 @@
+"""The native walk over FAISS's HNSW graph (ext/_hnsw.pyx) against FAISS's own search, its
+pure-Python twin, bad input, and the vector store serving it during online adds."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+
+from engine.errors import DimensionError, InvalidVectorError
+from engine.memory import VectorStore, _hnsw_py, _index
+from engine.memory._index import graph_arrays
+from tests._memory_data import clustered, exact_ids
+
+HNSW = _index._HNSW
+needs_native = pytest.mark.skipif(HNSW is None, reason="native extension not built")
+# the prebuilt real set (see benches/_vectors_data.py)
+REAL = Path(
+    os.environ.get("ENGINE_VECTORS_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "vectors"
+)
+
+
+def hnsw_sq8(x: np.ndarray, metric: str, links0: int = 22) -> Any:
+    fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    index = faiss.IndexHNSWSQ(x.shape[1], faiss.ScalarQuantizer.QT_8bit, 12, fm)
+    index.hnsw.set_nb_neighbors(0, links0)
+    index.hnsw.efConstruction = 40
+    index.train(x)
+    index.add(x)
+    return index
+
+
+def faiss_search(index: Any, q: np.ndarray, k: int, ef: int, sel: Any = None) -> Any:
+    p = faiss.SearchParametersHNSW()
+    p.efSearch = ef
+    if sel is not None:
+        p.sel = sel
+    with _index.single_thread():
+        return index.search(q, k, params=p)
+
+
+def walk(w: Any, q: np.ndarray, k: int, ef: int, bitmap: Any = None) -> Any:
+    d = np.empty((len(q), k), np.float32)
+    i = np.empty((len(q), k), np.int64)
+    w.search(q, k, ef, d, i, bitmap)
+    return d, i
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of positions holding the same id."""
+    return float((a == b).mean())
+
+
+@pytest.fixture(scope="module")
+def base() -> np.ndarray:
+    return clustered(4000, 48, seed=3)
+
+
+@needs_native
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("ef", [16, 48, 128])
+def test_native_walk_returns_faiss_results(base: np.ndarray, metric: str, ef: int) -> None:
+    """Same algorithm, same graph: the same ids at the same efSearch (a tie decided the
+    other way may swap two neighbours); scores to float rounding."""
+    assert HNSW is not None
+    index = hnsw_sq8(base, metric)
+    q = clustered(300, 48, seed=4)
+    w = HNSW.HnswSQ8(*graph_arrays(index, metric))  # type: ignore[misc]
+    d, i = walk(w, q, 10, ef)
+    fd, fi = faiss_search(index, q, 10, ef)
+    assert agreement(i, fi) >= 0.995
+    np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-4)
+    assert w.ndis > 0
+    assert HNSW.HnswSQ8.simd() in ("avx2", "scalar")
+
+
+@needs_native
+@pytest.mark.skipif(not (REAL / "base_100k.f16.npy").exists(), reason="no prebuilt real set")
+def test_native_walk_returns_faiss_results_on_real_vectors() -> None:
+    assert HNSW is not None
+    x = np.load(REAL / "base_100k.f16.npy")[:20_000].astype(np.float32)
+    q = np.load(REAL / "queries_1k.f16.npy")[:300].astype(np.float32)
+    index = hnsw_sq8(x, "ip")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
+    for ef in (32, 80):
+        d, i = walk(w, q, 10, ef)
+        fd, fi = faiss_search(index, q, 10, ef)
+        assert agreement(i, fi) >= 0.995
+        np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_native_walk_matches_python_twin(metric: str) -> None:
+    assert HNSW is not None
+    x = clustered(1500, 24, seed=5)
+    index = hnsw_sq8(x, metric)
+    arrays = graph_arrays(index, metric)
+    assert arrays is not None
+    q = clustered(60, 24, seed=6)
+    bitmap = np.zeros(1500 // 8 + 1, np.uint8)
+    bitmap[::3] = 0b10100101
+    for bm in (None, bitmap):
+        nd, ni = walk(HNSW.HnswSQ8(*arrays), q, 7, 20, bm)
+        pd, pi = walk(_hnsw_py.HnswSQ8(*arrays), q, 7, 20, bm)
+        assert agreement(ni, pi) >= 0.99
+        np.testing.assert_allclose(nd, pd, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_bitmap_keeps_results_to_members_as_faiss_selector(base: np.ndarray) -> None:
+    assert HNSW is not None
+    index = hnsw_sq8(base, "ip")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
+    q = clustered(100, 48, seed=7)
+    rng = np.random.default_rng(0)
+    members = np.sort(rng.choice(len(base), len(base) // 2, replace=False))
+    bitmap = np.zeros(len(base) // 8 + 1, np.uint8)
+    for s in members:
+        bitmap[s >> 3] |= 1 << (s & 7)
+    d, i = walk(w, q, 10, 64, bitmap)
+    assert np.isin(i[i >= 0], members).all()
+    sel = faiss.IDSelectorBitmap(len(base), faiss.swig_ptr(bitmap))
+    _, fi = faiss_search(index, q, 10, 64, sel)
+    assert agreement(i, fi) >= 0.995
+    # an empty selection finds nothing; a bitmap shorter than the graph excludes the rest
+    d, i = walk(w, q, 10, 64, np.zeros(0, np.uint8))
+    assert (i == -1).all() and (d == -math.inf).all()
+    d, i = walk(w, q, 10, 64, np.full(2, 255, np.uint8))
+    assert ((i >= 0) & (i < 16) | (i == -1)).all()
+
+
+@needs_native
+def test_k_larger_than_graph_pads(base: np.ndarray) -> None:
+    assert HNSW is not None
+    x = base[:30]
+    index = hnsw_sq8(x, "l2")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "l2"))  # type: ignore[misc]
+    d, i = walk(w, x[:3], 40, 50)
+    assert (i[:, :30] >= 0).all() and (i[:, 30:] == -1).all()
+    assert (d[:, 30:] == math.inf).all()
+    assert (np.diff(d[:, :30], axis=1) >= 0).all()  # l2: ascending
+    assert i[:, 0].tolist() == [0, 1, 2]
+
+
+@needs_native
+def test_bad_input_raises(base: np.ndarray) -> None:
+    assert HNSW is not None
+    index = hnsw_sq8(base[:500], "ip")
+    arrays = list(graph_arrays(index, "ip") or ())
+    w = HNSW.HnswSQ8(*arrays)
+    q = base[:2]
+    d = np.empty((2, 10), np.float32)
+    i = np.empty((2, 10), np.int64)
+    with pytest.raises(ValueError, match="columns"):
+        w.search(np.ascontiguousarray(q[:, :10]), 10, 16, d, i)
+    with pytest.raises(ValueError, match="k must be"):
+        w.search(q, 0, 16, d, i)
+    with pytest.raises(ValueError, match="ef must be"):
+        w.search(q, 10, 0, d, i)
+    with pytest.raises(ValueError, match="out_d/out_i"):
+        w.search(q, 11, 16, d, i)
+    with pytest.raises(ValueError, match="out_d/out_i"):
+        w.search(q, 10, 16, d[:1], i[:1])
+
+    def broken(pos: int, value: Any) -> list[Any]:
+        a = list(arrays)
+        a[pos] = value
+        return a
+
+    nb = arrays[0].copy()
+    nb[5] = 10_000  # a neighbour outside the graph
+    cases = [
+        (broken(0, nb), "inconsistent"),
+        (broken(1, arrays[1][:-1].copy()), "offsets"),
+        (broken(4, arrays[4][:-1].copy()), "code rows"),
+        (broken(5, arrays[5][:-1].copy()), "vmin and vdiff"),
+        (broken(7, 500), "entry point"),
+        (broken(8, 40), "max_level"),
+        (broken(3, np.array([0, 600, 700], np.int32)), "level 0 holds"),
+        (broken(3, np.array([3, 22], np.int32)), "must start"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            HNSW.HnswSQ8(*args)
+
+
+def test_graph_arrays_only_for_hnsw_sq8() -> None:
+    assert graph_arrays(faiss.IndexFlatIP(8), "ip") is None
+    flat_hnsw = faiss.IndexHNSWFlat(8, 12)
+    assert graph_arrays(flat_hnsw, "l2") is None
+
+
+@needs_native
+def test_store_serves_single_queries_with_the_native_walk() -> None:
+    x = clustered(6000, 32, seed=8)
+    vs = VectorStore(32, index="hnsw", background=False, promote_at=1000)
+    vs.add(np.arange(6000) * 3, x)
+    st = vs.stats()
+    assert st["walk"] == "native" and st["index"] == "hnsw"
+    main = vs._main
+    assert main is not None
+    q = clustered(200, 32, seed=9)
+    ids, scores = vs.search(q, k=10)
+    fd, fi = faiss_search(main.index, q, 10, main.params["efSearch"])
+    assert agreement(ids, vs._ext[fi]) >= 0.995  # FAISS ids are slots
+    np.testing.assert_allclose(scores, fd, rtol=1e-4, atol=1e-4)
+    one_ids, _ = vs.search(q[:1], k=10)
+    assert one_ids[0].tolist() == ids[0].tolist()
+    # a tombstone is excluded through the bitmap, as FAISS's selector would
+    vs.remove([int(ids[0, 0])])
+    again, _ = vs.search(q[:1], k=10)
+    assert int(ids[0, 0]) not in again[0].tolist()
+    # the all-in bytes count the id map and per-slot arrays on top of FAISS's index
+    st = vs.stats()
+    assert st["bytes_per_vector"] > st["index_bytes_per_vector"] > 32
+
+
+def test_store_without_native_walk_uses_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_index, "_HNSW", None)
+    x = clustered(3000, 16, seed=10)
+    vs = VectorStore(16, index="hnsw", background=False, promote_at=1000)
+    vs.add(np.arange(3000), x)
+    assert vs.stats()["walk"] == "faiss"
+    q = clustered(50, 16, seed=11)
+    ids, _ = vs.search(q, k=5)
+    truth = exact_ids(q, x, 5)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids, truth, strict=True)]) >= 0.9
+
+
+@needs_native
+def test_online_adds_swap_the_walked_index_while_searching() -> None:
+    """Searches on other threads during online adds: every result is a stored id, the
+    walker is re-taken from each new (cloned) index, and the new vectors are found."""
+    x = clustered(9000, 32, seed=12)
+    vs = VectorStore(32, index="hnsw", background=True, promote_at=1000)
+    vs.add(np.arange(5000), x[:5000])
+    vs.wait()
+    first = vs._main
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    done = [0]
+
+    def searcher(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                q = x[rng.integers(0, 5000, 4)]
+                ids, _ = vs.search(q, k=5)
+                assert ((ids >= 0) & (ids < 9000)).all()
+                done[0] += 1
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher, args=(s,)) for s in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for lo in range(5000, 9000, 500):
+            vs.add(np.arange(lo, lo + 500), x[lo : lo + 500])
+        vs.wait()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert done[0] > 0
+    assert vs._main is not first and vs.stats()["walk"] == "native"
+    ids, _ = vs.search(x[5000:9000:97], k=1)
+    assert (ids[:, 0] == np.arange(5000, 9000, 97)).mean() >= 0.95
+
+
+@needs_native
+def test_walk_releases_the_gil(base: np.ndarray) -> None:
+    """Python code in another thread advances during one (batch) walk call."""
+    assert HNSW is not None
+    index = hnsw_sq8(base, "ip")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
+    q = np.ascontiguousarray(np.tile(base[:500], (8, 1)))
+    counter = [0]
+    started = threading.Event()
+    done = threading.Event()
+    delta: list[int] = []
+
+    def native() -> None:
+        started.set()
+        time.sleep(0.01)  # let the spinner start
+        before = counter[0]
+        walk(w, q, 10, 128)
+        delta.append(counter[0] - before)
+        done.set()
+
+    th = threading.Thread(target=native)
+    th.start()
+    started.wait()
+    while not done.is_set():
+        counter[0] += 1
+    th.join()
+    assert delta[0] > 1000, delta
+
+
+@needs_native
+def test_loaded_store_walks_natively_with_the_same_results(tmp_path: Path) -> None:
+    x = clustered(5000, 32, seed=13)
+    vs = VectorStore(32, index="hnsw", background=False, promote_at=1000)
+    vs.add(np.arange(5000) + 10, x)
+    q = clustered(100, 32, seed=14)
+    before = vs.search(q, k=10)
+    vs.save(tmp_path / "s.db")
+    loaded = VectorStore.load(tmp_path / "s.db", background=False)
+    assert loaded.stats()["walk"] == "native"
+    after = loaded.search(q, k=10)
+    assert (after[0] == before[0]).all()
+    np.testing.assert_allclose(after[1], before[1], rtol=1e-6)
+
+
+def test_factory_string_hnsw_is_searched_by_faiss() -> None:
+    """Factory strings are not tuned: FAISS searches them with their own efSearch."""
+    x = clustered(3000, 16, seed=15)
+    vs = VectorStore(16, index="HNSW16,SQ8", background=False, promote_at=1000)
+    vs.add(np.arange(3000), x)
+    assert vs.stats()["index"] == "HNSW16,SQ8" and vs.stats()["walk"] == "faiss"
+    ids, _ = vs.search(x[:20], k=1)
+    assert (ids[:, 0] == np.arange(20)).mean() >= 0.9
+
+
+@needs_native
+def test_single_call_path_matches_the_general_path() -> None:
+    """float32 queries go to the walk in one native call (normalised there for cosine);
+    anything needing conversion takes the general path: same results."""
+    x = clustered(5000, 32, seed=16)
+    vs = VectorStore(32, index="hnsw", background=False, promote_at=1000)
+    vs.add(np.arange(5000) + 7, x)
+    q = (clustered(16, 32, seed=17) * 3.0).astype(np.float32)  # not unit length
+    assert vs._search_walk(q, 10) is not None  # the single-call path applies
+    fast = vs.search(q, k=10)
+    slow = vs.search(q.astype(np.float64), k=10)
+    assert vs._search_walk(q.astype(np.float64), 10) is None
+    assert agreement(fast[0], slow[0]) >= 0.99
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-5, atol=1e-5)
+    one = vs.search(q[0], k=10)
+    assert one[0][0].tolist() == fast[0][0].tolist()
+    bad = q.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(InvalidVectorError) as err:
+        vs.search(bad, k=3)
+    assert err.value.row == 3
+    with pytest.raises(DimensionError):
+        vs.search(q[:, :8].copy(), k=3)
+    vs.remove([int(fast[0][0, 0])])  # tombstones reach the walk as the alive bitmap
+    again = vs.search(q[:1], k=10)
+    assert int(fast[0][0, 0]) not in again[0][0].tolist()
+    # the walker's own bad-row report
+    w = _index.walker(vs._main, "cosine")  # type: ignore[arg-type]
+    out_d, out_i = np.empty((16, 5), np.float32), np.empty((16, 5), np.int64)
+    assert w.search(bad, 5, 32, out_d, out_i) == 3
+    with pytest.raises(ValueError, match="inner-product"):
+        HNSW.HnswSQ8(*graph_arrays(hnsw_sq8(x[:500], "l2"), "l2")).search(  # type: ignore[union-attr, misc]
+            q, 5, 32, out_d, out_i, None, None, True
+        )
