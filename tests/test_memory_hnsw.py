@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from engine.errors import DimensionError, InvalidVectorError
 from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
+from tests._gil import python_progress_during
 from tests._memory_data import clustered, exact_ids
 
 HNSW = _index._HNSW
@@ -285,26 +285,8 @@ def test_walk_releases_the_gil(base: np.ndarray) -> None:
     index = hnsw_sq8(base, "ip")
     w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
     q = np.ascontiguousarray(np.tile(base[:500], (8, 1)))
-    counter = [0]
-    started = threading.Event()
-    done = threading.Event()
-    delta: list[int] = []
-
-    def native() -> None:
-        started.set()
-        time.sleep(0.01)  # let the spinner start
-        before = counter[0]
-        walk(w, q, 10, 128)
-        delta.append(counter[0] - before)
-        done.set()
-
-    th = threading.Thread(target=native)
-    th.start()
-    started.wait()
-    while not done.is_set():
-        counter[0] += 1
-    th.join()
-    assert delta[0] > 1000, delta
+    progress = python_progress_during(lambda: walk(w, q, 10, 128))
+    assert progress > 1000, progress
 
 
 @needs_native

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
-import time
 from types import ModuleType
 
 import numpy as np
@@ -15,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from engine.memory import _vectors_py
 from engine.memory._native import NATIVE
+from tests._gil import python_progress_during
 from tests.conftest import impl_params
 
 IMPLS = impl_params(_vectors_py, NATIVE)
@@ -221,26 +220,8 @@ def test_native_releases_the_gil() -> None:
     the counter unchanged across it."""
     assert NATIVE is not None
     x = np.random.default_rng(0).standard_normal((60_000, 384)).astype(np.float32)
-    counter = [0]
-    started = threading.Event()
-    done = threading.Event()
-    delta: list[int] = []
-
-    def native() -> None:
-        started.set()
-        time.sleep(0.01)  # let the spinner start
-        before = counter[0]
-        NATIVE.normalize(x)
-        delta.append(counter[0] - before)
-        done.set()
-
-    th = threading.Thread(target=native)
-    th.start()
-    started.wait()
-    while not done.is_set():
-        counter[0] += 1
-    th.join()
-    assert delta[0] > 1000, delta
+    progress = python_progress_during(lambda: NATIVE.normalize(x))
+    assert progress > 1000, progress
 
 
 @pytest.mark.parametrize("l2", [False, True])
