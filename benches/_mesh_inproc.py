@@ -21,7 +21,7 @@ from engine.mesh import protocol as P
 from engine.mesh._frames_py import FrameSocketPy
 from engine.mesh._io import FrameSocketC
 from engine.mesh.broker import Broker
-from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload
+from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload, wire_name
 
 BLOB = b"x" * 64
 DELIVER = P.header(P.FrameKind.DELIVER)
@@ -150,7 +150,7 @@ async def _node_cost(cls: type, n: int) -> float:
                 ids.next(),
                 Kind.SEND,
                 recipient=AgentId("bench", "k"),
-                payload_type="Ping",
+                payload_type=wire_name(Ping),
                 payload=encode_payload(Ping(i, BLOB)),
             )
         )

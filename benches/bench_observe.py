@@ -143,7 +143,7 @@ def test_hot_counter_vs_bare_loop(benchmark: Any, bench_report: list[str]) -> No
 # -- runtime send/reply --------------------------------------------------------------------
 
 
-class Ping(Message):
+class Ping(Message, tag="bench.observe.Ping"):
     n: int
 
 
@@ -164,8 +164,9 @@ async def _round_trips(n: int, mode: str) -> float:
     stop = threading.Event()
     scraper = None
     if mode == "scraped":
-        scraper = threading.Thread(target=lambda: [m.exposition() for _ in iter(
-            lambda: stop.wait(0.05), True)])
+        scraper = threading.Thread(
+            target=lambda: [m.exposition() for _ in iter(lambda: stop.wait(0.05), True)]
+        )
         scraper.start()
     to, p = AgentId("echo", "a"), Ping(1)
     await rt.send(p, to=to)

@@ -40,7 +40,7 @@ from engine import Agent, AgentId, Message, Runtime, handler
 # --------------------------------------------------------------------------- engine side
 
 
-class Ping(Message):
+class Ping(Message, tag="bench.runtime.Ping"):
     n: int
 
 

@@ -248,8 +248,10 @@ def test_acceptance(bench_report: list[str]) -> None:
     row("DAG 100k nodes (ms)", "dag_100k", None, 1e3)
     row("fairness run (ms)", "fairness", None, 1e3)
     ops = 2 / RESULTS["push_pop", "native"]
-    lines.append(f"native batch: {ops / 1e6:.1f} M ops/s (push or pop); single calls: "
-                 f"{2 / RESULTS['single', 'native'] / 1e6:.1f} M ops/s")
+    lines.append(
+        f"native batch: {ops / 1e6:.1f} M ops/s (push or pop); single calls: "
+        f"{2 / RESULTS['single', 'native'] / 1e6:.1f} M ops/s"
+    )
     lines.append(
         f"fairness, 100 tenants, one 100x: worst share deviation py "
         f"{EXTRA['fair_dev_py']:.1%}, native {EXTRA['fair_dev_native']:.1%} (limit 10%)"

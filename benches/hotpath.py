@@ -40,8 +40,9 @@ def router_match_many() -> Run:
 
 def router_route_many() -> Run:
     r, handles = _router()
-    kinds = np.array([(KIND_DIRECT, KIND_TYPE, KIND_TOPIC)[i % 3] for i in range(BATCH)],
-                     dtype=np.uint8)
+    kinds = np.array(
+        [(KIND_DIRECT, KIND_TYPE, KIND_TOPIC)[i % 3] for i in range(BATCH)], dtype=np.uint8
+    )
     direct = [r.handle(AgentId(f"type{i % 20}", f"k{i % 5}")) for i in range(BATCH)]
     types = [r.type_handle(f"type{i % 20}") for i in range(BATCH)]
     targets = np.array(

@@ -85,13 +85,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         for c in cols:
             v = r[c]
             if isinstance(v, float):
-                v = (
-                    f"{v:.3f}"
-                    if "recall" in c
-                    else f"{v:,.0f}"
-                    if v >= 100
-                    else f"{v:.1f}"
-                )
+                v = f"{v:.3f}" if "recall" in c else f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
             cells.append(str(v))
         print("| " + " | ".join(cells) + " |")
     sys.stdout.flush()

@@ -10,12 +10,12 @@ from engine import Agent, Context, handler
 from engine.messages import Message
 
 
-class Ping(Message):
+class Ping(Message, tag="bench.mesh.Ping"):
     n: int
     blob: bytes = b""
 
 
-class Tick(Message):
+class Tick(Message, tag="bench.mesh.Tick"):
     n: int
     blob: bytes = b""
 

@@ -18,15 +18,14 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 
 from engine.mesh import Broker, MeshClient, Node  # noqa: E402
-
 from engine.messages import AgentId, Message  # noqa: E402
 
 
-class Ping(Message):
+class Ping(Message, tag="profile.mesh.Ping"):
     n: int
 
 
-class Pong(Message):
+class Pong(Message, tag="profile.mesh.Pong"):
     n: int
 
 
@@ -41,16 +40,21 @@ async def main(seconds: float) -> int:
     ep = broker.endpoints[0]
     sent = 0
     try:
-        async with Node(ep, {"echo": Echo}, name="a"), Node(ep, {"echo": Echo}, name="b"), \
-                MeshClient(ep) as client:
+        async with (
+            Node(ep, {"echo": Echo}, name="a"),
+            Node(ep, {"echo": Echo}, name="b"),
+            MeshClient(ep) as client,
+        ):
             await client.send(Ping(0), to=AgentId("echo", "*"), timeout=10)  # warm-up
             with _common.profiled():
                 deadline = time.perf_counter() + seconds
                 while time.perf_counter() < deadline:
-                    replies = await asyncio.gather(*(
-                        client.send(Ping(i), to=AgentId("echo", "*"), timeout=10)
-                        for i in range(64)
-                    ))
+                    replies = await asyncio.gather(
+                        *(
+                            client.send(Ping(i), to=AgentId("echo", "*"), timeout=10)
+                            for i in range(64)
+                        )
+                    )
                     assert replies[0] == Pong(1)
                     sent += 64
     finally:

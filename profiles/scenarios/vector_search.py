@@ -17,8 +17,7 @@ rng = np.random.default_rng(0)
 N, DIM = max(1000, int(50_000 * opts.scale)), 128
 store = VectorStore(DIM, background=False)
 vectors = rng.standard_normal((N, DIM), dtype=np.float32)
-store.add(np.arange(N, dtype=np.int64), vectors,
-          metadata=[{"shard": i % 8} for i in range(N)])
+store.add(np.arange(N, dtype=np.int64), vectors, metadata=[{"shard": i % 8} for i in range(N)])
 queries = rng.standard_normal((64, DIM), dtype=np.float32)
 
 
