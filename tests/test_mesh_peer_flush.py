@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from mesh_agents import Echo, Ping, Pong, Sleep
 
-from engine.mesh import MeshClient, Node
+from engine.mesh import MeshClient, MeshPeer, Node
 from engine.mesh import protocol as P
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload
 
@@ -175,3 +175,88 @@ def test_a_failing_message_does_not_drop_the_rest_of_its_batch(
 
     asyncio.run(main())
     assert "bug in the ACK path" in caplog.text
+
+
+class _SleepHost:
+    """A minimal Host: each delivery sleeps ``Sleep.seconds``, then answers Pong(n)."""
+
+    types = ("echo",)
+    subscriptions = ()
+
+    def __init__(self, eager: bool) -> None:
+        self.eager = eager
+
+    async def handle(self, envelope: Envelope) -> Envelope | None:
+        msg = msgspec.msgpack.decode(envelope.payload, type=Sleep)
+        await asyncio.sleep(msg.seconds)
+        return msgspec.structs.replace(
+            envelope,
+            id=MessageIds().next(),
+            kind=Kind.REPLY,
+            correlation=envelope.id,
+            payload_type="Pong",
+            payload=msgspec.Raw(encode_payload(Pong(msg.n))),
+        )
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "task"])
+def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) -> None:
+    async def main() -> None:
+        node = MeshPeer("tcp://127.0.0.1:1", host=_SleepHost(eager), concurrency=1)
+        io = Recorder()
+        node._loop, node._io = asyncio.get_running_loop(), io
+        ids = MessageIds()
+        bodies = [_delivery(ids, Sleep(0.05, i)) for i in range(4)]
+        io.inbox.append([DELIVER, *bodies])
+        node._drain()
+        await asyncio.sleep(0)  # the 2nd..4th now wait for the one slot
+        cancels = [
+            codec.encode(Envelope(ids.next(), Kind.CANCEL, correlation=codec.decode(b).id))
+            for b in bodies[1:3]
+        ]
+        io.inbox.append([DELIVER, *cancels])
+        node._drain()
+        for _ in range(200):
+            if sum(len(m) - 1 for m in io.sent) == 4:
+                break
+            await asyncio.sleep(0.01)
+        replies = {
+            (env := codec.decode(b)).correlation: env for m in io.sent for b in m[1:]
+        }
+        want = [codec.decode(b).id for b in bodies]
+        assert sorted(replies, key=str) == sorted(want, key=str)  # every delivery answered
+        for i in (1, 2):
+            env = replies[want[i]]
+            assert env.kind is Kind.ERROR
+            assert b"cancelled by the sender" in bytes(env.payload)
+        assert [replies[want[i]].kind for i in (0, 3)] == [Kind.REPLY, Kind.REPLY]
+        assert not node._running  # redeliveries are not dropped as duplicates
+        assert node._free_slots == 1 and not node._slot_waiters
+
+    asyncio.run(main())
+
+
+def test_input_arriving_while_re_registering_is_read_without_waiting_for_the_ticker() -> None:
+    async def main() -> None:
+        c, io = _client(asyncio.get_running_loop())
+        welcome = P.encode(P.Welcome("broker-2", 500, P.MAX_FRAME, 64))
+        sent = io.send
+
+        def send(frames: list[bytes], ident: bytes | None = None) -> bool:
+            # The welcome arrives while the REGISTER goes out; the send took the FD's edge,
+            # so only an explicit readability check finds it.
+            if frames[0] == P.header(P.FrameKind.REGISTER):
+                io.inbox.append([P.header(P.FrameKind.REGISTER), welcome])
+            return sent(frames, ident)
+
+        io.send = send  # type: ignore[method-assign]
+        bye = P.Disconnect(P.DisconnectCode.UNKNOWN_PEER, "who are you")
+        io.inbox.append([P.header(P.FrameKind.DISCONNECT), P.encode(bye)])
+        c._drain()
+        assert [m[0] for m in io.sent] == [P.header(P.FrameKind.REGISTER)]
+        for _ in range(5):  # a few loop iterations; the ticker (never started) is not needed
+            await asyncio.sleep(0)
+        assert c.broker_id == "broker-2" and c._registered.is_set()
+        assert not io.inbox
+
+    asyncio.run(main())

@@ -323,7 +323,12 @@ class MeshPeer:
                 assert self._loop is not None
                 self._loop.call_soon(self._drain)
         if self._out:
-            self._flush()
+            self._flush()  # re-checks readability after its sends
+        elif msgs:
+            # A handler may have sent directly (REGISTER after DISCONNECT): a send can take
+            # ZeroMQ's edge-triggered wake-up, so look once more instead of waiting for
+            # the ticker.
+            self._check_readable()
 
     def _on_message(self, msg: list[bytes]) -> None:
         kind = P.UNSIGNED.get(msg[0]) if self.hmac_key is None and msg else None
@@ -756,11 +761,15 @@ class MeshPeer:
             task.cancel()
 
     async def _execute(self, host: Host, env: Envelope) -> None:
-        if self._free_slots > 0:
-            self._free_slots -= 1
-        else:
-            await self._wait_slot()
+        slot = False
         try:
+            # Inside the try: a CANCEL while waiting for a slot is answered like one while
+            # running (else the id stays in _running and the broker's credit leaks).
+            if self._free_slots > 0:
+                self._free_slots -= 1
+            else:
+                await self._wait_slot()
+            slot = True
             if self.tracer is None:
                 reply = await host.handle(env)
             else:
@@ -775,7 +784,8 @@ class MeshPeer:
         except Exception as exc:  # the host failed, not the handler: report as ERROR
             reply = error_reply(env, exc, self.ids.next())
         finally:
-            self._release_slot()
+            if slot:
+                self._release_slot()
         self.stats["executed"] += 1
         mid = env.id
         self._running.discard(mid)
