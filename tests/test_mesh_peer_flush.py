@@ -220,9 +220,7 @@ def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) 
             if sum(len(m) - 1 for m in io.sent) == 4:
                 break
             await asyncio.sleep(0.01)
-        replies = {
-            (env := codec.decode(b)).correlation: env for m in io.sent for b in m[1:]
-        }
+        replies = {(env := codec.decode(b)).correlation: env for m in io.sent for b in m[1:]}
         want = [codec.decode(b).id for b in bodies]
         assert sorted(replies, key=str) == sorted(want, key=str)  # every delivery answered
         for i in (1, 2):
