@@ -54,6 +54,9 @@ cdef engine_zmq_getsockopt_t z_getsockopt = NULL
 cdef engine_zmq_errno_t z_errno = NULL
 
 cdef object _ZMQError = zmq.ZMQError
+cdef object _Again = zmq.Again
+cdef object _ContextTerminated = zmq.ContextTerminated
+cdef int _ETERM = zmq.ETERM
 cdef object _Socket = zmq.Socket
 cdef int _DONTWAIT = ENGINE_ZMQ_DONTWAIT
 cdef int _MORE = ENGINE_ZMQ_DONTWAIT | ENGINE_ZMQ_SNDMORE
@@ -106,17 +109,35 @@ _resolve()
 
 
 cdef int _raise(int err) except -1:
+    """Raise as pyzmq does: ``zmq.Again`` for EAGAIN, ``zmq.ContextTerminated`` for ETERM."""
+    if err == EAGAIN:
+        raise _Again(err)
+    if err == _ETERM:
+        raise _ContextTerminated(err)
     raise _ZMQError(err)
+
+
+cdef void _discard_rest(void *handle, engine_zmq_msg_t *msg) noexcept:
+    """Receive and drop the parts left of the message whose part ``msg`` holds (ZeroMQ
+    queues a multipart message whole, so they are waiting); stops at any error."""
+    while z_msg_more(msg):
+        if z_msg_recv(msg, handle, _DONTWAIT) < 0 and z_errno() != EINTR:
+            return
 
 
 @cython.final
 cdef class FrameSocket:
     """Multipart I/O on one pyzmq socket (not thread-safe: one thread, like the socket).
 
-    Every call raises ``zmq.ZMQError`` (``ENOTSOCK``) once the socket is closed.
+    Every call raises ``zmq.ZMQError`` (``ENOTSOCK``) once the socket is closed. Errors
+    are pyzmq's classes (``zmq.Again``, ``zmq.ContextTerminated``, ``zmq.ZMQError``). A
+    receive that fails partway through a multipart message drops the rest of that message
+    (never split into a bogus one); a batch receive that fails after collecting messages
+    returns them and raises the error on the next receive call.
     """
 
     cdef readonly object socket
+    cdef object _error  # raised by the next receive call (see recv_many)
     cdef void *_handle
     cdef int _fd  # ZMQ_FD: edge-triggered readiness of the socket's command mailbox
 
@@ -134,6 +155,13 @@ cdef class FrameSocket:
             raise _ZMQError(zmq.ENOTSOCK)
         return 0
 
+    cdef inline int _check_recv(self) except -1:
+        self._check()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        return 0
+
     cdef object _recv_one(self, const char *prop, list meta):
         """One message (a list of bytes), or None when none is waiting; with ``prop``, the
         message's metadata ``prop`` (str or None, read from its last frame) is appended to
@@ -142,6 +170,7 @@ cdef class FrameSocket:
         cdef list parts = None
         cdef int rc, err
         cdef const char *value
+        cdef bint started = False
         z_msg_init(&msg)
         try:
             while True:
@@ -150,9 +179,10 @@ cdef class FrameSocket:
                     err = z_errno()
                     if err == EINTR:
                         continue
-                    if err == EAGAIN and parts is None:
+                    if err == EAGAIN and not started:
                         return None
                     _raise(err)
+                started = True
                 data = PyBytes_FromStringAndSize(<char *>z_msg_data(&msg), z_msg_size(&msg))
                 if parts is None:
                     parts = [data]
@@ -163,12 +193,16 @@ cdef class FrameSocket:
                         value = z_msg_gets(&msg, prop)
                         meta.append(value.decode("utf-8", "replace") if value != NULL else None)
                     return parts
+        except BaseException:
+            if started:  # MemoryError copying a part, ETERM...: drop the rest of it
+                _discard_rest(self._handle, &msg)
+            raise
         finally:
             z_msg_close(&msg)
 
     def recv(self):
         """One waiting message as a list of frames; ``None`` when none is waiting."""
-        self._check()
+        self._check_recv()
         return self._recv_one(NULL, None)
 
     def recv_many(self, int limit):
@@ -178,11 +212,17 @@ cdef class FrameSocket:
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        self._check()
+        self._check_recv()
         cdef list out = []
         cdef object msg
         while len(out) < limit:
-            msg = self._recv_one(NULL, None)
+            try:
+                msg = self._recv_one(NULL, None)
+            except Exception as exc:
+                if not out:
+                    raise
+                self._error = exc  # what was received is returned; the next call raises
+                break
             if msg is None:
                 break
             out.append(msg)
@@ -193,13 +233,19 @@ cdef class FrameSocket:
         (``"User-Id"`` set by ZAP, ``"Peer-Address"``...; None when unset)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        self._check()
+        self._check_recv()
         cdef bytes name = prop.encode("utf-8")
         cdef list out = []
         cdef list meta = []
         cdef object msg
         while len(out) < limit:
-            msg = self._recv_one(PyBytes_AS_STRING(name), meta)
+            try:
+                msg = self._recv_one(PyBytes_AS_STRING(name), meta)
+            except Exception as exc:
+                if not out:
+                    raise
+                self._error = exc  # as in recv_many
+                break
             if msg is None:
                 break
             out.append((msg, meta.pop()))
@@ -209,8 +255,9 @@ cdef class FrameSocket:
         """Send ``frames`` as one message (after ``ident``, a ROUTER's routing id).
 
         Returns False when it cannot go now (high-water mark: nothing was queued); ZeroMQ
-        queues a multipart message atomically, so only the first part can be refused.
-        Other failures (``EHOSTUNREACH`` for an unknown routing id...) raise ZMQError.
+        queues a multipart message atomically, so only the first part can be refused (a
+        later refusal would raise ``zmq.Again``, as pyzmq does). Other failures
+        (``EHOSTUNREACH`` for an unknown routing id...) raise ZMQError.
         """
         cdef Py_ssize_t n = len(frames), i
         cdef int flags
@@ -233,7 +280,7 @@ cdef class FrameSocket:
             if _send(self._handle, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), flags) < 0:
                 if first:
                     return False
-                _raise(EAGAIN)  # cannot happen: later parts of a message are never refused
+                _raise(EAGAIN)  # zmq.Again (not expected: later parts are never refused)
             first = False
         return True
 

@@ -7,6 +7,8 @@ checks both see the same messages.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -291,3 +293,71 @@ def test_wait_wakes_when_a_message_arrives(impl: Any, pair: Any) -> None:
     timer.join()
     assert woke and time.monotonic() - t0 < 2
     assert r.recv() == [b"peer-1", b"late"]
+
+
+# A part too big to copy under a lowered address-space limit: MemoryError partway through a
+# multipart message. Runs in a child process (the limit is process-wide).
+_PARTIAL_RECV = """
+import resource, sys, time
+import zmq
+from engine.mesh._frames_py import FrameSocketPy
+from engine.mesh._io import FrameSocketC
+impl = FrameSocketPy if sys.argv[1] == "py" else FrameSocketC
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+port = router.bind_to_random_port("tcp://127.0.0.1")
+dealer = ctx.socket(zmq.DEALER)
+dealer.setsockopt(zmq.IDENTITY, b"d")
+dealer.connect(f"tcp://127.0.0.1:{port}")
+r = impl(router)
+dealer.send_multipart([b"first"])
+dealer.send_multipart([b"head", b"x" * (96 << 20), b"tail"])
+dealer.send_multipart([b"next"])
+r.wait(5000)
+time.sleep(1.0)  # all three arrived (ZeroMQ queues a multipart message whole)
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), hard))  # no room for a 96 MB copy
+results = []
+for _ in range(2):
+    try:
+        results.append(r.recv_many(10))
+    except MemoryError:
+        results.append("MemoryError")
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+results.append(r.recv_many(10))
+print(results)
+"""
+
+
+@pytest.mark.parametrize("impl", ["py", "native"])
+def test_an_error_partway_through_a_message_neither_splits_nor_loses_messages(impl: str) -> None:
+    if impl == "native" and FrameSocketC is None:
+        pytest.skip("native extension not built")
+    res = subprocess.run(
+        [sys.executable, "-c", _PARTIAL_RECV, impl], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    # the message before is returned, the error raised on the next call, the big message
+    # dropped whole (no bogus [b"tail"] message), and the one after it received intact
+    assert res.stdout.strip() == str([[[b"d", b"first"]], "MemoryError", [[b"d", b"next"]]])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_errors_are_pyzmqs_classes_once_the_context_terminates(impl: Any) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    io = impl(dealer)
+    term = threading.Thread(target=ctx.term)  # blocks until the socket is closed
+    term.start()
+    try:
+        time.sleep(0.2)  # ctx.term() has begun: the socket's operations fail with ETERM
+        for call in (io.recv, lambda: io.recv_many(4), lambda: io.send([b"a", b"b"])):
+            with pytest.raises(zmq.ContextTerminated):
+                call()
+    finally:
+        dealer.close(0)
+        term.join(5)
+    assert not term.is_alive()

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import zmq
 from mesh_agents import Echo, Ping, Pong, Sleep
 
 from engine.mesh import MeshClient, MeshPeer, Node
@@ -256,5 +257,31 @@ def test_input_arriving_while_re_registering_is_read_without_waiting_for_the_tic
             await asyncio.sleep(0)
         assert c.broker_id == "broker-2" and c._registered.is_set()
         assert not io.inbox
+
+    asyncio.run(main())
+
+
+def test_a_send_refused_after_its_first_part_is_requeued_not_lost() -> None:
+    async def main() -> None:
+        node, io = _node(asyncio.get_running_loop())
+        sent = io.send
+        refusals = 1
+
+        def send(frames: list[bytes], ident: bytes | None = None) -> bool:
+            nonlocal refusals
+            if refusals:
+                refusals -= 1
+                raise zmq.Again()  # what FrameSocket raises when a later part is refused
+            return sent(frames, ident)
+
+        io.send = send  # type: ignore[method-assign]
+        ack = MessageIds().next()
+        node._out.acks.append(ack)
+        node._flush()  # must not raise: the ACK stays queued
+        assert not io.sent and node._out
+        node._flush()  # the retry (the ticker's) sends it
+        assert [m[0] for m in io.sent] == [P.header(P.FrameKind.ACK)]
+        assert P.decode_ids(io.sent[0][1:]) == [ack]
+        await node.host.stop()  # type: ignore[union-attr]
 
     asyncio.run(main())

@@ -20,12 +20,18 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 class FrameSocketPy:
-    """Multipart I/O on one pyzmq socket (one thread, like the socket)."""
+    """Multipart I/O on one pyzmq socket (one thread, like the socket).
 
-    __slots__ = ("_poller", "socket")
+    A receive that fails partway through a multipart message drops the rest of that
+    message; a batch receive that fails after collecting messages returns them and raises
+    the error on the next receive call (as the compiled twin).
+    """
+
+    __slots__ = ("_error", "_poller", "socket")
 
     def __init__(self, socket: zmq.Socket[Any]) -> None:
         if not isinstance(socket, zmq.Socket):
@@ -34,11 +40,20 @@ class FrameSocketPy:
             raise zmq.ZMQError(zmq.ENOTSOCK)
         self.socket = socket
         self._poller: zmq.Poller | None = None
+        self._error: Exception | None = None
 
     def _check(self) -> zmq.Socket[Any]:
         sock = self.socket
         if sock.closed:
             raise zmq.ZMQError(zmq.ENOTSOCK)
+        return sock
+
+    def _check_recv(self) -> zmq.Socket[Any]:
+        sock = self._check()
+        err = self._error
+        if err is not None:
+            self._error = None
+            raise err
         return sock
 
     def _recv_one(self, sock: zmq.Socket[Any]) -> tuple[list[bytes], zmq.Frame] | None:
@@ -47,25 +62,39 @@ class FrameSocketPy:
             frame = sock.recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return None
-        parts = [frame.bytes]
-        while frame.more:
-            frame = sock.recv(_NOBLOCK, copy=False)
-            parts.append(frame.bytes)
+        try:
+            parts = [frame.bytes]
+            while frame.more:
+                frame = sock.recv(_NOBLOCK, copy=False)
+                parts.append(frame.bytes)
+        except BaseException:  # MemoryError copying a part, ETERM...: drop the rest of it
+            try:
+                while sock.getsockopt(_RCVMORE):
+                    sock.recv(_NOBLOCK, copy=False)
+            except zmq.ZMQError:
+                pass
+            raise
         return parts, frame
 
     def recv(self) -> list[bytes] | None:
         """One waiting message as a list of frames; ``None`` when none is waiting."""
-        got = self._recv_one(self._check())
+        got = self._recv_one(self._check_recv())
         return None if got is None else got[0]
 
     def recv_many(self, limit: int) -> list[list[bytes]]:
         """Up to ``limit`` waiting messages, in order (an empty list when none waits)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        sock = self._check()
+        sock = self._check_recv()
         out: list[list[bytes]] = []
         while len(out) < limit:
-            got = self._recv_one(sock)
+            try:
+                got = self._recv_one(sock)
+            except Exception as exc:
+                if not out:
+                    raise
+                self._error = exc  # what was received is returned; the next call raises
+                break
             if got is None:
                 break
             out.append(got[0])
@@ -75,10 +104,16 @@ class FrameSocketPy:
         """Like :meth:`recv_many`, each message paired with its metadata ``prop``."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        sock = self._check()
+        sock = self._check_recv()
         out: list[tuple[list[bytes], str | None]] = []
         while len(out) < limit:
-            got = self._recv_one(sock)
+            try:
+                got = self._recv_one(sock)
+            except Exception as exc:
+                if not out:
+                    raise
+                self._error = exc  # as in recv_many
+                break
             if got is None:
                 break
             try:

@@ -899,8 +899,11 @@ class MeshPeer:
             return False
         if self.hmac_key is not None:
             P.sign(frames, self.hmac_key)
-        if io.send(frames):
-            return True
+        try:
+            if io.send(frames):
+                return True
+        except zmq.Again:  # refused after the first part: not sent, the caller re-queues
+            pass
         if self.hmac_key is not None:  # unsign: it will be signed again on retry
             P.unsign(frames)
         return False
