@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 
 import engine
 from engine._native import MODULES
+from engine.errors import NativeUnavailable
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -52,3 +56,51 @@ def test_every_shipped_module_is_compiled_when_required() -> None:
     for name in MODULES:
         path = info[name]
         assert path is not None and path.endswith(".so"), (name, path)
+
+
+def _fail_import(monkeypatch: pytest.MonkeyPatch, name: str, exc: ImportError) -> None:
+    """Make ``engine._native.<name>`` fail to import with ``exc`` (a fresh load cache)."""
+    import engine._native as native
+
+    real = importlib.import_module
+
+    def fake(module: str, package: str | None = None) -> ModuleType:
+        if module == f"engine._native.{name}":
+            raise exc
+        return real(module, package)
+
+    monkeypatch.setattr(native.importlib, "import_module", fake)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_why", {})
+    monkeypatch.delenv("ENGINE_NO_EXTENSIONS", raising=False)
+    monkeypatch.delenv("ENGINE_REQUIRE_NATIVE", raising=False)
+
+
+def test_a_module_that_fails_to_import_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import engine._native as native
+
+    why = "libzmq functions not found through pyzmq"
+    _fail_import(monkeypatch, "_frames", ImportError(why))
+    with caplog.at_level(logging.INFO, logger="engine.native"):
+        assert native.load("_frames") is None  # still the silent fallback...
+    assert why in caplog.text  # ...but logged
+    assert native.native_info()["_frames"] == f"unavailable: ImportError: {why}"
+
+    _fail_import(monkeypatch, "_frames", ImportError(why))
+    monkeypatch.setenv("ENGINE_REQUIRE_NATIVE", "1")
+    with pytest.raises(NativeUnavailable) as info:
+        native.load("_frames")
+    assert "built but failed to import" in str(info.value) and why in str(info.value)
+    assert "not built" not in str(info.value)
+
+
+def test_a_module_that_is_not_built_is_reported_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine._native as native
+
+    missing = ModuleNotFoundError("No module named x", name="engine._native._router")
+    _fail_import(monkeypatch, "_router", missing)
+    monkeypatch.setenv("ENGINE_REQUIRE_NATIVE", "1")
+    with pytest.raises(NativeUnavailable, match=r"is not built.*make build"):
+        native.load("_router")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from types import ModuleType
 
@@ -19,6 +20,9 @@ __all__ = ["HAS_NATIVE", "MODULES", "load", "native_info"]
 MODULES: tuple[str, ...] = ("_frames", "_hnsw", "_router", "_scheduler", "_vectors")
 
 _loaded: dict[str, ModuleType | None] = {}
+_why: dict[str, str] = {}  # name -> why it could not be imported
+
+log = logging.getLogger("engine.native")
 
 
 def _disabled() -> bool:
@@ -38,24 +42,37 @@ def load(name: str) -> ModuleType | None:
         try:
             module = importlib.import_module(f"engine._native.{name}")
         except ImportError as exc:
+            full = f"engine._native.{name}"
+            built = not (isinstance(exc, ModuleNotFoundError) and exc.name == full)
+            _why[name] = f"{type(exc).__name__}: {exc}"
+            # built but not importable (libzmq symbols not found through pyzmq...): say so
+            log.log(logging.INFO if built else logging.DEBUG, "%s unavailable: %s", full, exc)
             if _required():
-                raise NativeUnavailable(
-                    f"engine._native.{name} is not built ({exc}); run `make build` "
-                    "or unset ENGINE_REQUIRE_NATIVE"
-                ) from exc
+                cause = (
+                    f"is built but failed to import ({exc}); fix that"
+                    if built
+                    else f"is not built ({exc}); run `make build`"
+                )
+                raise NativeUnavailable(f"{full} {cause} or unset ENGINE_REQUIRE_NATIVE") from exc
     _loaded[name] = module
     return module
 
 
 def native_info() -> dict[str, str | None]:
-    """Map each compiled module to the file it was loaded from (``None`` if unavailable)."""
+    """Map each compiled module to the file it was loaded from; ``None`` when disabled
+    (``ENGINE_NO_EXTENSIONS``), ``"unavailable: <why>"`` when it could not be imported."""
     info: dict[str, str | None] = {}
     for name in MODULES:
         try:
             mod = load(name)
         except NativeUnavailable:
             mod = None
-        info[name] = getattr(mod, "__file__", None) if mod is not None else None
+        if mod is not None:
+            info[name] = getattr(mod, "__file__", None)
+        elif name in _why:
+            info[name] = f"unavailable: {_why[name]}"
+        else:
+            info[name] = None
     return info
 
 
