@@ -15,7 +15,7 @@ descriptor with the GIL released. The reference twin is ``engine.mesh._frames_py
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN, EINTR
 from libc.stdint cimport uintptr_t
 
@@ -205,17 +205,16 @@ cdef class FrameSocket:
         self._check_recv()
         return self._recv_one(NULL, None)
 
-    def recv_many(self, int limit):
+    def recv_many(self, limit):
         """Up to ``limit`` waiting messages, in order (an empty list when none waits).
 
         Receiving until none is left also re-arms the socket's edge-triggered descriptor.
         """
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        cdef Py_ssize_t n = _limit(limit)
         self._check_recv()
         cdef list out = []
         cdef object msg
-        while len(out) < limit:
+        while len(out) < n:
             try:
                 msg = self._recv_one(NULL, None)
             except Exception as exc:
@@ -228,17 +227,18 @@ cdef class FrameSocket:
             out.append(msg)
         return out
 
-    def recv_many_meta(self, int limit, str prop):
+    def recv_many_meta(self, limit, prop):
         """Like :meth:`recv_many`, each message paired with its metadata ``prop``
         (``"User-Id"`` set by ZAP, ``"Peer-Address"``...; None when unset)."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        cdef Py_ssize_t n = _limit(limit)
+        if not isinstance(prop, str):
+            raise TypeError(f"prop must be a str, got {type(prop).__name__}")
         self._check_recv()
         cdef bytes name = prop.encode("utf-8")
         cdef list out = []
         cdef list meta = []
         cdef object msg
-        while len(out) < limit:
+        while len(out) < n:
             try:
                 msg = self._recv_one(PyBytes_AS_STRING(name), meta)
             except Exception as exc:
@@ -251,7 +251,7 @@ cdef class FrameSocket:
             out.append((msg, meta.pop()))
         return out
 
-    def send(self, list frames not None, bytes ident=None):
+    def send(self, frames, ident=None):
         """Send ``frames`` as one message (after ``ident``, a ROUTER's routing id).
 
         Returns False when it cannot go now (high-water mark: nothing was queued); ZeroMQ
@@ -259,14 +259,18 @@ cdef class FrameSocket:
         later refusal would raise ``zmq.Again``, as pyzmq does). Other failures
         (``EHOSTUNREACH`` for an unknown routing id...) raise ZMQError.
         """
+        if not isinstance(frames, list):
+            raise TypeError(f"frames must be a list, got {type(frames).__name__}")
+        if ident is not None and not isinstance(ident, bytes):
+            raise TypeError(f"ident must be bytes, got {type(ident).__name__}")
         cdef Py_ssize_t n = len(frames), i
         cdef int flags
         cdef bytes data
         if n == 0:
             raise ValueError("a message needs at least one frame")
         for i in range(n):
-            if not PyBytes_CheckExact(frames[i]):
-                frames = [f if PyBytes_CheckExact(f) else _as_bytes(f) for f in frames]
+            if not PyBytes_Check(frames[i]):
+                frames = [f if PyBytes_Check(f) else _as_bytes(f) for f in frames]
                 break
         self._check()
         cdef bint first = True
@@ -336,6 +340,15 @@ cdef int _send(void *handle, const char *buf, Py_ssize_t size, int flags) except
         if err == EAGAIN:
             return -1
         _raise(err)
+
+
+cdef Py_ssize_t _limit(object limit) except -1:
+    """A batch limit: an int >= 1 (TypeError / ValueError otherwise); huge ones are capped."""
+    if not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return limit if limit < 0x7FFFFFFF else 0x7FFFFFFF
 
 
 cdef bytes _as_bytes(object frame):

@@ -361,3 +361,106 @@ def test_errors_are_pyzmqs_classes_once_the_context_terminates(impl: Any) -> Non
         dealer.close(0)
         term.join(5)
     assert not term.is_alive()
+
+
+def _inproc_pair(ctx: zmq.Context[Any], name: str) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+    """ROUTER <-> DEALER over inproc: a sent message is waiting at once (no I/O thread)."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"inproc://{name}")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.IDENTITY, b"d")
+    dealer.connect(f"inproc://{name}")
+    return router, dealer
+
+
+@pytest.mark.skipif(FrameSocketC is None, reason="native extension not built")
+@settings(max_examples=40, deadline=None)
+@given(
+    msgs=st.lists(frames_st, min_size=1, max_size=12),
+    limit=st.integers(1, 5),
+    meta=st.booleans(),
+)
+def test_native_and_reference_cut_batches_and_read_metadata_alike(
+    msgs: list[list[bytes]], limit: int, meta: bool
+) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sockets: list[zmq.Socket[Any]] = []
+    try:
+        seen = []
+        for n, impl in enumerate((FrameSocketPy, FrameSocketC)):
+            router, dealer = _inproc_pair(ctx, f"diff-{n}")
+            sockets += [router, dealer]
+            r, d = impl(router), impl(dealer)
+            for m in msgs:
+                assert d.send(list(m))
+            batches: list[Any] = []
+            while True:
+                batch = r.recv_many_meta(limit, "Peer-Address") if meta else r.recv_many(limit)
+                if not batch:
+                    break
+                batches.append(batch)
+            seen.append(batches)
+        assert seen[0] == seen[1]
+        flat = [b for batch in seen[0] for b in batch]
+        assert [len(b) for b in seen[0]] == [
+            min(limit, len(msgs) - i) for i in range(0, len(msgs), limit)
+        ]
+        expected = [[b"d", *m] for m in msgs]
+        assert flat == ([(m, None) for m in expected] if meta else expected)  # inproc: no address
+    finally:
+        for s in sockets:
+            s.close(0)
+        ctx.term()
+
+
+class _List(list):  # type: ignore[type-arg]
+    pass
+
+
+class _Bytes(bytes):
+    pass
+
+
+_BAD_CALLS: list[tuple[str, Any]] = [
+    ("tuple frames", lambda io: io.send((b"a",))),
+    ("None frames", lambda io: io.send(None)),
+    ("empty", lambda io: io.send([])),
+    ("str frame", lambda io: io.send([b"a", "text"])),
+    ("int frame", lambda io: io.send([b"a", 5])),
+    ("str ident", lambda io: io.send([b"a"], ident="x")),
+    ("str ident, empty", lambda io: io.send([], ident="x")),
+    ("float limit", lambda io: io.recv_many(2.5)),
+    ("str limit", lambda io: io.recv_many("2")),
+    ("zero limit", lambda io: io.recv_many(0)),
+    ("negative meta limit", lambda io: io.recv_many_meta(-1, "User-Id")),
+    ("bytes prop", lambda io: io.recv_many_meta(1, b"User-Id")),
+]
+
+
+@pytest.mark.skipif(FrameSocketC is None, reason="native extension not built")
+def test_native_and_reference_fail_alike_and_accept_the_same_subclasses() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    router, dealer = _inproc_pair(ctx, "errors")
+    try:
+        for name, call in _BAD_CALLS:
+            errors = []
+            for impl in (FrameSocketPy, FrameSocketC):
+                with pytest.raises(Exception) as info:  # compared below
+                    call(impl(dealer))
+                errors.append((type(info.value), str(info.value)))
+            assert errors[0] == errors[1], name
+            assert errors[0][0] in (TypeError, ValueError), name
+        assert not FrameSocketPy(router).recv_many(10)  # nothing half-sent by a refused call
+        for impl in (FrameSocketPy, FrameSocketC):
+            r, d = impl(router), impl(dealer)
+            assert d.send(_List([_Bytes(b"a"), b"b"]))
+            assert r.send(_List([b"c"]), ident=_Bytes(b"d"))
+            assert r.recv_many(2) == [[b"d", b"a", b"b"]]
+            assert d.recv_many(True) == [[b"c"]]  # bool is an int
+            assert r.recv_many(1 << 80) == []  # a huge limit is not an overflow
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()

@@ -83,8 +83,7 @@ class FrameSocketPy:
 
     def recv_many(self, limit: int) -> list[list[bytes]]:
         """Up to ``limit`` waiting messages, in order (an empty list when none waits)."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        _check_limit(limit)
         sock = self._check_recv()
         out: list[list[bytes]] = []
         while len(out) < limit:
@@ -102,8 +101,9 @@ class FrameSocketPy:
 
     def recv_many_meta(self, limit: int, prop: str) -> list[tuple[list[bytes], str | None]]:
         """Like :meth:`recv_many`, each message paired with its metadata ``prop``."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        _check_limit(limit)
+        if not isinstance(prop, str):
+            raise TypeError(f"prop must be a str, got {type(prop).__name__}")
         sock = self._check_recv()
         out: list[tuple[list[bytes], str | None]] = []
         while len(out) < limit:
@@ -128,13 +128,13 @@ class FrameSocketPy:
         """Send ``frames`` as one message (after ``ident``); False when it cannot go now."""
         if not isinstance(frames, list):
             raise TypeError(f"frames must be a list, got {type(frames).__name__}")
-        if not frames:
-            raise ValueError("a message needs at least one frame")
         if ident is not None and not isinstance(ident, bytes):
             raise TypeError(f"ident must be bytes, got {type(ident).__name__}")
-        for f in frames:
-            if isinstance(f, str):
-                raise TypeError("frames must be bytes-like, not str")
+        if not frames:
+            raise ValueError("a message needs at least one frame")
+        for f in frames:  # all checked before the first part leaves
+            if not isinstance(f, bytes):
+                _check_buffer(f)
         sock = self._check()
         send = sock.send
         parts = frames if ident is None else [ident, *frames]
@@ -167,3 +167,19 @@ class FrameSocketPy:
             if exc.errno == errno.EINTR:
                 return False
             raise
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, got {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+
+
+def _check_buffer(frame: object) -> None:
+    if isinstance(frame, str):
+        raise TypeError("frames must be bytes-like, not str")
+    try:
+        memoryview(frame)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"frames must be bytes-like, not {type(frame).__name__}") from None
