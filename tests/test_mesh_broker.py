@@ -454,3 +454,13 @@ def test_node_slot_waiters_are_fifo_and_cancellation_never_leaks_a_slot() -> Non
         assert peer._free_slots == 1 and not peer._slot_waiters  # all of concurrency=1 free
 
     run(main())
+
+
+def test_a_send_refused_after_its_first_part_does_not_stop_the_broker() -> None:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB)  # not started: only its send path is used
+
+    class Refusing:
+        def send(self, frames: list[bytes], ident: bytes | None = None) -> bool:
+            raise zmq.Again()  # what FrameSocket raises when a later part is refused
+
+    assert b._send(Refusing(), b"peer", [b"AEM\x01\x03", b"body"]) is False  # type: ignore[arg-type]

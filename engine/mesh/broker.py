@@ -924,8 +924,8 @@ class Broker:
         try:
             if io.send(frames, ident):
                 return True
-            log.warning("peer %s not reading (send queue full): message dropped", ident.hex())
-            return False
+        except zmq.Again:  # refused after the first part (not expected): as a full queue
+            pass
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 peer = self._peers.get(ident)
@@ -933,6 +933,8 @@ class Broker:
                     self._drop_peer(peer, "unreachable")
                 return False
             raise
+        log.warning("peer %s not reading (send queue full): message dropped", ident.hex())
+        return False
 
     # -- restore & metrics -----------------------------------------------------------
 
