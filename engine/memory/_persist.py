@@ -194,8 +194,8 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
         store._ext[:n] = ext
         if n and (int(ns.max()) >= len(names) or int(ns.min()) < -1):
             raise CorruptFileError(f"{path}: namespace codes outside the {len(names)} names")
-        if n and ns.max() >= 0:
-            store._ns_room(int(ns.max()))[:n] = ns
+        if names:  # also when every slot of every namespace was compacted away
+            store._ns_room(len(names) - 1)[:n] = ns
         if n and np.isfinite(expire).any():
             store._expire_room()[:n] = expire
         store._alive[: len(alive)] = alive

@@ -499,8 +499,8 @@ class VectorStore:
         n = self._n
         code = self._ns_code(namespace, create=False)
         out = np.zeros((n + 7) // 8 + 8, np.uint8)
-        if code == -2:
-            return out, 0
+        if code == -2 or (code >= 0 and self._ns is None):
+            return out, 0  # unknown, or known but holding no slot
         if self._ns is None:  # no namespace in use: the alive bits (none are set past n)
             nb = (n + 7) // 8
             out[:nb] = self._alive[:nb]
@@ -528,13 +528,13 @@ class VectorStore:
         if namespace is None:
             return None
         code = self._ns_code(namespace, create=False)
-        if code == -2:
-            return np.empty(0, np.int64)
+        if code == -2 or (code >= 0 and self._ns is None):
+            return np.empty(0, np.int64)  # unknown, or known but holding no slot
         if code < 0 or self._ns_size.get(code, 0) > self.exact_below:
             return None
         slots = self._ns_slots.get(code)
         if slots is None:
-            assert self._ns is not None  # code >= 0: a namespace was used
+            assert self._ns is not None
             slots = np.flatnonzero(self._ns[: self._n] == code).astype(np.int64)
             self._ns_slots[code] = slots
         out = np.empty(len(slots), np.int64)
