@@ -3,8 +3,10 @@ pure-Python twin, bad input, and the vector store serving it during online adds.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
-from engine.errors import DimensionError, InvalidVectorError
+from engine.errors import CorruptFileError, DimensionError, InvalidVectorError
 from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
 from tests._gil import python_progress_during
@@ -348,3 +350,66 @@ def test_single_call_path_matches_the_general_path() -> None:
         HNSW.HnswSQ8(*graph_arrays(hnsw_sq8(x[:500], "l2"), "l2")).search(  # type: ignore[union-attr, misc]
             q, 5, 32, out_d, out_i, None, None, True
         )
+
+
+def two_node_graph(upper_link: int) -> list[Any]:
+    """Node 0 on levels 0-1 (the entry), node 1 on level 0 only; node 0's single level-1
+    link is ``upper_link`` (-1: none; 1: a node that has no level 1, which is corrupt)."""
+    return [
+        np.array([1, -1, upper_link, 0, -1], np.int32),  # node 0: [l0, l0, l1], node 1: [l0, l0]
+        np.array([0, 3, 5], np.uint64),
+        np.array([2, 1], np.int32),
+        np.array([0, 2, 3], np.int32),
+        np.array([[0, 0, 0, 0], [255, 255, 255, 255]], np.uint8),
+        np.zeros(4, np.float32),
+        np.ones(4, np.float32),
+        0,
+        1,
+        True,
+    ]
+
+
+@pytest.mark.parametrize("impl", ["py", "native"])
+def test_upper_level_link_to_a_node_without_that_level_is_refused(impl: str) -> None:
+    """The greedy descent reads a level-l neighbour's level-l links: a link to a node
+    without level l would read past the neighbour table (a segfault in the native walk)."""
+    if impl == "native" and HNSW is None:
+        pytest.skip("native extension not built")
+    cls = _hnsw_py.HnswSQ8 if impl == "py" else HNSW.HnswSQ8  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="without that level"):
+        cls(*two_node_graph(1))
+    w = cls(*two_node_graph(-1))
+    d, i = walk(w, np.ones((1, 4), np.float32), 2, 4)
+    assert i.tolist() == [[1, 0]]
+    assert d[0, 0] < d[0, 1]
+
+
+def test_store_file_with_a_tampered_graph_is_corrupt(tmp_path: Path) -> None:
+    """A store file whose HNSW graph links an upper level to a node without it: load
+    raises CorruptFileError (the walk would read outside FAISS's arrays)."""
+    x = clustered(1200, 16, seed=8)
+    vs = VectorStore(16, index="hnsw", promote_at=1000, background=False)
+    vs.add(np.arange(len(x)), x)
+    assert vs.stats()["index"] == "hnsw"
+    path = tmp_path / "store.db"
+    vs.save(path)
+    con = sqlite3.connect(path)
+    (blob,) = con.execute("SELECT data FROM blobs WHERE name = 'main'").fetchone()
+    index = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
+    h = index.hnsw
+    levels = faiss.vector_to_array(h.levels)
+    offsets = faiss.vector_to_array(h.offsets).astype(np.int64)
+    cum = faiss.vector_to_array(h.cum_nneighbor_per_level)
+    top = int(np.flatnonzero(levels >= 2)[0])  # a node with a level 1
+    ground = int(np.flatnonzero(levels == 1)[0])  # a node without
+    nb = faiss.rev_swig_ptr(h.neighbors.data(), h.neighbors.size())
+    nb[offsets[top] + cum[1]] = ground
+    data = faiss.serialize_index(index).tobytes()
+    con.execute(
+        "UPDATE blobs SET data = ?, sha256 = ? WHERE name = 'main'",
+        (data, hashlib.sha256(data).hexdigest()),
+    )
+    con.commit()
+    con.close()
+    with pytest.raises(CorruptFileError, match="without that level"):
+        VectorStore.load(path)

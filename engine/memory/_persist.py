@@ -220,6 +220,10 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
                 int(m["trained_on"]),
                 float(m["build_seconds"]),
             )
+            try:
+                _index.check_graph(store._main, store.metric)
+            except ValueError as exc:
+                raise CorruptFileError(f"{path}: FAISS graph unusable ({exc})") from exc
             if store.index_spec == "auto" and m["kind"] != "flat":
                 store._auto_kind = m["kind"]
         bits = np.unpackbits(store._alive, bitorder="little")[:n].astype(bool)
