@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -413,3 +415,73 @@ def test_store_file_with_a_tampered_graph_is_corrupt(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(CorruptFileError, match="without that level"):
         VectorStore.load(path)
+
+
+_ALLOC_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+static int fail_at = -1, calls = 0, live = 0;
+static void *t_malloc(size_t n) {
+    if (calls++ == fail_at) return NULL;
+    live++;
+    return malloc(n);
+}
+static void *t_calloc(size_t n, size_t z) {
+    if (calls++ == fail_at) return NULL;
+    live++;
+    return calloc(n, z);
+}
+static void *t_realloc(void *p, size_t n) {
+    if (calls++ == fail_at) return NULL;
+    if (!p) live++;
+    return realloc(p, n);
+}
+static void t_free(void *p) { if (p) { live--; free(p); } }
+#define EH_MALLOC t_malloc
+#define EH_CALLOC t_calloc
+#define EH_REALLOC t_realloc
+#define EH_FREE t_free
+#include "engine_hnsw.h"
+
+int main(void) {
+    for (int f = 0; f < 16; f++) {
+        eh_scratch s;
+        memset(&s, 0, sizeof(s));
+        fail_at = f; calls = 0; live = 0;
+        int first = eh_scratch_reserve(&s, 100, 8, 32, 10);
+        fail_at = -1;
+        if (eh_scratch_reserve(&s, 100, 8, 32, 10) != 0) {
+            printf("retry failed %d\n", f);
+            return 1;
+        }
+        if (!s.visited || !s.w || !s.a || !s.wd || !s.wi || !s.cd || !s.ci || !s.rd || !s.ri) {
+            printf("NULL buffer after a failure at allocation %d (first call %d)\n", f, first);
+            return 1;
+        }
+        eh_scratch_free(&s);
+        if (live != 0) {
+            printf("%d blocks leaked after a failure at allocation %d\n", live, f);
+            return 1;
+        }
+    }
+    printf("ok\n");
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_scratch_reserve_survives_failed_allocations(tmp_path: Path) -> None:
+    """engine_hnsw.h's scratch buffers with each allocation failing in turn: the next call
+    succeeds with every buffer set (none left NULL behind a set sibling) and nothing leaks."""
+    src = tmp_path / "harness.c"
+    src.write_text(_ALLOC_HARNESS)
+    include = Path(__file__).resolve().parents[1] / "bindings" / "include"
+    exe = tmp_path / "harness"
+    subprocess.run(
+        ["cc", "-O1", "-std=c11", "-D_GNU_SOURCE", f"-I{include}", str(src), "-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout.strip()) == (0, "ok")
