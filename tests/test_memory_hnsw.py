@@ -485,3 +485,23 @@ def test_scratch_reserve_survives_failed_allocations(tmp_path: Path) -> None:
     )
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
     assert (out.returncode, out.stdout.strip()) == (0, "ok")
+
+
+@needs_native
+@pytest.mark.parametrize("tiny", [1e-25, 1e-20, 1e-19, 1e-18])
+def test_l2_scores_keep_a_dimension_with_a_tiny_range(tiny: float) -> None:
+    """A column that is 0 with an occasional ``tiny``: its SQ8 step squared underflows, and
+    its (q_j - vmin_j)^2 must still count (it once went missing: scores ~0.04 too low)."""
+    assert HNSW is not None
+    rng = np.random.default_rng(12)
+    x = clustered(800, 16, seed=9)
+    x[:, 3] = 0.0
+    x[::97, 3] = tiny
+    index = hnsw_sq8(x, "l2")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "l2"))  # type: ignore[misc]
+    q = clustered(40, 16, seed=10)
+    q[:, 3] = rng.uniform(0.1, 0.3, len(q)).astype(np.float32)
+    d, i = walk(w, q, 5, 32)
+    fd, fi = faiss_search(index, q, 5, 32)
+    assert agreement(i, fi) >= 0.99
+    np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-5)

@@ -16,6 +16,7 @@
 #ifndef ENGINE_HNSW_H
 #define ENGINE_HNSW_H
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -298,7 +299,9 @@ eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, float scale, co
         double b = 0.0;
         for (int64_t j = 0; j < d; j++) {
             float st = vdiff[j] / 255.0f;
-            if (st > 0.0f) {
+            /* a range so tiny that st^2 is denormal or 0 (vdiff < ~1e-19) would weight the
+               dimension by ~0 and drop its (q_j - vmin_j)^2: it is a constant then */
+            if (st * st >= FLT_MIN) {
                 s->w[j] = st * st;
                 s->a[j] = (q[j] - vmin[j]) / st - 0.5f;
             } else {
