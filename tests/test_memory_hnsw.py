@@ -17,7 +17,12 @@ import faiss
 import numpy as np
 import pytest
 
-from engine.errors import CorruptFileError, DimensionError, InvalidVectorError
+from engine.errors import (
+    CorruptFileError,
+    DimensionError,
+    InvalidVectorError,
+    VectorStoreError,
+)
 from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
 from tests._gil import python_progress_during
@@ -505,3 +510,24 @@ def test_l2_scores_keep_a_dimension_with_a_tiny_range(tiny: float) -> None:
     fd, fi = faiss_search(index, q, 5, 32)
     assert agreement(i, fi) >= 0.99
     np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_huge_k_is_refused_and_large_k_pads() -> None:
+    """A k the store cannot honour raises its typed error (a k of 2**31 once overflowed
+    the walker's int; just below, it allocated tens of GB); a k above the number of vectors
+    walks at most the graph's nodes and pads with -1, on every search path."""
+    x = clustered(1200, 16, seed=13)
+    vs = VectorStore(16, index="hnsw", promote_at=1000, background=False)
+    vs.add(np.arange(len(x)), x, namespace="a")
+    assert vs.stats()["walk"] == "native"
+    for k in (2**31, 2**31 - 2, 2**40, (1 << 20) + 1):
+        with pytest.raises(VectorStoreError, match="k="):
+            vs.search(x[:2], k=k)
+    for kwargs in ({}, {"namespace": "a"}):
+        for q in (x[:2], x[:2].astype(np.float64)):  # the single-call walk, the general path
+            ids, scores = vs.search(q, k=5000, **kwargs)  # type: ignore[arg-type]
+            assert ids.shape == scores.shape == (2, 5000)
+            assert ids[:, 0].tolist() == [0, 1]
+            assert (ids[:, 1200:] == -1).all() and (scores[:, 1200:] == -np.inf).all()
+            assert len(set(ids[0].tolist()) - {-1}) >= 1000
