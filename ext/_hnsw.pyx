@@ -3,7 +3,8 @@
 FAISS trains, builds, inserts, serialises and owns the index; :class:`HnswSQ8` holds
 zero-copy views of its graph (``hnsw.neighbors``/``offsets``/``levels``) and SQ8 codes and
 walks them under ``nogil`` with FAISS's algorithm (``bindings/include/engine_hnsw.h``), so
-ids match ``index.search`` at the same ``efSearch``. The views are valid while the index is
+ids match ``index.search`` at the same ``efSearch`` (except k > efSearch and ties on
+duplicate-heavy data: see the header and docs/memory.md). The views are valid while the index is
 not mutated: the vector store never mutates an installed index (flushes clone it), and
 the view keeps the index object alive. Reference twin: ``engine/memory/_hnsw_py.py``.
 """

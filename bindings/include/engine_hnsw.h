@@ -4,7 +4,10 @@
  * levels, then a beam of ef at level 0 (the beam keeps every accepted node, expanded or
  * not; the walk ends when no unexpanded node is left in it), results among the nodes
  * passing an optional bitmap. So for the same ef it visits the same nodes and returns the
- * same ids as faiss.IndexHNSW.search; scores agree to float rounding.
+ * same ids as faiss.IndexHNSW.search, scores to float rounding, except: (1) ef is raised
+ * to k when k > ef (FAISS keeps its efSearch and may return fewer than k); (2) equal
+ * distances (duplicate-heavy data) may be ordered differently in the heaps, so another
+ * copy is returned and the beam may take another path (same recall, lower id agreement).
  *
  * What makes it cheaper than FAISS's own walk: the SQ8 decode is folded into the query
  * once (inner product: <q, vmin + (c + 0.5) / 255 * vdiff> = bias + sum_j c_j w_j), so a
