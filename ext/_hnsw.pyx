@@ -3,7 +3,8 @@
 FAISS trains, builds, inserts, serialises and owns the index; :class:`HnswSQ8` holds
 zero-copy views of its graph (``hnsw.neighbors``/``offsets``/``levels``) and SQ8 codes and
 walks them under ``nogil`` with FAISS's algorithm (``bindings/include/engine_hnsw.h``), so
-ids match ``index.search`` at the same ``efSearch``. The views are valid while the index is
+ids match ``index.search`` at the same ``efSearch`` (except k > efSearch and ties on
+duplicate-heavy data: see the header and docs/memory.md). The views are valid while the index is
 not mutated: the vector store never mutates an installed index (flushes clone it), and
 the view keeps the index object alive. Reference twin: ``engine/memory/_hnsw_py.py``.
 """
@@ -86,9 +87,10 @@ cdef class HnswSQ8:
                   const uint8_t[:, ::1] codes, const float[::1] vmin, const float[::1] vdiff,
                   int32_t entry, int32_t max_level, bint l2, object owner=None):
         cdef int64_t n = levels.shape[0], d = codes.shape[1], i, j, nnb = neighbors.shape[0]
-        cdef int32_t v, lv
+        cdef int32_t v, lv, l
         cdef uint64_t o
         cdef int64_t bad = -1
+        cdef bint upper = False
         cdef int ncum = cum.shape[0]
         if codes.shape[0] != n:
             raise ValueError(f"{codes.shape[0]} code rows for {n} graph nodes")
@@ -128,6 +130,27 @@ cdef class HnswSQ8:
                         break
                 if bad >= 0:
                     break
+            if bad < 0:
+                # a link at level l >= 1 must reach a node that has a level l: the greedy
+                # descent reads that node's level-l links (upper levels are small)
+                for i in range(n):
+                    lv = levels[i]
+                    o = offsets[i]
+                    for l in range(1, lv):
+                        for j in range(cum[l], cum[l + 1]):
+                            v = neighbors[o + j]
+                            if v < 0:
+                                break
+                            if levels[v] <= l:
+                                bad = i
+                                break
+                        if bad >= 0:
+                            break
+                    if bad >= 0:
+                        upper = True
+                        break
+        if bad >= 0 and upper:
+            raise ValueError(f"graph node {bad} links to a node without that level")
         if bad >= 0:
             raise ValueError(f"graph node {bad} is inconsistent (level, offsets or neighbours)")
         if n and levels[entry] - 1 != max_level:

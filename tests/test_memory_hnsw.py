@@ -3,8 +3,12 @@ pure-Python twin, bad input, and the vector store serving it during online adds.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import shutil
+import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,12 @@ import faiss
 import numpy as np
 import pytest
 
-from engine.errors import DimensionError, InvalidVectorError
+from engine.errors import (
+    CorruptFileError,
+    DimensionError,
+    InvalidVectorError,
+    VectorStoreError,
+)
 from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
 from tests._gil import python_progress_during
@@ -59,6 +68,13 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean())
 
 
+def few_duplicates(index: Any, metric: str) -> bool:
+    """At most 0.1% of the SQ8 code rows repeat: id agreement with FAISS is only meaningful
+    without many equal distances (see test_duplicate_heavy_data_same_recall_as_faiss)."""
+    codes = graph_arrays(index, metric)[4]  # type: ignore[index]
+    return len(np.unique(codes, axis=0)) >= 0.999 * len(codes)
+
+
 @pytest.fixture(scope="module")
 def base() -> np.ndarray:
     return clustered(4000, 48, seed=3)
@@ -76,6 +92,7 @@ def test_native_walk_returns_faiss_results(base: np.ndarray, metric: str, ef: in
     w = HNSW.HnswSQ8(*graph_arrays(index, metric))  # type: ignore[misc]
     d, i = walk(w, q, 10, ef)
     fd, fi = faiss_search(index, q, 10, ef)
+    assert few_duplicates(index, metric)
     assert agreement(i, fi) >= 0.995
     np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-4)
     assert w.ndis > 0
@@ -89,6 +106,7 @@ def test_native_walk_returns_faiss_results_on_real_vectors() -> None:
     x = np.load(REAL / "base_100k.f16.npy")[:20_000].astype(np.float32)
     q = np.load(REAL / "queries_1k.f16.npy")[:300].astype(np.float32)
     index = hnsw_sq8(x, "ip")
+    assert few_duplicates(index, "ip")
     w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
     for ef in (32, 80):
         d, i = walk(w, q, 10, ef)
@@ -348,3 +366,218 @@ def test_single_call_path_matches_the_general_path() -> None:
         HNSW.HnswSQ8(*graph_arrays(hnsw_sq8(x[:500], "l2"), "l2")).search(  # type: ignore[union-attr, misc]
             q, 5, 32, out_d, out_i, None, None, True
         )
+
+
+def two_node_graph(upper_link: int) -> list[Any]:
+    """Node 0 on levels 0-1 (the entry), node 1 on level 0 only; node 0's single level-1
+    link is ``upper_link`` (-1: none; 1: a node that has no level 1, which is corrupt)."""
+    return [
+        np.array([1, -1, upper_link, 0, -1], np.int32),  # node 0: [l0, l0, l1], node 1: [l0, l0]
+        np.array([0, 3, 5], np.uint64),
+        np.array([2, 1], np.int32),
+        np.array([0, 2, 3], np.int32),
+        np.array([[0, 0, 0, 0], [255, 255, 255, 255]], np.uint8),
+        np.zeros(4, np.float32),
+        np.ones(4, np.float32),
+        0,
+        1,
+        True,
+    ]
+
+
+@pytest.mark.parametrize("impl", ["py", "native"])
+def test_upper_level_link_to_a_node_without_that_level_is_refused(impl: str) -> None:
+    """The greedy descent reads a level-l neighbour's level-l links: a link to a node
+    without level l would read past the neighbour table (a segfault in the native walk)."""
+    if impl == "native" and HNSW is None:
+        pytest.skip("native extension not built")
+    cls = _hnsw_py.HnswSQ8 if impl == "py" else HNSW.HnswSQ8  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="without that level"):
+        cls(*two_node_graph(1))
+    w = cls(*two_node_graph(-1))
+    d, i = walk(w, np.ones((1, 4), np.float32), 2, 4)
+    assert i.tolist() == [[1, 0]]
+    assert d[0, 0] < d[0, 1]
+
+
+def test_store_file_with_a_tampered_graph_is_corrupt(tmp_path: Path) -> None:
+    """A store file whose HNSW graph links an upper level to a node without it: load
+    raises CorruptFileError (the walk would read outside FAISS's arrays)."""
+    x = clustered(1200, 16, seed=8)
+    vs = VectorStore(16, index="hnsw", promote_at=1000, background=False)
+    vs.add(np.arange(len(x)), x)
+    assert vs.stats()["index"] == "hnsw"
+    path = tmp_path / "store.db"
+    vs.save(path)
+    con = sqlite3.connect(path)
+    (blob,) = con.execute("SELECT data FROM blobs WHERE name = 'main'").fetchone()
+    index = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
+    h = index.hnsw
+    levels = faiss.vector_to_array(h.levels)
+    offsets = faiss.vector_to_array(h.offsets).astype(np.int64)
+    cum = faiss.vector_to_array(h.cum_nneighbor_per_level)
+    top = int(np.flatnonzero(levels >= 2)[0])  # a node with a level 1
+    ground = int(np.flatnonzero(levels == 1)[0])  # a node without
+    nb = faiss.rev_swig_ptr(h.neighbors.data(), h.neighbors.size())
+    nb[offsets[top] + cum[1]] = ground
+    data = faiss.serialize_index(index).tobytes()
+    con.execute(
+        "UPDATE blobs SET data = ?, sha256 = ? WHERE name = 'main'",
+        (data, hashlib.sha256(data).hexdigest()),
+    )
+    con.commit()
+    con.close()
+    with pytest.raises(CorruptFileError, match="without that level"):
+        VectorStore.load(path)
+
+
+_ALLOC_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+static int fail_at = -1, calls = 0, live = 0;
+static void *t_malloc(size_t n) {
+    if (calls++ == fail_at) return NULL;
+    live++;
+    return malloc(n);
+}
+static void *t_calloc(size_t n, size_t z) {
+    if (calls++ == fail_at) return NULL;
+    live++;
+    return calloc(n, z);
+}
+static void *t_realloc(void *p, size_t n) {
+    if (calls++ == fail_at) return NULL;
+    if (!p) live++;
+    return realloc(p, n);
+}
+static void t_free(void *p) { if (p) { live--; free(p); } }
+#define EH_MALLOC t_malloc
+#define EH_CALLOC t_calloc
+#define EH_REALLOC t_realloc
+#define EH_FREE t_free
+#include "engine_hnsw.h"
+
+int main(void) {
+    for (int f = 0; f < 16; f++) {
+        eh_scratch s;
+        memset(&s, 0, sizeof(s));
+        fail_at = f; calls = 0; live = 0;
+        int first = eh_scratch_reserve(&s, 100, 8, 32, 10);
+        fail_at = -1;
+        if (eh_scratch_reserve(&s, 100, 8, 32, 10) != 0) {
+            printf("retry failed %d\n", f);
+            return 1;
+        }
+        if (!s.visited || !s.w || !s.a || !s.wd || !s.wi || !s.cd || !s.ci || !s.rd || !s.ri) {
+            printf("NULL buffer after a failure at allocation %d (first call %d)\n", f, first);
+            return 1;
+        }
+        eh_scratch_free(&s);
+        if (live != 0) {
+            printf("%d blocks leaked after a failure at allocation %d\n", live, f);
+            return 1;
+        }
+    }
+    printf("ok\n");
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_scratch_reserve_survives_failed_allocations(tmp_path: Path) -> None:
+    """engine_hnsw.h's scratch buffers with each allocation failing in turn: the next call
+    succeeds with every buffer set (none left NULL behind a set sibling) and nothing leaks."""
+    src = tmp_path / "harness.c"
+    src.write_text(_ALLOC_HARNESS)
+    include = Path(__file__).resolve().parents[1] / "bindings" / "include"
+    exe = tmp_path / "harness"
+    subprocess.run(
+        ["cc", "-O1", "-std=c11", "-D_GNU_SOURCE", f"-I{include}", str(src), "-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout.strip()) == (0, "ok")
+
+
+@needs_native
+@pytest.mark.parametrize("tiny", [1e-25, 1e-20, 1e-19, 1e-18])
+def test_l2_scores_keep_a_dimension_with_a_tiny_range(tiny: float) -> None:
+    """A column that is 0 with an occasional ``tiny``: its SQ8 step squared underflows, and
+    its (q_j - vmin_j)^2 must still count (it once went missing: scores ~0.04 too low)."""
+    assert HNSW is not None
+    rng = np.random.default_rng(12)
+    x = clustered(800, 16, seed=9)
+    x[:, 3] = 0.0
+    x[::97, 3] = tiny
+    index = hnsw_sq8(x, "l2")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "l2"))  # type: ignore[misc]
+    q = clustered(40, 16, seed=10)
+    q[:, 3] = rng.uniform(0.1, 0.3, len(q)).astype(np.float32)
+    d, i = walk(w, q, 5, 32)
+    fd, fi = faiss_search(index, q, 5, 32)
+    assert agreement(i, fi) >= 0.99
+    np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+def test_huge_k_is_refused_and_large_k_pads() -> None:
+    """A k the store cannot honour raises its typed error (a k of 2**31 once overflowed
+    the walker's int; just below, it allocated tens of GB); a k above the number of vectors
+    walks at most the graph's nodes and pads with -1, on every search path."""
+    x = clustered(1200, 16, seed=13)
+    vs = VectorStore(16, index="hnsw", promote_at=1000, background=False)
+    vs.add(np.arange(len(x)), x, namespace="a")
+    assert vs.stats()["walk"] == "native"
+    for k in (2**31, 2**31 - 2, 2**40, (1 << 20) + 1):
+        with pytest.raises(VectorStoreError, match="k="):
+            vs.search(x[:2], k=k)
+    for kwargs in ({}, {"namespace": "a"}):
+        for q in (x[:2], x[:2].astype(np.float64)):  # the single-call walk, the general path
+            ids, scores = vs.search(q, k=5000, **kwargs)  # type: ignore[arg-type]
+            assert ids.shape == scores.shape == (2, 5000)
+            assert ids[:, 0].tolist() == [0, 1]
+            assert (ids[:, 1200:] == -1).all() and (scores[:, 1200:] == -np.inf).all()
+            assert len(set(ids[0].tolist()) - {-1}) >= 1000
+
+
+@needs_native
+def test_k_above_ef_raises_the_beam_unlike_faiss() -> None:
+    """Documented difference: with k > efSearch the walk searches with a beam of k, FAISS
+    with its un-raised efSearch (fewer hits); FAISS at efSearch = k finds what the walk does."""
+    assert HNSW is not None
+    x = clustered(50, 16, seed=1)
+    index = hnsw_sq8(x, "l2")
+    w = HNSW.HnswSQ8(*graph_arrays(index, "l2"))  # type: ignore[misc]
+    q = x[:3]
+    d, i = walk(w, q, 100, 1)
+    assert ((i >= 0).sum(1) == 50).all()
+    _, fi_low = faiss_search(index, q, 100, 1)
+    assert ((fi_low >= 0).sum(1) < 50).all()  # FAISS: efSearch 1 stays 1
+    fd, fi = faiss_search(index, q, 100, 100)
+    assert (i == fi).all()
+    np.testing.assert_allclose(d[:, :50], fd[:, :50], rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_duplicate_heavy_data_same_recall_as_faiss(metric: str) -> None:
+    """Every vector stored 4 times: equal distances are ordered differently in the two
+    implementations' heaps, so which copy comes back (id agreement about 1/4) differs, and
+    recall (counted by score, copies being interchangeable) stays FAISS's."""
+    assert HNSW is not None
+    base = clustered(2000, 32, seed=21)
+    x = np.repeat(base, 4, axis=0)
+    np.random.default_rng(0).shuffle(x)
+    index = hnsw_sq8(x, metric)
+    w = HNSW.HnswSQ8(*graph_arrays(index, metric))  # type: ignore[misc]
+    q = clustered(200, 32, seed=41)
+    s = q @ x.T if metric == "ip" else -((q[:, None] - x[None]) ** 2).sum(-1)
+    kth = np.sort(s, axis=1)[:, -10:-9]
+    for ef in (16, 64):
+        _, i = walk(w, q, 10, ef)
+        _, fi = faiss_search(index, q, 10, ef)
+        hit = (np.take_along_axis(s, i, 1) >= kth - 1e-5).mean()
+        fhit = (np.take_along_axis(s, fi, 1) >= kth - 1e-5).mean()
+        assert abs(hit - fhit) <= 0.02, (ef, hit, fhit)

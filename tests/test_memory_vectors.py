@@ -298,3 +298,32 @@ def test_per_slot_arrays_are_lazy_and_narrow(glue: ModuleType, tmp_path: Path) -
     assert ids[0, 0] == 1150
     ids, _ = vs2.search(x[:100], k=1)  # no namespace: every vector
     assert (ids[:, 0] == np.arange(100)).all()
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_emptied_namespace_stays_empty_after_compaction(
+    glue: ModuleType, tmp_path: Path, reload: bool
+) -> None:
+    """A namespace whose vectors were all removed and compacted away matches nothing, also
+    after save + load (which once restored its name without the per-slot codes)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((15, 8)).astype(np.float32)
+    vs = VectorStore(8, index="flat", background=False)
+    vs.add(np.arange(10), x[:10], metadata=[{"t": 1}] * 10)
+    vs.add(np.arange(10, 15), x[10:], metadata=[{"t": 1}] * 5, namespace="tenantA")
+    vs.remove(np.arange(10, 15))
+    vs.rebuild()
+    if reload:
+        path = tmp_path / "store.db"
+        vs.save(path)
+        vs = VectorStore.load(path, background=False)
+    q = x[:3]
+    for kwargs in ({"namespace": "tenantA", "where": {"t": 1}}, {"namespace": "tenantA"}):
+        ids, scores = vs.search(q, k=4, **kwargs)  # type: ignore[arg-type]
+        assert (ids == -1).all(), kwargs
+        assert (scores == -np.inf).all()
+    ids, _ = vs.search(q, k=4, where={"t": 1})  # the rest is still found
+    assert ids[:, 0].tolist() == [0, 1, 2]
+    vs.add([20], x[:1], namespace="tenantA")  # the namespace takes vectors again
+    ids, _ = vs.search(q[:1], k=4, namespace="tenantA")
+    assert ids[0].tolist() == [20, -1, -1, -1]

@@ -4,7 +4,10 @@
  * levels, then a beam of ef at level 0 (the beam keeps every accepted node, expanded or
  * not; the walk ends when no unexpanded node is left in it), results among the nodes
  * passing an optional bitmap. So for the same ef it visits the same nodes and returns the
- * same ids as faiss.IndexHNSW.search; scores agree to float rounding.
+ * same ids as faiss.IndexHNSW.search, scores to float rounding, except: (1) ef is raised
+ * to k when k > ef (FAISS keeps its efSearch and may return fewer than k); (2) equal
+ * distances (duplicate-heavy data) may be ordered differently in the heaps, so another
+ * copy is returned and the beam may take another path (same recall, lower id agreement).
  *
  * What makes it cheaper than FAISS's own walk: the SQ8 decode is folded into the query
  * once (inner product: <q, vmin + (c + 0.5) / 255 * vdiff> = bias + sum_j c_j w_j), so a
@@ -16,10 +19,19 @@
 #ifndef ENGINE_HNSW_H
 #define ENGINE_HNSW_H
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* the allocator (overridable: the tests inject failures through these) */
+#ifndef EH_MALLOC
+#define EH_MALLOC malloc
+#define EH_CALLOC calloc
+#define EH_REALLOC realloc
+#define EH_FREE free
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -59,45 +71,49 @@ typedef struct {
 } eh_scratch;
 
 static void eh_scratch_free(eh_scratch *s) {
-    free(s->visited); free(s->w); free(s->a); free(s->wd); free(s->wi);
-    free(s->cd); free(s->ci); free(s->rd); free(s->ri);
+    EH_FREE(s->visited); EH_FREE(s->w); EH_FREE(s->a); EH_FREE(s->wd); EH_FREE(s->wi);
+    EH_FREE(s->cd); EH_FREE(s->ci); EH_FREE(s->rd); EH_FREE(s->ri);
     memset(s, 0, sizeof(*s));
 }
 
-/* 0 on success, -1 out of memory. */
+/* 0 on success, -1 out of memory. Every block is all-or-nothing: on a failure the scratch
+ * keeps its previous (consistent) buffers, so a later call retries; a pair grown by realloc
+ * may keep one larger half, which is harmless (capacities only count complete pairs). */
 static int eh_scratch_reserve(eh_scratch *s, int64_t n, int64_t d, int32_t ef, int32_t k) {
     if (s->cap < n) {
-        uint16_t *v = (uint16_t *)calloc((size_t)n, sizeof(uint16_t));
+        uint16_t *v = (uint16_t *)EH_CALLOC((size_t)n, sizeof(uint16_t));
         if (!v) return -1;
-        free(s->visited);
+        EH_FREE(s->visited);
         s->visited = v; s->cap = n; s->epoch = 0;
     }
     if (!s->w) {
-        s->w = (float *)malloc(sizeof(float) * (size_t)(d + 16));
-        s->a = (float *)malloc(sizeof(float) * (size_t)(d + 16));
-        if (!s->w || !s->a) return -1;
+        float *w = (float *)EH_MALLOC(sizeof(float) * (size_t)(d + 16));
+        float *a = (float *)EH_MALLOC(sizeof(float) * (size_t)(d + 16));
+        if (!w || !a) { EH_FREE(w); EH_FREE(a); return -1; }
+        s->w = w; s->a = a;
     }
     if (s->wcap < ef) {
-        float *wd = (float *)realloc(s->wd, sizeof(float) * (size_t)ef);
+        float *wd = (float *)EH_REALLOC(s->wd, sizeof(float) * (size_t)ef);
         if (!wd) return -1;
         s->wd = wd;
-        int32_t *wi = (int32_t *)realloc(s->wi, sizeof(int32_t) * (size_t)ef);
+        int32_t *wi = (int32_t *)EH_REALLOC(s->wi, sizeof(int32_t) * (size_t)ef);
         if (!wi) return -1;
         s->wi = wi; s->wcap = ef;
     }
     if (s->rcap < k) {
-        float *rd = (float *)realloc(s->rd, sizeof(float) * (size_t)k);
+        float *rd = (float *)EH_REALLOC(s->rd, sizeof(float) * (size_t)k);
         if (!rd) return -1;
         s->rd = rd;
-        int32_t *ri = (int32_t *)realloc(s->ri, sizeof(int32_t) * (size_t)k);
+        int32_t *ri = (int32_t *)EH_REALLOC(s->ri, sizeof(int32_t) * (size_t)k);
         if (!ri) return -1;
         s->ri = ri; s->rcap = k;
     }
     if (s->ccap < 256) {
-        s->cd = (float *)malloc(sizeof(float) * 256);
-        s->ci = (int32_t *)malloc(sizeof(int32_t) * 256);
-        if (!s->cd || !s->ci) return -1;
-        s->ccap = 256;
+        float *cd = (float *)EH_MALLOC(sizeof(float) * 256);
+        int32_t *ci = (int32_t *)EH_MALLOC(sizeof(int32_t) * 256);
+        if (!cd || !ci) { EH_FREE(cd); EH_FREE(ci); return -1; }
+        EH_FREE(s->cd); EH_FREE(s->ci);
+        s->cd = cd; s->ci = ci; s->ccap = 256;
     }
     return 0;
 }
@@ -286,7 +302,9 @@ eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, float scale, co
         double b = 0.0;
         for (int64_t j = 0; j < d; j++) {
             float st = vdiff[j] / 255.0f;
-            if (st > 0.0f) {
+            /* a range so tiny that st^2 is denormal or 0 (vdiff < ~1e-19) would weight the
+               dimension by ~0 and drop its (q_j - vmin_j)^2: it is a constant then */
+            if (st * st >= FLT_MIN) {
                 s->w[j] = st * st;
                 s->a[j] = (q[j] - vmin[j]) / st - 0.5f;
             } else {
@@ -366,10 +384,10 @@ eh_search_body(const eh_graph *g, eh_scratch *s, const float *q, float scale, co
             eh_prefetch_code(g->codes + (int64_t)todo[t] * d, d);
         if (cn + nt > s->ccap) {
             int64_t nc = 2 * (cn + nt);
-            float *cd = (float *)realloc(s->cd, sizeof(float) * (size_t)nc);
+            float *cd = (float *)EH_REALLOC(s->cd, sizeof(float) * (size_t)nc);
             if (!cd) return -1;
             s->cd = cd;
-            int32_t *ci = (int32_t *)realloc(s->ci, sizeof(int32_t) * (size_t)nc);
+            int32_t *ci = (int32_t *)EH_REALLOC(s->ci, sizeof(int32_t) * (size_t)nc);
             if (!ci) return -1;
             s->ci = ci;
             s->ccap = nc;

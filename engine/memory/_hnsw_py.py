@@ -14,7 +14,48 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["HnswSQ8"]
+__all__ = ["HnswSQ8", "check_graph"]
+
+
+def check_graph(
+    neighbors: npt.NDArray[np.int32],
+    offsets: npt.NDArray[np.uint64],
+    levels: npt.NDArray[np.int32],
+    cum: npt.NDArray[np.int32],
+    entry: int,
+    max_level: int,
+) -> None:
+    """ValueError unless a walk over these FAISS HNSW arrays stays inside them: the checks
+    of ``ext/_hnsw.pyx``'s constructor (a file's graph is not trusted)."""
+    n, ncum = len(levels), len(cum)
+    if len(offsets) != n + 1:
+        raise ValueError(f"offsets must hold n + 1 = {n + 1} entries, got {len(offsets)}")
+    if ncum < 2 or cum[0] != 0 or (np.diff(cum) < 0).any():
+        raise ValueError("cum_nneighbor_per_level must start 0, n0 and not decrease")
+    if not n:
+        return
+    if not 0 <= entry < n:
+        raise ValueError(f"entry point {entry} outside the {n} nodes")
+    if not 0 <= max_level < ncum - 1:
+        raise ValueError(f"max_level {max_level} outside the {ncum - 1} levels")
+    off = offsets.astype(np.int64)
+    lv = levels.astype(np.int64)
+    ok = (lv >= 1) & (lv <= min(ncum - 1, max_level + 1)) & (off[1:] >= off[:-1])
+    ok &= off[:-1] + np.asarray(cum, np.int64)[np.clip(lv, 0, ncum - 1)] <= off[1:]
+    if not ok.all() or off[n] > len(neighbors) or off[0] < 0:
+        raise ValueError(f"graph node {int(np.argmin(ok))} is inconsistent (level or offsets)")
+    used = np.asarray(neighbors[: off[n]])
+    if len(used) and (used.min() < -1 or used.max() >= n):
+        raise ValueError("a graph link points outside the nodes")
+    if lv[entry] - 1 != max_level:
+        raise ValueError("the entry point is not on the top level")
+    for i in np.flatnonzero(lv > 1).tolist():  # upper levels: few nodes
+        for level in range(1, int(lv[i])):
+            for v in neighbors[off[i] + cum[level] : off[i] + cum[level + 1]].tolist():
+                if v < 0:
+                    break
+                if lv[v] <= level:
+                    raise ValueError(f"graph node {i} links to a node without that level")
 
 
 class HnswSQ8:
@@ -37,8 +78,7 @@ class HnswSQ8:
         n = len(levels)
         if codes.ndim != 2 or len(codes) != n or len(offsets) != n + 1:
             raise ValueError("codes, offsets and levels disagree on the number of nodes")
-        if n and not 0 <= entry < n:
-            raise ValueError(f"entry point {entry} outside the {n} nodes")
+        check_graph(neighbors, offsets, levels, cum, entry, max_level)
         self.neighbors = neighbors
         self.offsets = offsets.astype(np.int64)
         self.cum = cum.astype(np.int64)

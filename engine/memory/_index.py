@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine._native import load
+from engine.memory import _hnsw_py
 
 # The native walk over FAISS's HNSW graph (ext/_hnsw.pyx); None when extensions are off,
 # and then HNSW searches go through FAISS's own index.search (same ids, slower).
@@ -376,6 +377,18 @@ def graph_arrays(index: Any, metric: str) -> tuple[Any, ...] | None:
         metric == "l2",
         index,
     )
+
+
+def check_graph(built: Built, metric: str) -> None:
+    """ValueError when ``built`` is an HNSW-SQ8 index whose graph a walk (native, or
+    FAISS's own) would leave: a tampered file must not reach the walk."""
+    if _HNSW is not None and built.kind == "hnsw":
+        walker(built, metric)  # the native constructor checks the arrays (kept: cached)
+        return
+    arrays = graph_arrays(built.index, metric)
+    if arrays is not None:
+        nb, offsets, levels, cum = arrays[:4]
+        _hnsw_py.check_graph(nb, offsets, levels, cum, arrays[7], arrays[8])
 
 
 def walker(built: Built, metric: str) -> Any:

@@ -194,8 +194,8 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
         store._ext[:n] = ext
         if n and (int(ns.max()) >= len(names) or int(ns.min()) < -1):
             raise CorruptFileError(f"{path}: namespace codes outside the {len(names)} names")
-        if n and ns.max() >= 0:
-            store._ns_room(int(ns.max()))[:n] = ns
+        if names:  # also when every slot of every namespace was compacted away
+            store._ns_room(len(names) - 1)[:n] = ns
         if n and np.isfinite(expire).any():
             store._expire_room()[:n] = expire
         store._alive[: len(alive)] = alive
@@ -220,6 +220,10 @@ def load(cls: type[VectorStore], path: Path, *, background: bool = True) -> Vect
                 int(m["trained_on"]),
                 float(m["build_seconds"]),
             )
+            try:
+                _index.check_graph(store._main, store.metric)
+            except ValueError as exc:
+                raise CorruptFileError(f"{path}: FAISS graph unusable ({exc})") from exc
             if store.index_spec == "auto" and m["kind"] != "flat":
                 store._auto_kind = m["kind"]
         bits = np.unpackbits(store._alive, bitorder="little")[:n].astype(bool)

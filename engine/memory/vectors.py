@@ -59,6 +59,9 @@ _FLUSH_AT = 512
 _FLUSH_DEFAULT = 256  # replay granularity of background re-builds
 _NO_NS = -1
 _MAX_SLOTS = 2**31 - 1  # the id map stores int32 slots
+# search(k=...) beyond this and beyond the store's slots is refused: the (nq, k) answers
+# alone would take 12 bytes per column and query (a k of 2**31 once reached the walk)
+_MAX_K = 1 << 20
 # Batches are split over a pool of threads each running FAISS on one OpenMP thread:
 # dynamic scheduling beats OpenMP's static split on a shared machine, 2-4x batch QPS
 # (benches/memory_table.py, 2026-11). Up to _SMALL_BATCH queries run in the caller.
@@ -409,6 +412,10 @@ class VectorStore:
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise VectorStoreError(f"k must be a positive int, got {k!r}")
+        if k > max(_MAX_K, self._n):
+            raise VectorStoreError(
+                f"k={k} is more than the store's {self._n} slots and the {_MAX_K} cap"
+            )
         if namespace is None and where is None:
             fast = self._search_walk(queries, k)
             if fast is not None:
@@ -420,6 +427,7 @@ class VectorStore:
             pad = -np.inf if self._largest else np.inf
             if self._n == 0:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), pad, np.float32)
+            want, k = k, min(k, self._n)  # no more results than slots: the rest is padding
             small = self._small_namespace(namespace) if where is None else None
             bitmap = None if small is not None else self._filter(namespace, where)
             if small is not None:
@@ -448,6 +456,9 @@ class VectorStore:
                     parts = [f.result() for f in futures]
                     d = np.concatenate([p[0] for p in parts])
                     s = np.concatenate([p[1] for p in parts])
+            if k < want:
+                d = np.concatenate([d, np.full((nq, want - k), pad, np.float32)], axis=1)
+                s = np.concatenate([s, np.full((nq, want - k), -1, np.int64)], axis=1)
             ids = np.empty_like(s)
             V.map_ids(s, self._ext, ids)
             return ids, d
@@ -476,11 +487,11 @@ class VectorStore:
             walk = _index.walker(main, self.metric)
             if walk is None:
                 return None
-            ids = np.empty((len(q), k), np.int64)
-            d = np.empty((len(q), k), np.float32)
+            ids = np.full((len(q), k), -1, np.int64)
+            d = np.full((len(q), k), -np.inf if self._largest else np.inf, np.float32)
             bad = walk.search(
                 q,
-                k,
+                min(k, walk.ntotal),  # the columns past the graph's nodes stay padding
                 main.params.get("efSearch", 16),
                 d,
                 ids,
@@ -499,8 +510,8 @@ class VectorStore:
         n = self._n
         code = self._ns_code(namespace, create=False)
         out = np.zeros((n + 7) // 8 + 8, np.uint8)
-        if code == -2:
-            return out, 0
+        if code == -2 or (code >= 0 and self._ns is None):
+            return out, 0  # unknown, or known but holding no slot
         if self._ns is None:  # no namespace in use: the alive bits (none are set past n)
             nb = (n + 7) // 8
             out[:nb] = self._alive[:nb]
@@ -528,13 +539,13 @@ class VectorStore:
         if namespace is None:
             return None
         code = self._ns_code(namespace, create=False)
-        if code == -2:
-            return np.empty(0, np.int64)
+        if code == -2 or (code >= 0 and self._ns is None):
+            return np.empty(0, np.int64)  # unknown, or known but holding no slot
         if code < 0 or self._ns_size.get(code, 0) > self.exact_below:
             return None
         slots = self._ns_slots.get(code)
         if slots is None:
-            assert self._ns is not None  # code >= 0: a namespace was used
+            assert self._ns is not None
             slots = np.flatnonzero(self._ns[: self._n] == code).astype(np.int64)
             self._ns_slots[code] = slots
         out = np.empty(len(slots), np.int64)
