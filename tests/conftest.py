@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from engine.mesh import Broker
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -31,3 +36,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    """An in-process mesh broker on an ephemeral 127.0.0.1 port with fast heartbeats (0.1 s)."""
+    from engine.mesh import Broker
+
+    b = Broker("tcp://127.0.0.1:0", heartbeat=0.1, route_timeout=0.5, startup_grace=0.2)
+    b.start()
+    yield b
+    b.stop()

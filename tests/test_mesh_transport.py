@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from mesh_agents import Boom, Echo, Ping, Pong
@@ -71,14 +70,6 @@ class FakeRuntime:
         self.waiters[env.id] = fut
         self.transport.send(env)
         return await asyncio.wait_for(fut, 5)
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, route_timeout=0.5, startup_grace=0.2)
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:

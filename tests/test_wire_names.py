@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
 
 import pytest
 
@@ -121,14 +120,6 @@ def test_a_runtime_refuses_two_handlers_for_different_classes_of_one_wire_name()
         rt.register("twin", desk)
     del desk
     gc.collect()
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, route_timeout=0.5, startup_grace=0.2)
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_same_named_classes_with_distinct_tags_cross_the_mesh(broker: Broker) -> None:
