@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,3 +58,23 @@ def recall_at(found: npt.NDArray[np.int64], truth: npt.NDArray[np.int64], k: int
         len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True)
     ]
     return float(np.mean(hits)) / k
+
+
+def alternating_times(
+    store: Any, peer: Any, q: npt.NDArray[np.float32], n: int | None = None, rounds: int = 1
+) -> tuple[list[float], list[float]]:
+    """Seconds per single query of ``store.search`` and hnswlib's ``peer.knn_query``, timed
+    in alternation query by query (one thread each): both see the same host load and share
+    the caches, unlike two back-to-back loops."""
+    eng: list[float] = []
+    other: list[float] = []
+    for _ in range(rounds):
+        for i in range(len(q) if n is None else min(n, len(q))):
+            row = q[i : i + 1]
+            t = time.perf_counter()
+            store.search(row, k=10)
+            eng.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            peer.knn_query(row, k=10)
+            other.append(time.perf_counter() - t)
+    return eng, other

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any
 
 import faiss
 import numpy as np
 import pytest
 
-from benches._vectors_data import Dataset, load, recall_at
+from benches._vectors_data import Dataset, alternating_times, load, recall_at
 from engine.memory import SemanticCache, VectorStore, _vectors_py
 from engine.memory._native import NATIVE
 
@@ -109,17 +108,7 @@ def test_hnswlib_single_query(
 
 
 def _paired_single_ratio(store: VectorStore, p: Any, q: np.ndarray, rounds: int = 3) -> float:
-    eng: list[float] = []
-    peer: list[float] = []
-    for _ in range(rounds):
-        for i in range(len(q)):
-            row = q[i : i + 1]
-            t = time.perf_counter()
-            store.search(row, k=10)
-            eng.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            p.knn_query(row, k=10)
-            peer.append(time.perf_counter() - t)
+    eng, peer = alternating_times(store, p, q, rounds=rounds)
     return float(np.median(peer) / np.median(eng))
 
 

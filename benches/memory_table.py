@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benches._vectors_data import Dataset, load, recall_at
+from benches._vectors_data import Dataset, alternating_times, load, recall_at
 from engine.memory import SemanticCache, VectorStore, _index
 from engine.memory._native import NATIVE, VPy
 
@@ -160,18 +160,8 @@ def hnswlib_row(ds: Dataset, gt: np.ndarray, want: float, m: int) -> dict[str, A
 def interleaved(
     vs: VectorStore, peer: Any, q: np.ndarray, n: int = NQ_SINGLE
 ) -> tuple[float, float]:
-    """p50 µs of the store and of hnswlib timed per query in alternation (one thread each):
-    both see the same host load and share the caches, unlike two back-to-back loops."""
-    eng: list[float] = []
-    other: list[float] = []
-    for i in range(min(n, len(q))):
-        row_ = q[i : i + 1]
-        t = time.perf_counter()
-        vs.search(row_, k=10)
-        eng.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        peer.knn_query(row_, k=10)
-        other.append(time.perf_counter() - t)
+    """p50 µs of the store and of hnswlib, timed in alternation (see alternating_times)."""
+    eng, other = alternating_times(vs, peer, q, n)
     return pct(eng, 50), pct(other, 50)
 
 
