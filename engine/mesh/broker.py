@@ -346,16 +346,11 @@ class Broker:
         stats = self.stats
         stats["received"] += 1
         ident = msg[0]
-        unsigned = self.hmac_key is None and len(msg) > 1
-        kind: FrameKind | None = P.UNSIGNED.get(msg[1]) if unsigned else None
-        if kind is not None and len(msg) <= P.MAX_BODIES + 2:
-            bodies = msg[2:]  # what parse() returns for a valid unsigned message
-        else:
-            try:
-                kind, bodies = P.parse(msg[1:], self.hmac_key)
-            except ProtocolError as exc:
-                self._bad_message(ident, msg, exc)
-                return
+        try:
+            kind, bodies = P.parse(msg[1:], self.hmac_key)
+        except ProtocolError as exc:
+            self._bad_message(ident, msg, exc)
+            return
         peer = self._peers.get(ident)
         if kind is FrameKind.REGISTER:
             self._on_register(ident, bodies, key_role, key)

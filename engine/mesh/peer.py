@@ -331,11 +331,7 @@ class MeshPeer:
             self._check_readable()
 
     def _on_message(self, msg: list[bytes]) -> None:
-        kind = P.UNSIGNED.get(msg[0]) if self.hmac_key is None and msg else None
-        if kind is not None and len(msg) <= P.MAX_BODIES + 1:
-            bodies = msg[1:]  # what parse() returns for a valid unsigned message
-        else:
-            kind, bodies = P.parse(msg, self.hmac_key)
+        kind, bodies = P.parse(msg, self.hmac_key)
         if kind is FrameKind.DELIVER:
             self._on_deliver(bodies)
         elif kind is FrameKind.REPLY:

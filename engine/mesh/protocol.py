@@ -163,9 +163,9 @@ _KIND_OF: Final[list[FrameKind | None]] = [
 ]
 
 
-#: Unsigned header frame -> kind: the receivers' fast path when no HMAC key is in use (any
-#: other first frame goes through :func:`parse`, which validates it and names the problem).
-#: PERF: one dict lookup instead of a parse() call per message (benches/mesh_seq_profile.py).
+#: Unsigned header frame -> kind: :func:`parse`'s fast path when no HMAC key is in use (any
+#: other first frame is validated step by step, naming the problem).
+#: PERF: one dict lookup for the common message (benches/mesh_seq_profile.py).
 UNSIGNED: Final[dict[bytes, FrameKind]] = {SIGNATURE + bytes([k]): k for k in FrameKind}
 
 
