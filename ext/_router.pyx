@@ -33,7 +33,7 @@ import numpy as np
 
 from engine.errors import RoutingError
 from engine.messages import AgentId
-from engine.routing._patterns import (
+from engine._args.routing import (
     POLICIES,
     as_index,
     as_int64,

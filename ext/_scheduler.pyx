@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from engine.errors import CycleError, SchedulerError
-from engine.scheduling import _validate
+from engine._args import scheduling as _validate
 
 cdef extern from *:
     void prefetch "__builtin_prefetch"(const void*) noexcept nogil

@@ -20,18 +20,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from engine._native import load
+from engine._native import pick
 from engine.memory import _hnsw_py
 
 # The native walk over FAISS's HNSW graph (ext/_hnsw.pyx); None when extensions are off,
-# and then HNSW searches go through FAISS's own index.search (same ids, slower).
-_HNSW = load("_hnsw")
+# and then HNSW searches go through FAISS's own index.search (same ids, slower): the twin
+# (_hnsw_py) is the tests' oracle, too slow to serve.
+_HNSW: ModuleType | None = pick("_hnsw", None, None)[0]
 
 __all__ = [
     "Built",
