@@ -490,7 +490,7 @@ def test_scratch_reserve_survives_failed_allocations(tmp_path: Path) -> None:
     succeeds with every buffer set (none left NULL behind a set sibling) and nothing leaks."""
     src = tmp_path / "harness.c"
     src.write_text(_ALLOC_HARNESS)
-    include = Path(__file__).resolve().parents[1] / "bindings" / "include"
+    include = Path(__file__).resolve().parents[1] / "ext" / "include"
     exe = tmp_path / "harness"
     subprocess.run(
         ["cc", "-O1", "-std=c11", "-D_GNU_SOURCE", f"-I{include}", str(src), "-o", str(exe)],
