@@ -60,6 +60,7 @@ def __getattr__(name: str) -> Any:
         return _has_otel()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 _TP: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
