@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -91,6 +91,14 @@ class Built:
         if self._codes is None:
             self._codes = codes_of(self.index, self.kind)
         return self._codes
+
+    def grown(self) -> None:
+        """The index took more vectors: drop the views of it taken so far (walker, codes)."""
+        self._walk = self._codes = None
+
+    def with_index(self, index: Any) -> Built:
+        """The same kind and tuning over ``index`` (a grown copy of this one), no views yet."""
+        return replace(self, index=index, _walk=None, _codes=None)
 
 
 def faiss_metric(metric: str) -> int:

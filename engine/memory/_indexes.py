@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import faiss
@@ -120,7 +119,7 @@ class Indexes:
             with self.lock.write():
                 if self.main is not main or self.main_n != base_n:
                     return  # a re-build swapped in meanwhile and holds these vectors
-                self.main = replace(main, index=index, _walk=None, _codes=None)
+                self.main = main.with_index(index)
                 self.fresh.remove_ids(faiss.IDSelectorRange(0, step))
                 self.main_n += step
                 self._bytes = (-1, 0)
@@ -260,7 +259,7 @@ class Indexes:
         if pad:
             built.index.add(np.zeros((pad, self.dim), np.float32))
         new_n = self.catalog.compact(order, pad)
-        built._walk = built._codes = None  # the index grew since the build: views re-taken
+        built.grown()  # it took the replayed adds and the padding: views re-taken
         self.main = built
         self.main_n = new_n
         self.fresh = self.new_flat()

@@ -61,7 +61,7 @@ class SearchPool:
         if executor is not None:
             executor.shutdown(wait=wait)
 
-    def _forget(self) -> None:
+    def reset_after_fork(self) -> None:
         """In a forked child: the parent's threads are not here; start afresh."""
         self._executor = None
         self._lock = threading.Lock()
@@ -70,4 +70,4 @@ class SearchPool:
 #: The pool every :class:`~engine.memory.VectorStore` in this process shares.
 search_pool = SearchPool()
 atexit.register(search_pool.shutdown)
-os.register_at_fork(after_in_child=search_pool._forget)
+os.register_at_fork(after_in_child=search_pool.reset_after_fork)
