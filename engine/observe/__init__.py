@@ -6,8 +6,9 @@ does not import prometheus-client, and ``Metrics`` does not import OpenTelemetry
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine._lazy import lazy
 
 if TYPE_CHECKING:
     from engine.observe.audit import AuditLog
@@ -40,19 +41,6 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine.observe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "AuditLog",
     "Metrics",
@@ -68,3 +56,5 @@ __all__ = [
     "parse_traceparent",
     "profile_for",
 ]
+
+__getattr__, __dir__ = lazy(__name__, _LAZY, __all__)
