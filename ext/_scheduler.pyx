@@ -1072,12 +1072,19 @@ cdef class SchedulerC:
                 PyErr_Clear()
         if want < 0:
             want = _as_count(n)
+        # Walk the ring for up to ``want`` dispatches, as the reference does, also when
+        # fewer (or no) tasks are ready: the walk retires pools emptied by cancel/expiry,
+        # which decides where they re-enter the ring. At most n_ready tasks are dispatched,
+        # so ``m`` slots suffice.
         cdef Py_ssize_t m = min(want, self.n_ready)
+        cdef int64_t none
         arr = _np_empty(m, dtype=_np_int64)
         if m == 0:
+            if want and self.ring.count:
+                self._pop_into(&none, want)  # dispatches nothing: no task is ready
             return arr
         cdef int64_t[::1] out = arr
-        cdef Py_ssize_t k = self._pop_into(&out[0], m)
+        cdef Py_ssize_t k = self._pop_into(&out[0], want)
         return arr if k == m else arr[:k]
 
     def complete(self, task):
