@@ -6,6 +6,7 @@ index-building ones run on the glue in use, to keep the suite fast."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import threading
@@ -375,3 +376,27 @@ def test_a_forked_child_gets_its_own_search_threads(data: np.ndarray) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     search_pool.shutdown()
+
+
+def test_metrics_time_every_search(data: np.ndarray) -> None:
+    """``metrics=`` feeds engine_vector_search_seconds once per search call, whichever path
+    serves it; a store without metrics keeps the plain method (no timing cost)."""
+    from engine.observe import Metrics
+
+    def searches(m: Metrics) -> float:
+        text = m.exposition().decode()
+        found = re.search(r"^engine_vector_search_seconds_count (\S+)$", text, re.M)
+        assert found, text
+        return float(found.group(1))
+
+    m = Metrics()
+    vs = VectorStore(32, background=False, metrics=m)
+    vs.add(np.arange(300), data[:300], namespace="a")
+    assert searches(m) == 0
+    ids, _ = vs.search(data[:1], k=3)
+    vs.search(data[:40], k=3)  # a batch
+    vs.search(data[:1], k=3, namespace="a")  # a filtered search
+    with pytest.raises(VectorStoreError):
+        vs.search(data[:1], k=0)  # refused calls are timed too
+    assert searches(m) == 4 and ids[0, 0] == 0
+    assert "search" not in vars(VectorStore(32))
