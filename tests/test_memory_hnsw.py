@@ -298,13 +298,13 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
 
 @needs_native
 def test_walk_releases_the_gil(base: np.ndarray) -> None:
-    """Python code in another thread advances during one (batch) walk call."""
+    """Python code in another thread advances during a (batch) walk call."""
     assert HNSW is not None
     index = hnsw_sq8(base, "ip")
     w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
     q = np.ascontiguousarray(np.tile(base[:500], (8, 1)))
     progress = python_progress_during(lambda: walk(w, q, 10, 128))
-    assert progress > 1000, progress
+    assert progress > 0, "no Python ran in another thread during any of the calls"
 
 
 @needs_native

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +24,8 @@ from engine import (
     UndeliverableError,
     handler,
 )
+from tests._clock import FakeClock
+from tests._wait import until
 from tests.agents_for_tests import (
     Boom,
     Canceller,
@@ -856,14 +858,14 @@ async def test_cancel_crosses_the_transport() -> None:
 @uv
 async def test_nested_sends_inherit_the_deadline() -> None:
     rt = Runtime()
-    rt.register("echo", Echo)
+    rt.register("echo", Canceller)  # records that the inner request was cancelled
     rt.register("relay", Relay)
     Canceller.cancelled.clear()
-    t0 = asyncio.get_running_loop().time()
     with pytest.raises(DeadlineExceeded):
-        await rt.send(Slow(5), to=AgentId("relay", "k"), timeout=0.05)
-    assert asyncio.get_running_loop().time() - t0 < 1
-    assert await rt.send(Slow(0.001), to=AgentId("relay", "k"), timeout=1) == "slept"
+        await rt.send(Slow(30), to=AgentId("relay", "k"), timeout=0.05)
+    await until(lambda: Canceller.cancelled)  # the inner request ended with the outer one
+    assert Canceller.cancelled == [AgentId("echo", "k")]
+    assert await rt.send(Slow(0.001), to=AgentId("relay", "k"), timeout=10) == "done"
 
     class Late(engine.Agent):
         @handler
@@ -1053,12 +1055,14 @@ async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
     rt = Runtime()
     rt.register("echo", Echo, balance="least_outstanding")
     await rt.spawn_many([AgentId("echo", "x"), AgentId("echo", "y")])
-    slow = asyncio.ensure_future(rt.send(Slow(0.05), to=AgentId("echo", "*")))
+    slow = asyncio.ensure_future(rt.send(Slow(30), to=AgentId("echo", "*")))
     await asyncio.sleep(0)
     busy = next(a for a in rt.agents("echo") if rt.get(a)._busy)  # type: ignore[union-attr]
-    for _ in range(5):  # all go to the idle one: no waiting behind the slow request
-        assert await rt.send(Ping(1), to=AgentId("echo", "*"), timeout=0.02) == Pong(2)
-    assert await slow == "slept"
+    for _ in range(5):  # all go to the idle one: behind the slow request they would time out
+        assert await rt.send(Ping(1), to=AgentId("echo", "*"), timeout=10) == Pong(2)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
     assert busy in (AgentId("echo", "x"), AgentId("echo", "y"))
     with pytest.raises(RoutingError, match="unknown policy 'fastest'"):
         rt.register("other", Echo, balance="fastest")
@@ -1066,9 +1070,12 @@ async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
 
 
 @uv
-async def test_context_envelope_matches_the_wire_headers() -> None:
+async def test_context_envelope_matches_the_wire_headers(
+    fake_clock: Callable[..., FakeClock],
+) -> None:
     from engine.messages import Kind, decode, decode_payload, encode
 
+    clock = fake_clock(engine.agents)
     got: list[Any] = []
 
     class Probe(Agent):
@@ -1086,7 +1093,7 @@ async def test_context_envelope_matches_the_wire_headers() -> None:
     sent, bare, published, _ = got
     assert sent.kind is Kind.SEND and sent.recipient == AgentId("probe")
     assert sent.id.origin == "o1" and sent.traceparent == "00-x"
-    assert 0 < sent.deadline - time.time() <= 5
+    assert clock.now < sent.deadline <= clock.now + 5  # UNIX time: what is left of the 5 s
     assert decode_payload(decode(encode(sent)).payload, Ping) == Ping(3)
     assert decode(encode(bare)).payload_type == "rt.Ping"  # headers only, still valid
     assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
@@ -1229,7 +1236,7 @@ async def test_deadline_heap_stays_small_and_fires_in_order() -> None:
     early = d.add(loop.time() + 0.01, tasks["early"])  # re-arms the timer earlier
     never = d.add(loop.time() + 0.02, tasks["never"])
     d.done(never)
-    await asyncio.sleep(0.06)
+    await asyncio.wait([tasks["early"], tasks["late"]], timeout=30)
     assert fired == ["early", "late"] and early[3] and late[3] and not never[3]
     tasks["never"].cancel()
     d.close()
