@@ -27,6 +27,7 @@ from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
 from tests._gil import python_progress_during
 from tests._memory_data import clustered, exact_ids
+from tests._wait import wait_until
 
 HNSW = _index._HNSW
 needs_native = pytest.mark.skipif(HNSW is None, reason="native extension not built")
@@ -284,6 +285,8 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
     try:
         for lo in range(5000, 9000, 500):
             vs.add(np.arange(lo, lo + 500), x[lo : lo + 500])
+            n = done[0]  # a search runs after each add, while the index is being rebuilt
+            wait_until(lambda n=n: done[0] > n or errors)
         vs.wait()
     finally:
         stop.set()

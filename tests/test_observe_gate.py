@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from engine.cli import main
-from engine.observe import gate
+from engine.observe import _callgrind, gate
 
 WORK = """
 def work(n: int) -> int:
@@ -191,3 +191,19 @@ def test_build_inputs_comparison(tmp_path: Path) -> None:
     assert gate._inputs_identical(a, b)
     (b / "ext" / "_x.pyx").write_text("cdef int x = 2\n")
     assert not gate._inputs_identical(a, b)
+
+
+def test_instruction_counts_fall_back_when_instrumentation_cannot_start_late(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("valgrind") is None:
+        pytest.fail("valgrind is required for the instruction gate (apt-get install valgrind)")
+    head = gate.Side("head", repo, "working tree")
+    hotpath = repo / "benches/hotpath.py"
+    # machine code that returns -1 without a client request: callgrind never switches on
+    monkeypatch.setattr(_callgrind, "_late_request", lambda: "48c7c0ffffffffc3")
+    fallback, problems = gate.count_instructions(head, hotpath, iterations=5)
+    assert problems == []
+    monkeypatch.setattr(_callgrind, "_late_request", lambda: None)
+    full, _ = gate.count_instructions(head, hotpath, iterations=5)
+    assert fallback["work"] == pytest.approx(full["work"], rel=1e-3) and full["work"] > 1000
