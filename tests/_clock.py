@@ -1,5 +1,7 @@
 """A fake clock for code that reads ``time.time()`` / ``time.monotonic()`` through its module.
 
+Its ``sleep`` advances the clock instead of waiting.
+
 TTLs, expiry and deadlines are tested by moving time, not by sleeping past it: a sleep
 makes the test slow, and the "still valid" half of the test fails whenever a loaded
 machine stalls longer than the TTL. The ``fake_clock`` fixture (``tests/conftest.py``)
@@ -40,5 +42,9 @@ class FakeClock:
     monotonic = perf_counter = time
     monotonic_ns = perf_counter_ns = time_ns
 
-    def __getattr__(self, name: str) -> Any:  # sleep, strftime, ...: the real ones
+    def sleep(self, seconds: float) -> None:
+        """A sleep on a fake clock moves the clock and returns at once."""
+        self.advance(seconds)
+
+    def __getattr__(self, name: str) -> Any:  # strftime, gmtime, ...: the real ones
         return getattr(time, name)

@@ -255,10 +255,13 @@ async def test_eviction_bounds_registry_and_recreates() -> None:
 async def test_busy_agent_is_not_evicted() -> None:
     rt = Runtime()
     rt.register("echo", Echo)
-    task = asyncio.ensure_future(rt.send(Slow(0.05), to=AgentId("echo")))
-    await asyncio.sleep(0.01)
+    task = asyncio.ensure_future(rt.send(Slow(30), to=AgentId("echo")))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
     assert await rt.evict(AgentId("echo")) is False
-    assert await task == "slept"
+    task.cancel()  # the handler ends with its sender
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await rt.idle()
     assert await rt.evict(AgentId("echo")) is True
     await rt.stop()
 
@@ -379,15 +382,15 @@ async def test_cancelling_the_sender_cancels_the_handler() -> None:
     rt = Runtime()
     rt.register("c", Canceller)
     to = AgentId("c")
-    inline = asyncio.ensure_future(rt.send(Slow(5), to=to))
-    await asyncio.sleep(0.01)
-    queued = asyncio.ensure_future(rt.send(Slow(5), to=to))
-    never = asyncio.ensure_future(rt.send(Slow(5), to=to))
-    await asyncio.sleep(0.01)
+    inline = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
+    queued = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    never = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    await until(lambda: rt.stats()["queued"] == 2)
     never.cancel()  # still in the mailbox: must never run
     inline.cancel()
-    await asyncio.sleep(0.01)  # the queued request now runs in the drain task
-    queued.cancel()
+    await until(lambda: Canceller.cancelled == [to] and rt.stats()["busy_agents"] == 1)
+    queued.cancel()  # now running in the drain task
     for task in (inline, queued, never):
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -402,14 +405,14 @@ async def test_mailbox_reject_policy() -> None:
     rt = Runtime()
     rt.register("echo", Echo, mailbox=2, policy="reject")
     to = AgentId("echo")
-    busy = asyncio.ensure_future(rt.send(Slow(0.02), to=to))
-    await asyncio.sleep(0)
+    busy = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
     queued = [asyncio.ensure_future(rt.send(Ping(i), to=to)) for i in range(2)]
-    await asyncio.sleep(0)
+    await until(lambda: rt.stats()["queued"] == 2)
     with pytest.raises(MailboxFull, match=r"mailbox of echo/default is full \(2 messages\)"):
         await rt.send(Ping(9), to=to)
+    busy.cancel()  # frees the agent: the queued ones run
     assert await asyncio.gather(*queued) == [Pong(1), Pong(2)]
-    assert await busy == "slept"
     await rt.stop()
 
 
@@ -734,10 +737,7 @@ async def test_loopback_transport_between_runtimes() -> None:
         with pytest.raises(DeadlineExceeded):
             await client.send(Slow(5), to=AgentId("echo", "slow"), timeout=0.05)
         assert await client.publish(Note("hello"), topic="remote.eu") == 0  # none locally
-        for _ in range(20):
-            if Recorder.journal:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: Recorder.journal)
         await server.idle()
         assert [e[1][1] for e in Recorder.journal if e[0] == "msg"] == [Note("hello")]
 
@@ -840,18 +840,12 @@ async def test_cancel_crosses_the_transport() -> None:
         Runtime(transport=hub.transport()) as client,
     ):
         server.register("c", Canceller)
-        task = asyncio.ensure_future(client.send(Slow(5), to=AgentId("c", "far")))
-        for _ in range(100):
-            if server.get(AgentId("c", "far")) is not None:
-                break
-            await asyncio.sleep(0.002)
+        task = asyncio.ensure_future(client.send(Slow(30), to=AgentId("c", "far")))
+        await until(lambda: server.stats()["busy_agents"] == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if Canceller.cancelled:
-                break
-            await asyncio.sleep(0.002)
+        await until(lambda: Canceller.cancelled)
         assert Canceller.cancelled == [AgentId("c", "far")]
 
 
@@ -884,10 +878,10 @@ async def test_stats_gauges() -> None:
     rt = Runtime()
     rt.register("echo", Echo)
     rt.subscribe("echo", topic="t")
-    busy = asyncio.ensure_future(rt.send(Slow(0.02), to=AgentId("echo")))
-    await asyncio.sleep(0)
+    busy = asyncio.ensure_future(rt.send(Slow(30), to=AgentId("echo")))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
     queued = [asyncio.ensure_future(rt.send(Ping(i), to=AgentId("echo"))) for i in range(3)]
-    await asyncio.sleep(0)
+    await until(lambda: rt.stats()["queued"] == 3)
     stats = rt.stats()
     assert stats == {
         "agents": 1,
@@ -899,7 +893,9 @@ async def test_stats_gauges() -> None:
         "remote_serving": 0,
         "subscriptions": 1,
     }
-    await asyncio.gather(busy, *queued)
+    busy.cancel()
+    await asyncio.gather(busy, *queued, return_exceptions=True)
+    assert [q.result() for q in queued] == [Pong(1), Pong(2), Pong(3)]
     assert rt.stats()["in_flight"] == 0 and rt.stats()["queued"] == 0
     await rt.stop()
 
