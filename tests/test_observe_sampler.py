@@ -77,7 +77,7 @@ def test_other_threads_named() -> None:
     finally:
         stop.set()
         t.join()
-    assert prof.hz == 100 and prof.duration > 0
+    assert prof.hz == 100
 
 
 @pytest.mark.parametrize(("hz", "depth"), [(0, 10), (-1, 10), (5000, 10), (100, 0)])

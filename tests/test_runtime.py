@@ -395,7 +395,7 @@ async def test_cancelling_the_sender_cancels_the_handler() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert Canceller.cancelled == [to, to]
-    assert await rt.send(Ping(7), to=to, timeout=1) == Pong(7)
+    assert await rt.send(Ping(7), to=to, timeout=10) == Pong(7)
     await rt.idle()
     await rt.stop()
 
@@ -1018,7 +1018,7 @@ async def test_handler_that_swallows_cancellation_keeps_the_agent_usable() -> No
     assert await first == "done"
     blocker = asyncio.ensure_future(rt.send(Slow(0.01), to=to))
     await asyncio.sleep(0)
-    assert await rt.send(Slow(0.001), to=to, timeout=1) == "done"  # via the drain task
+    assert await rt.send(Slow(0.001), to=to, timeout=10) == "done"  # via the drain task
     assert await blocker == "done"
     await rt.stop()
 
@@ -1244,7 +1244,7 @@ def test_runtime_survives_a_new_event_loop() -> None:
     rt.register("echo", Echo)
 
     async def once() -> Any:
-        return await rt.send(Ping(1), to=AgentId("echo"), timeout=1)
+        return await rt.send(Ping(1), to=AgentId("echo"), timeout=10)
 
     assert engine.run(once()) == Pong(2)
     assert asyncio.run(once()) == Pong(2)  # timers re-armed on the new loop
