@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from engine.cli import main
+from engine.cli import top as top_cli
 from engine.observe import Metrics, ObserveServer, top
 from engine.observe.top import fetch, parse, quantile
 from tests._clock import FakeClock
@@ -46,7 +47,7 @@ def test_render_once(
     fake_clock: Callable[..., FakeClock],
 ) -> None:
     m = server.metrics
-    clock = fake_clock(top)
+    clock = fake_clock(top, top_cli)  # the snapshot times and the sleep between scrapes
 
     def interval(seconds: float) -> None:  # 50 more messages between the two scrapes
         for _ in range(50):
