@@ -16,11 +16,13 @@ from tests._clock import FakeClock
 if TYPE_CHECKING:
     from engine.mesh import Broker
 
-# deadline=None: hypothesis' per-example deadline is a wall-clock assertion (issue 12)
+# deadline=None and no too_slow health check: both are wall-clock assertions (issue 12)
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 

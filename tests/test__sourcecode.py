@@ -13,6 +13,7 @@ from engine._native import MODULES, load
 from tests._timing_scan import ADVICE, scan_paths, scan_source
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(900)  # a generous bound: mypy and stubtest on a busy box
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

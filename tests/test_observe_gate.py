@@ -20,6 +20,8 @@ import pytest
 from engine.cli import main
 from engine.observe import _callgrind, gate
 
+pytestmark = pytest.mark.timeout(600)  # callgrind on a busy box: a generous bound
+
 WORK = """
 def work(n: int) -> int:
     total = 0

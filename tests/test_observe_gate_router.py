@@ -29,6 +29,8 @@ from engine.cli import main
 from engine.observe import gate
 from engine.routing import RouterC
 
+pytestmark = pytest.mark.timeout(600)  # callgrind on a busy box: a generous bound
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BENCH = """
