@@ -128,7 +128,7 @@ class _Scanner:
         self.path = path
         self.lines = source.splitlines()
         self.tree = ast.parse(source, filename=path)
-        self.modules: dict[str, str] = {}  # local alias -> "time" / "timeit" / "asyncio"
+        self.modules: dict[str, str] = {}  # local alias -> "time" / "timeit"
         self.findings: list[Finding] = []
 
     # -- what is a clock --------------------------------------------------------------
@@ -191,7 +191,7 @@ class _Scanner:
         for node in ast.walk(self.tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    if alias.name in (*_CLOCK_FUNCS, "asyncio"):
+                    if alias.name in _CLOCK_FUNCS:
                         self.modules[alias.asname or alias.name] = alias.name
         root = _Scope()
         for node in ast.walk(self.tree):
