@@ -15,14 +15,19 @@ docstrings never match) and reports
 * a hypothesis ``deadline`` other than ``None`` (a per-example wall-clock assertion).
 
 Allowed: code under ``@pytest.mark.slow`` (a function, its class, or the module's
-``pytestmark``), which runs only with ``-m slow``. Waiting with a clock is fine: a
+``pytestmark``), which runs only with ``-m slow``; and a *generous* bound, 10 s or more,
+which is a deadlock guard on a wait, not a measurement: ``assert time.monotonic() <
+deadline`` with ``deadline = time.monotonic() + 60`` (the seconds may be a literal, a
+module constant or a parameter's default; a deadline built from a caller's argument counts
+as a wait helper's guard), or ``elapsed < 30``. Waiting with a clock is fine too: a
 ``while time.monotonic() < deadline:`` loop is a bound on a wait, not an assertion.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +61,14 @@ _ASSERT_METHODS = {
 _NUMERIC = {"abs", "float", "int", "max", "min", "round", "sum", "sorted"}
 _NUMERIC_MODULES = {"math", "statistics", "np", "numpy"}
 _NEW_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-#: The one sanctioned helper whose clock bound raises: a deadlock guard on a wait.
-_WAIT_HELPER = "_wait.py"
+#: Seconds from which a bound on a clock reading is a deadlock guard, not a measurement.
+GENEROUS = 10.0
+_UNKNOWN = float("inf")
+_ARITHMETIC: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+}  # a deadline from a caller's argument: the caller picks the bound
 
 ADVICE = """\
 The default test run asserts no wall-clock time (issue 12): on a loaded CI machine any
@@ -87,10 +98,9 @@ class Finding:
 def _is_slow_marker(node: ast.expr) -> bool:
     if isinstance(node, ast.Call):
         node = node.func
-    return isinstance(node, ast.Attribute) and node.attr == "slow" and _dotted(node.value) in (
-        "pytest.mark",
-        "mark",
-    )
+    if not (isinstance(node, ast.Attribute) and node.attr == "slow"):
+        return False
+    return _dotted(node.value) in ("pytest.mark", "mark")
 
 
 def _dotted(node: ast.expr) -> str:
@@ -115,12 +125,15 @@ def _module_is_slow(tree: ast.Module) -> bool:
 
 
 class _Scope:
-    """Names that hold clock readings (``timed``), clock functions, and verdicts."""
+    """Names that hold clock readings (``timed``, with the expression bound to each in
+    ``values``), clock functions, verdicts, and numeric constants (``consts``)."""
 
     def __init__(self, parent: _Scope | None = None) -> None:
         self.timed: set[str] = set(parent.timed) if parent else set()
+        self.values: dict[str, ast.expr] = dict(parent.values) if parent else {}
         self.clocks: set[str] = set(parent.clocks) if parent else set()
         self.verdicts: set[str] = set(parent.verdicts) if parent else set()
+        self.consts: dict[str, float] = dict(parent.consts) if parent else {}
 
 
 class _Scanner:
@@ -178,12 +191,75 @@ class _Scanner:
         return any(self._timed(child, scope) for child in ast.iter_child_nodes(node))
 
     def _timed_compare(self, node: ast.AST, scope: _Scope) -> ast.Compare | None:
+        """The first comparison in ``node`` of a clock reading against a tight bound."""
         for sub in _walk_same_scope(node):
-            if isinstance(sub, ast.Compare) and any(
-                self._timed(x, scope) for x in (sub.left, *sub.comparators)
+            if (
+                isinstance(sub, ast.Compare)
+                and any(self._timed(x, scope) for x in (sub.left, *sub.comparators))
+                and not self._generous(sub, scope)
             ):
                 return sub
         return None
+
+    # -- generous bounds: deadlock guards on waits --------------------------------------
+
+    def _const(self, node: ast.expr, scope: _Scope) -> float | None:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return scope.consts.get(node.id)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            a, b = self._const(node.left, scope), self._const(node.right, scope)
+            if a is not None and b is not None:
+                return _ARITHMETIC[type(node.op)](a, b)
+        return None
+
+    def _bound_value(self, node: ast.expr, scope: _Scope) -> ast.expr:
+        """What a timed name was bound to (the node itself otherwise)."""
+        if isinstance(node, ast.Name | ast.Attribute):
+            return scope.values.get(_dotted(node), node)
+        return node
+
+    def _is_now(self, node: ast.expr, scope: _Scope) -> bool:
+        """A bare clock reading: ``time.monotonic()``, or ``now`` bound to one."""
+        return self._is_clock_call(self._bound_value(node, scope), scope)
+
+    def _slack(self, node: ast.expr, scope: _Scope) -> float | None:
+        """For ``deadline`` bound to ``clock() + X``: X (``_UNKNOWN`` if not a constant)."""
+        value = self._bound_value(node, scope)
+        if value is node or not isinstance(value, ast.BinOp) or not isinstance(value.op, ast.Add):
+            return None
+        for now, extra in ((value.left, value.right), (value.right, value.left)):
+            if self._is_now(now, scope) and not self._timed(extra, scope):
+                got = self._const(extra, scope)
+                return _UNKNOWN if got is None else got
+        return None
+
+    def _elapsed(self, node: ast.expr, scope: _Scope) -> bool:
+        """``clock() - t0`` (with ``t0`` a reading), or a name bound to it."""
+        value = self._bound_value(node, scope)
+        return (
+            isinstance(value, ast.BinOp)
+            and isinstance(value.op, ast.Sub)
+            and self._is_now(value.left, scope)
+            and self._is_now(value.right, scope)
+        )
+
+    def _generous(self, cmp: ast.Compare, scope: _Scope) -> bool:
+        """``now < deadline`` or ``elapsed < C`` with a bound of ``GENEROUS`` s or more."""
+        if len(cmp.comparators) != 1:
+            return False
+        a, b = cmp.left, cmp.comparators[0]
+        for near, far in ((a, b), (b, a)):
+            if self._is_now(near, scope):
+                slack = self._slack(far, scope)
+                if slack is not None:
+                    return slack >= GENEROUS
+            if self._elapsed(near, scope):
+                bound = self._const(far, scope)
+                if bound is not None:
+                    return bound >= GENEROUS
+        return False
 
     # -- scopes -----------------------------------------------------------------------
 
@@ -230,8 +306,16 @@ class _Scanner:
                 elif self._timed(value, scope):
                     new = names - scope.timed
                     scope.timed |= new
+                    for name in names:
+                        scope.values[name] = value
                     if self._timed_compare(value, scope) is not None:
                         scope.verdicts |= names
+                elif len(targets) == 1 and isinstance(targets[0], ast.Name):
+                    const = self._const(value, scope)
+                    if const is None or targets[0].id in scope.consts:
+                        continue
+                    scope.consts[targets[0].id] = const
+                    new = {targets[0].id}
                 else:
                     continue
                 changed = changed or bool(new)
@@ -247,8 +331,27 @@ class _Scanner:
                     scope.clocks.add(fn.name)
                     changed = True
 
-    def _scope(self, body: list[ast.stmt], parent: _Scope, *, slow: bool) -> None:
+    def _scope(
+        self,
+        body: list[ast.stmt],
+        parent: _Scope,
+        *,
+        slow: bool,
+        fn: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
+    ) -> None:
         scope = _Scope(parent)
+        if fn is not None:  # def wait(..., timeout=30.0): a parameter's default is a constant
+            args = fn.args
+            positional = [*args.posonlyargs, *args.args]
+            with_default = positional[len(positional) - len(args.defaults) :]
+            pairs = [
+                *zip(with_default, args.defaults, strict=True),
+                *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+            ]
+            for arg, default in pairs:
+                const = None if default is None else self._const(default, scope)
+                if const is not None:
+                    scope.consts[arg.arg] = const
         self._learn(body, scope)
         for stmt in body:
             for node in _walk_same_scope(stmt):
@@ -261,7 +364,7 @@ class _Scanner:
                     else:
                         if not marked:
                             self._check_fixtures(node)
-                        self._scope(node.body, scope, slow=marked)
+                        self._scope(node.body, scope, slow=marked, fn=node)
                     if not marked:  # @settings(deadline=...) and friends
                         for dec in node.decorator_list:
                             for sub in _walk_same_scope(dec):
@@ -297,7 +400,6 @@ class _Scanner:
                         self._report(kw.value, "hypothesis deadline (a per-example time limit)")
         elif (
             isinstance(node, ast.If)
-            and not self.path.endswith(_WAIT_HELPER)
             and self._timed_compare(node.test, scope) is not None
             and any(_fails(stmt) for stmt in node.body)
         ):

@@ -175,6 +175,21 @@ def test_x():
         assert time.monotonic() - t0 < 1
     check()
 """,
+    "tight-deadline-guard": """
+import time
+def test_x():
+    deadline = time.monotonic() + 2
+    while not done():
+        assert time.monotonic() < deadline
+""",
+    "tight-elapsed-constant": """
+import time
+LIMIT = 0.5
+def test_x():
+    t0 = time.perf_counter()
+    work()
+    assert time.perf_counter() - t0 < LIMIT * 3
+""",
     "not-slow-marker": """
 import time, pytest
 pytestmark = pytest.mark.timeout(60)
@@ -238,6 +253,38 @@ from hypothesis import settings
 @settings(max_examples=10, deadline=None)
 def test_x():
     pass
+""",
+    "generous-deadline-guard": """
+import time
+WAIT = 60.0
+def test_x():
+    deadline = time.monotonic() + WAIT
+    while not done():
+        assert time.monotonic() < deadline, "never got going"
+""",
+    "generous-guard-in-a-helper": """
+import time, pytest
+def eventually(probe, within: float = 20.0):
+    deadline = time.monotonic() + within
+    while True:
+        now = time.monotonic()
+        if probe() or now > deadline:
+            pytest.fail("no answer")
+""",
+    "caller-picks-the-bound": """
+import time
+def wait(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+""",
+    "generous-elapsed": """
+import time
+def test_x():
+    t0 = time.monotonic()
+    run_the_whole_job()
+    assert time.monotonic() - t0 < 60
 """,
     "other-time-attr": """
 def test_x(record):
