@@ -47,11 +47,17 @@ def test_reserve_settle_release_and_all_or_nothing() -> None:
     r2.release()
     r2.release()
     assert b.remaining() == {"tokens": 25, "cost": 0.95, "calls": 2}
+    grant = b.hold(tokens=20, cost=0.5, calls=2)  # a share for work done elsewhere
+    with pytest.raises(BudgetExceeded, match="calls limit 3"):
+        b.hold(calls=1)
+    grant.settle(12, 0.25, calls=1)
+    assert (b.used_tokens, b.used_calls, b.reserved_calls) == (37, 2, 0)
+    assert b.used_cost == pytest.approx(0.30)
     with pytest.raises(ValueError, match="budget tokens must be a number"):
         Budget(tokens=-1)
     with pytest.raises(ValueError, match="finite"):
         Budget(cost=float("inf"))
-    assert repr(b) == "<Budget tenant:t tokens=25/50 cost=0.05/1 calls=1/3>"
+    assert repr(b) == "<Budget tenant:t tokens=37/50 cost=0.3/1 calls=2/3>"
 
 
 def test_refusal_sends_nothing_and_is_audited(openai_server: OpenAIServer, tmp_path: Path) -> None:
