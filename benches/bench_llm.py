@@ -62,6 +62,7 @@ def server_url() -> Iterator[str]:
     yield url
     proc.stdin.close()
     proc.wait(10)
+    proc.stdout.close()
 
 
 def report(benchmark: Any, bench_report: list[str], name: str, **figures: float) -> None:
