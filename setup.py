@@ -35,7 +35,7 @@ def _extensions() -> list[Extension]:
         Extension(
             name,
             [src],
-            include_dirs=["bindings/include"],
+            include_dirs=["bindings/include", "ext/include"],
             define_macros=macros,
             extra_compile_args=cflags,
             extra_link_args=ldflags,
@@ -58,7 +58,7 @@ class BuildExt(build_ext):
         self.distribution.ext_modules = cythonize(
             self.distribution.ext_modules,
             compiler_directives=directives,
-            include_path=[str(ROOT), str(ROOT / "bindings")],
+            include_path=[str(ROOT), str(ROOT / "bindings"), str(ROOT / "ext" / "include")],
             annotate=DEBUG,
             quiet=True,
             nthreads=0,

@@ -26,6 +26,7 @@ __all__ = [
     "MailboxFull",
     "MaxStepsExceeded",
     "MessageTypeConflict",
+    "NativeFallbackWarning",
     "NativeUnavailable",
     "PriceUnknown",
     "ProtocolError",
@@ -56,6 +57,11 @@ class EngineError(Exception):
 
 class NativeUnavailable(EngineError, ImportError):
     """A compiled module is missing while ``ENGINE_REQUIRE_NATIVE=1``."""
+
+
+class NativeFallbackWarning(RuntimeWarning):
+    """A compiled module is missing and its (much slower) pure-Python twin is used; once per
+    module, never under ``ENGINE_NO_EXTENSIONS=1`` (which chooses the twins on purpose)."""
 
 
 # --- Wire format (engine.messages) and trace context

@@ -13,6 +13,7 @@ unless you configure it. Without OpenTelemetry the same calls still produce corr
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib.util
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 
+@functools.cache
 def _has_otel() -> bool:
     try:  # the optional extra; found without importing it (importing costs ~40 ms)
         return importlib.util.find_spec("opentelemetry.sdk") is not None
@@ -47,7 +49,17 @@ def _has_otel() -> bool:
         return False
 
 
-HAS_OTEL: Final[bool] = _has_otel()
+if TYPE_CHECKING:
+    #: The ``otel`` extra is installed (looked up on first access: the look-up imports the
+    #: ``opentelemetry`` namespace package, which a runtime that never traces need not load).
+    HAS_OTEL: bool
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HAS_OTEL":
+        return _has_otel()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _TP: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE: Final = "0" * 32
@@ -202,7 +214,7 @@ class Tracer:
         self.service_name = service_name
         self.provider: TracerProvider | None = None
         self._tracer: Any = None
-        if enabled and HAS_OTEL:
+        if enabled and _has_otel():
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
