@@ -78,6 +78,7 @@ class SQLStore(StoreBase):
         super().__init__(url, options, clock)
         self._queue = WriteQueue(self._run_batch, options.queue_size, options.max_batch)
         self._codec = CheckpointCodec(options.checkpoint_delta)
+        self.schema_before = 0  # the schema version found at open (0: none)
 
     # -- the driver's part -------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class SQLStore(StoreBase):
     async def _open_schema(self, create: bool, migrate: bool) -> None:
         """Check (and when allowed, create or migrate) the schema; see ``engine.store.open``."""
         version = _raise(await self._run_read(functools.partial(schema_state_op, self.exists_sql)))
+        self.schema_before = version or 0
         if version is None and not create:
             raise StoreNotFound(f"no engine store at {self.url}")
         if version is not None and version > LATEST:

@@ -67,7 +67,7 @@ class SQLiteStore(SQLStore):
     ) -> SQLiteStore:
         path = url.target
         if not create and not Path(path).is_file():
-            raise StoreNotFound(f"no store file {path!r} (sqlite:///{path})")
+            raise StoreNotFound(f"no engine store at sqlite:///{path} (no such file)")
         store = cls(f"sqlite:///{path}", path, options, clock, url.param("synchronous", "normal"))
         try:
             await store._call(store._connect, create)
