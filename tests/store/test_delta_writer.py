@@ -60,9 +60,15 @@ def test_appending_to_a_ledger_costs_about_the_new_entry() -> None:
 
 @pytest.mark.parametrize(
     "delta",
-    [b"", b"\xc1", msgspec.msgpack.encode([b"a", 0]), msgspec.msgpack.encode([b"", 5, 100, b""]),
-     msgspec.msgpack.encode([b"", -1, 1, b""]), msgspec.msgpack.encode([1, 0, 1, b""]),
-     msgspec.msgpack.encode(["text"])],
+    [
+        b"",
+        b"\xc1",
+        msgspec.msgpack.encode([b"a", 0]),
+        msgspec.msgpack.encode([b"", 5, 100, b""]),
+        msgspec.msgpack.encode([b"", -1, 1, b""]),
+        msgspec.msgpack.encode([1, 0, 1, b""]),
+        msgspec.msgpack.encode(["text"]),
+    ],
 )
 def test_corrupt_deltas_raise_store_error(delta: bytes) -> None:
     with pytest.raises(StoreError, match="corrupt"):
