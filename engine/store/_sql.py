@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import SchemaVersionError, StoreNotFound
+from engine.store import _ckops as ckops
 from engine.store import _sqlops as ops
 from engine.store._codec import CheckpointCodec
 from engine.store._front import JobChanges, JobExpect, JobFilter, StoreBase
@@ -142,7 +143,9 @@ class SQLStore(StoreBase):
             raise errors[0]
 
     async def _sweep(self, now: float) -> int:
-        count: int = await self._write(ops.sweep, now, self._options.checkpoint_ttl)
+        count: int = await self._write(ops.sweep_kv, now)
+        if self._options.checkpoint_ttl is not None:
+            count += await self._write(ckops.sweep_checkpoints, now - self._options.checkpoint_ttl)
         return count
 
     async def _schema_version(self) -> int:
@@ -205,9 +208,15 @@ class SQLStore(StoreBase):
 
     async def _put_checkpoint(self, ck: Checkpoint) -> None:
         codec = self._codec
-        base, delta = codec.encode(ck.job_id, ck.version, ck.state)
+        base, prev, delta = codec.encode(ck.job_id, ck.version, ck.state)
         factory = functools.partial(
-            ops.put_checkpoint, self.dialect, ck, base, delta, self._options.keep_checkpoints
+            ckops.put_checkpoint,
+            self.dialect,
+            ck,
+            base,
+            prev,
+            delta,
+            self._options.keep_checkpoints,
         )
 
         def done(result: Any) -> None:
@@ -227,7 +236,7 @@ class SQLStore(StoreBase):
         self, job_id: str, version: int | None, name: str | None, now: float
     ) -> Checkpoint | None:
         ck: Checkpoint | None = await self._read(
-            ops.get_checkpoint,
+            ckops.get_checkpoint,
             job_id,
             version,
             name,
@@ -240,7 +249,7 @@ class SQLStore(StoreBase):
         self, job_id: str, before: int | None, limit: int, with_state: bool, now: float
     ) -> list[Checkpoint]:
         cks: list[Checkpoint] = await self._read(
-            ops.list_checkpoints,
+            ckops.list_checkpoints,
             job_id,
             before,
             limit,
@@ -253,7 +262,7 @@ class SQLStore(StoreBase):
     async def _delete_checkpoints(self, job_id: str, versions: list[int] | None) -> int:
         if versions is None:
             self._codec.forget(job_id)
-        count: int = await self._write(ops.delete_checkpoints, job_id, versions)
+        count: int = await self._write(ckops.delete_checkpoints, job_id, versions)
         return count
 
     # -- key-value state ---------------------------------------------------------------
