@@ -10,7 +10,12 @@ contender is handed the same Python objects and serializes them itself.
 
 - SQLite contenders all run WAL with ``synchronous=NORMAL`` (a commit survives a process
   crash; LangGraph's ``SqliteSaver`` is given the same PRAGMA), each in its own file.
-- PostgreSQL contenders share one throwaway server with ``fsync=on`` (tests/store/pg_server.py).
+- PostgreSQL contenders share one throwaway server (tests/store/pg_server.py), with
+  ``fsync=off`` unless ``ENGINE_BENCH_PG_FSYNC=1``: every contender commits per checkpoint
+  either way, but with fsync on a WAL flush (~9 ms on the 2-core development VM) bounds them
+  all near the disk's rate and the ratio measures the disk, not the code.
+- Every contender runs ``ENGINE_BENCH_STORE_REPS`` times (3), interleaved with the others;
+  the best run counts (the machine is shared and noisy).
 - The LangGraph graph part runs one graph (a node appending to the ledger, 1,000 steps) with
   each saver at ``durability="sync"``; ``InMemorySaver`` shows what the graph alone allows.
 
@@ -41,6 +46,9 @@ from engine.store import LedgerEntry
 from tests.store.pg_server import PgServer, find_pg_bin
 
 STEPS = int(os.environ.get("ENGINE_BENCH_STORE_STEPS", "1000"))
+REPS = int(os.environ.get("ENGINE_BENCH_STORE_REPS", "3"))
+PG_FSYNC = os.environ.get("ENGINE_BENCH_PG_FSYNC") == "1"
+_REP = [0]  # suffix of databases created in the current repetition
 GRAPH_STEPS = int(os.environ.get("ENGINE_BENCH_STORE_GRAPH_STEPS", "1000"))
 _enc = msgspec.msgpack.Encoder()
 
@@ -93,6 +101,10 @@ class Result(msgspec.Struct):
         return self.stored_bytes / self.checkpoints
 
 
+def _db(pg: PgServer, name: str) -> str:
+    return pg.fresh_database_url(f"{name}_r{_REP[0]}")
+
+
 # -- the engine's store ----------------------------------------------------------------
 
 
@@ -115,14 +127,11 @@ ENGINE_BYTES = "SELECT sum(length(data) + length(meta)) FROM engine_checkpoints"
 async def _engine(url: str, idiomatic: bool = False, **options: Any) -> float:
     async with engine.store.open(url, keep_checkpoints=None, **options) as s:
         t0 = time.perf_counter()
-        if idiomatic:  # the ledger in the ledger, the checkpoint only says where we are
+        if idiomatic:  # the entry goes to the ledger, atomically with a small checkpoint
             for i in range(1, STEPS + 1):
-                await asyncio.gather(
-                    s.append_ledger(
-                        "bench", [LedgerEntry(id=str(i), data=_enc.encode(ENTRIES[i - 1]))]
-                    ),
-                    s.put_checkpoint("bench", i, _enc.encode({"step": i, "ledger_seq": i})),
-                )
+                entry = LedgerEntry(id=str(i), data=_enc.encode(ENTRIES[i - 1]))
+                small = _enc.encode({"step": i, "ledger_seq": i})
+                await s.put_checkpoint("bench", i, small, ledger=[entry])
         else:
             for i in range(1, STEPS + 1):
                 await s.put_checkpoint("bench", i, _enc.encode(state(i)))
@@ -262,7 +271,7 @@ def pg_contenders(pg: PgServer) -> list[Result]:
         ("engine postgres (full)", {"checkpoint_delta": False}),
         ("engine postgres (ledger + small checkpoint)", {"idiomatic": True}),
     ]:
-        url = pg.fresh_database_url("e" + str(len(out)))
+        url = _db(pg, "e" + str(len(out)))
         out.append(
             engine_run(
                 name,
@@ -276,13 +285,13 @@ def pg_contenders(pg: PgServer) -> list[Result]:
                 url, "SELECT sum(octet_length(data)) FROM engine_ledger"
             )
 
-    url = pg.fresh_database_url("lg_sync")
+    url = _db(pg, "lg_sync")
     with psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row) as conn:
         saver = PostgresSaver(conn)  # type: ignore[arg-type]
         saver.setup()
         out.append(lg_sync("langgraph PostgresSaver", saver, lambda: _pg_bytes(url, LG_PG_BYTES)))
 
-    aurl = pg.fresh_database_url("lg_async")
+    aurl = _db(pg, "lg_async")
 
     async def run_async() -> float:
         async with AsyncPostgresSaver.from_conn_string(aurl) as asaver:
@@ -376,14 +385,14 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
         from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
 
-        url = pg.fresh_database_url("g_lg")
+        url = _db(pg, "g_lg")
         with psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row) as c:
             ps = PostgresSaver(c)  # type: ignore[arg-type]
             ps.setup()
             out.append(graph_sync("graph: PostgresSaver", ps))
-        with EngineSaver(pg.fresh_database_url("g_engine"), keep_checkpoints=None) as es:
+        with EngineSaver(_db(pg, "g_engine"), keep_checkpoints=None) as es:
             out.append(graph_sync("graph: EngineSaver postgres (sync graph)", es))
-        eurl = pg.fresh_database_url("g_engine_async")
+        eurl = _db(pg, "g_engine_async")
         out.append(
             asyncio.run(
                 graph_async(
@@ -400,19 +409,28 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
 
 
 def run_all() -> list[Result]:
-    tmp = Path(tempfile.mkdtemp(prefix="engine-bench-store-"))
+    root = Path(tempfile.mkdtemp(prefix="engine-bench-store-"))
     bindir = find_pg_bin()
-    pg = PgServer(bindir, fsync=True) if bindir is not None else None
+    pg = PgServer(bindir, fsync=PG_FSYNC) if bindir is not None else None
+    best: dict[str, Result] = {}
     try:
-        results = sqlite_contenders(tmp)
-        if pg is not None:
-            results += pg_contenders(pg)
-        results += graph_contenders(tmp, pg)
-        return results
+        for rep in range(REPS):
+            _REP[0] = rep
+            tmp = root / f"r{rep}"
+            tmp.mkdir()
+            results = sqlite_contenders(tmp)
+            if pg is not None:
+                results += pg_contenders(pg)
+            results += graph_contenders(tmp, pg)
+            for r in results:
+                if r.name not in best or r.rate > best[r.name].rate:
+                    best[r.name] = r
+            shutil.rmtree(tmp, ignore_errors=True)
+        return list(best.values())
     finally:
         if pg is not None:
             pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def table(results: list[Result]) -> list[str]:

@@ -16,8 +16,8 @@ from typing import Any
 
 from engine.errors import StoreConflict, StoreError
 from engine.store._delta import apply_delta
-from engine.store._sqlops import Dialect, Later, Op, Q, X
-from engine.store.base import Checkpoint
+from engine.store._sqlops import Dialect, Later, Op, Q, X, append_ledger
+from engine.store.base import Checkpoint, LedgerEntry
 
 __all__ = [
     "delete_checkpoints",
@@ -54,6 +54,19 @@ _UNNEEDED = (
 )
 
 
+def _insert(sql: str, params: tuple[Any, ...], now: bool) -> Op:
+    """Run an insert; with ``now`` learn at once whether it went in (bool), else get a
+    handle whose row count is read after the batch (pipelined on PostgreSQL)."""
+    if now:
+        rows = yield Q(sql + " RETURNING version", params)
+        return bool(rows)
+    return (yield X(sql, params))
+
+
+def _went_in(h: Any) -> bool:
+    return h is not None and (h if isinstance(h, bool) else h.rowcount == 1)
+
+
 def put_checkpoint(
     d: Dialect,
     ck: Checkpoint,
@@ -61,28 +74,34 @@ def put_checkpoint(
     prev: int,
     delta: bytes | None,
     keep: int | None,
+    ledger: list[LedgerEntry],
 ) -> Op:
     """Insert ``delta`` (against ``prev``, chain from ``base``) while ``prev`` is still the
-    latest row, else the whole state. The Later's result is True when it stored it whole."""
+    latest row, else the whole state; then the ``ledger`` entries, only if the checkpoint
+    went in (one transaction). The Later's result is True when the state went in whole."""
+    now = d.counts_now or bool(ledger)
     head = (ck.job_id, ck.version)
     cols = (ck.meta, ck.name, ck.created)
     name: tuple[Any, ...] = (ck.job_id, ck.name) if ck.name else ()
     free = _NAME_FREE if ck.name else ""
     as_delta = as_full = None
     if delta is not None:
-        as_delta = yield X(
+        as_delta = yield from _insert(
             _INSERT_DELTA + free,
             (*head, base, delta, *cols, ck.version, prev, ck.job_id, prev, ck.job_id, prev, *name),
+            now,
         )
-    if as_delta is None or not d.counts_now or as_delta.rowcount != 1:
-        as_full = yield X(_INSERT + free, (*head, 0, ck.state, *cols, *head, *name))
+    if as_delta is None or not now or as_delta is False:
+        as_full = yield from _insert(_INSERT + free, (*head, 0, ck.state, *cols, *head, *name), now)
+    if ledger and (_went_in(as_delta) or _went_in(as_full)):
+        yield from append_ledger(d, ck.job_id, ledger)
     if keep is not None:
         yield from _keep_last(ck.job_id, keep)
 
     def result() -> bool:
-        if as_full is not None and as_full.rowcount == 1:
+        if _went_in(as_full):
             return True
-        if as_delta is not None and as_delta.rowcount == 1:
+        if _went_in(as_delta):
             return False
         raise StoreConflict(
             f"checkpoint version {ck.version} of job {ck.job_id!r} is not above its latest"

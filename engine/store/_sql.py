@@ -206,7 +206,7 @@ class SQLStore(StoreBase):
 
     # -- checkpoints -------------------------------------------------------------------
 
-    async def _put_checkpoint(self, ck: Checkpoint) -> None:
+    async def _put_checkpoint(self, ck: Checkpoint, ledger: list[LedgerEntry]) -> None:
         codec = self._codec
         base, prev, delta = codec.encode(ck.job_id, ck.version, ck.state)
         factory = functools.partial(
@@ -217,6 +217,7 @@ class SQLStore(StoreBase):
             prev,
             delta,
             self._options.keep_checkpoints,
+            ledger,
         )
 
         def done(result: Any) -> None:

@@ -304,9 +304,13 @@ class Store(Protocol):
         *,
         meta: bytes = b"",
         name: str = "",
+        ledger: Sequence[LedgerEntry] = (),
     ) -> None:
         """Store a checkpoint. ``version`` must be greater than every version the job has;
-        ``name`` (optional) must be new for the job. Otherwise ``StoreConflict``."""
+        ``name`` (optional) must be new for the job. Otherwise ``StoreConflict``.
+
+        ``ledger`` entries are appended to the job's ledgers in the same transaction, and
+        only if the checkpoint went in: a step's record and its checkpoint commit together."""
         ...
 
     async def get_checkpoint(

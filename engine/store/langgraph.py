@@ -15,7 +15,8 @@ How LangGraph's records map onto the store:
 
 Both the async methods and the sync ones work: the async ones run on the event loop that
 first uses the saver (direct calls, no thread hop); sync calls from another thread hop onto
-that loop, and a saver first used synchronously runs its own loop in a daemon thread.
+that loop; a saver first used synchronously runs a private event loop in the calling
+thread, one call at a time.
 Implemented: every base capability plus ``copy_thread`` and ``prune``. Not implemented:
 ``delete_for_runs`` and ``list(None)`` (listing across all threads).
 """
@@ -118,8 +119,9 @@ class EngineSaver(BaseCheckpointSaver[str]):
         self._options = options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Future[Store] | None = None
-        self._portal: threading.Thread | None = None
+        self._private = False  # the loop is the saver's own (first use was synchronous)
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one synchronous call at a time on that loop
         self._versions: OrderedDict[str, int] = OrderedDict()
 
     # -- where the store lives -----------------------------------------------------------
@@ -160,12 +162,12 @@ class EngineSaver(BaseCheckpointSaver[str]):
 
     def _sync(self, fn: Callable[[Store], Awaitable[T]]) -> T:
         with self._lock:
-            if self._loop is None:
-                self._start_portal()
+            if self._loop is None:  # first used synchronously: a private loop, run per call
+                self._loop = asyncio.new_event_loop()
+                self._private = True
         home = self._loop
-        assert home is not None
         try:
-            running = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is home:
@@ -173,57 +175,57 @@ class EngineSaver(BaseCheckpointSaver[str]):
                 "EngineSaver: called synchronously inside the event loop that owns its store; "
                 "use the async API there (ainvoke/astream, aget_tuple...)"
             )
+        if self._private:
+            if running is not None:
+                raise RuntimeError(
+                    "EngineSaver: a saver first used synchronously cannot be called "
+                    "synchronously from inside another event loop; use one saver per loop"
+                )
+            # PERF: running the private loop in the caller's thread saves a thread hop per
+            # call (benches/bench_store.py, the sync graph)
+            with self._sync_lock:
+                return home.run_until_complete(self._on_home(fn))
         if not home.is_running():
             raise StoreClosed("EngineSaver: the event loop its store lives on has stopped")
         return asyncio.run_coroutine_threadsafe(self._on_home(fn), home).result()
-
-    def _start_portal(self) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-            loop.close()
-
-        self._portal = threading.Thread(target=serve, name="engine-langgraph-saver", daemon=True)
-        self._portal.start()
-        ready.wait()
-        self._loop = loop
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Commit and close the store this saver opened (an open ``Store`` given to it is
-        left to its owner), and stop its own loop thread if it started one."""
+        left to its owner)."""
         if self._loop is None:
             return
-        if self._url is not None and self._store is not None:
-            store, self._store = self._store, None
+        if self._private:
+            self.close()  # its private loop is not running: close synchronously
+            return
+        store, self._store = (self._store, None) if self._url is not None else (None, None)
+        if store is not None:
             if self._loop is asyncio.get_running_loop():
                 await store.close()
             elif self._loop.is_running():
                 await asyncio.wrap_future(
                     asyncio.run_coroutine_threadsafe(store.close(), self._loop)
                 )
-        self._stop_portal()
+        self._loop = None
+        self._opening = None
 
     def close(self) -> None:
         """``aclose()`` for sync code."""
-        if self._loop is None:
+        loop = self._loop
+        if loop is None:
             return
-        if self._url is not None and self._store is not None and self._loop.is_running():
-            store, self._store = self._store, None
-            asyncio.run_coroutine_threadsafe(store.close(), self._loop).result()
-        self._stop_portal()
-
-    def _stop_portal(self) -> None:
-        portal, self._portal = self._portal, None
-        if portal is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            portal.join()
+        store, self._store = (self._store, None) if self._url is not None else (None, None)
+        if self._private:
+            with self._sync_lock:
+                if store is not None:
+                    loop.run_until_complete(store.close())
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+        elif store is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(store.close(), loop).result()
         self._loop = None
+        self._private = False
         self._opening = None
 
     def __enter__(self) -> EngineSaver:

@@ -218,13 +218,16 @@ class MemoryStore(StoreBase):
             return list(cks.values())
         return [c for c in cks.values() if c.created >= now - ttl]
 
-    async def _put_checkpoint(self, ck: Checkpoint) -> None:
+    async def _put_checkpoint(self, ck: Checkpoint, ledger: list[LedgerEntry]) -> None:
         try:
             self._put(ck)
         except StoreConflict as exc:
             if self._options.durability == "commit":
                 raise
             self._errors.append(exc)  # as the SQL stores do: reported by the next flush()
+            return
+        if ledger:
+            await self._append_ledger(ck.job_id, ledger)
 
     def _put(self, ck: Checkpoint) -> None:
         cks = self._checkpoints.setdefault(ck.job_id, {})
