@@ -147,8 +147,14 @@ class StoreBase(abc.ABC):
 
     # -- jobs --------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> Job:
+    async def create_job(
+        self, job: Job, *, owner: str | None = None, lease_ttl: float | None = None
+    ) -> Job:
         now = self._now()
+        if (owner is None) != (lease_ttl is None):
+            raise StoreInputError("create_job: give owner and lease_ttl together, or neither")
+        lease_owner = "" if owner is None else check_id("owner", owner)
+        lease_until = 0.0 if lease_ttl is None else now + check_ttl(lease_ttl, "lease_ttl")
         if not isinstance(job, Job):
             raise StoreInputError(f"job must be an engine.store.Job, got {type(job).__name__}")
         opts = self._options
@@ -165,6 +171,8 @@ class StoreBase(abc.ABC):
             created=created,
             updated=now,
             version=1,
+            owner=lease_owner,
+            lease_until=lease_until,
         )
         return await self._create_job(job)
 
