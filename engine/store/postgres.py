@@ -47,6 +47,9 @@ class PostgresStore(SQLStore):
     ) -> None:
         super().__init__(url, options, clock)
         self._pool: AsyncConnectionPool[Any] = pool
+        # PERF: the writer keeps one connection rather than taking one from the pool per
+        # batch (benches/bench_store.py: a pool round per batch cost more than the batch)
+        self._writer: psycopg.AsyncConnection[Any] | None = None
 
     @classmethod
     async def connect(
@@ -83,7 +86,6 @@ class PostgresStore(SQLStore):
             max_size=POOL_SIZE,
             kwargs={"autocommit": True},
             open=False,
-            check=AsyncConnectionPool.check_connection,
             name="engine.store",
         )
         await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
@@ -118,14 +120,16 @@ class PostgresStore(SQLStore):
     async def _run_batch(self, factories: list[Factory]) -> list[Any]:
         import psycopg
 
+        conn = self._writer
+        if conn is None or conn.closed:
+            conn = self._writer = await self._pool.getconn()
         try:
-            async with (
-                self._pool.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-            ):
+            async with conn.pipeline(), conn.transaction():
                 results = [await self._drive(conn, f) for f in factories]
         except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._writer = None  # broken: back to the pool (which discards it)
+                await self._pool.putconn(conn)
             if len(factories) > 1:  # find the one that failed: each alone
                 return [(await self._run_batch([f]))[0] for f in factories]
             return [_translate(exc)]
@@ -141,6 +145,9 @@ class PostgresStore(SQLStore):
             return _translate(exc)
 
     async def _close_driver(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            await self._pool.putconn(conn)
         await self._pool.close()
 
 
