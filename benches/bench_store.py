@@ -349,6 +349,41 @@ async def graph_async(
         await close(saver)
 
 
+async def _in_memory() -> Any:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    return InMemorySaver()
+
+
+async def _noop(saver: Any) -> None:
+    pass
+
+
+async def _graph_async_sqlite(path: Path) -> Result:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        await saver.setup()
+        await saver.conn.execute("PRAGMA synchronous = NORMAL")
+        return await graph_async(
+            "graph: AsyncSqliteSaver (async graph)", lambda: _same(saver), _noop
+        )
+
+
+async def _graph_async_pg(url: str) -> Result:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    async with AsyncPostgresSaver.from_conn_string(url) as saver:
+        await saver.setup()
+        return await graph_async(
+            "graph: AsyncPostgresSaver (async graph)", lambda: _same(saver), _noop
+        )
+
+
+async def _same(saver: Any) -> Any:
+    return saver
+
+
 def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -380,10 +415,14 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
             )
         )
     )
+    out.append(asyncio.run(graph_async("graph: InMemorySaver (async graph)", _in_memory, _noop)))
+    out.append(asyncio.run(_graph_async_sqlite(tmp / "g_lg_async.db")))
     if pg is not None:
         import psycopg
         from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
+
+        out.append(asyncio.run(_graph_async_pg(_db(pg, "g_lg_async"))))
 
         url = _db(pg, "g_lg")
         with psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row) as c:
@@ -472,6 +511,8 @@ def ratios(results: list[Result]) -> list[str]:
         ["langgraph PostgresSaver", "langgraph AsyncPostgresSaver"],
     )
     for ours, theirs in [
+        ("graph: EngineSaver sqlite (async graph)", "graph: AsyncSqliteSaver (async graph)"),
+        ("graph: EngineSaver postgres (async graph)", "graph: AsyncPostgresSaver (async graph)"),
         ("graph: EngineSaver sqlite (sync graph)", "graph: SqliteSaver"),
         ("graph: EngineSaver postgres (sync graph)", "graph: PostgresSaver"),
     ]:

@@ -94,3 +94,36 @@ async def test_async_graph_on_an_open_store(backend: Backend) -> None:
 def test_bad_url_fails_at_construction() -> None:
     with pytest.raises(engine.store.StoreURLError):
         EngineSaver("redis://nope")
+
+
+def test_private_loop_runs_coroutines_that_suspend_or_fail() -> None:
+    import asyncio
+
+    from engine.store.langgraph import _run_here
+
+    loop = asyncio.new_event_loop()
+
+    async def no_wait() -> int:
+        assert asyncio.get_running_loop() is loop
+        return 1
+
+    async def waits() -> int:
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 2)
+        got = await fut
+        await asyncio.sleep(0)
+        return got + await asyncio.sleep(0.001, result=3)
+
+    async def fails_after_waiting() -> None:
+        fut = loop.create_future()
+        loop.call_soon(fut.set_exception, KeyError("boom"))
+        await fut
+
+    try:
+        assert _run_here(loop, no_wait()) == 1
+        assert _run_here(loop, waits()) == 5
+        with pytest.raises(KeyError):
+            _run_here(loop, fails_after_waiting())
+        assert _run_here(loop, no_wait()) == 1  # the loop is fine afterwards
+    finally:
+        loop.close()
