@@ -22,12 +22,9 @@ __all__ = [
     "GateError",
     "InvalidTransition",
     "InvalidVectorError",
-<<<<<<< HEAD
     "JobNotFound",
-    "LeaseLost",
-=======
     "LLMError",
->>>>>>> main
+    "LeaseLost",
     "MailboxFull",
     "MaxStepsExceeded",
     "MessageTypeConflict",
@@ -40,18 +37,15 @@ __all__ = [
     "RemoteError",
     "RoutingError",
     "SchedulerError",
-<<<<<<< HEAD
     "SchemaVersionError",
+    "ScriptError",
     "StoreClosed",
     "StoreConflict",
     "StoreError",
     "StoreInputError",
     "StoreNotFound",
     "StoreURLError",
-=======
-    "ScriptError",
     "StructuredOutputError",
->>>>>>> main
     "ToolError",
     "ToolNotFound",
     "ToolTimeout",
@@ -240,7 +234,6 @@ class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
 
 
-<<<<<<< HEAD
 # --- State (engine.store)
 
 
@@ -286,7 +279,8 @@ class StoreConflict(StoreError):
 
 class LeaseLost(StoreConflict):
     """The caller no longer holds the job's lease (it expired and another owner took it)."""
-=======
+
+
 # --- LLM layer (engine.llm)
 
 
@@ -389,4 +383,3 @@ class MaxStepsExceeded(LLMError):
 
 class ScriptError(LLMError, LookupError):
     """A :class:`~engine.llm.ScriptedProvider` had no rule matching a call."""
->>>>>>> main
