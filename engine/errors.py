@@ -20,14 +20,18 @@ __all__ = [
     "GateError",
     "InvalidTransition",
     "InvalidVectorError",
+    "JobNotFound",
     "MailboxFull",
     "MessageTypeConflict",
     "NativeUnavailable",
+    "OrchestrationError",
+    "PlanError",
     "ProtocolError",
     "QueryCancelled",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "StallError",
     "ToolError",
     "ToolNotFound",
     "ToolTimeout",
@@ -190,3 +194,29 @@ class ToolValidationError(ToolError, ValueError):
 
 class ToolTimeout(ToolError, TimeoutError):
     """A tool call ran longer than its timeout."""
+
+
+# -- orchestration (engine/orchestration) ---------------------------------------------------
+
+
+class OrchestrationError(EngineError):
+    """A job could not run to its answer; the message is the reason it failed."""
+
+
+class PlanError(OrchestrationError):
+    """The model's plan was invalid, also after one repair round; ``errors`` lists why."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        self.errors = list(errors) if errors else [message]
+        super().__init__(message)
+
+
+class StallError(OrchestrationError):
+    """A job made no progress (or looped) after its last allowed replan."""
+
+
+class JobNotFound(OrchestrationError, LookupError):
+    """No job with that id is in the store."""
+
+    def __str__(self) -> str:  # LookupError would repr() the message
+        return str(self.args[0])
