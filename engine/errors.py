@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 
+# --- Base and the compiled modules
+
+
 class EngineError(Exception):
     """Base class of every error raised by agent-engine."""
 
@@ -51,12 +54,35 @@ class NativeUnavailable(EngineError, ImportError):
     """A compiled module is missing while ``ENGINE_REQUIRE_NATIVE=1``."""
 
 
+# --- Wire format (engine.messages) and trace context
+
+
 class DecodeError(EngineError, ValueError):
     """Bytes could not be decoded into a message: too large, truncated, malformed or mistyped."""
 
 
 class EncodeError(EngineError, TypeError):
     """A value could not be encoded onto the wire."""
+
+
+class MessageTypeConflict(EngineError, TypeError):
+    """Two different message classes share one wire name (see ``Message``'s ``tag=``)."""
+
+    def __init__(self, name: str, classes: list[type]) -> None:
+        self.name = name
+        self.classes = list(classes)
+        where = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in self.classes)
+        super().__init__(
+            f"message type {name!r} is ambiguous: {where} share it; "
+            'give one a distinct wire name with `class X(Message, tag="app.X")`'
+        )
+
+
+class TraceContextError(EngineError, ValueError):
+    """A W3C ``traceparent`` value is malformed (the message says which rule it breaks)."""
+
+
+# --- Routing and scheduling (engine.routing, engine.scheduling)
 
 
 class RoutingError(EngineError, LookupError):
@@ -75,21 +101,11 @@ class CycleError(SchedulerError):
         super().__init__("dependency cycle: " + " -> ".join(map(str, self.cycle)))
 
 
+# --- Runtime (engine.runtime, engine.agents)
+
+
 class UndeliverableError(EngineError):
     """No agent can receive the message (unknown agent type, no subscriber, node gone)."""
-
-
-class MessageTypeConflict(EngineError, TypeError):
-    """Two different message classes share one wire name (see ``Message``'s ``tag=``)."""
-
-    def __init__(self, name: str, classes: list[type]) -> None:
-        self.name = name
-        self.classes = list(classes)
-        where = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in self.classes)
-        super().__init__(
-            f"message type {name!r} is ambiguous: {where} share it; "
-            'give one a distinct wire name with `class X(Message, tag="app.X")`'
-        )
 
 
 class MailboxFull(EngineError):
@@ -107,6 +123,36 @@ class RemoteError(EngineError):
 
 class InvalidTransition(EngineError):
     """A state machine was asked for a transition its current state does not allow."""
+
+
+class DeadlineExceeded(EngineError, TimeoutError):
+    """A request's timeout or deadline passed before its reply arrived."""
+
+
+class QueryCancelled(EngineError):
+    """A query was cancelled or terminated; raised at its next step boundary."""
+
+
+# --- Tools (engine.tools)
+
+
+class ToolError(EngineError):
+    """Base class of tool errors (unknown tool, invalid arguments, timeout)."""
+
+
+class ToolNotFound(ToolError, LookupError):
+    """No tool with the requested name is registered."""
+
+
+class ToolValidationError(ToolError, ValueError):
+    """Tool arguments do not match the tool's signature; the message names the field."""
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    """A tool call ran longer than its timeout."""
+
+
+# --- Memory (engine.memory)
 
 
 class VectorStoreError(EngineError):
@@ -149,8 +195,14 @@ class EmbeddingError(VectorStoreError):
     """An embedder was given bad input or its backend failed (HTTP error, bad response)."""
 
 
-class TraceContextError(EngineError, ValueError):
-    """A W3C ``traceparent`` value is malformed (the message says which rule it breaks)."""
+# --- Mesh (engine.mesh)
+
+
+class ProtocolError(EngineError, ValueError):
+    """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
+
+
+# --- Observability and tooling (engine.observe, engine.cli)
 
 
 class AuditError(EngineError):
@@ -168,35 +220,7 @@ class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
 
 
-class ProtocolError(EngineError, ValueError):
-    """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
-
-
-class DeadlineExceeded(EngineError, TimeoutError):
-    """A request's timeout or deadline passed before its reply arrived."""
-
-
-class QueryCancelled(EngineError):
-    """A query was cancelled or terminated; raised at its next step boundary."""
-
-
-class ToolError(EngineError):
-    """Base class of tool errors (unknown tool, invalid arguments, timeout)."""
-
-
-class ToolNotFound(ToolError, LookupError):
-    """No tool with the requested name is registered."""
-
-
-class ToolValidationError(ToolError, ValueError):
-    """Tool arguments do not match the tool's signature; the message names the field."""
-
-
-class ToolTimeout(ToolError, TimeoutError):
-    """A tool call ran longer than its timeout."""
-
-
-# -- orchestration (engine/orchestration) ---------------------------------------------------
+# --- Orchestration (engine.orchestration)
 
 
 class OrchestrationError(EngineError):

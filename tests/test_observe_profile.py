@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from engine.cli import main
-from engine.observe._cli_profile import summarize
+from engine.cli.profile import summarize
 from engine.routing import RouterC
 
 ROOT = Path(__file__).resolve().parents[1]
