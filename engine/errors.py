@@ -20,7 +20,6 @@ __all__ = [
     "GateError",
     "InvalidTransition",
     "InvalidVectorError",
-    "JobNotFound",
     "MailboxFull",
     "MessageTypeConflict",
     "NativeUnavailable",
@@ -237,10 +236,3 @@ class PlanError(OrchestrationError):
 
 class StallError(OrchestrationError):
     """A job made no progress (or looped) after its last allowed replan."""
-
-
-class JobNotFound(OrchestrationError, LookupError):
-    """No job with that id is in the store."""
-
-    def __str__(self) -> str:  # LookupError would repr() the message
-        return str(self.args[0])

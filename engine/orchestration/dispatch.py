@@ -205,6 +205,11 @@ class Dispatcher:
         self.wake()
         return out
 
+    @property
+    def next_id(self) -> int:
+        """The task id the next pushed run gets (ids are consecutive within a push)."""
+        return self._next
+
     def live(self, run: Run) -> bool:
         return run.tid in self._runs
 

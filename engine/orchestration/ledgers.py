@@ -29,13 +29,15 @@ __all__ = [
     "AnswerEntry",
     "EndEntry",
     "Entry",
-    "LedgerEntry",
+    "LedgerRecord",
     "PlanEntry",
     "ProgressEntry",
     "StepEntry",
     "decode_entry",
     "digest",
     "encode_entry",
+    "entry_id",
+    "ledger_of",
 ]
 
 #: Ledger names (one of each per job).
@@ -99,11 +101,13 @@ class EndEntry(msgspec.Struct, tag="end", frozen=True):
 Entry = PlanEntry | StepEntry | ProgressEntry | AnswerEntry | EndEntry
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
-    """One ledger record: who did what, digests, timestamps, tokens, cost, and the body."""
+class LedgerRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One ledger record: who did what, digests, timestamps, tokens, cost, and the body.
 
-    id: str
-    ledger: str
+    The store keeps it as the ``data`` of an ``engine.store.LedgerEntry`` whose ``id`` is
+    :func:`entry_id` of the body and whose ``ledger`` is :func:`ledger_of` it.
+    """
+
     agent: str
     action: str
     input_digest: str
@@ -115,15 +119,33 @@ class LedgerEntry(msgspec.Struct, frozen=True, array_like=True):
     body: Entry
 
 
+def entry_id(body: Entry) -> str:
+    """The deterministic id of an entry (what makes appending it twice a no-op)."""
+    if isinstance(body, StepEntry):
+        return f"step:{body.gen}:{body.subtask}"
+    if isinstance(body, ProgressEntry):
+        return f"progress:{body.n}"
+    if isinstance(body, PlanEntry):
+        return f"plan:{body.gen}:{body.attempt}"
+    if isinstance(body, AnswerEntry):
+        return f"answer:{body.gen}"
+    return "end"
+
+
+def ledger_of(body: Entry) -> str:
+    """Plans go to the task ledger, everything else to the progress ledger."""
+    return TASK if isinstance(body, PlanEntry) else PROGRESS
+
+
 _enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(LedgerEntry)
+_dec = msgspec.msgpack.Decoder(LedgerRecord)
 
 
-def encode_entry(entry: LedgerEntry) -> bytes:
+def encode_entry(entry: LedgerRecord) -> bytes:
     return _enc.encode(entry)
 
 
-def decode_entry(data: bytes) -> LedgerEntry:
+def decode_entry(data: bytes) -> LedgerRecord:
     """Decode a stored entry (``msgspec.DecodeError`` / ``ValidationError`` on bad bytes)."""
     return _dec.decode(data)
 
