@@ -13,7 +13,6 @@ back to the job. No call goes out past the job's limit either way.
 from __future__ import annotations
 
 import math
-import weakref
 from typing import TYPE_CHECKING
 
 from engine.orchestration.worker import BudgetGrant
@@ -23,7 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Hold", "carve", "grant_budget", "job_budget", "share"]
 
-_live: weakref.WeakValueDictionary[str, Budget] = weakref.WeakValueDictionary()
+# job id -> budget of the jobs running in this process (removed when a job's driver ends)
+_live: dict[str, Budget] = {}
 
 
 def share(job_id: str, budget: Budget | None) -> None:

@@ -66,18 +66,15 @@ class Plan(msgspec.Struct, kw_only=True, frozen=True):
 @functools.lru_cache(maxsize=64)
 def _plan_type(capabilities: tuple[str, ...]) -> type[Plan]:
     enum: Any = Literal.__getitem__(capabilities)
-    sub = msgspec.defstruct(
+    sub: Any = msgspec.defstruct(
         "Subtask", [("capability", enum)], bases=(Subtask,), kw_only=True, frozen=True
     )
-    plan = msgspec.defstruct(
-        "Plan",
-        [("subtasks", list[sub])],
-        bases=(Plan,),
-        kw_only=True,
-        frozen=True,  # type: ignore[valid-type]
+    plan: Any = msgspec.defstruct(
+        "Plan", [("subtasks", list[sub])], bases=(Plan,), kw_only=True, frozen=True
     )
     plan.__doc__ = Plan.__doc__
-    return plan
+    out: type[Plan] = plan
+    return out
 
 
 def plan_type(capabilities: Iterable[str]) -> type[Plan]:

@@ -50,7 +50,7 @@ class BudgetGrant(msgspec.Struct, frozen=True, array_like=True):
     calls: int | None = None
 
 
-class SubtaskRequest(Message, tag="engine.SubtaskRequest", frozen=True):
+class SubtaskRequest(Message, tag="engine.SubtaskRequest"):
     """One subtask for a worker: its description, the job's task, and its inputs.
 
     ``inputs`` maps each dependency's subtask id to that subtask's output. ``attempt``
@@ -86,7 +86,7 @@ class SubtaskRequest(Message, tag="engine.SubtaskRequest", frozen=True):
         return "\n\n".join(parts)
 
 
-class SubtaskResult(Message, tag="engine.SubtaskResult", frozen=True):
+class SubtaskResult(Message, tag="engine.SubtaskResult"):
     """A worker's answer: ``output`` plus what it spent (tokens, cost, model calls).
 
     ``transcript`` is the worker's reasoning trace (a ReAct worker's thought → action →
