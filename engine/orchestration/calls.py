@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import PlanError, StructuredOutputError
-from engine.orchestration.ledgers import LedgerRecord, PlanEntry, digest
+from engine.orchestration.ledgers import LedgerRecord, PlanEntry, ProgressEntry, digest
 from engine.orchestration.plans import Plan, plan_type, validate_plan
 from engine.orchestration.progress import ProgressReport
 
 if TYPE_CHECKING:
     from engine.orchestration.execution import JobRun
 
-__all__ = ["Answer", "call", "plan", "progress", "summarize"]
+__all__ = ["Answer", "call", "plan", "progress", "progress_step", "summarize"]
 
 AGENT = "orchestrator"
 
@@ -158,3 +158,72 @@ async def progress(
 async def summarize(run: JobRun, results: Mapping[str, str]) -> Answer:
     messages = run.s.prompts.summarize(run.job.task, results)
     return await call(run, "summarize", messages)
+
+
+async def progress_step(jr: JobRun, keys: list[str]) -> None:
+    """One progress evaluation over the step ``keys``; record it, fold in its verdict."""
+    n = jr.progress_n
+    jr.progress_n += 1
+    try:
+        steps = {}
+        for key in keys:
+            sid = key.partition(":")[2]
+            o = jr.outcomes.get(sid)
+            steps[key] = (
+                (o.output if o.status == "completed" else f"FAILED: {o.error}") if o else "?"
+            )
+        pending = len(jr.runs)
+        rep, ans, err = await progress(jr, steps, pending)
+        if rep is None:
+            verdict = jr.detector.report(_unreadable(err))
+            entry = ProgressEntry(n, keys, False, False, False, reason=f"unreadable: {err}")
+        else:
+            verdict = jr.detector.report(rep)
+            entry = ProgressEntry(
+                n,
+                keys,
+                rep.is_request_satisfied,
+                rep.is_in_loop,
+                rep.is_progress_being_made,
+                rep.next_speaker,
+                rep.instruction,
+                rep.reason,
+            )
+            if rep.is_request_satisfied:
+                jr.satisfied = True
+        rec = (
+            ans.record("progress", entry, ans.text)
+            if ans is not None
+            else LedgerRecord(
+                "orchestrator", "progress", "", "", time.time(), time.time(), 0, 0.0, entry
+            )
+        )
+        await jr.record([rec])
+        jr.job.emit(
+            "progress",
+            data={
+                "n": n,
+                "steps": len(keys),
+                "satisfied": entry.satisfied,
+                "progress": entry.progress,
+                "loop": entry.in_loop,
+                "instruction": entry.instruction,
+            },
+        )
+        if verdict.action != "continue" and jr.verdict is None:
+            jr.verdict = verdict
+    except Exception as exc:
+        if jr.error is None:
+            jr.error = exc
+    finally:
+        jr.progress_task = None
+        jr.wake()
+
+
+def _unreadable(err: str) -> ProgressReport:
+    return ProgressReport(
+        is_request_satisfied=False,
+        is_in_loop=False,
+        is_progress_being_made=False,
+        reason=f"the progress call's output did not parse: {err}"[:4_000],
+    )

@@ -16,34 +16,31 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.errors import (
     BudgetExceeded,
     OrchestrationError,
     PlanError,
     QueryCancelled,
-    RemoteError,
     StallError,
 )
 from engine.messages import AgentId
 from engine.orchestration import _budget, calls
+from engine.orchestration.attempts import Finished, attempts, dropped_record, step_record
 from engine.orchestration.dispatch import Run
 from engine.orchestration.jobs import Job, JobResult, JobStatus, SubtaskOutcome
 from engine.orchestration.ledgers import (
     AnswerEntry,
     EndEntry,
     LedgerRecord,
-    ProgressEntry,
     StepEntry,
     digest,
 )
 from engine.orchestration.plans import Plan, layers
 from engine.orchestration.progress import StallDetector, Verdict
 from engine.orchestration.state import JobCheckpoint, Restored
-from engine.orchestration.worker import MAX_OUTPUT, SubtaskRequest, SubtaskResult
 
 if TYPE_CHECKING:
     from engine.llm import Budget
@@ -55,39 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["JobRun"]
 
 log = logging.getLogger("engine.orchestration")
-
-
-class _Done:
-    """A finished attempt waiting to be settled."""
-
-    __slots__ = (
-        "agent",
-        "attempts",
-        "budget_error",
-        "calls",
-        "cost",
-        "error",
-        "finished",
-        "output",
-        "run",
-        "started",
-        "tokens",
-        "transcript",
-    )
-
-    def __init__(self, run: Run, agent: str, started: float, attempts: int) -> None:
-        self.run = run
-        self.agent = agent
-        self.started = started
-        self.finished = time.time()
-        self.attempts = attempts
-        self.output = ""
-        self.error = ""
-        self.budget_error: BaseException | None = None
-        self.tokens = 0
-        self.cost = 0.0
-        self.calls = 0
-        self.transcript: list[str] = []
 
 
 class JobRun:
@@ -120,7 +84,7 @@ class JobRun:
         self.outputs: dict[str, str] = self.restored.outputs()
         self.failures: dict[str, SubtaskOutcome] = {}  # current gen, failed for good
         self.outcomes: dict[str, SubtaskOutcome] = {}
-        self.finished: list[_Done] = []
+        self.finished: list[Finished] = []
         self.uncovered: list[str] = []
         self.attempts: dict[str, int] = dict(checkpoint.running) if checkpoint else {}
         self.progress_n = 1 + max((p.n for p in self.restored.progress), default=-1)
@@ -325,7 +289,7 @@ class JobRun:
             bad = next((dep for dep in st.depends_on if dep in self.failures), None)
             if bad is not None:
                 run = Run(self, st, self.gen, st.capability, st.priority)
-                done = _Done(run, "", time.time(), 0)
+                done = Finished(run, "", time.time(), 0)
                 done.error = f"dependency {bad} failed"
                 self.failures[st.id] = SubtaskOutcome(
                     st.id, st.capability, "failed", error=done.error
@@ -399,94 +363,13 @@ class JobRun:
         assert me is not None
         self.tasks[run.tid] = me
         try:
-            await self._attempts(run, worker)
+            await attempts(self, run, worker)
         finally:
             self.tasks.pop(run.tid, None)
             self.wake()
 
-    async def _attempts(self, run: Run, worker: AgentId) -> None:
-        st = run.subtask
-        s = self.s
-        attempt = self.attempts.get(st.id, 0) + 1
-        if attempt == 1:
-            verdict = self.detector.delegated(st.capability, st.description)
-            if verdict.action != "continue" and self.verdict is None:
-                self.verdict = verdict
-        inputs = {d: self.outputs[d] for d in st.depends_on if d in self.outputs}
-        remote = worker.type not in s.runtime.types
-        started = time.time()
-        self.job.emit("subtask.started", st.id, {"agent": str(worker), "attempt": attempt})
-        if s.audit is not None:
-            s.audit.append(
-                "task.assigned",
-                {"job": self.job.id, "subtask": st.id, "agent": str(worker), "attempt": attempt},
-            )
-        while True:
-            self.attempts[st.id] = attempt
-            hold = None
-            grant = None
-            if remote and self.budget is not None:
-                grant, hold = _budget.carve(self.budget, max(1, len(self.runs)))
-            req = SubtaskRequest(
-                job=self.job.id,
-                subtask=st.id,
-                description=st.description,
-                capability=st.capability,
-                task=self.job.task,
-                inputs=inputs,
-                attempt=attempt,
-                tenant=self.job.tenant,
-                grant=grant,
-            )
-            done = _Done(run, str(worker), started, attempt)
-            try:
-                reply = await self._send(req, worker)
-            except asyncio.CancelledError:
-                if hold is not None:
-                    hold.release()
-                raise
-            except Exception as exc:
-                if hold is not None:
-                    hold.release()
-                budget = _budget_error(exc)
-                done.finished = time.time()
-                done.error = _describe(exc)
-                if budget is not None:
-                    done.budget_error = budget
-                elif attempt < s.retry.attempts:
-                    attempt += 1
-                    await asyncio.sleep(s.retry.delay(attempt))
-                    continue
-                self.finished.append(done)
-                return
-            _fill(done, reply)
-            done.finished = time.time()
-            if hold is not None:
-                hold.settle(done.tokens, done.cost, done.calls)
-            self.finished.append(done)
-            return
-
-    async def _send(self, req: SubtaskRequest, worker: AgentId) -> Any:
-        s = self.s
-        timeout = s.retry.timeout
-        if s.tracer is None:
-            return await s.runtime.send(req, to=worker, timeout=timeout)
-        with s.tracer.span(
-            f"subtask {req.subtask}",
-            self.traceparent,
-            kind="subtask",
-            attributes={
-                "engine.job": req.job,
-                "engine.subtask": req.subtask,
-                "engine.agent": str(worker),
-            },
-        ) as span:
-            return await s.runtime.send(
-                req, to=worker, timeout=timeout, traceparent=span.traceparent
-            )
-
     def lost(self, run: Run, exc: BaseException) -> None:
-        done = _Done(run, "", time.time(), self.attempts.get(run.subtask.id, 1))
+        done = Finished(run, "", time.time(), self.attempts.get(run.subtask.id, 1))
         done.error = f"internal error: {type(exc).__name__}: {exc}"
         self.finished.append(done)
         self.wake()
@@ -518,7 +401,7 @@ class JobRun:
                 done.tokens,
                 done.cost,
             )
-            records.append(self._step_record(run, done, status))
+            records.append(step_record(run, done, status))
             self.outcomes[st.id] = outcome
             events.append((st.id, outcome, max(0.0, done.finished - done.started)))
             self.spent(done.tokens, done.cost, 0)
@@ -537,7 +420,7 @@ class JobRun:
                     self.outcomes[ds.id] = miss
                     if dropped.gen == self.gen:
                         self.failures[ds.id] = miss
-                    records.append(self._dropped_record(dropped, st.id))
+                    records.append(dropped_record(dropped, st.id))
             if current:
                 del self.runs[st.id]
             if status == "failed" and run.gen == self.gen:
@@ -567,106 +450,13 @@ class JobRun:
         if len(self.uncovered) and self.progress_task is None:
             self._start_progress()
 
-    def _step_record(self, run: Run, done: _Done, status: str) -> LedgerRecord:
-        st = run.subtask
-        body = StepEntry(
-            run.gen,
-            st.id,
-            st.capability,
-            status,
-            done.output,
-            done.error,
-            done.attempts,
-            done.calls,
-            done.transcript,
-        )
-        return LedgerRecord(
-            agent=done.agent,
-            action="subtask",
-            input_digest=digest(st.description),
-            result_digest=digest(done.output or done.error),
-            started=done.started,
-            finished=done.finished,
-            tokens=done.tokens,
-            cost=done.cost,
-            body=body,
-        )
-
-    def _dropped_record(self, run: Run, dep: str) -> LedgerRecord:
-        st = run.subtask
-        now = time.time()
-        body = StepEntry(
-            run.gen, st.id, st.capability, "failed", error=f"dependency {dep} failed", attempts=0
-        )
-        return LedgerRecord(
-            "orchestrator", "drop", digest(st.description), "", now, now, 0, 0.0, body
-        )
-
     # -- progress ----------------------------------------------------------------------
     def _start_progress(self) -> None:
         keys = self.uncovered[: self.s.progress_batch]
         del self.uncovered[: len(keys)]
         self.progress_task = asyncio.get_running_loop().create_task(
-            self._progress(keys), context=self.context
+            calls.progress_step(self, keys), context=self.context
         )
-
-    async def _progress(self, keys: list[str]) -> None:
-        n = self.progress_n
-        self.progress_n += 1
-        try:
-            steps = {}
-            for key in keys:
-                sid = key.partition(":")[2]
-                o = self.outcomes.get(sid)
-                steps[key] = (
-                    (o.output if o.status == "completed" else f"FAILED: {o.error}") if o else "?"
-                )
-            pending = len(self.runs)
-            rep, ans, err = await calls.progress(self, steps, pending)
-            if rep is None:
-                verdict = self.detector.report(_NO_PROGRESS)
-                entry = ProgressEntry(n, keys, False, False, False, reason=f"unreadable: {err}")
-            else:
-                verdict = self.detector.report(rep)
-                entry = ProgressEntry(
-                    n,
-                    keys,
-                    rep.is_request_satisfied,
-                    rep.is_in_loop,
-                    rep.is_progress_being_made,
-                    rep.next_speaker,
-                    rep.instruction,
-                    rep.reason,
-                )
-                if rep.is_request_satisfied:
-                    self.satisfied = True
-            rec = (
-                ans.record("progress", entry, ans.text)
-                if ans is not None
-                else LedgerRecord(
-                    "orchestrator", "progress", "", "", time.time(), time.time(), 0, 0.0, entry
-                )
-            )
-            await self.record([rec])
-            self.job.emit(
-                "progress",
-                data={
-                    "n": n,
-                    "steps": len(keys),
-                    "satisfied": entry.satisfied,
-                    "progress": entry.progress,
-                    "loop": entry.in_loop,
-                    "instruction": entry.instruction,
-                },
-            )
-            if verdict.action != "continue" and self.verdict is None:
-                self.verdict = verdict
-        except Exception as exc:
-            if self.error is None:
-                self.error = exc
-        finally:
-            self.progress_task = None
-            self.wake()
 
     # -- the end -----------------------------------------------------------------------
     async def _answer(self) -> str:
@@ -722,50 +512,3 @@ def _outcome(st: StepEntry) -> SubtaskOutcome:
     return SubtaskOutcome(
         st.subtask, st.capability, st.status, st.output, st.error, attempts=st.attempts
     )
-
-
-def _fill(done: _Done, reply: Any) -> None:
-    """Take a worker's reply (hostile until checked) into ``done``."""
-    if isinstance(reply, SubtaskResult):
-        output = reply.output
-        done.tokens = reply.tokens if reply.tokens > 0 else 0
-        cost = reply.cost
-        done.cost = cost if isinstance(cost, float) and math.isfinite(cost) and cost > 0 else 0.0
-        done.calls = reply.calls if reply.calls > 0 else 0
-        done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
-    elif isinstance(reply, str):
-        output = reply
-    else:
-        done.error = f"worker replied {type(reply).__name__}, not SubtaskResult or str"
-        return
-    if len(output) > MAX_OUTPUT:
-        output = output[:MAX_OUTPUT] + f" …[{len(output) - MAX_OUTPUT} chars cut]"
-    done.output = output
-
-
-def _budget_error(exc: BaseException) -> BaseException | None:
-    """The worker's BudgetExceeded (in process: the cause; remote: by its type name)."""
-    if isinstance(exc, BudgetExceeded):
-        return exc
-    if isinstance(exc, RemoteError):
-        if isinstance(exc.__cause__, BudgetExceeded):
-            return exc.__cause__
-        if exc.type_name == "BudgetExceeded":
-            return OrchestrationError(f"a worker's budget refused a call: {exc.message}")
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, RemoteError):
-        return f"{exc.type_name}: {exc.message}"[:2_000]
-    return f"{type(exc).__name__}: {exc}"[:2_000]
-
-
-class _NoProgress:
-    is_request_satisfied = False
-    is_in_loop = False
-    is_progress_being_made = False
-    reason = "the progress call's output did not parse"
-
-
-_NO_PROGRESS: Any = _NoProgress()
