@@ -16,6 +16,8 @@ from engine.orchestration.orchestrator import Orchestrator
 from engine.orchestration.plans import Plan, Subtask, plan_schema, plan_type, validate_plan
 from engine.orchestration.progress import ProgressReport
 from engine.orchestration.prompts import Prompts
+from engine.orchestration.react import ReActAgent, default_llm, set_default_llm
+from engine.orchestration.retrieval import Passage, RetrievalTool
 from engine.orchestration.worker import BudgetGrant, SubtaskRequest, SubtaskResult
 
 __all__ = [
@@ -26,17 +28,22 @@ __all__ = [
     "JobStatus",
     "OrchestrationError",
     "Orchestrator",
+    "Passage",
     "Plan",
     "PlanError",
     "ProgressReport",
     "Prompts",
+    "ReActAgent",
+    "RetrievalTool",
     "RetryPolicy",
     "StallError",
     "Subtask",
     "SubtaskOutcome",
     "SubtaskRequest",
     "SubtaskResult",
+    "default_llm",
     "plan_schema",
     "plan_type",
+    "set_default_llm",
     "validate_plan",
 ]
