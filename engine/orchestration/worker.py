@@ -68,12 +68,16 @@ class SubtaskRequest(Message, tag="engine.SubtaskRequest"):
     grant: BudgetGrant | None = None
 
     def budget(self) -> Any:
-        """An ``engine.llm.Budget`` enforcing this request's grant (None without a grant)."""
-        if self.grant is None:
-            return None
-        from engine.orchestration._budget import grant_budget
+        """The ``engine.llm.Budget`` the worker's model calls must use (None: no budget).
 
-        return grant_budget(self.grant)
+        In the orchestrator's process that is the job's own budget; on a mesh node, a
+        budget enforcing the grant the orchestrator reserved for this subtask.
+        """
+        from engine.orchestration import _budget
+
+        if self.grant is None:
+            return _budget.job_budget(self.job)
+        return _budget.grant_budget(self.grant)
 
     def prompt(self) -> str:
         """The subtask as a user message: task, this subtask and the inputs it builds on."""
