@@ -19,7 +19,7 @@ import engine.store
 from engine.store import Store
 from tests.store.pg_server import PgServer, pg_server_or_skip
 
-KINDS = ["memory"]
+KINDS = ["memory", "sqlite", "postgres"]
 _schemas = itertools.count(1)
 
 
