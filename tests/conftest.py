@@ -12,6 +12,9 @@ from hypothesis import HealthCheck, settings
 if TYPE_CHECKING:
     from engine.mesh import Broker
 
+# The OpenAI-compatible test server's `openai_server` fixture (tests/openai_server.py).
+pytest_plugins = ["tests.openai_server"]
+
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -28,11 +28,15 @@ from engine.llm.base import (
     ToolCallRequest,
     Usage,
 )
+from engine.llm.breaker import BreakerPolicy, CircuitBreaker
 from engine.llm.budget import Budget
 from engine.llm.cache import LLMCache
 from engine.llm.limits import Limits
+from engine.llm.openai import OpenAIProvider
 from engine.llm.prices import DEFAULT_PRICES, PRICES_DATE, Price, PriceTable
 from engine.llm.provider import Provider
+from engine.llm.retry import RetryPolicy
+from engine.llm.router import ModelRouter
 from engine.llm.scripted import Reply, Rule, ScriptedCall, ScriptedProvider
 from engine.llm.stream import ChatStream
 
@@ -42,21 +46,26 @@ __all__ = [
     "PRICES_DATE",
     "AllProvidersFailed",
     "Attribution",
+    "BreakerPolicy",
     "Budget",
     "BudgetExceeded",
     "ChatResult",
     "ChatStream",
+    "CircuitBreaker",
     "LLMCache",
     "LLMError",
     "Limits",
     "MaxStepsExceeded",
     "Message",
+    "ModelRouter",
+    "OpenAIProvider",
     "Price",
     "PriceTable",
     "PriceUnknown",
     "Provider",
     "ProviderError",
     "Reply",
+    "RetryPolicy",
     "Rule",
     "ScriptError",
     "ScriptedCall",

@@ -30,13 +30,17 @@ _NAME: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def json_schema(tp: type[Any]) -> dict[str, Any]:
-    """The JSON schema of ``tp`` with its definitions inlined under ``$defs`` (cached)."""
+    """The JSON schema of ``tp``, its root an object rather than a ``$ref`` (cached)."""
     s = _SCHEMAS.get(tp)
     if s is None:
         try:
             s = msgspec.json.schema(tp)
         except TypeError as exc:
             raise TypeError(f"response_format {tp!r} has no JSON schema: {exc}") from None
+        ref = s.get("$ref")
+        defs = s.get("$defs", {})
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in defs:
+            s = {**defs[ref[8:]], "$defs": defs}  # OpenAI wants an object at the root
         if len(_SCHEMAS) < 1024:
             _SCHEMAS[tp] = s
     return s
@@ -44,11 +48,7 @@ def json_schema(tp: type[Any]) -> dict[str, Any]:
 
 def _strict(schema: dict[str, Any]) -> bool:
     """Whether OpenAI's strict mode accepts the schema (every property required, no extras)."""
-    objs = [schema, *schema.get("$defs", {}).values()]
-    root = schema
-    if "$ref" in root:
-        return all(_strict_obj(o) for o in objs[1:])
-    return all(_strict_obj(o) for o in objs)
+    return all(_strict_obj(o) for o in [schema, *schema.get("$defs", {}).values()])
 
 
 def _strict_obj(o: dict[str, Any]) -> bool:
