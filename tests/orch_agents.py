@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -204,8 +205,15 @@ def counting_llm() -> ScriptedProvider:
             Rule(logged(Reply(parsed=PROGRESS)), kind="progress"),
             Rule(logged(Reply("counted answer")), kind="summarize"),
         ],
-        default=lambda call: (log_line(f"call {call.kind} {call_digest(call.messages)}"), "ok")[1],
+        default=_act,
     )
+
+
+def _act(call: ScriptedCall) -> str:
+    """A worker's model call: logged with the subtask it is for."""
+    m = re.search(r"^Your subtask \((\S+)\):", call.last, re.M)
+    log_line(f"call {call.kind} {m.group(1) if m else '?'}")
+    return "ok"
 
 
 class CountingWorker(Agent):

@@ -136,7 +136,7 @@ async def run_job(
                     job = await orch.submit(task, budget=budget, config=config)
                 else:
                     assert job_id is not None
-                    job = await orch.resume(job_id)
+                    job = await orch.resume(job_id, force=args.force)
             except (EngineError, ValueError) as exc:
                 raise CommandError(str(exc), code=2 if isinstance(exc, ValueError) else 1) from None
             print(f"job {job.id}", flush=True)

@@ -29,5 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("job_id", help="the job's id (the `job JOB_ID` line of engine run)")
     p.add_argument("--store", required=True, help="the job's store, e.g. sqlite:///jobs.db")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="take the job even if another host's orchestrator still holds its lease "
+        "(a dead process on this host is detected without it)",
+    )
     add_run_options(p)
     p.set_defaults(func=run, budget_tokens=None)

@@ -173,16 +173,16 @@ class JobRun:
             answer = await self._loop()
             return await self._finish(JobStatus.COMPLETED, answer)
         except (QueryCancelled, asyncio.CancelledError):
-            self._stop_runs()
+            self._halt()
             if self.cancelled:
                 await self._finish(JobStatus.CANCELLED, "", "cancelled", "")
                 raise QueryCancelled(f"job {job.id} was cancelled") from None
             raise
         except (BudgetExceeded, PlanError, StallError, OrchestrationError) as exc:
-            self._stop_runs()
+            self._halt()
             return await self._finish(JobStatus.FAILED, "", str(exc), type(exc).__name__)
         except Exception as exc:
-            self._stop_runs()
+            self._halt()
             log.exception("job %s failed", job.id)
             return await self._finish(
                 JobStatus.FAILED, "", f"{type(exc).__name__}: {exc}", type(exc).__name__
@@ -311,6 +311,12 @@ class JobRun:
         if tm is not None:
             tm.submitted(len(batch))
         self.wake()
+
+    def _halt(self) -> None:
+        """The job ends here: no subtask and no progress call keeps running."""
+        self._stop_runs()
+        if self.progress_task is not None:
+            self.progress_task.cancel()
 
     def _stop_runs(self) -> None:
         """Take every live run of this job off the scheduler and cancel running attempts."""

@@ -189,6 +189,15 @@ class Job:
         if not self._done.done():
             self._done.set_result(result)
 
+    def _abort(self, exc: BaseException) -> None:
+        """This process stopped running the job without an end (it stays resumable)."""
+        self._ended = True
+        for sub in self._subs:
+            sub.wake.set()
+        if not self._done.done():
+            self._done.set_exception(exc)
+            self._done.exception()  # retrieved: no "never retrieved" warning if unawaited
+
     # -- control -------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop the job: running subtasks are cancelled, the result says ``cancelled``."""

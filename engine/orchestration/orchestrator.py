@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,9 @@ class Orchestrator:
             raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
         self.llm = llm
         self.runtime = runtime
-        self.owner = owner or f"orchestrator-{os.getpid()}-{os.urandom(4).hex()}"
+        self.owner = (
+            owner or f"orchestrator@{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        )
         self._store_arg = store
         self._store: Store | None = (
             store if store is not None and not isinstance(store, str) else None
@@ -188,11 +191,13 @@ class Orchestrator:
         return self._store
 
     async def close(self) -> None:
-        """Cancel the jobs running here (their records stay resumable) and stop."""
+        """Stop the jobs running here and release their leases: they stay resumable
+        (:meth:`resume`, ``engine resume``) from where their ledgers stand."""
         if self._closed:
             return
         self._closed = True
-        for run in list(self._runs.values()):
+        runs = list(self._runs.values())
+        for run in runs:
             q = run.job.query
             if q is not None and not q.state.terminal:
                 q.terminate()
@@ -200,8 +205,19 @@ class Orchestrator:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        waits = [r.job.query.wait() for r in self._runs.values() if r.job.query is not None]
+        waits = [r.job.query.wait() for r in runs if r.job.query is not None]
         await asyncio.gather(*waits, return_exceptions=True)
+        persist = self.s.persist
+        for run in runs:
+            if persist is not None and not run.job.done:
+                with contextlib.suppress(Exception):
+                    await persist.release(run.job.id)
+                run.job._abort(
+                    OrchestrationError(
+                        f"job {run.job.id} was stopped by Orchestrator.close(); "
+                        "resume it with Orchestrator.resume() or engine resume"
+                    )
+                )
         if self._owns_store and self._store is not None:
             await self._store.close()
 
@@ -251,13 +267,14 @@ class Orchestrator:
             raise OrchestrationError(f"job {job_id} is leased by another orchestrator")
         return self._start(job_id, spec, tenant, priority, budget, None)
 
-    async def resume(self, job_id: str) -> Job:
+    async def resume(self, job_id: str, *, force: bool = False) -> Job:
         """Continue job ``job_id`` from the store (its process died, or it was closed).
 
         Completed subtasks are not run again and recorded model calls are not repeated;
         subtasks that were running when it stopped run again. A finished job's handle
         returns its stored result. Raises ``JobNotFound``, or :class:`OrchestrationError`
-        while another orchestrator holds a live lease on it.
+        while another orchestrator holds a live lease on it, unless that orchestrator ran
+        on this host and its process is gone, or ``force`` (you know it is dead).
         """
         if job_id in self.jobs:
             return self.jobs[job_id]
@@ -277,7 +294,11 @@ class Orchestrator:
             )
             job._finish(stored)
             return job
-        if not await persist.acquire(job_id):
+        if not await persist.acquire(job_id) and (
+            not (force or _dead_here(record.owner))
+            or not await persist.release_other(job_id, record.owner)
+            or not await persist.acquire(job_id)
+        ):
             raise OrchestrationError(
                 f"job {job_id} is leased by {record.owner!r} until {record.lease_until:.0f}; "
                 "it is still running elsewhere (or wait for its lease to expire)"
@@ -356,5 +377,28 @@ class Orchestrator:
                     q = run.job.query
                     if q is not None and not q.state.terminal:
                         q.terminate()
+                    run.job._abort(
+                        OrchestrationError(f"job {job_id}: lease lost to another orchestrator")
+                    )
                 except Exception:  # the store hiccuped: try again next beat
                     log.exception("job %s: heartbeat failed", job_id)
+
+
+def _nonce() -> str:
+    return os.urandom(4).hex()
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether ``owner`` names an orchestrator of this host whose process has exited."""
+    _, at, rest = owner.partition("@")
+    host, _, pid = rest.partition(":")
+    pid = pid.partition(":")[0]
+    if not at or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False

@@ -79,6 +79,10 @@ class Persist:
             self.owner, self.lease, status=("running", "paused", "pending"), kind=KIND
         )
 
+    async def release_other(self, job_id: str, owner: str) -> bool:
+        """Drop the lease of ``owner``, an orchestrator known to be dead."""
+        return await self.store.release_job(job_id, owner)
+
     async def heartbeat(self, job_id: str) -> None:
         await self.store.heartbeat_job(job_id, self.owner, self.lease)
 
