@@ -233,8 +233,14 @@ class CountingWorker(Agent):
         )
 
 
+_node_llm = ScriptedProvider(default="node says ok")
+
+
 class MeshWorker(Agent):
-    """A worker for mesh nodes: no shared model, logs its node and execution."""
+    """A worker for mesh nodes: its own scripted model, held to the request's budget grant.
+
+    Its output names the node's pid and the trace context the request arrived with.
+    """
 
     capabilities = ("mesh",)
 
@@ -244,4 +250,9 @@ class MeshWorker(Agent):
         delay = float(os.environ.get("ORCH_DELAY", "0"))
         if delay:
             await asyncio.sleep(delay)
-        return SubtaskResult(output=f"{req.subtask}@{os.getpid()}", calls=0)
+        res = await _node_llm.chat(req.prompt(), kind="act", budget=req.budget())
+        return SubtaskResult(
+            output=f"{req.subtask}@{os.getpid()} grant={req.grant} tp={ctx.traceparent}",
+            tokens=res.usage.total_tokens,
+            calls=1,
+        )
