@@ -198,7 +198,7 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
                 "orchestrator", "progress", "", "", time.time(), time.time(), 0, 0.0, entry
             )
         )
-        await jr.record([rec])
+        jr.note([rec])
         jr.job.emit(
             "progress",
             data={

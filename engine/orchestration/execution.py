@@ -5,10 +5,13 @@ subtasks' tasks run in that query's context, so the runtime counts worker handle
 query's steps and holds or stops them on ``pause``/``cancel``.
 
 A **step** is one pass of the loop: every subtask that finished since the last pass is
-settled together, one ledger append and one checkpoint for all of them, and only then are
-they marked complete in the scheduler (so a dependent never starts on a result that is not
-durable). While a step's writes are in flight, more finishes queue up for the next one;
-that is what keeps the store and the progress calls off the per-subtask path.
+settled together, with one ledger append and one checkpoint for all of them (progress
+reports that came back meanwhile ride along). Their dependents start while that write is
+in flight; the driver waits for it before the next step, so the store receives a job's
+writes in order and a dependent's record is never durable before the records it built on
+(a crash loses at most unrecorded work, which resume runs again). While a step's write is
+in flight, more finishes queue up for the next one: that is what keeps the store and the
+progress calls off the per-subtask path.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class JobRun:
         self.failures: dict[str, SubtaskOutcome] = {}  # current gen, failed for good
         self.outcomes: dict[str, SubtaskOutcome] = {}
         self.finished: list[Finished] = []
+        self.noted: list[LedgerRecord] = []
         self.uncovered: list[str] = []
         self.attempts: dict[str, int] = dict(checkpoint.running) if checkpoint else {}
         self.progress_n = 1 + max((p.n for p in self.restored.progress), default=-1)
@@ -109,13 +113,24 @@ class JobRun:
         self.cost += cost
         self.calls += calls
 
-    async def record(self, records: list[LedgerRecord]) -> None:
-        """Append records and write the next checkpoint (one step)."""
+    async def record(self, records: Sequence[LedgerRecord] = ()) -> None:
+        """Append ``records`` (and the noted ones) and write the next checkpoint: one step.
+
+        Only the driver calls this, one step at a time, so the store sees the job's
+        writes in order.
+        """
+        batch = [*self.noted, *records]
+        self.noted = []
         self.step += 1
         await asyncio.gather(
-            self.s.persist.append(self.job.id, records),
+            self.s.persist.append(self.job.id, batch),
             self.s.persist.checkpoint(self.job.id, self._checkpoint()),
         )
+
+    def note(self, records: Sequence[LedgerRecord]) -> None:
+        """Queue records for the driver's next step (progress calls finish off the driver)."""
+        self.noted.extend(records)
+        self.wake()
 
     def _checkpoint(self) -> JobCheckpoint:
         running = {
@@ -431,9 +446,13 @@ class JobRun:
                 del self.runs[st.id]
             if status == "failed" and run.gen == self.gen:
                 self.failures[st.id] = outcome
-        await self.record(records)
+        # The step's write goes out first; dependents start while it is in flight. Writes
+        # are ordered (one step at a time), so a dependent's record can never be durable
+        # before the records it built on.
+        write = asyncio.ensure_future(self.record(records))
         d.complete(ok)
-        self._after_step(events)
+        await write
+        self._after_step(events)  # "subtask.finished" means recorded
 
     def _after_step(self, events: list[tuple[str, SubtaskOutcome, float]]) -> None:
         s = self.s
