@@ -20,6 +20,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine.errors import (
