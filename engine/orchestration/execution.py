@@ -75,6 +75,7 @@ class JobRun:
         _budget.share(job.id, budget)
         self.context = contextvars.copy_context()
         self.traceparent = ""
+        self.resumed = restored is not None
         self.restored = restored or Restored()
         self.detector = StallDetector(
             max_stalls=s.max_stalls, max_replans=s.max_replans, max_repeats=s.max_repeats
@@ -175,7 +176,8 @@ class JobRun:
         job = self.job
         job.status = JobStatus.RUNNING
         try:
-            await self.s.persist.status(job.id, "running")
+            if self.resumed:
+                await self.s.persist.status(job.id, "running")
             r = self.restored
             if r.end is not None:  # ended before the crash; only the record was missing
                 status = JobStatus(r.end.status)
@@ -493,8 +495,8 @@ class JobRun:
         for sid in self.outputs:
             results.setdefault(sid, self.outputs[sid])
         ans = await calls.summarize(self, results)
-        await self.record([ans.record("summarize", AnswerEntry(self.gen, ans.text), ans.text)])
-        return ans.text
+        self.note([ans.record("summarize", AnswerEntry(self.gen, ans.text), ans.text)])
+        return ans.text  # recorded by _finish, in the job's last step
 
     async def _finish(
         self, status: JobStatus, answer: str, reason: str = "", error: str = ""
@@ -513,8 +515,8 @@ class JobRun:
                 0.0,
                 EndEntry(status.value, reason, error),
             )
-            job.status = status
-            await self.record([rec])
+            self.note([rec])
+        job.status = status
         result = JobResult(
             answer=answer,
             status=status,
@@ -527,9 +529,12 @@ class JobRun:
             error=error,
             replans=self.detector.replans,
         )
-        job.status = status
-        await self.s.persist.finish(job.id, result)
-        await self.s.persist.release(job.id)
+        # The last step: its records, the final status and result, the lease released.
+        # They are queued in this order and the store's group commit usually takes all.
+        persist = self.s.persist
+        await asyncio.gather(
+            self.record(), persist.finish(job.id, result), persist.release(job.id)
+        )
         job._finish(result)
         return result
 

@@ -51,7 +51,7 @@ class Persist:
         await self.store.create_job(
             JobRecord(
                 id=job_id,
-                status="pending",
+                status="running",
                 tenant=tenant,
                 kind=KIND,
                 priority=priority,
