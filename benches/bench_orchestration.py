@@ -7,7 +7,9 @@ acceptance lines). LangGraph comes from the ``compare`` extra.
 The workload (``benches/orch_bench_agents.py``): N = 100 and 1,000 subtasks in 10
 dependency layers, each a worker making one model call on a zero-latency
 ``ScriptedProvider``, aggregated at the end by one model call. Every setup runs it in this
-process, in the same run, best of ``ORCH_BENCH_REPEAT`` (3) runs:
+process, in the same run: all setups of one N are opened together and run in turn, a
+warm-up each and then ``ORCH_BENCH_REPEAT`` (5) rounds, so load drift hits them alike; the
+best time per setup counts:
 
 - **engine/sqlite**: ``Orchestrator`` with a SQLite store (a ledger append and a checkpoint
   after every step, ``commit`` durability), workers in process (64 per capability). It
@@ -17,7 +19,8 @@ process, in the same run, best of ``ORCH_BENCH_REPEAT`` (3) runs:
   processes behind an ``engine broker`` (all on 127.0.0.1);
 - **langgraph/sqlite**: a ``StateGraph`` that fans each layer out with ``Send`` to a worker
   node making the same model call, joins, and aggregates, compiled with
-  ``AsyncSqliteSaver`` (a checkpoint per superstep); **langgraph/none**: no checkpointer.
+  ``AsyncSqliteSaver`` (a checkpoint per superstep; WAL and ``synchronous=NORMAL``, the
+  engine store's durability); **langgraph/none**: no checkpointer.
 
 Reported: subtasks/s (N / wall time from submit to answer) and engine/langgraph ratios at
 equal checkpointing (SQLite both).
@@ -25,11 +28,13 @@ equal checkpointing (SQLite both).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -41,32 +46,36 @@ sys.path.insert(0, str(ROOT))
 from orch_bench_agents import LAYERS, BenchWorker, orchestrator_llm, worker_llm  # noqa: E402
 
 SIZES = tuple(int(x) for x in os.environ.get("ORCH_BENCH_SIZES", "100,1000").split(","))
-REPEAT = int(os.environ.get("ORCH_BENCH_REPEAT", "3"))
+REPEAT = int(os.environ.get("ORCH_BENCH_REPEAT", "5"))
 CONCURRENCY = 64
 
+Runner = Callable[[], Awaitable[float]]
 
-async def _engine_runs(url: str, n: int, *, mesh: str | None = None, repeat: int = REPEAT) -> float:
+
+@contextlib.asynccontextmanager
+async def _engine(url: str, n: int, mesh: str | None = None) -> AsyncIterator[Runner]:
+    """One engine setup; yields a coroutine function running one job (returns seconds)."""
     from engine import Runtime
     from engine.orchestration import Orchestrator
     from engine.store import open as open_store
 
     llm = orchestrator_llm(n)
-    best = float("inf")
     async with open_store(url) as store, Runtime(mesh=mesh) as rt:
         orch = Orchestrator(llm, rt, store=store, max_stalls=10**6, max_repeats=10**6)
         if mesh is None:
             orch.add_worker(BenchWorker, concurrency=CONCURRENCY)
         else:
             orch.add_worker("benchworker", capabilities=["work"], concurrency=CONCURRENCY)
+
+        async def run() -> float:
+            t0 = time.perf_counter()
+            result = await (await orch.submit("the benchmark task")).result()
+            dt = time.perf_counter() - t0
+            assert result.ok and len(result.subtasks) == n, result.reason
+            return dt
+
         async with orch:
-            await (await orch.submit("warm up")).result()
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                result = await (await orch.submit("the benchmark task")).result()
-                dt = time.perf_counter() - t0
-                assert result.ok and len(result.subtasks) == n, result.reason
-                best = min(best, dt)
-    return n / best
+            yield run
 
 
 class State(TypedDict):
@@ -127,31 +136,60 @@ def _langgraph(n: int, saver: Any) -> Any:
     return g.compile(checkpointer=saver)
 
 
-async def _langgraph_runs(n: int, db: str | None, repeat: int = REPEAT) -> float:
-    best = float("inf")
+@contextlib.asynccontextmanager
+async def _langgraph_setup(n: int, db: str | None) -> AsyncIterator[Runner]:
+    """LangGraph with AsyncSqliteSaver on ``db`` (None: no checkpointer)."""
+    counter = iter(range(10**9))
 
-    async def run(graph: Any, i: int) -> None:
-        cfg = {"configurable": {"thread_id": f"t{i}"}, "recursion_limit": 4 * LAYERS + 10}
-        out = await graph.ainvoke({"layer": 0, "results": [], "answer": ""}, cfg)
-        assert len(out["results"]) == n and out["answer"]
-
-    async def all_runs(graph: Any) -> float:
-        best_ = float("inf")
-        await run(graph, -1)  # warm up
-        for i in range(repeat):
+    def runner(graph: Any) -> Runner:
+        async def run() -> float:
+            cfg = {
+                "configurable": {"thread_id": f"t{next(counter)}"},
+                "recursion_limit": 4 * LAYERS + 10,
+            }
             t0 = time.perf_counter()
-            await run(graph, i)
-            best_ = min(best_, time.perf_counter() - t0)
-        return best_
+            out = await graph.ainvoke({"layer": 0, "results": [], "answer": ""}, cfg)
+            dt = time.perf_counter() - t0
+            assert len(out["results"]) == n and out["answer"]
+            return dt
+
+        return run
 
     if db is None:
-        best = await all_runs(_langgraph(n, None))
-    else:
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+        yield runner(_langgraph(n, None))
+        return
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-        async with AsyncSqliteSaver.from_conn_string(db) as saver:
-            best = await all_runs(_langgraph(n, saver))
-    return n / best
+    # The same durability as the engine's SQLite store: WAL, synchronous=NORMAL (a commit
+    # survives a crash of the process, not a power cut). AsyncSqliteSaver sets WAL itself;
+    # left at synchronous=FULL it would fsync every commit and measure the disk instead.
+    async with aiosqlite.connect(db) as conn:
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        yield runner(_langgraph(n, saver))
+
+
+async def _round_robin(n: int, tmp: str, mesh: str) -> dict[str, float]:
+    """Every setup for ``n``, opened together and run in turn (load drift hits all alike):
+    a warm-up each, then ``REPEAT`` rounds; the best time per setup, as subtasks/s."""
+    setups = {
+        "engine/sqlite": _engine(f"sqlite:///{tmp}/e{n}.db", n),
+        "engine/memory": _engine("memory://", n),
+        "engine/mesh": _engine(f"sqlite:///{tmp}/m{n}.db", n, mesh=mesh),
+        "langgraph/sqlite": _langgraph_setup(n, f"{tmp}/lg{n}.db"),
+        "langgraph/none": _langgraph_setup(n, None),
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        runs = {name: await stack.enter_async_context(cm) for name, cm in setups.items()}
+        for run in runs.values():
+            await run()
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(REPEAT):
+            for name, run in runs.items():
+                best[name] = min(best[name], await run())
+    return {name: n / t for name, t in best.items()}
 
 
 def measure() -> dict[str, dict[int, float]]:
@@ -159,47 +197,18 @@ def measure() -> dict[str, dict[int, float]]:
     from bench_mesh import _procs, _spawn  # the mesh bench's process helpers
 
     out: dict[str, dict[int, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-
-        def db(name: str) -> str:
-            return str(Path(tmp) / name)
-
-        with _procs() as procs:
-            port = _free_port()
-            ep = f"tcp://127.0.0.1:{port}"
-            cli = [sys.executable, "-m", "engine.cli"]
-            procs.append(_spawn([*cli, "broker", "--bind", ep], "listening"))
-            for name in ("n1", "n2"):
-                procs.append(
-                    _spawn(
-                        [
-                            *cli,
-                            "node",
-                            "--connect",
-                            ep,
-                            "--agents",
-                            "orch_bench_agents:BenchWorker",
-                            "--name",
-                            name,
-                            "--concurrency",
-                            "64",
-                        ],
-                        "serving",
-                    )
-                )
-            for n in SIZES:
-                row = out
-                row.setdefault("engine/sqlite", {})[n] = uvloop.run(
-                    _engine_runs(f"sqlite:///{db(f'e{n}.db')}", n)
-                )
-                row.setdefault("engine/memory", {})[n] = uvloop.run(_engine_runs("memory://", n))
-                row.setdefault("engine/mesh", {})[n] = uvloop.run(
-                    _engine_runs(f"sqlite:///{db(f'm{n}.db')}", n, mesh=ep)
-                )
-                row.setdefault("langgraph/sqlite", {})[n] = uvloop.run(
-                    _langgraph_runs(n, db(f"lg{n}.db"))
-                )
-                row.setdefault("langgraph/none", {})[n] = uvloop.run(_langgraph_runs(n, None))
+    with tempfile.TemporaryDirectory() as tmp, _procs() as procs:
+        ep = f"tcp://127.0.0.1:{_free_port()}"
+        cli = [sys.executable, "-m", "engine.cli"]
+        procs.append(_spawn([*cli, "broker", "--bind", ep], "listening"))
+        for name in ("n1", "n2"):
+            agents = ["--agents", "orch_bench_agents:BenchWorker", "--concurrency", "64"]
+            procs.append(
+                _spawn([*cli, "node", "--connect", ep, *agents, "--name", name], "serving")
+            )
+        for n in SIZES:
+            for name, rate in uvloop.run(_round_robin(n, tmp, ep)).items():
+                out.setdefault(name, {})[n] = rate
     return out
 
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from engine.orchestration.worker import BudgetGrant
-
 if TYPE_CHECKING:
     from engine.llm import Budget
+    from engine.orchestration.worker import BudgetGrant
 
 __all__ = ["Hold", "carve", "grant_budget", "job_budget", "share"]
 
@@ -95,6 +94,8 @@ def carve(budget: Budget, ways: int) -> tuple[BudgetGrant, Hold]:
             left_calls = budget.calls - budget.used_calls - budget.reserved_calls
             calls = max(0, left_calls // ways)
             budget.reserved_calls += calls
+    from engine.orchestration.worker import BudgetGrant
+
     grant = BudgetGrant(
         tokens=tokens if budget.tokens is not None else None,
         cost=cost if budget.cost is not None else None,

@@ -78,13 +78,14 @@ async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
         if verdict.action != "continue" and jr.verdict is None:
             jr.verdict = verdict
     inputs = {d: jr.outputs[d] for d in st.depends_on if d in jr.outputs}
-    remote = worker.type not in s.runtime.types
+    remote = worker.type not in s.local_types
     started = time.time()
-    jr.job.emit("subtask.started", st.id, {"agent": str(worker), "attempt": attempt})
+    agent = str(worker)
+    jr.job.emit("subtask.started", st.id, {"agent": agent, "attempt": attempt})
     if s.audit is not None:
         s.audit.append(
             "task.assigned",
-            {"job": jr.job.id, "subtask": st.id, "agent": str(worker), "attempt": attempt},
+            {"job": jr.job.id, "subtask": st.id, "agent": agent, "attempt": attempt},
         )
     while True:
         jr.attempts[st.id] = attempt
@@ -103,7 +104,7 @@ async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
             tenant=jr.job.tenant,
             grant=grant,
         )
-        done = Finished(run, str(worker), started, attempt)
+        done = Finished(run, agent, started, attempt)
         try:
             reply = await _send(jr, req, worker)
         except asyncio.CancelledError:

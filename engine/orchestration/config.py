@@ -56,6 +56,7 @@ class Settings:
         "descriptions",
         "dispatcher",
         "llm",
+        "local_types",
         "max_repeats",
         "max_replans",
         "max_stalls",
@@ -106,3 +107,5 @@ class Settings:
         self.audit = audit
         #: capability -> what it is for (the plan prompt lists them)
         self.descriptions: dict[str, str] = {}
+        #: worker types hosted by this runtime (the others are reached over the mesh)
+        self.local_types: set[str] = set()

@@ -89,6 +89,7 @@ class JobRun:
         self.outputs: dict[str, str] = self.restored.outputs()
         self.failures: dict[str, SubtaskOutcome] = {}  # current gen, failed for good
         self.outcomes: dict[str, SubtaskOutcome] = {}
+        self.failed_count = 0  # steps recorded as failed (the checkpoint's count)
         self.finished: list[Finished] = []
         self.noted: list[LedgerRecord] = []
         self.uncovered: list[str] = []
@@ -108,6 +109,7 @@ class JobRun:
         self._wake = asyncio.Event()
         for sid, st in self.restored.steps.items():
             self.outcomes[sid] = _outcome(st)
+            self.failed_count += st.status == "failed"
 
     # -- accounting and records --------------------------------------------------------
     def spent(self, tokens: int, cost: float, calls: int) -> None:
@@ -147,7 +149,7 @@ class JobRun:
             replans=self.detector.replans,
             stalls=self.detector.stalls,
             completed=len(self.outputs),
-            failed=sum(o.status == "failed" for o in self.outcomes.values()),
+            failed=self.failed_count,
             progress_calls=self.progress_n,
             tokens=self.tokens,
             cost=self.cost,
@@ -427,6 +429,7 @@ class JobRun:
             )
             records.append(step_record(run, done, status))
             self.outcomes[st.id] = outcome
+            self.failed_count += status == "failed"
             events.append((st.id, outcome, max(0.0, done.finished - done.started)))
             self.spent(done.tokens, done.cost, 0)
             self.uncovered.append(f"{run.gen}:{st.id}")
@@ -442,6 +445,7 @@ class JobRun:
                         ds.id, ds.capability, "failed", error=f"dependency {st.id} failed"
                     )
                     self.outcomes[ds.id] = miss
+                    self.failed_count += 1
                     if dropped.gen == self.gen:
                         self.failures[ds.id] = miss
                     records.append(dropped_record(dropped, st.id))

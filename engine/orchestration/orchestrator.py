@@ -158,6 +158,8 @@ class Orchestrator:
             if not isinstance(cap, str) or not cap or len(cap) > 128:
                 raise ValueError(f"capability names are non-empty str up to 128 chars: {cap!r}")
         self.dispatcher.add_worker(type_name, caps, concurrency)
+        if type_name in self.runtime.types:
+            self.s.local_types.add(type_name)
         about = description or (worker.__doc__ or "" if not isinstance(worker, str) else "")
         for cap in caps:
             self.s.descriptions.setdefault(cap, about.strip().split("\n")[0][:200])

@@ -137,14 +137,34 @@ def validate_plan(
                 errors.append(f"subtask {st.id!r} depends on itself")
             elif dep not in ids and dep not in done:
                 errors.append(f"subtask {st.id!r} depends on unknown subtask {dep!r}")
-    if not errors:
-        cycle = _find_cycle(subtasks)
-        if cycle:
-            errors.append("dependency cycle: " + " -> ".join(cycle))
+    if not errors and not _acyclic(subtasks):
+        errors.append("dependency cycle: " + " -> ".join(_find_cycle(subtasks)))
     if errors:
         shown = errors[:20]
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         raise PlanError("invalid plan: " + "; ".join(shown) + more, errors)
+
+
+def _acyclic(subtasks: list[Subtask]) -> bool:
+    """Kahn's algorithm, O(subtasks + dependencies): can every subtask be ordered?"""
+    ids = {st.id for st in subtasks}
+    waiting = {st.id: 0 for st in subtasks}
+    children: dict[str, list[str]] = {}
+    for st in subtasks:
+        for dep in st.depends_on:
+            if dep in ids:  # others are done subtasks of earlier plans: met
+                waiting[st.id] += 1
+                children.setdefault(dep, []).append(st.id)
+    ready = [sid for sid, n in waiting.items() if n == 0]
+    seen = 0
+    while ready:
+        sid = ready.pop()
+        seen += 1
+        for child in children.get(sid, ()):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    return seen == len(waiting)
 
 
 def _find_cycle(subtasks: list[Subtask]) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from engine.messages import Message
+from engine.orchestration import _budget
 
 __all__ = [
     "MAX_OUTPUT",
@@ -73,8 +74,6 @@ class SubtaskRequest(Message, tag="engine.SubtaskRequest"):
         In the orchestrator's process that is the job's own budget; on a mesh node, a
         budget enforcing the grant the orchestrator reserved for this subtask.
         """
-        from engine.orchestration import _budget
-
         if self.grant is None:
             return _budget.job_budget(self.job)
         return _budget.grant_budget(self.grant)
