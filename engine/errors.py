@@ -237,54 +237,9 @@ class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
 
 
-# --- State (engine.store)
+# --- LLM layer (engine.llm)
 
 
-class StoreError(EngineError):
-    """Base class of the state store's errors (``engine.store``)."""
-
-
-class StoreURLError(StoreError, ValueError):
-    """A store URL is malformed or names a scheme no implementation serves."""
-
-
-class StoreNotFound(StoreError, FileNotFoundError):
-    """The store a URL names does not exist, and the caller asked not to create one."""
-
-
-class SchemaVersionError(StoreError):
-    """The store's schema is newer than this code, or older and not migrated."""
-
-
-class StoreClosed(StoreError):
-    """The store was closed (or its writer died); no further calls are accepted."""
-
-
-class StoreInputError(StoreError, ValueError):
-    """An argument to a store method has the wrong type, shape or size (named in the message)."""
-
-
-class RecordTooLarge(StoreInputError):
-    """A value is larger than the store's ``max_value_bytes``."""
-
-
-class JobNotFound(StoreError, LookupError):
-    """A job operation named a job the store does not hold."""
-
-
-class StoreConflict(StoreError):
-    """A compare-and-set or uniqueness check failed; ``current`` is what the store holds."""
-
-    def __init__(self, message: str, current: object = None) -> None:
-        self.current = current
-        super().__init__(message)
-
-
-class LeaseLost(StoreConflict):
-    """The caller no longer holds the job's lease (it expired and another owner took it)."""
-
-
-# -- LLM layer (engine.llm) -------------------------------------------------------------------
 class LLMError(EngineError):
     """Base class of errors raised by the LLM layer (providers, router, budgets)."""
 
@@ -384,6 +339,53 @@ class MaxStepsExceeded(LLMError):
 
 class ScriptError(LLMError, LookupError):
     """A :class:`~engine.llm.ScriptedProvider` had no rule matching a call."""
+
+
+# --- State (engine.store)
+
+
+class StoreError(EngineError):
+    """Base class of the state store's errors (``engine.store``)."""
+
+
+class StoreURLError(StoreError, ValueError):
+    """A store URL is malformed or names a scheme no implementation serves."""
+
+
+class StoreNotFound(StoreError, FileNotFoundError):
+    """The store a URL names does not exist, and the caller asked not to create one."""
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this code, or older and not migrated."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed (or its writer died); no further calls are accepted."""
+
+
+class StoreInputError(StoreError, ValueError):
+    """An argument to a store method has the wrong type, shape or size (named in the message)."""
+
+
+class RecordTooLarge(StoreInputError):
+    """A value is larger than the store's ``max_value_bytes``."""
+
+
+class JobNotFound(StoreError, LookupError):
+    """A job operation named a job the store does not hold."""
+
+
+class StoreConflict(StoreError):
+    """A compare-and-set or uniqueness check failed; ``current`` is what the store holds."""
+
+    def __init__(self, message: str, current: object = None) -> None:
+        self.current = current
+        super().__init__(message)
+
+
+class LeaseLost(StoreConflict):
+    """The caller no longer holds the job's lease (it expired and another owner took it)."""
 
 
 # --- Orchestration (engine.orchestration)

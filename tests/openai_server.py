@@ -18,7 +18,8 @@ message. Faults: :meth:`OpenAIServer.fail` queues one-shot faults (one per reque
 order), :attr:`OpenAIServer.always` applies one to every request. Counters: ``requests``
 (every request that reached a handler), ``completed`` (answered in full), ``disconnects``
 (clients that went away mid-reply), ``bodies`` (the last 10,000 request bodies),
-``auth`` (Authorization headers seen, to prove the key was sent).
+``arrivals`` (their ``time.monotonic()``), ``auth`` (Authorization headers seen, to prove
+the key was sent).
 
 Run it alone (``python -m tests.openai_server``) to serve from another process: it prints
 its URL and serves until stdin closes (the benchmarks do this so the server does not share
@@ -143,6 +144,7 @@ class OpenAIServer:
         self.disconnects = 0
         self.paths: dict[str, int] = {}
         self.bodies: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self.arrivals: deque[float] = deque(maxlen=10_000)  # time.monotonic() per request
         self.auth: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -249,6 +251,7 @@ class OpenAIServer:
     def _admit(self, request: web.Request) -> Fault | None:
         with self._lock:
             self.requests += 1
+            self.arrivals.append(time.monotonic())
             self.paths[request.path] = self.paths.get(request.path, 0) + 1
             auth = request.headers.get("Authorization")
             if auth is not None and len(self.auth) < 64:

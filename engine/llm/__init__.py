@@ -29,7 +29,7 @@ from engine.llm.base import (
     Usage,
 )
 from engine.llm.breaker import BreakerPolicy, CircuitBreaker
-from engine.llm.budget import Budget
+from engine.llm.budget import Budget, Reservation
 from engine.llm.cache import LLMCache
 from engine.llm.limits import Limits
 from engine.llm.openai import OpenAIProvider
@@ -65,6 +65,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "Reply",
+    "Reservation",
     "RetryPolicy",
     "Rule",
     "ScriptError",

@@ -17,7 +17,7 @@ from typing import Final
 
 from engine.errors import BudgetExceeded
 
-__all__ = ["Budget", "Reservation", "reserve"]
+__all__ = ["Budget", "Hold", "Reservation", "reserve"]
 
 _KINDS: Final = ("tokens", "cost", "calls")
 
@@ -95,11 +95,19 @@ class Budget:
                 "calls": _left(self.calls, self.used_calls + self.reserved_calls),
             }
 
-    def _refusal(self, tokens: int, cost: float) -> BudgetExceeded | None:
-        """Would reserving (tokens, cost, 1 call) exceed a limit? Call with the lock held."""
-        if self.calls is not None and self.used_calls + self.reserved_calls + 1 > self.calls:
+    def hold(self, tokens: int = 0, cost: float = 0.0, calls: int = 0) -> Reservation:
+        """Reserve a share of this budget (e.g. a grant for work done elsewhere).
+
+        All or nothing like a call's reservation (:class:`~engine.errors.BudgetExceeded`
+        when it does not fit); settle it with what was really used, or release it.
+        """
+        return reserve((self,), tokens, cost, calls)
+
+    def _refusal(self, tokens: int, cost: float, calls: int) -> BudgetExceeded | None:
+        """Would reserving (tokens, cost, calls) exceed a limit? Call with the lock held."""
+        if self.calls is not None and self.used_calls + self.reserved_calls + calls > self.calls:
             return BudgetExceeded(
-                self.name, "calls", self.calls, self.used_calls + self.reserved_calls, 1
+                self.name, "calls", self.calls, self.used_calls + self.reserved_calls, calls
             )
         held = self.used_tokens + self.reserved_tokens
         if self.tokens is not None and held + tokens > self.tokens:
@@ -117,27 +125,34 @@ def _left(limit: float | None, held: float) -> float | None:
 class Reservation:
     """What one call holds on its budgets until :meth:`settle` or :meth:`release`."""
 
-    __slots__ = ("budgets", "cost", "done", "tokens")
+    __slots__ = ("budgets", "calls", "cost", "done", "tokens")
 
-    def __init__(self, budgets: tuple[Budget, ...], tokens: int, cost: float) -> None:
+    def __init__(
+        self, budgets: tuple[Budget, ...], tokens: int, cost: float, calls: int = 1
+    ) -> None:
         self.budgets = budgets
         self.tokens = tokens
         self.cost = cost
+        self.calls = calls
         self.done = False
 
-    def settle(self, tokens: int, cost: float) -> None:
-        """Replace the estimate with the real usage (once; later calls do nothing)."""
+    def settle(self, tokens: int, cost: float, calls: int | None = None) -> None:
+        """Replace the reservation with the real usage (once; later calls do nothing).
+
+        ``calls`` defaults to the number reserved (one for an LLM call).
+        """
         if self.done:
             return
         self.done = True
+        used_calls = self.calls if calls is None else calls
         for b in self.budgets:
             with b._lock:
                 b.reserved_tokens -= self.tokens
                 b.reserved_cost -= self.cost
-                b.reserved_calls -= 1
+                b.reserved_calls -= self.calls
                 b.used_tokens += tokens
                 b.used_cost += cost
-                b.used_calls += 1
+                b.used_calls += used_calls
 
     def release(self) -> None:
         """Give the reservation back (the call failed before using anything)."""
@@ -148,35 +163,40 @@ class Reservation:
             with b._lock:
                 b.reserved_tokens -= self.tokens
                 b.reserved_cost -= self.cost
-                b.reserved_calls -= 1
+                b.reserved_calls -= self.calls
 
+
+#: What :meth:`Budget.hold` returns: a share held until settled or released.
+Hold = Reservation
 
 _EMPTY: Final = Reservation((), 0, 0.0)
 _EMPTY.done = True
 
 
-def reserve(budgets: Sequence[Budget], tokens: int, cost: float) -> Reservation:
-    """Reserve ``tokens`` and ``cost`` (and one call) on all ``budgets``, or on none.
+def reserve(budgets: Sequence[Budget], tokens: int, cost: float, calls: int = 1) -> Reservation:
+    """Reserve ``tokens``, ``cost`` and ``calls`` on all ``budgets``, or on none.
 
     Raises :class:`~engine.errors.BudgetExceeded` for the first budget that would go over;
     then nothing is held anywhere.
     """
     if not budgets:
         return _EMPTY
+    if tokens < 0 or cost < 0 or calls < 0:
+        raise ValueError("a reservation needs tokens, cost and calls >= 0")
     # Lock in a fixed order (by id) so two calls sharing budgets never deadlock.
     ordered = tuple(sorted(set(budgets), key=id))
     for b in ordered:
         b._lock.acquire()
     try:
         for b in ordered:
-            refusal = b._refusal(tokens, cost)
+            refusal = b._refusal(tokens, cost, calls)
             if refusal is not None:
                 raise refusal
         for b in ordered:
             b.reserved_tokens += tokens
             b.reserved_cost += cost
-            b.reserved_calls += 1
+            b.reserved_calls += calls
     finally:
         for b in reversed(ordered):
             b._lock.release()
-    return Reservation(ordered, tokens, cost)
+    return Reservation(ordered, tokens, cost, calls)

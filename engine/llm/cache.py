@@ -106,6 +106,10 @@ class LLMCache:
         store: SemanticCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"cache ttl must be positive seconds or None, got {ttl!r}")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"cache threshold must be a cosine in [-1, 1], got {threshold!r}")
         self.semantic = semantic
         self.store = (
             store

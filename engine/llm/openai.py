@@ -402,12 +402,12 @@ class OpenAIProvider(Provider):
                 retryable=status in _RETRYABLE or status >= 500,
                 retry_after=_retry_after(exc.response.headers),
             )
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, openai.APITimeoutError) and not _dropped(exc):
             return ProviderError(
                 "request timed out", provider=p, model=m, retryable=True, timeout=True
             )
         if isinstance(exc, openai.APIConnectionError):
-            cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "unknown"
+            cause = type(_root(exc)).__name__
             return ProviderError(
                 f"connection failed ({cause})", provider=p, model=m, retryable=True
             )
@@ -429,6 +429,28 @@ class OpenAIProvider(Provider):
             model=m,
             retryable=True,
         )
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost cause of ``exc`` (bounded walk)."""
+    for _ in range(8):
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def _dropped(exc: BaseException) -> bool:
+    """A "timeout" that was really a dropped connection (the aiohttp transport maps
+    ``ServerDisconnectedError`` to ``ConnectTimeout``)."""
+    root = _root(exc)
+    return isinstance(root, ConnectionError) or type(root).__name__ in (
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ClientConnectionResetError",
+        "ClientPayloadError",
+    )
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

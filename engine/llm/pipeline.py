@@ -86,7 +86,9 @@ class BaseLLM:
         ):
             raise ValueError(f"default_max_tokens must be a positive int, got {default_max_tokens}")
         self.prices = prices if isinstance(prices, PriceTable) else PriceTable(prices)
-        self.cache: LLMCache | None = LLMCache() if cache is True else (cache or None)
+        if cache is True:
+            cache = LLMCache()
+        self.cache: LLMCache | None = cache if isinstance(cache, LLMCache) else None
         self.audit = audit
         self.telemetry = Telemetry(metrics, tracer_provider, spans=spans)
         self.ledger = ledger if ledger is not None else UsageLedger()
