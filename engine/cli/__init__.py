@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("engine.cli.run", "run one orchestrated job and print its answer"),
     "resume": ("engine.cli.resume", "continue a job whose process died"),
     "jobs": ("engine.cli.jobs", "list orchestrated jobs, or show one with its ledger"),
+    "store": ("engine.cli.store", "state store schema: migrate or show its version"),
 }
 
 

@@ -19,7 +19,7 @@ from engine.errors import (
     StoreNotFound,
     StoreURLError,
 )
-from engine.store._open import open
+from engine.store._open import migrate, open
 from engine.store.base import (
     Checkpoint,
     DeadLetter,
@@ -56,5 +56,6 @@ __all__ = [
     "StoreNotFound",
     "StoreOptions",
     "StoreURLError",
+    "migrate",
     "open",
 ]

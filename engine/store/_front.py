@@ -147,8 +147,14 @@ class StoreBase(abc.ABC):
 
     # -- jobs --------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> Job:
+    async def create_job(
+        self, job: Job, *, owner: str | None = None, lease_ttl: float | None = None
+    ) -> Job:
         now = self._now()
+        if (owner is None) != (lease_ttl is None):
+            raise StoreInputError("create_job: give owner and lease_ttl together, or neither")
+        lease_owner = "" if owner is None else check_id("owner", owner)
+        lease_until = 0.0 if lease_ttl is None else now + check_ttl(lease_ttl, "lease_ttl")
         if not isinstance(job, Job):
             raise StoreInputError(f"job must be an engine.store.Job, got {type(job).__name__}")
         opts = self._options
@@ -165,6 +171,8 @@ class StoreBase(abc.ABC):
             created=created,
             updated=now,
             version=1,
+            owner=lease_owner,
+            lease_until=lease_until,
         )
         return await self._create_job(job)
 
@@ -271,6 +279,11 @@ class StoreBase(abc.ABC):
     async def append_ledger(self, job_id: str, entries: Sequence[LedgerEntry]) -> None:
         now = self._now()
         job_id = check_id("job_id", job_id)
+        checked = self._entries(entries, now)
+        if checked:
+            await self._append_ledger(job_id, checked)
+
+    def _entries(self, entries: Sequence[LedgerEntry], now: float) -> list[LedgerEntry]:
         check_seq("entries", entries, LedgerEntry, 10_000)
         opts = self._options
         seen: set[str] = set()
@@ -289,8 +302,7 @@ class StoreBase(abc.ABC):
                     at=at,
                 )
             )
-        if checked:
-            await self._append_ledger(job_id, checked)
+        return checked
 
     async def read_ledger(
         self,
@@ -318,6 +330,7 @@ class StoreBase(abc.ABC):
         *,
         meta: bytes = b"",
         name: str = "",
+        ledger: Sequence[LedgerEntry] = (),
     ) -> None:
         now = self._now()
         opts = self._options
@@ -329,7 +342,7 @@ class StoreBase(abc.ABC):
             name=check_text("name", name),
             created=now,
         )
-        await self._put_checkpoint(ck)
+        await self._put_checkpoint(ck, self._entries(ledger, now) if ledger else [])
 
     async def get_checkpoint(
         self, job_id: str, version: int | None = None, *, name: str | None = None
@@ -493,7 +506,7 @@ class StoreBase(abc.ABC):
         self, job_id: str, ledger: str | None, after: int, limit: int
     ) -> list[LedgerEntry]: ...
     @abc.abstractmethod
-    async def _put_checkpoint(self, ck: Checkpoint) -> None: ...
+    async def _put_checkpoint(self, ck: Checkpoint, ledger: list[LedgerEntry]) -> None: ...
     @abc.abstractmethod
     async def _get_checkpoint(
         self, job_id: str, version: int | None, name: str | None, now: float

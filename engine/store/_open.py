@@ -11,7 +11,7 @@ from engine.errors import StoreInputError
 from engine.store._url import parse_url
 from engine.store.base import Store, StoreOptions
 
-__all__ = ["open"]
+__all__ = ["migrate", "open"]
 
 
 async def _open(
@@ -87,3 +87,19 @@ def open(
         raise StoreInputError(f"unknown store option: {exc}") from None
     parse_url(url)  # a bad URL fails here, before anything is awaited
     return _Opening((url, bool(create), bool(migrate) and bool(create), clock or time.time, opts))
+
+
+async def migrate(url: str) -> tuple[int, int]:
+    """Create or migrate the store at ``url`` to this code's schema: ``(before, after)``.
+
+    ``before`` is 0 for a store that did not exist. A newer schema raises
+    ``SchemaVersionError``. What ``engine store migrate URL`` runs.
+    """
+    from engine.store.migrations import LATEST
+
+    store = await open(url)
+    try:
+        before = int(getattr(store, "schema_before", LATEST))
+        return before, await store.schema_version()
+    finally:
+        await store.close()

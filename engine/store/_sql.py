@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import SchemaVersionError, StoreNotFound
+from engine.store import _ckops as ckops
 from engine.store import _sqlops as ops
 from engine.store._codec import CheckpointCodec
 from engine.store._front import JobChanges, JobExpect, JobFilter, StoreBase
@@ -78,6 +79,7 @@ class SQLStore(StoreBase):
         super().__init__(url, options, clock)
         self._queue = WriteQueue(self._run_batch, options.queue_size, options.max_batch)
         self._codec = CheckpointCodec(options.checkpoint_delta)
+        self.schema_before = 0  # the schema version found at open (0: none)
 
     # -- the driver's part -------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class SQLStore(StoreBase):
     async def _open_schema(self, create: bool, migrate: bool) -> None:
         """Check (and when allowed, create or migrate) the schema; see ``engine.store.open``."""
         version = _raise(await self._run_read(functools.partial(schema_state_op, self.exists_sql)))
+        self.schema_before = version or 0
         if version is None and not create:
             raise StoreNotFound(f"no engine store at {self.url}")
         if version is not None and version > LATEST:
@@ -140,7 +143,9 @@ class SQLStore(StoreBase):
             raise errors[0]
 
     async def _sweep(self, now: float) -> int:
-        count: int = await self._write(ops.sweep, now, self._options.checkpoint_ttl)
+        count: int = await self._write(ops.sweep_kv, now)
+        if self._options.checkpoint_ttl is not None:
+            count += await self._write(ckops.sweep_checkpoints, now - self._options.checkpoint_ttl)
         return count
 
     async def _schema_version(self) -> int:
@@ -201,11 +206,18 @@ class SQLStore(StoreBase):
 
     # -- checkpoints -------------------------------------------------------------------
 
-    async def _put_checkpoint(self, ck: Checkpoint) -> None:
+    async def _put_checkpoint(self, ck: Checkpoint, ledger: list[LedgerEntry]) -> None:
         codec = self._codec
-        base, delta = codec.encode(ck.job_id, ck.version, ck.state)
+        base, prev, delta = codec.encode(ck.job_id, ck.version, ck.state)
         factory = functools.partial(
-            ops.put_checkpoint, self.dialect, ck, base, delta, self._options.keep_checkpoints
+            ckops.put_checkpoint,
+            self.dialect,
+            ck,
+            base,
+            prev,
+            delta,
+            self._options.keep_checkpoints,
+            ledger,
         )
 
         def done(result: Any) -> None:
@@ -225,7 +237,7 @@ class SQLStore(StoreBase):
         self, job_id: str, version: int | None, name: str | None, now: float
     ) -> Checkpoint | None:
         ck: Checkpoint | None = await self._read(
-            ops.get_checkpoint,
+            ckops.get_checkpoint,
             job_id,
             version,
             name,
@@ -238,7 +250,7 @@ class SQLStore(StoreBase):
         self, job_id: str, before: int | None, limit: int, with_state: bool, now: float
     ) -> list[Checkpoint]:
         cks: list[Checkpoint] = await self._read(
-            ops.list_checkpoints,
+            ckops.list_checkpoints,
             job_id,
             before,
             limit,
@@ -251,7 +263,7 @@ class SQLStore(StoreBase):
     async def _delete_checkpoints(self, job_id: str, versions: list[int] | None) -> int:
         if versions is None:
             self._codec.forget(job_id)
-        count: int = await self._write(ops.delete_checkpoints, job_id, versions)
+        count: int = await self._write(ckops.delete_checkpoints, job_id, versions)
         return count
 
     # -- key-value state ---------------------------------------------------------------

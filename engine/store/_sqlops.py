@@ -19,10 +19,8 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from engine.errors import JobNotFound, LeaseLost, StoreConflict, StoreError
-from engine.store._delta import apply_delta
 from engine.store._front import JobChanges, JobExpect, JobFilter
 from engine.store.base import (
-    Checkpoint,
     DeadLetter,
     Job,
     KVItem,
@@ -76,10 +74,11 @@ def resolve(result: Any) -> Any:
 class Dialect(NamedTuple):
     name: str
     skip_locked: str  # appended to the claim sub-select
+    counts_now: bool  # row counts are known as soon as a statement ran (no pipelining)
 
 
-SQLITE = Dialect("sqlite", "")
-POSTGRES = Dialect("postgresql", " FOR UPDATE SKIP LOCKED")
+SQLITE = Dialect("sqlite", "", True)
+POSTGRES = Dialect("postgresql", " FOR UPDATE SKIP LOCKED", False)
 
 Op = Generator[Q | X | XM, Any, Any]
 
@@ -282,157 +281,6 @@ def read_ledger(d: Dialect, job_id: str, ledger: str | None, after: int, limit: 
     return [LedgerEntry(id=r[1], data=bytes(r[3]), ledger=r[2], at=r[4], seq=r[0]) for r in rows]
 
 
-# -- checkpoints -----------------------------------------------------------------------
-
-_CK_INSERT = (
-    "INSERT INTO engine_checkpoints (job_id, version, base, data, meta, name, created, hidden) "
-    "SELECT ?, ?, ?, ?, ?, ?, ?, 0 WHERE NOT EXISTS (SELECT 1 FROM engine_checkpoints "
-    "WHERE job_id = ? AND (version >= ? OR (name = ? AND name <> '')))"
-)
-_CUTOFF = (
-    "(SELECT version FROM engine_checkpoints WHERE job_id = ? AND hidden = 0 "
-    "ORDER BY version DESC LIMIT 1 OFFSET ?)"
-)
-_UNUSED = (
-    "NOT EXISTS (SELECT 1 FROM engine_checkpoints u "
-    "WHERE u.job_id = engine_checkpoints.job_id AND u.base = engine_checkpoints.version)"
-)
-
-
-def put_checkpoint(
-    d: Dialect, ck: Checkpoint, base: int, delta: bytes | None, keep: int | None
-) -> Op:
-    """Insert ``delta`` against ``base`` when that base still exists, else the full state.
-
-    The Later's result is True when the full state was stored.
-    """
-    head = (ck.job_id, ck.version)
-    tail = (ck.meta, ck.name, ck.created, ck.job_id, ck.version, ck.name)
-    as_delta: Counted | None = None
-    if delta is not None:
-        as_delta = yield X(
-            _CK_INSERT + " AND EXISTS (SELECT 1 FROM engine_checkpoints "
-            "WHERE job_id = ? AND version = ?)",
-            (*head, base, delta, *tail, ck.job_id, base),
-        )
-    as_full = yield X(_CK_INSERT, (*head, 0, ck.state, *tail))
-    if keep is not None:
-        yield from _drop_old(ck.job_id, keep)
-
-    def result() -> bool:
-        if as_full.rowcount == 1:
-            return True
-        if as_delta is not None and as_delta.rowcount == 1:
-            return False
-        raise StoreConflict(
-            f"checkpoint version {ck.version} of job {ck.job_id!r} is not above its latest"
-            + (f", or its name {ck.name!r} exists" if ck.name else "")
-        )
-
-    return Later(result)
-
-
-def _drop_old(job_id: str, keep: int) -> Op:
-    """Keep ``keep`` visible versions: older rows go, or are hidden while deltas use them."""
-    yield X(
-        f"DELETE FROM engine_checkpoints WHERE job_id = ? AND version < {_CUTOFF} AND {_UNUSED}",
-        (job_id, job_id, keep - 1),
-    )
-    yield X(
-        "UPDATE engine_checkpoints SET hidden = 1 WHERE job_id = ? AND hidden = 0 "
-        f"AND version < {_CUTOFF}",
-        (job_id, job_id, keep - 1),
-    )
-
-
-_CK_SELECT = (
-    "SELECT c.version, c.base, c.data, c.meta, c.name, c.created, b.data "
-    "FROM engine_checkpoints c LEFT JOIN engine_checkpoints b "
-    "ON c.base > 0 AND b.job_id = c.job_id AND b.version = c.base "
-    "WHERE c.job_id = ? AND c.hidden = 0"
-)
-
-
-def _to_checkpoint(job_id: str, r: Sequence[Any], max_size: int, with_state: bool) -> Checkpoint:
-    state = b""
-    if with_state:
-        state = bytes(r[2])
-        if r[1]:
-            if r[6] is None:
-                raise StoreError(f"checkpoint {r[0]} of job {job_id!r} lost its base {r[1]}")
-            state = apply_delta(bytes(r[6]), state, max_size)
-    return Checkpoint(
-        job_id=job_id, version=r[0], state=state, meta=bytes(r[3]), name=r[4], created=r[5]
-    )
-
-
-def get_checkpoint(
-    d: Dialect,
-    job_id: str,
-    version: int | None,
-    name: str | None,
-    oldest: float | None,
-    max_size: int,
-) -> Op:
-    sql = _CK_SELECT
-    params: list[Any] = [job_id]
-    for cond, value in (
-        ("c.version = ?", version),
-        ("c.name = ?", name),
-        ("c.created >= ?", oldest),
-    ):
-        if value is not None:
-            sql += f" AND {cond}"
-            params.append(value)
-    rows = yield Q(sql + " ORDER BY c.version DESC LIMIT 1", params)
-    return _to_checkpoint(job_id, rows[0], max_size, True) if rows else None
-
-
-def list_checkpoints(
-    d: Dialect,
-    job_id: str,
-    before: int | None,
-    limit: int,
-    with_state: bool,
-    oldest: float | None,
-    max_size: int,
-) -> Op:
-    sql = (
-        _CK_SELECT if with_state else _CK_SELECT.replace("c.data", "NULL").replace("b.data", "NULL")
-    )
-    params: list[Any] = [job_id]
-    for cond, value in (("c.version < ?", before), ("c.created >= ?", oldest)):
-        if value is not None:
-            sql += f" AND {cond}"
-            params.append(value)
-    rows = yield Q(sql + " ORDER BY c.version DESC LIMIT ?", [*params, limit])
-    return [_to_checkpoint(job_id, r, max_size, with_state) for r in rows]
-
-
-def delete_checkpoints(d: Dialect, job_id: str, versions: list[int] | None) -> Op:
-    if versions is None:
-        rows = yield Q(
-            "DELETE FROM engine_checkpoints WHERE job_id = ? RETURNING hidden", (job_id,)
-        )
-        return sum(1 for r in rows if not r[0])
-    chosen = f"version IN ({_qs(len(versions))})"
-    rows = yield Q(
-        f"SELECT count(*) FROM engine_checkpoints WHERE job_id = ? AND hidden = 0 AND {chosen}",
-        (job_id, *versions),
-    )
-    yield X(
-        f"DELETE FROM engine_checkpoints WHERE job_id = ? AND {chosen} AND NOT EXISTS ("
-        "SELECT 1 FROM engine_checkpoints u WHERE u.job_id = engine_checkpoints.job_id "
-        f"AND u.base = engine_checkpoints.version AND u.{chosen.replace('IN', 'NOT IN')})",
-        (job_id, *versions, *versions),
-    )
-    yield X(
-        f"UPDATE engine_checkpoints SET hidden = 1 WHERE job_id = ? AND {chosen}",
-        (job_id, *versions),
-    )
-    return int(rows[0][0])
-
-
 # -- key-value state -------------------------------------------------------------------
 
 
@@ -534,21 +382,9 @@ def remove_dead_letters(d: Dialect, ids: list[int], broker: str) -> Op:
 # -- maintenance -----------------------------------------------------------------------
 
 
-def sweep(d: Dialect, now: float, checkpoint_ttl: float | None) -> Op:
-    kv = yield X("DELETE FROM engine_kv WHERE expires > 0 AND expires <= ?", (now,))
-    counts = [kv]
-    if checkpoint_ttl is not None:
-        oldest = now - checkpoint_ttl
-        counts.append(
-            (yield X(f"DELETE FROM engine_checkpoints WHERE created < ? AND {_UNUSED}", (oldest,)))
-        )
-        counts.append(
-            (yield X(
-                "UPDATE engine_checkpoints SET hidden = 1 WHERE created < ? AND hidden = 0",
-                (oldest,),
-            ))
-        )  # fmt: skip
-    return Later(lambda: sum(max(c.rowcount, 0) for c in counts))
+def sweep_kv(d: Dialect, now: float) -> Op:
+    gone = yield X("DELETE FROM engine_kv WHERE expires > 0 AND expires <= ?", (now,))
+    return Later(lambda: max(gone.rowcount, 0))
 
 
 def schema_version(d: Dialect) -> Op:

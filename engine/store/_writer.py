@@ -6,6 +6,11 @@ and hands it to the driver as one transaction (group commit). A full queue makes
 waits for the batch's commit; under ``batch`` it returns once the operation is queued, and
 a failure is kept for the next ``flush()`` (and logged). Operations run in queue order, so
 a later read sees every earlier write.
+
+When nothing is queued or being written, a ``commit`` write runs at once in the caller's
+task (no hand-over to the writer task: PERF, 0.06 ms -> 0.01 ms per SQLite write,
+benches/bench_store.py); writes that arrive while a batch is in flight queue behind it
+and commit together.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class WriteQueue:
         self._size = size
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item] | None = None
+        self._lock: asyncio.Lock | None = None  # held while a batch runs
         self._task: asyncio.Task[None] | None = None
         self._errors: list[BaseException] = []
         self._outstanding = 0
@@ -61,6 +67,7 @@ class WriteQueue:
 
     def _start(self) -> asyncio.Queue[_Item]:
         if self._queue is None:
+            self._lock = asyncio.Lock()
             self._queue = asyncio.Queue(self._size)
             self._task = asyncio.get_running_loop().create_task(
                 self._writer(self._queue), name="engine.store writer"
@@ -76,6 +83,17 @@ class WriteQueue:
         if self._closed:
             raise StoreClosed("the store is closed")
         queue = self._start()
+        lock = self._lock
+        assert lock is not None
+        if wait and queue.empty() and not lock.locked():
+            async with lock:  # free: taken without yielding
+                result = (await self._run([factory]))[0]
+                self.batches += 1
+            if done is not None:
+                done(result)
+            if isinstance(result, BaseException):
+                raise result
+            return result
         future = asyncio.get_running_loop().create_future() if wait else None
         self._outstanding += 1
         try:
@@ -127,7 +145,9 @@ class WriteQueue:
             results: list[Any] = []
             if ops:
                 try:
-                    results = await self._run(ops)
+                    assert self._lock is not None
+                    async with self._lock:
+                        results = await self._run(ops)
                 except Exception as exc:  # the driver itself failed: every op in it did
                     log.exception("store batch failed")
                     err = (

@@ -204,9 +204,14 @@ class Store(Protocol):
 
     # -- jobs --------------------------------------------------------------------------
 
-    async def create_job(self, job: Job) -> Job:
-        """Insert a job; the store sets ``created`` (when 0), ``updated``, ``version=1`` and
-        no lease. An existing id raises ``StoreConflict`` with the stored job."""
+    async def create_job(
+        self, job: Job, *, owner: str | None = None, lease_ttl: float | None = None
+    ) -> Job:
+        """Insert a job; the store sets ``created`` (when 0), ``updated`` and ``version=1``.
+        With ``owner`` and ``lease_ttl`` the job is created leased to ``owner`` (no window
+        in which another runner could claim it); otherwise with no lease (``Job.owner`` and
+        ``lease_until`` given in ``job`` are ignored). An existing id raises
+        ``StoreConflict`` with the stored job."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -304,9 +309,13 @@ class Store(Protocol):
         *,
         meta: bytes = b"",
         name: str = "",
+        ledger: Sequence[LedgerEntry] = (),
     ) -> None:
         """Store a checkpoint. ``version`` must be greater than every version the job has;
-        ``name`` (optional) must be new for the job. Otherwise ``StoreConflict``."""
+        ``name`` (optional) must be new for the job. Otherwise ``StoreConflict``.
+
+        ``ledger`` entries are appended to the job's ledgers in the same transaction, and
+        only if the checkpoint went in: a step's record and its checkpoint commit together."""
         ...
 
     async def get_checkpoint(

@@ -87,12 +87,15 @@ class MemoryStore(StoreBase):
         self._pending: dict[str, dict[str, PendingMessage]] = {}
         self._dead: dict[str, dict[int, DeadLetter]] = {}
         self._dead_ids = itertools.count(1)
+        self._errors: list[StoreConflict] = []
 
     async def _close(self) -> None:
         pass
 
     async def _flush(self) -> None:
-        pass
+        errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
 
     async def _schema_version(self) -> int:
         return LATEST
@@ -215,7 +218,18 @@ class MemoryStore(StoreBase):
             return list(cks.values())
         return [c for c in cks.values() if c.created >= now - ttl]
 
-    async def _put_checkpoint(self, ck: Checkpoint) -> None:
+    async def _put_checkpoint(self, ck: Checkpoint, ledger: list[LedgerEntry]) -> None:
+        try:
+            self._put(ck)
+        except StoreConflict as exc:
+            if self._options.durability == "commit":
+                raise
+            self._errors.append(exc)  # as the SQL stores do: reported by the next flush()
+            return
+        if ledger:
+            await self._append_ledger(ck.job_id, ledger)
+
+    def _put(self, ck: Checkpoint) -> None:
         cks = self._checkpoints.setdefault(ck.job_id, {})
         if cks:
             latest = next(reversed(cks))
@@ -294,8 +308,7 @@ class MemoryStore(StoreBase):
     async def _mesh_apply(self, writes: MeshWrites, broker: str) -> None:
         pending = self._pending.setdefault(broker, {})
         for p in writes.put:
-            pending.pop(p.key, None)  # a replaced message moves to the end, as in SQL
-            pending[p.key] = p
+            pending[p.key] = p  # a replaced message keeps its place, as in SQL
         for k in writes.remove:
             pending.pop(k, None)
         if writes.dead:

@@ -129,3 +129,18 @@ async def test_delete_some_or_all_versions(backend: Backend) -> None:
         await s.put_checkpoint("j", 1, b"fresh")  # a deleted job starts over
         ck = await s.get_checkpoint("j")
         assert ck is not None and ck.state == b"fresh"
+
+
+@uv
+async def test_checkpoint_with_ledger_entries_commits_both_or_neither(backend: Backend) -> None:
+    from engine.store import LedgerEntry
+
+    async with backend.open() as s:
+        step1 = [LedgerEntry(id="s1", data=b"entry 1", ledger="progress")]
+        await s.put_checkpoint("j", 1, _state(1), ledger=step1)
+        with pytest.raises(StoreConflict):  # a stale version: its entries must not land
+            await s.put_checkpoint("j", 1, _state(1), ledger=[LedgerEntry(id="x", data=b"")])
+        await s.put_checkpoint("j", 2, _state(2), ledger=[LedgerEntry(id="s2", data=b"entry 2")])
+        assert [e.id for e in await s.read_ledger("j")] == ["s1", "s2"]
+        ck = await s.get_checkpoint("j")
+        assert ck is not None and ck.version == 2 and ck.state == _state(2)

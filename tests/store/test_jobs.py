@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine.store import Job, JobNotFound, LeaseLost, StoreConflict
+from engine.store import Job, JobNotFound, LeaseLost, StoreConflict, StoreInputError
 from tests.agents_for_tests import uv
 from tests.store.conftest import Backend
 
@@ -202,3 +202,19 @@ async def test_delete_job_removes_its_ledger_and_checkpoints(backend: Backend) -
         assert await s.get_job("j") is None
         assert await s.read_ledger("j") == []
         assert await s.get_checkpoint("j") is None
+
+
+@uv
+async def test_create_job_already_leased(backend: Backend) -> None:
+    async with backend.open() as s:
+        job = await s.create_job(Job(id="j", status="running"), owner="me", lease_ttl=30)
+        assert (job.owner, job.lease_until) == ("me", backend.clock.t + 30)
+        assert await s.get_job("j") == job
+        assert await s.claim_job("other", ttl=30, status=("running", "pending")) is None
+        backend.clock.advance(31)
+        taken = await s.claim_job("other", ttl=30, status=("running", "pending"))
+        assert taken is not None and taken.owner == "other"
+        with pytest.raises(StoreInputError):
+            await s.create_job(Job(id="k"), owner="me")  # a lease needs its ttl
+        plain = await s.create_job(Job(id="p", owner="ignored", lease_until=1e12))
+        assert (plain.owner, plain.lease_until) == ("", 0.0)
