@@ -13,7 +13,7 @@ back to the job. No call goes out past the job's limit either way.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.llm import Budget
@@ -45,60 +45,44 @@ def grant_budget(grant: BudgetGrant) -> Budget:
 
 
 class Hold:
-    """A grant reserved on the job's budget until the subtask reports."""
+    """A grant reserved on the job's budget (``Budget.hold``) until the subtask reports."""
 
-    __slots__ = ("budget", "calls", "cost", "done", "tokens")
+    __slots__ = ("calls", "cost", "reservation", "tokens")
 
-    def __init__(self, budget: Budget, tokens: int, cost: float, calls: int) -> None:
-        self.budget = budget
+    def __init__(self, reservation: Any, tokens: int, cost: float, calls: int) -> None:
+        self.reservation = reservation
         self.tokens = tokens
         self.cost = cost
         self.calls = calls
-        self.done = False
 
     def settle(self, tokens: int, cost: float, calls: int) -> None:
-        """Replace the grant with what the worker spent (at most the grant; once)."""
-        if self.done:
-            return
-        self.done = True
-        b = self.budget
-        with b._lock:
-            b.reserved_tokens -= self.tokens
-            b.reserved_cost -= self.cost
-            b.reserved_calls -= self.calls
-            b.used_tokens += min(max(tokens, 0), self.tokens) if b.tokens is not None else tokens
-            b.used_cost += min(max(cost, 0.0), self.cost) if b.cost is not None else cost
-            b.used_calls += min(max(calls, 0), self.calls) if b.calls is not None else calls
+        """Replace the grant with what the worker spent; a report beyond the grant (which
+        the worker's own budget could not have allowed) is capped at the grant."""
+        self.reservation.settle(
+            min(max(tokens, 0), self.tokens) if self.tokens else max(tokens, 0),
+            min(max(cost, 0.0), self.cost) if self.cost else max(cost, 0.0),
+            min(max(calls, 0), self.calls) if self.calls else max(calls, 0),
+        )
 
     def release(self) -> None:
-        self.settle(0, 0.0, 0)
+        self.reservation.release()
 
 
 def carve(budget: Budget, ways: int) -> tuple[BudgetGrant, Hold]:
-    """Reserve ``1/ways`` of what is left of ``budget`` (per limit) as a worker's grant."""
-    ways = max(1, ways)
-    with budget._lock:
-        tokens = calls = 0
-        cost = 0.0
-        if budget.tokens is not None:
-            left = budget.tokens - budget.used_tokens - budget.reserved_tokens
-            tokens = max(0, left // ways)
-            budget.reserved_tokens += tokens
-        if budget.cost is not None:
-            left_cost = budget.cost - budget.used_cost - budget.reserved_cost
-            cost = max(0.0, left_cost / ways)
-            if not math.isfinite(cost):
-                cost = 0.0
-            budget.reserved_cost += cost
-        if budget.calls is not None:
-            left_calls = budget.calls - budget.used_calls - budget.reserved_calls
-            calls = max(0, left_calls // ways)
-            budget.reserved_calls += calls
+    """Hold ``1/ways`` of what is left of ``budget`` (per limit) as a worker's grant."""
     from engine.orchestration.worker import BudgetGrant
 
+    ways = max(1, ways)
+    left = budget.remaining()
+    tokens = int(left["tokens"] or 0) // ways
+    cost = float(left["cost"] or 0.0) / ways
+    calls = int(left["calls"] or 0) // ways
+    if not math.isfinite(cost):
+        cost = 0.0
+    reservation = budget.hold(tokens, cost, calls)
     grant = BudgetGrant(
         tokens=tokens if budget.tokens is not None else None,
         cost=cost if budget.cost is not None else None,
         calls=calls if budget.calls is not None else None,
     )
-    return grant, Hold(budget, tokens, cost, calls)
+    return grant, Hold(reservation, tokens, cost, calls)

@@ -126,10 +126,7 @@ class JobRun:
         batch = [*self.noted, *records]
         self.noted = []
         self.step += 1
-        await asyncio.gather(
-            self.s.persist.append(self.job.id, batch),
-            self.s.persist.checkpoint(self.job.id, self._checkpoint()),
-        )
+        await self.s.persist.step(self.job.id, batch, self._checkpoint())
 
     def note(self, records: Sequence[LedgerRecord]) -> None:
         """Queue records for the driver's next step (progress calls finish off the driver)."""

@@ -265,8 +265,6 @@ class Orchestrator:
             limits = Limits(budget.tokens, budget.cost, budget.calls)
         spec = JobSpec(task=task, budget=limits, config=dict(config or {}))
         await persist.create(job_id, spec, tenant, priority)
-        if not await persist.acquire(job_id):  # pragma: no cover - a new id is ours
-            raise OrchestrationError(f"job {job_id} is leased by another orchestrator")
         return self._start(job_id, spec, tenant, priority, budget, None)
 
     async def resume(self, job_id: str, *, force: bool = False) -> Job:

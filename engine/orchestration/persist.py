@@ -46,6 +46,7 @@ class Persist:
 
     # -- job records -----------------------------------------------------------------
     async def create(self, job_id: str, spec: JobSpec, tenant: str, priority: int) -> None:
+        """Insert the job, running and already leased to us (one statement)."""
         from engine.store.base import Job as JobRecord
 
         await self.store.create_job(
@@ -56,7 +57,9 @@ class Persist:
                 kind=KIND,
                 priority=priority,
                 data=_enc.encode(spec),
-            )
+            ),
+            owner=self.owner,
+            lease_ttl=self.lease,
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -102,19 +105,18 @@ class Persist:
         )
 
     # -- ledgers and checkpoints -------------------------------------------------------
-    async def append(self, job_id: str, records: Sequence[LedgerRecord]) -> None:
-        """Append records to the job's ledgers (ids from their bodies; repeats are no-ops)."""
-        if not records:
-            return
+    async def step(
+        self, job_id: str, records: Sequence[LedgerRecord], state: JobCheckpoint
+    ) -> None:
+        """One step: the records appended to the job's ledgers (ids from their bodies, so
+        repeats are no-ops) and the checkpoint, committed together."""
         from engine.store.base import LedgerEntry
 
-        await self.store.append_ledger(
-            job_id,
-            [
-                LedgerEntry(id=entry_id(r.body), data=encode_entry(r), ledger=ledger_of(r.body))
-                for r in records
-            ],
-        )
+        entries = [
+            LedgerEntry(id=entry_id(r.body), data=encode_entry(r), ledger=ledger_of(r.body))
+            for r in records
+        ]
+        await self.store.put_checkpoint(job_id, state.step, _enc.encode(state), ledger=entries)
 
     async def records(self, job_id: str) -> list[LedgerRecord]:
         """Every record of the job, in append order."""
@@ -126,9 +128,6 @@ class Persist:
             if len(batch) < 10_000:
                 return out
             after = batch[-1].seq
-
-    async def checkpoint(self, job_id: str, state: JobCheckpoint) -> None:
-        await self.store.put_checkpoint(job_id, state.step, _enc.encode(state))
 
     async def last_checkpoint(self, job_id: str) -> JobCheckpoint | None:
         ck = await self.store.get_checkpoint(job_id)
