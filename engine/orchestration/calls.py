@@ -124,7 +124,7 @@ async def plan(run: JobRun, gen: int, why: str) -> Plan:
         entry = PlanEntry(
             gen, attempt, candidate if isinstance(candidate, Plan) else None, errors, why
         )
-        await run.record([ans.record("plan", entry, ans.text)])
+        run.note([ans.record("plan", entry, ans.text)])  # rides along with the next step
         if not errors:
             assert isinstance(candidate, Plan)
             return candidate
