@@ -96,6 +96,7 @@ async def test_a_job_whose_lease_expired_is_taken_over() -> None:
         a = Orchestrator(llm, rt_a, store=store, lease=10.0, owner="A")
         a.add_worker(GateWorker, concurrency=1)
         b = Orchestrator(llm, rt_b, store=store, lease=10.0, owner="B")
+        c = Orchestrator(llm, rt_b, store=store, lease=0.3, owner="C", takeover=True)
         b.add_worker(GateWorker, concurrency=1)
         async with b:
             job = await a.submit("take me over")
@@ -117,6 +118,22 @@ async def test_a_job_whose_lease_expired_is_taken_over() -> None:
             taken = await b.take_over()
             assert [j.id for j in taken] == [job.id]
             result = await taken[0].result(timeout=30)
+            # an orchestrator with takeover=True claims expired jobs by itself
+            job2 = await a.submit("take me over too")
+            assert job2.query is not None
+            await _started(job2, 1)
+            job2.query.terminate()
+            with pytest.raises(QueryCancelled):
+                await job2.query.wait()
+            async with c:  # A is dead: only C can finish job2
+                clock.t += 11.0
+                for _ in range(600):  # C's heartbeat (every 0.1 s) claims it
+                    record2 = await store.get_job(job2.id)
+                    assert record2 is not None
+                    if record2.status == "completed":
+                        break
+                    await asyncio.sleep(0.05)
+            assert record2.status == "completed" and record2.result
         assert result.ok and [o.status for o in result.subtasks] == ["completed"] * 4
         record = await store.get_job(job.id)
         assert record is not None and record.status == "completed"

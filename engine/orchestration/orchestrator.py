@@ -60,7 +60,9 @@ class Orchestrator:
     policy; ``max_stalls`` progress reports without progress (or one repeated delegation)
     trigger a replan, at most ``max_replans`` times; ``progress_batch`` bounds the steps
     one progress call covers. ``lease`` (seconds) is how long a job stays ours without a
-    heartbeat. ``tracer``, ``metrics`` and ``audit`` are optional observability sinks.
+    heartbeat; with ``takeover`` this orchestrator also claims, at every heartbeat, the
+    jobs whose runner's lease expired (give it the same workers). ``tracer``, ``metrics``
+    and ``audit`` are optional observability sinks.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Orchestrator:
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
         owner: str | None = None,
+        takeover: bool = False,
     ) -> None:
         if not hasattr(llm, "chat"):
             raise TypeError(
@@ -125,6 +128,7 @@ class Orchestrator:
         self._runs: dict[str, JobRun] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._closed = False
+        self.takeover = takeover
 
     # -- configuration -------------------------------------------------------------
     def add_worker(
@@ -198,6 +202,9 @@ class Orchestrator:
         if self._closed:
             return
         self._closed = True
+        # Let queries started just now take their first step: the runtime's Query only
+        # resolves wait() once its task ran (a task cancelled before it starts never does).
+        await asyncio.sleep(0)
         runs = list(self._runs.values())
         for run in runs:
             q = run.job.query
@@ -382,6 +389,12 @@ class Orchestrator:
                     )
                 except Exception:  # the store hiccuped: try again next beat
                     log.exception("job %s: heartbeat failed", job_id)
+            if self.takeover:
+                try:
+                    for job in await self.take_over(limit=16):
+                        log.warning("took over job %s (its runner's lease expired)", job.id)
+                except Exception:
+                    log.exception("taking over expired jobs failed")
 
 
 def _nonce() -> str:
