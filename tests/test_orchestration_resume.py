@@ -27,7 +27,7 @@ from engine.orchestration.ledgers import StepEntry
 from engine.store import open as open_store
 from tests.agents_for_tests import uv
 from tests.mesh_procs import ROOT, die_with_parent, env
-from tests.orch_agents import GateWorker, chain, layered, scripted
+from tests.orch_agents import GateWorker, PlainWorker, chain, layered, scripted
 
 
 class Clock:
@@ -97,6 +97,9 @@ async def test_a_job_whose_lease_expired_is_taken_over() -> None:
         a.add_worker(GateWorker, concurrency=1)
         b = Orchestrator(llm, rt_b, store=store, lease=10.0, owner="B")
         c = Orchestrator(llm, rt_b, store=store, lease=0.3, owner="C", takeover=True)
+        c.add_worker(GateWorker, concurrency=1)
+        lacking = Orchestrator(llm, rt_b, store=store, lease=10.0, owner="L")
+        lacking.add_worker(PlainWorker)  # cannot run 'gated' subtasks
         b.add_worker(GateWorker, concurrency=1)
         async with b:
             job = await a.submit("take me over")
@@ -125,15 +128,18 @@ async def test_a_job_whose_lease_expired_is_taken_over() -> None:
             job2.query.terminate()
             with pytest.raises(QueryCancelled):
                 await job2.query.wait()
+            clock.t += 11.0
+            assert await lacking.take_over() == []  # claimed, then let go: not its kind
+            with pytest.raises(OrchestrationError, match="needs capabilities .*: gated"):
+                await lacking.resume(job2.id)
             async with c:  # A is dead: only C can finish job2
-                clock.t += 11.0
                 for _ in range(600):  # C's heartbeat (every 0.1 s) claims it
                     record2 = await store.get_job(job2.id)
                     assert record2 is not None
                     if record2.status == "completed":
                         break
                     await asyncio.sleep(0.05)
-            assert record2.status == "completed" and record2.result
+            assert record2.status == "completed", record2.error
         assert result.ok and [o.status for o in result.subtasks] == ["completed"] * 4
         record = await store.get_job(job.id)
         assert record is not None and record.status == "completed"

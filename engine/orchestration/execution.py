@@ -533,9 +533,7 @@ class JobRun:
         # The last step: its records, the final status and result, the lease released.
         # They are queued in this order and the store's group commit usually takes all.
         persist = self.s.persist
-        await asyncio.gather(
-            self.record(), persist.finish(job.id, result), persist.release(job.id)
-        )
+        await asyncio.gather(self.record(), persist.finish(job.id, result), persist.release(job.id))
         job._finish(result)
         return result
 

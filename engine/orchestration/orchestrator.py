@@ -320,13 +320,26 @@ class Orchestrator:
             record = await persist.claim()
             if record is None:
                 break
-            out.append(await self._restart(record, persist.spec(record)))
+            try:
+                out.append(await self._restart(record, persist.spec(record)))
+            except OrchestrationError as exc:  # released again: not ours to run
+                log.warning("not taking over job %s: %s", record.id, exc)
+                break  # claiming again would hand us the same job
         return out
 
     async def _restart(self, record: Any, spec: JobSpec) -> Job:
         persist = self.s.persist
         restored = restore(await persist.records(record.id))
         checkpoint = await persist.last_checkpoint(record.id)
+        plan = restored.plans.get(restored.gen)
+        if plan is not None and restored.answer is None and restored.end is None:
+            missing = sorted({st.capability for st in plan.subtasks} - set(self.capabilities))
+            if missing:
+                await persist.release(record.id)
+                raise OrchestrationError(
+                    f"job {record.id} needs capabilities no worker here offers: "
+                    + ", ".join(missing)
+                )
         budget = None
         if spec.budget is not None:
             from engine.llm import Budget
