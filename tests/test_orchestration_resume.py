@@ -130,7 +130,7 @@ async def test_a_job_whose_lease_expired_is_taken_over() -> None:
                 await job2.query.wait()
             clock.t += 11.0
             assert await lacking.take_over() == []  # claimed, then let go: not its kind
-            with pytest.raises(OrchestrationError, match="needs capabilities .*: gated"):
+            with pytest.raises(OrchestrationError, match=r"needs capabilities .*: gated"):
                 await lacking.resume(job2.id)
             async with c:  # A is dead: only C can finish job2
                 for _ in range(600):  # C's heartbeat (every 0.1 s) claims it
