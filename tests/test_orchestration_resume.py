@@ -272,3 +272,28 @@ def test_sigkill_then_engine_resume_20_times(tmp_path: Path) -> None:
         run = tmp_path / f"run{i}"
         run.mkdir()
         _kill_and_resume(run)
+
+
+@uv
+async def test_a_damaged_ledger_is_a_clear_error_on_resume() -> None:
+    from engine.store import Job, LedgerEntry
+
+    store = await open_store("memory://")
+    llm = scripted(chain(1, cap="gated"))
+    await store.create_job(Job(id="other", status="running", data=b"\x01not msgpack"))
+    await store.create_job(Job(id="bad", status="running", kind="orchestration", data=b"\x81"))
+    async with Runtime() as rt, Orchestrator(llm, rt, store=store) as orch:
+        orch.add_worker(GateWorker)
+        with pytest.raises(OrchestrationError, match="not an orchestration job"):
+            await orch.resume("other")
+        import msgspec
+
+        from engine.orchestration.persist import Persist
+        from engine.orchestration.state import JobSpec
+
+        await store.update_job("bad", data=msgspec.msgpack.encode(JobSpec(task="t")))
+        await store.append_ledger("bad", [LedgerEntry(id="x", data=b"\xc1", ledger="task")])
+        with pytest.raises(OrchestrationError, match="ledger entry 'x' is not an orchestration"):
+            await orch.resume("bad")
+        assert isinstance(orch.s.persist, Persist)
+    await store.close()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from engine.errors import OrchestrationError
 from engine.orchestration.jobs import JobResult
 from engine.orchestration.ledgers import (
     LedgerRecord,
@@ -67,7 +68,12 @@ class Persist:
 
     @staticmethod
     def spec(record: JobRecord) -> JobSpec:
-        return _spec_dec.decode(record.data)
+        try:
+            return _spec_dec.decode(record.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise OrchestrationError(
+                f"job {record.id} is not an orchestration job, or its record is damaged ({exc})"
+            ) from None
 
     @staticmethod
     def result(record: JobRecord) -> JobResult | None:
@@ -124,11 +130,23 @@ class Persist:
         after = 0
         while True:
             batch = await self.store.read_ledger(job_id, after=after, limit=10_000)
-            out.extend(decode_entry(e.data) for e in batch)
+            for e in batch:
+                try:
+                    out.append(decode_entry(e.data))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise OrchestrationError(
+                        f"job {job_id}: ledger entry {e.id!r} is not an orchestration "
+                        f"record ({exc}); the ledger is damaged"
+                    ) from None
             if len(batch) < 10_000:
                 return out
             after = batch[-1].seq
 
     async def last_checkpoint(self, job_id: str) -> JobCheckpoint | None:
         ck = await self.store.get_checkpoint(job_id)
-        return _ckpt_dec.decode(ck.state) if ck is not None else None
+        if ck is None:
+            return None
+        try:
+            return _ckpt_dec.decode(ck.state)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise OrchestrationError(f"job {job_id}: checkpoint is damaged ({exc})") from None
