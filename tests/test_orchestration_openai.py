@@ -101,3 +101,54 @@ async def test_a_job_through_the_openai_client_and_a_real_socket() -> None:
     assert tool_bodies[0]["tools"][0]["function"]["name"] == "retrieve"
     observed = [m for b in bodies for m in b["messages"] if m.get("role") == "tool"]
     assert "Paris is the capital of France." in observed[0]["content"]
+
+
+def test_engine_run_uses_the_openai_server_when_configured(monkeypatch: Any, capsys: Any) -> None:
+    from engine.cli import main
+    from engine.orchestration.offline import BANNER
+
+    def general(body: dict[str, Any]) -> ServerReply:
+        schema = json.dumps(body.get("response_format") or {})
+        if "subtasks" in schema:
+            return ServerReply(
+                json.dumps(
+                    {
+                        "facts": [],
+                        "subtasks": [
+                            {
+                                "id": "only",
+                                "description": "answer it",
+                                "capability": "general",
+                                "depends_on": [],
+                                "priority": 0,
+                            }
+                        ],
+                    }
+                )
+            )
+        if "is_request_satisfied" in schema:
+            return ServerReply(
+                json.dumps(
+                    {
+                        "is_request_satisfied": True,
+                        "is_in_loop": False,
+                        "is_progress_being_made": True,
+                    }
+                )
+            )
+        return ServerReply(f"answered by {body['model']}")
+
+    with OpenAIServer() as srv:
+        srv.reply = general
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        try:
+            code = main(["run", "say hi", "--model", "tiny-model", "--quiet"])
+        finally:
+            set_default_llm(None)
+        requests = srv.requests
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("job ")
+    assert out.splitlines()[1] == "answered by tiny-model"
+    assert BANNER not in err and requests == 4  # plan, the worker, progress, summarize

@@ -140,8 +140,13 @@ async def run_job(
             except (EngineError, ValueError) as exc:
                 raise CommandError(str(exc), code=2 if isinstance(exc, ValueError) else 1) from None
             print(f"job {job.id}", flush=True)
-            result = await _watch(job, quiet=args.quiet)
-            await orch.close()
+            try:
+                result = await _watch(job, quiet=args.quiet)
+            finally:
+                await orch.close()
+                aclose = getattr(llm, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # the HTTP client's connections
         return _report(result)
     finally:
         await store.close()
