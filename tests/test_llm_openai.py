@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from engine.errors import LLMError, ProviderError
-from engine.llm import MaxStepsExceeded, OpenAIProvider, StructuredOutputError
+from engine.llm import MaxStepsExceeded, ModelRouter, OpenAIProvider, StructuredOutputError
 from engine.memory import OpenAIEmbedder
 from engine.tools import tool
 from tests.agents_for_tests import uv
@@ -152,15 +152,17 @@ async def test_stream_text_tool_calls_and_usage(openai_server: OpenAIServer) -> 
     assert r.finish_reason == "tool_calls" and openai_server.completed == 1
 
 
-@pytest.mark.parametrize("how", ["break", "cancel"])
+@pytest.mark.parametrize("how", ["break", "cancel", "router"])
 def test_leaving_or_cancelling_a_stream_closes_the_connection(how: str) -> None:
     with OpenAIServer(chunk=1, stream_delay=0.02) as srv:
         srv.reply = lambda body: ServerReply("x" * 500)
 
         @uv
         async def run() -> None:
-            p = provider(srv)
-            if how == "break":
+            p: Any = provider(srv)
+            if how == "router":
+                p = ModelRouter({"default": [p]})
+            if how in ("break", "router"):
                 n = 0
                 async for _ in p.stream("long"):
                     n += 1

@@ -101,7 +101,7 @@ async def test_bad_arguments_are_refused_before_any_call() -> None:
         await llm.chat("x", budget=["nope"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="tools must be"):
         await llm.chat("x", tools=[42])  # type: ignore[list-item]
-    assert llm.calls == []
+    assert len(llm.calls) == 0
 
 
 @uv

@@ -34,6 +34,8 @@ class Provider(BaseLLM):
     """
 
     provider_name = "provider"
+    #: False for providers that never wait on I/O (no timeout to arm per call).
+    uses_io = True
 
     def __init__(
         self,
@@ -108,6 +110,8 @@ class Provider(BaseLLM):
         seconds = timeout or req.timeout or self.timeout
         lim = self.limits
         if lim.unlimited:
+            if not self.uses_io:
+                return await self._complete(req)
             try:
                 async with asyncio.timeout(seconds):
                     return await self._complete(req)

@@ -18,6 +18,7 @@ budget estimate, one completion token per 4 characters) so budgets and costs app
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -169,11 +170,12 @@ class ScriptedProvider(Provider):
     """A provider that answers by rules (see the module docs); ``default`` answers the rest.
 
     With no matching rule and no ``default``, a call raises :class:`~engine.errors.ScriptError`
-    naming the last message. ``calls`` records every call; ``rules`` may be extended with
-    :meth:`add`.
+    naming the last message. ``calls`` records every call (the last ``max_calls``);
+    ``rules`` may be extended with :meth:`add`.
     """
 
     provider_name = "scripted"
+    uses_io = False
 
     def __init__(
         self,
@@ -181,6 +183,7 @@ class ScriptedProvider(Provider):
         *,
         default: Answer | None = None,
         model: str = "scripted",
+        max_calls: int = 100_000,
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
@@ -189,7 +192,7 @@ class ScriptedProvider(Provider):
             if not isinstance(r, Rule):
                 raise TypeError(f"rules must be Rule objects, got {r!r}")
         self.default = default
-        self.calls: list[ScriptedCall] = []
+        self.calls: deque[ScriptedCall] = deque(maxlen=max_calls)
 
     def add(self, reply: Answer, **conditions: Any) -> Rule:
         """Append ``Rule(reply, **conditions)`` and return it."""

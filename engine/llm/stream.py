@@ -148,8 +148,9 @@ class ChatStream:
         )  # fmt: skip
         parts: list[str] = []
         final: ChatResult | None = None
+        it = llm._open_stream(req, span)
         try:
-            async for item in llm._open_stream(req, span):
+            async for item in it:
                 if isinstance(item, ChatResult):
                     final = item
                     continue
@@ -170,6 +171,8 @@ class ChatStream:
             llm.telemetry.call_failed(provider, model, req.kind)
             span.fail(exc)
             raise
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]  # close the HTTP stream now
         assert final is not None
         llm._settle(req, ctx, held, final)
         final.latency = now() - t0

@@ -62,18 +62,19 @@ class CallSpan:
         s = self._span
         if s is None:
             return
-        s.set_attributes(
-            {
-                "gen_ai.provider.name": result.provider,
-                "gen_ai.response.model": result.model,
-                "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
-                "gen_ai.usage.output_tokens": result.usage.completion_tokens,
-                "gen_ai.response.finish_reasons": (result.finish_reason or "",),
-                "engine.llm.kind": kind,
-                "engine.llm.cost": result.cost,
-                "engine.llm.cached": result.cached or "",
-            }
-        )
+        attrs: dict[str, Any] = {
+            "gen_ai.provider.name": result.provider,
+            "gen_ai.response.model": result.model,
+            "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+            "engine.llm.kind": kind,
+            "engine.llm.cost": result.cost,
+        }
+        if result.finish_reason:
+            attrs["gen_ai.response.finish_reasons"] = (result.finish_reason,)
+        if result.cached:
+            attrs["engine.llm.cached"] = result.cached
+        s.set_attributes(attrs)
         s.end()
 
     def fail(self, exc: BaseException) -> None:
@@ -96,7 +97,7 @@ class Telemetry:
     ``spans=False`` turns spans off; ``tracer_provider=None`` uses the global one.
     """
 
-    __slots__ = ("_ok", "_tracer", "metrics")
+    __slots__ = ("_by_model", "_client", "_ok", "_tracer", "metrics")
 
     def __init__(
         self,
@@ -107,8 +108,15 @@ class Telemetry:
     ) -> None:
         self.metrics = metrics if metrics is not None else default_metrics()
         self._tracer: Any = _tracer(tracer_provider) if spans else None
+        self._client: Any = None
+        if self._tracer is not None:
+            from opentelemetry.trace import SpanKind
+
+            self._client = SpanKind.CLIENT
         # labelled children, cached: .labels() costs ~1 us per call
         self._ok: dict[tuple[str, str, str, str], Any] = {}
+        # per model: (duration histogram, prompt tokens, completion tokens, cost) children
+        self._by_model: dict[str, tuple[Any, Any, Any, Any]] = {}
 
     def start(
         self,
@@ -125,7 +133,6 @@ class Telemetry:
         attrs: dict[str, str | int | float] = {
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": model,
-            "engine.llm.kind": kind,
         }
         if provider:
             attrs["gen_ai.provider.name"] = provider
@@ -133,10 +140,8 @@ class Telemetry:
             attrs["gen_ai.request.max_tokens"] = max_tokens
         if temperature is not None:
             attrs["gen_ai.request.temperature"] = temperature
-        from opentelemetry.trace import SpanKind
-
         return CallSpan(
-            self._tracer.start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attrs)
+            self._tracer.start_span(f"{operation} {model}", kind=self._client, attributes=attrs)
         )
 
     def _count(self, provider: str, model: str, kind: str, status: str) -> None:
@@ -155,13 +160,25 @@ class Telemetry:
             return
         self._count(result.provider, result.model, kind, "ok")
         u = result.usage
-        self.metrics.llm_call(
-            result.model,
-            seconds,
-            prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens,
-            cost=result.cost,
-        )
+        children = self._by_model.get(result.model)
+        if children is None:  # what Metrics.llm_call records, with its children kept
+            m, model = self.metrics, result.model
+            children = (
+                m.llm_duration.labels(model),
+                m.llm_tokens.labels(model, "prompt"),
+                m.llm_tokens.labels(model, "completion"),
+                m.llm_cost.labels(model),
+            )
+            if len(self._by_model) < 1024:
+                self._by_model[model] = children
+        duration, prompt, completion, cost = children
+        duration.observe(seconds)
+        if u.prompt_tokens > 0:
+            prompt.inc(u.prompt_tokens)
+        if u.completion_tokens > 0:
+            completion.inc(u.completion_tokens)
+        if result.cost > 0:
+            cost.inc(result.cost)
 
     def failed(self, provider: str, model: str, kind: str, exc: BaseException) -> None:
         """One failed attempt (retried or not)."""

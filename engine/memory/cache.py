@@ -76,7 +76,7 @@ class SemanticCache:
         max_entries: int = 100_000,
         index: str = "auto",
         target_recall: float = 0.90,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if max_entries < 1:
             raise VectorStoreError(f"max_entries must be >= 1, got {max_entries}")
@@ -93,7 +93,7 @@ class SemanticCache:
         self._stores: dict[str, VectorStore] = {}
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # insertion = age order
         self._exact: dict[tuple[str, Hashable], int] = {}
-        self._clock = clock
+        self._clock = clock if clock is not None else time.time  # read now: fakeable
         self._next_id = 0
         self._lock = threading.Lock()
         self.hits = 0
