@@ -30,6 +30,8 @@ __all__ = [
     "MessageTypeConflict",
     "NativeFallbackWarning",
     "NativeUnavailable",
+    "OrchestrationError",
+    "PlanError",
     "PriceUnknown",
     "ProtocolError",
     "ProviderError",
@@ -40,6 +42,7 @@ __all__ = [
     "SchedulerError",
     "SchemaVersionError",
     "ScriptError",
+    "StallError",
     "StoreClosed",
     "StoreConflict",
     "StoreError",
@@ -389,3 +392,22 @@ class MaxStepsExceeded(LLMError):
 
 class ScriptError(LLMError, LookupError):
     """A :class:`~engine.llm.ScriptedProvider` had no rule matching a call."""
+
+
+# --- Orchestration (engine.orchestration)
+
+
+class OrchestrationError(EngineError):
+    """A job could not run to its answer; the message is the reason it failed."""
+
+
+class PlanError(OrchestrationError):
+    """The model's plan was invalid, also after one repair round; ``errors`` lists why."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        self.errors = list(errors) if errors else [message]
+        super().__init__(message)
+
+
+class StallError(OrchestrationError):
+    """A job made no progress (or looped) after its last allowed replan."""

@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("engine.cli.audit", "audit log tools"),
     "bench": ("engine.cli.bench", "run benchmarks or gate against a git ref"),
     "profile": ("engine.cli.profile", "profile a scenario from profiles/scenarios"),
+    "run": ("engine.cli.run", "run one orchestrated job and print its answer"),
+    "resume": ("engine.cli.resume", "continue a job whose process died"),
+    "jobs": ("engine.cli.jobs", "list orchestrated jobs, or show one with its ledger"),
     "store": ("engine.cli.store", "state store schema: migrate or show its version"),
 }
 
