@@ -15,11 +15,25 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
     from engine.llm import Budget
-    from engine.orchestration.worker import BudgetGrant
 
-__all__ = ["Hold", "carve", "grant_budget", "job_budget", "share"]
+__all__ = ["BudgetGrant", "Hold", "carve", "grant_budget", "job_budget", "share"]
+
+
+class BudgetGrant(msgspec.Struct, frozen=True, array_like=True):
+    """The part of the job's budget a subtask may spend (``None``: no limit on that).
+
+    The orchestrator reserves it before dispatch and settles it with what the worker
+    reports; a worker enforces it with :meth:`SubtaskRequest.budget`.
+    """
+
+    tokens: int | None = None
+    cost: float | None = None
+    calls: int | None = None
+
 
 # job id -> budget of the jobs running in this process (removed when a job's driver ends)
 _live: dict[str, Budget] = {}
@@ -70,8 +84,6 @@ class Hold:
 
 def carve(budget: Budget, ways: int) -> tuple[BudgetGrant, Hold]:
     """Hold ``1/ways`` of what is left of ``budget`` (per limit) as a worker's grant."""
-    from engine.orchestration.worker import BudgetGrant
-
     ways = max(1, ways)
     left = budget.remaining()
     tokens = int(left["tokens"] or 0) // ways

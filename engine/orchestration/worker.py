@@ -24,6 +24,7 @@ import msgspec
 
 from engine.messages import Message
 from engine.orchestration import _budget
+from engine.orchestration._budget import BudgetGrant
 
 __all__ = [
     "MAX_OUTPUT",
@@ -37,18 +38,6 @@ __all__ = [
 MAX_OUTPUT: Final = 64_000
 
 _Cap = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-
-
-class BudgetGrant(msgspec.Struct, frozen=True, array_like=True):
-    """The part of the job's budget a subtask may spend (``None``: no limit on that).
-
-    The orchestrator reserves it before dispatch and settles it with what the worker
-    reports; a worker enforces it with :meth:`SubtaskRequest.budget`.
-    """
-
-    tokens: int | None = None
-    cost: float | None = None
-    calls: int | None = None
 
 
 class SubtaskRequest(Message, tag="engine.SubtaskRequest"):
