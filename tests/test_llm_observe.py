@@ -194,3 +194,60 @@ def _status_error(status: int, message: str) -> Exception:
                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
     resp = httpx2.Response(status, request=req, json={"error": {"message": message}})
     return openai.AuthenticationError(message, response=resp, body={"error": {"message": message}})
+
+
+def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+@uv
+async def test_answered_calls_are_tallied_and_folded_into_metrics_at_scrape_time() -> None:
+    from engine.llm import Reply, ScriptedProvider, Usage
+
+    metrics = Metrics()
+    one = ScriptedProvider(default=Reply("ok", usage=Usage(7, 3)), metrics=metrics)
+    two = ScriptedProvider(default=Reply("ok", usage=Usage(1, 1)), metrics=metrics)
+    for _ in range(300):
+        await one.chat("hi", kind="act")
+    await two.chat("hi", kind="plan")
+    ok = {"provider": "scripted", "model": "scripted", "status": "ok"}
+    assert _sample(metrics, "engine_llm_calls_total", {**ok, "kind": "act"}) == 300
+    assert _sample(metrics, "engine_llm_calls_total", {**ok, "kind": "plan"}) == 1
+    tokens = {"model": "scripted", "kind": "prompt"}
+    assert _sample(metrics, "engine_llm_tokens_total", tokens) == 7 * 300 + 1
+    count = {"model": "scripted"}
+    assert _sample(metrics, "engine_llm_call_duration_seconds_count", count) == 301
+    inf = {"model": "scripted", "le": "+Inf"}
+    assert _sample(metrics, "engine_llm_call_duration_seconds_bucket", inf) == 301
+    first = {"model": "scripted", "le": "0.001"}  # zero-latency calls: all in the first bucket
+    assert _sample(metrics, "engine_llm_call_duration_seconds_bucket", first) == 301
+    # a second scrape adds only what came since the first
+    await one.chat("hi", kind="act")
+    assert _sample(metrics, "engine_llm_calls_total", {**ok, "kind": "act"}) == 301
+    assert _sample(metrics, "engine_llm_call_duration_seconds_count", count) == 302
+    text = metrics.exposition().decode()
+    assert (
+        'engine_llm_calls_total{kind="act",model="scripted",provider="scripted",status="ok"}'
+        " 301.0" in text
+    )
+
+
+@uv
+async def test_no_span_work_while_the_tracer_records_nothing(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from engine.llm import ScriptedProvider
+
+    quiet = ScriptedProvider(default="ok", tracer_provider=NoOpTracerProvider())
+    assert not quiet.telemetry.tracing
+    await quiet.chat("hi")
+    tp, exporter = spans
+    traced = ScriptedProvider(default="ok", tracer_provider=tp)
+    assert traced.telemetry.tracing
+    await traced.chat("hi", kind="act")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat scripted"
+    assert dict(span.attributes or {})["engine.llm.kind"] == "act"
+    assert not ScriptedProvider(default="ok", spans=False).telemetry.tracing

@@ -130,7 +130,7 @@ class Rule:
     ) -> None:
         if times is not None and times < 1:
             raise ValueError(f"times must be a positive int or None, got {times!r}")
-        self.reply = reply
+        self.reply = Reply(reply) if isinstance(reply, str) else reply
         self.kind = kind
         self.contains = contains
         self.pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
@@ -162,8 +162,16 @@ class Rule:
 
     def answer(self, call: ScriptedCall) -> Reply:
         self.used += 1
-        r = self.reply(call) if callable(self.reply) else self.reply
-        return Reply(r) if isinstance(r, str) else r
+        return _reply(self.reply, call)
+
+
+def _reply(answer: Answer, call: ScriptedCall) -> Reply:
+    """A rule's (or the default's) answer to ``call`` as a Reply (str replies are made into
+    Replies once, when the rule is built)."""
+    if isinstance(answer, Reply):
+        return answer
+    r = answer(call) if callable(answer) else answer
+    return Reply(r) if isinstance(r, str) else r
 
 
 class ScriptedProvider(Provider):
@@ -192,6 +200,7 @@ class ScriptedProvider(Provider):
             if not isinstance(r, Rule):
                 raise TypeError(f"rules must be Rule objects, got {r!r}")
         self.default = default
+        self._default = Reply(default) if isinstance(default, str) else default
         self.calls: deque[ScriptedCall] = deque(maxlen=max_calls)
 
     def add(self, reply: Answer, **conditions: Any) -> Rule:
@@ -219,9 +228,8 @@ class ScriptedProvider(Provider):
         for rule in self.rules:
             if rule.matches(call):
                 return call, rule.answer(call)
-        if self.default is not None:
-            r = self.default(call) if callable(self.default) else self.default
-            return call, Reply(r) if isinstance(r, str) else r
+        if self._default is not None:
+            return call, _reply(self._default, call)
         raise ScriptError(
             f"{self.name}: no rule matches a {req.kind!r} call whose last message is "
             f"{call.last[:200]!r}"
@@ -229,12 +237,15 @@ class ScriptedProvider(Provider):
 
     def _result(self, req: ChatRequest, reply: Reply) -> ChatResult:
         usage = reply.usage
+        calls = reply.tool_calls
         if usage is None:
-            chars = len(reply.text) + sum(len(c.name) + len(c.arguments) for c in reply.tool_calls)
+            chars = len(reply.text)
+            if calls:
+                chars += sum(len(c.name) + len(c.arguments) for c in calls)
             usage = Usage(estimate_tokens(req), -(-chars // 4))
         return ChatResult(
             text=reply.text,
-            tool_calls=list(reply.tool_calls),
+            tool_calls=list(calls) if calls else [],
             usage=usage,
             model=self.model,
             provider=self.provider_name,
