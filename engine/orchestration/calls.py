@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import PlanError, StructuredOutputError
 from engine.orchestration.ledgers import LedgerRecord, PlanEntry, ProgressEntry, digest
 from engine.orchestration.plans import Plan, plan_type, validate_plan
-from engine.orchestration.progress import ProgressReport
+from engine.orchestration.progress import CONTINUE, ProgressReport, Verdict
 
 if TYPE_CHECKING:
     from engine.orchestration.execution import JobRun
@@ -160,8 +160,9 @@ async def summarize(run: JobRun, results: Mapping[str, str]) -> Answer:
     return await call(run, "summarize", messages)
 
 
-async def progress_step(jr: JobRun, keys: list[str]) -> None:
-    """One progress evaluation over the step ``keys``; record it, fold in its verdict."""
+async def progress_step(jr: JobRun, keys: list[str], epoch: int) -> None:
+    """One progress evaluation over the step ``keys``; record it, fold in its verdict
+    unless a replan started since it was asked for (``jr.epoch`` moved past ``epoch``)."""
     n = jr.progress_n
     jr.progress_n += 1
     try:
@@ -174,11 +175,13 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
             )
         pending = len(jr.runs)
         rep, ans, err = await progress(jr, steps, pending)
+        # a report on steps of a generation replaced meanwhile is recorded, not folded in
+        fold = jr.detector.report if jr.epoch == epoch else _ignore
         if rep is None:
-            verdict = jr.detector.report(_unreadable(err))
+            verdict = fold(_unreadable(err))
             entry = ProgressEntry(n, keys, False, False, False, reason=f"unreadable: {err}")
         else:
-            verdict = jr.detector.report(rep)
+            verdict = fold(rep)
             entry = ProgressEntry(
                 n,
                 keys,
@@ -189,7 +192,7 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
                 rep.instruction,
                 rep.reason,
             )
-            if rep.is_request_satisfied:
+            if rep.is_request_satisfied and jr.epoch == epoch:
                 jr.satisfied = True
         rec = (
             ans.record("progress", entry, ans.text)
@@ -218,6 +221,10 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
     finally:
         jr.progress_task = None
         jr.wake()
+
+
+def _ignore(rep: ProgressReport) -> Verdict:
+    return CONTINUE
 
 
 def _unreadable(err: str) -> ProgressReport:

@@ -44,8 +44,13 @@ class Owner(Protocol):
         """Run ``run`` on ``worker`` and report the outcome; must not raise."""
         ...
 
-    def lost(self, run: Run, exc: BaseException) -> None:
-        """``execute`` raised anyway (a bug): settle the run as failed."""
+    def started(self, run: Run, task: asyncio.Task[None]) -> None:
+        """``run``'s task was created (it may be cancelled before it ever runs)."""
+        ...
+
+    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        """``run``'s task is done, however it ended (``execute`` raising is a bug: the
+        owner settles the run as failed)."""
         ...
 
     @property
@@ -55,7 +60,10 @@ class Owner(Protocol):
 class Run:
     """One subtask of one job on the scheduler (task id ``tid``)."""
 
-    __slots__ = ("capability", "deps", "gen", "owner", "pool", "priority", "subtask", "tid")
+    __slots__ = (
+        "agent", "capability", "d", "deps", "gen", "owner", "pool", "priority", "subtask", "tid",
+        "worker",
+    )  # fmt: skip
 
     def __init__(
         self, owner: Owner, subtask: Any, gen: int, capability: str, priority: int
@@ -68,18 +76,34 @@ class Run:
         self.tid = -1
         self.pool = -1
         self.deps: list[int] = []
+        self.d: Dispatcher | None = None  # while dispatched: its worker key is out
+        self.worker: AgentId | None = None
+        self.agent = ""  # str(worker)
 
     def __repr__(self) -> str:
         return f"<Run {self.tid} {self.capability}>"
 
+    def __call__(self, task: asyncio.Task[None]) -> None:
+        """Done callback of the run's task: the worker key goes back, the owner hears.
+
+        A done callback, not a ``finally``: a task cancelled before its first step never
+        runs its coroutine's body.
+        """
+        d, worker = self.d, self.worker
+        if d is not None and worker is not None:
+            self.d = None
+            d._released(d._by_id[self.pool], worker)
+        self.owner.ended(self, task)
+
 
 class _Pool:
-    __slots__ = ("backlog", "free", "id", "keys", "live", "name")
+    __slots__ = ("backlog", "free", "id", "keys", "live", "name", "names")
 
     def __init__(self, pool_id: int, name: str) -> None:
         self.id = pool_id
         self.name = name
         self.keys: list[AgentId] = []
+        self.names: dict[AgentId, str] = {}  # str(key), made once
         self.free: list[AgentId] = []
         self.live = 0  # runs pushed and not finished (waiting, ready or running)
         # Popped while every key was still out (a cancelled run's task not yet unwound).
@@ -118,6 +142,7 @@ class Dispatcher:
             start = len(pool.keys)
             new = [AgentId(worker_type, f"{cap}.{start + i}") for i in range(concurrency)]
             pool.keys.extend(new)
+            pool.names.update((k, str(k)) for k in new)
             pool.free.extend(reversed(new))
             self.sched.set_pool(pool.id, slots=len(pool.keys))
 
@@ -252,8 +277,13 @@ class Dispatcher:
         assert loop is not None
         self.running += 1
         self.dispatched += 1
-        task = loop.create_task(run.owner.execute(run, worker), context=run.owner.context)
-        task.add_done_callback(_Release(self, run, pool, worker))
+        run.d = self
+        run.worker = worker
+        run.agent = pool.names[worker]
+        owner = run.owner
+        task = loop.create_task(owner.execute(run, worker), context=owner.context)
+        owner.started(run, task)
+        task.add_done_callback(run)
 
     def _released(self, pool: _Pool, worker: AgentId) -> None:
         self.running -= 1
@@ -263,22 +293,3 @@ class Dispatcher:
                 self._start(run, pool, worker)
                 return
         pool.free.append(worker)
-
-
-class _Release:
-    """Done callback of a run's task: its worker key goes back to the pool."""
-
-    __slots__ = ("d", "pool", "run", "worker")
-
-    def __init__(self, d: Dispatcher, run: Run, pool: _Pool, worker: AgentId) -> None:
-        self.d = d
-        self.run = run
-        self.pool = pool
-        self.worker = worker
-
-    def __call__(self, task: asyncio.Task[None]) -> None:
-        self.d._released(self.pool, self.worker)
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None:  # execute() must not raise: settle the run anyway
-                self.run.owner.lost(self.run, exc)

@@ -20,8 +20,8 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
     BudgetExceeded,
@@ -85,7 +85,7 @@ class JobRun:
         self.facts: list[str] = []
         self.subtasks: dict[str, Subtask] = {}
         self.runs: dict[str, Run] = {}  # live in the scheduler (current gen)
-        self.tasks: dict[int, asyncio.Task[None]] = {}  # running attempts by task id
+        self.tasks: dict[Run, asyncio.Task[None]] = {}  # dispatched runs' tasks
         self.outputs: dict[str, str] = self.restored.outputs()
         self.failures: dict[str, SubtaskOutcome] = {}  # current gen, failed for good
         self.outcomes: dict[str, SubtaskOutcome] = {}
@@ -97,6 +97,10 @@ class JobRun:
         self.progress_n = 1 + max((p.n for p in self.restored.progress), default=-1)
         self.progress_task: asyncio.Task[None] | None = None
         self.verdict: Verdict | None = None
+        # +1 when a replan starts: a progress report begun before it judged steps of the
+        # old generation, so its verdict must not stall (or replan) the new one
+        self.epoch = 0
+        self.replanning = False
         self.satisfied = False
         self.paused = False
         self.cancelled = False
@@ -134,10 +138,11 @@ class JobRun:
         self.wake()
 
     def _checkpoint(self) -> JobCheckpoint:
+        runs = self.runs
         running = {
             r.subtask.id: self.attempts.get(r.subtask.id, 1)
-            for r in self.runs.values()
-            if r.tid in self.tasks
+            for r in self.tasks
+            if runs.get(r.subtask.id) is r
         }
         return JobCheckpoint(
             step=self.step,
@@ -265,15 +270,20 @@ class JobRun:
         self._push_pending()
 
     async def _replan(self, why: str) -> None:
-        self._stop_runs()
-        while self.finished or self.tasks:  # settle what finished before the stop
-            if self.finished:
-                await self._settle()
-            else:
-                self._wake.clear()
-                await self._wake.wait()
-        self.detector.replanned()
-        await self._new_plan(self.gen + 1, why)
+        self.epoch += 1
+        self.replanning = True  # what settles now is judged after the replan, not during it
+        try:
+            self._stop_runs()
+            while self.finished or self.tasks:  # settle what finished before the stop
+                if self.finished:
+                    await self._settle()
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+            self.detector.replanned()
+            await self._new_plan(self.gen + 1, why)
+        finally:
+            self.replanning = False
 
     def _pending(self) -> list[Subtask]:
         """Subtasks of the plan neither settled nor live in the scheduler."""
@@ -357,7 +367,7 @@ class JobRun:
                 q.pause()
             self.paused = True
             self.job.status = JobStatus.PAUSED
-            self._park([r for r in self.runs.values() if r.tid not in self.tasks])
+            self._park([r for r in self.runs.values() if r not in self.tasks])
             self.job.emit("paused")
         elif action == "resume":
             if q is not None:
@@ -376,20 +386,19 @@ class JobRun:
         self.wake()
 
     # -- running one subtask (the dispatcher calls this in a task) ---------------------
-    async def execute(self, run: Run, worker: AgentId) -> None:
-        if self.runs.get(run.subtask.id) is not run:
-            return  # cancelled (replan, stop) after it was popped
-        if self.paused:
-            self._park([run])
-            return
-        me = asyncio.current_task()
-        assert me is not None
-        self.tasks[run.tid] = me
-        try:
-            await attempts(self, run, worker)
-        finally:
-            self.tasks.pop(run.tid, None)
-            self.wake()
+    def execute(self, run: Run, worker: AgentId) -> Coroutine[Any, Any, None]:
+        return attempts(self, run, worker)  # no coroutine frame of its own
+
+    def started(self, run: Run, task: asyncio.Task[None]) -> None:
+        self.tasks[run] = task
+
+    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(run, None)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:  # attempts() must not raise: settle the run anyway
+                self.lost(run, exc)
+        self.wake()
 
     def lost(self, run: Run, exc: BaseException) -> None:
         done = Finished(run, "", time.time(), self.attempts.get(run.subtask.id, 1))
@@ -476,7 +485,7 @@ class JobRun:
             for _sid, o, seconds in events:
                 s.metrics.task_finished("ok" if o.status == "completed" else "error", seconds)
         job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
-        if len(self.uncovered) and self.progress_task is None:
+        if self.uncovered and self.progress_task is None and not self.replanning:
             self._start_progress()
 
     # -- progress ----------------------------------------------------------------------
@@ -484,7 +493,7 @@ class JobRun:
         keys = self.uncovered[: self.s.progress_batch]
         del self.uncovered[: len(keys)]
         self.progress_task = asyncio.get_running_loop().create_task(
-            calls.progress_step(self, keys), context=self.context
+            calls.progress_step(self, keys, self.epoch), context=self.context
         )
 
     # -- the end -----------------------------------------------------------------------
