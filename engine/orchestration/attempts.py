@@ -214,15 +214,15 @@ def step_record(run: Run, done: Finished, status: str) -> LedgerRecord:
         done.transcript,
     )
     return LedgerRecord(
-        agent=done.agent,
-        action="subtask",
-        input_digest=digest(st.description),
-        result_digest=digest(done.output or done.error),
-        started=done.started,
-        finished=done.finished,
-        tokens=done.tokens,
-        cost=done.cost,
-        body=body,
+        done.agent,
+        "subtask",
+        digest(st.description),
+        digest(done.output or done.error),
+        done.started,
+        done.finished,
+        done.tokens,
+        done.cost,
+        body,
     )
 
 

@@ -238,6 +238,11 @@ class Dispatcher:
     def live(self, run: Run) -> bool:
         return run.tid in self._runs
 
+    @property
+    def live_runs(self) -> dict[int, Run]:
+        """Runs pushed and not finished, by task id (read-only for callers)."""
+        return self._runs
+
     def queued(self) -> dict[str, int]:
         """Subtasks not yet running per capability (the ``engine_tasks_queued`` gauge)."""
         return {

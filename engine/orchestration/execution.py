@@ -413,52 +413,62 @@ class JobRun:
         ok: list[Run] = []
         records: list[LedgerRecord] = []
         events: list[tuple[str, SubtaskOutcome, float]] = []
+        gen = self.gen
+        runs, outputs, outcomes = self.runs, self.outputs, self.outcomes
+        attempts, uncovered = self.attempts, self.uncovered
+        live_runs = d.live_runs
+        tokens, cost, failed = 0, 0.0, 0
         for done in batch:
             run = done.run
             st = run.subtask
-            live = d.live(run)
-            current = run.gen == self.gen and self.runs.get(st.id) is run
-            self.attempts.pop(st.id, None)
+            sid = st.id
+            live = run.tid in live_runs
+            attempts.pop(sid, None)
             if done.budget_error is not None and self.error is None:
                 self.error = done.budget_error
-            status = "failed" if done.error else "completed"
+            error = done.error
+            status = "failed" if error else "completed"
             outcome = SubtaskOutcome(
-                st.id,
+                sid,
                 st.capability,
                 status,
                 done.output,
-                done.error,
+                error,
                 done.agent,
                 done.attempts,
                 done.tokens,
                 done.cost,
             )
             records.append(step_record(run, done, status))
-            self.outcomes[st.id] = outcome
-            self.failed_count += status == "failed"
-            events.append((st.id, outcome, max(0.0, done.finished - done.started)))
-            self.spent(done.tokens, done.cost, 0)
-            self.uncovered.append(f"{run.gen}:{st.id}")
-            if status == "completed":
-                self.outputs[st.id] = done.output
+            outcomes[sid] = outcome
+            events.append((sid, outcome, done.finished - done.started))
+            tokens += done.tokens
+            cost += done.cost
+            uncovered.append(f"{run.gen}:{sid}")
+            if not error:
+                outputs[sid] = done.output
                 if live:
                     ok.append(run)
-            elif live:
-                for dropped in d.fail(run):
-                    ds = dropped.subtask
-                    self.runs.pop(ds.id, None)
-                    miss = SubtaskOutcome(
-                        ds.id, ds.capability, "failed", error=f"dependency {st.id} failed"
-                    )
-                    self.outcomes[ds.id] = miss
-                    self.failed_count += 1
-                    if dropped.gen == self.gen:
-                        self.failures[ds.id] = miss
-                    records.append(dropped_record(dropped, st.id))
-            if current:
-                del self.runs[st.id]
-            if status == "failed" and run.gen == self.gen:
-                self.failures[st.id] = outcome
+            else:
+                failed += 1
+                if live:
+                    for dropped in d.fail(run):
+                        ds = dropped.subtask
+                        runs.pop(ds.id, None)
+                        miss = SubtaskOutcome(
+                            ds.id, ds.capability, "failed", error=f"dependency {sid} failed"
+                        )
+                        outcomes[ds.id] = miss
+                        failed += 1
+                        if dropped.gen == gen:
+                            self.failures[ds.id] = miss
+                        records.append(dropped_record(dropped, sid))
+                if run.gen == gen:
+                    self.failures[sid] = outcome
+            if run.gen == gen and runs.get(sid) is run:
+                del runs[sid]
+        self.failed_count += failed
+        self.spent(tokens, cost, 0)
         # The step's write goes out first; dependents start while it is in flight. Writes
         # are ordered (one step at a time), so a dependent's record can never be durable
         # before the records it built on.
@@ -470,21 +480,24 @@ class JobRun:
     def _after_step(self, events: list[tuple[str, SubtaskOutcome, float]]) -> None:
         s = self.s
         job = self.job
+        audit = s.audit
+        emit = job.emit
         for sid, o, _ in events:
-            job.emit(
+            emit(
                 "subtask.finished",
                 sid,
                 {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error},
             )
-            if s.audit is not None:
-                s.audit.append(
+            if audit is not None:
+                audit.append(
                     "task.completed",
                     {"job": job.id, "subtask": sid, "status": o.status, "agent": o.agent},
                 )
         if s.metrics is not None:
             for _sid, o, seconds in events:
-                s.metrics.task_finished("ok" if o.status == "completed" else "error", seconds)
-        job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
+                status = "ok" if o.status == "completed" else "error"
+                s.metrics.task_finished(status, max(0.0, seconds))
+        emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
         if self.uncovered and self.progress_task is None and not self.replanning:
             self._start_progress()
 

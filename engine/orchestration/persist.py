@@ -19,7 +19,6 @@ from engine.orchestration.jobs import JobResult
 from engine.orchestration.ledgers import (
     LedgerRecord,
     decode_entry,
-    encode_entry,
     entry_id,
     ledger_of,
 )
@@ -35,6 +34,7 @@ _spec_dec = msgspec.msgpack.Decoder(JobSpec)
 _ckpt_dec = msgspec.msgpack.Decoder(JobCheckpoint)
 _result_dec = msgspec.msgpack.Decoder(JobResult)
 _enc = msgspec.msgpack.Encoder()
+_encode = _enc.encode  # the ledger's records and every other blob share one encoder
 
 
 class Persist:
@@ -119,7 +119,7 @@ class Persist:
         from engine.store.base import LedgerEntry
 
         entries = [
-            LedgerEntry(id=entry_id(r.body), data=encode_entry(r), ledger=ledger_of(r.body))
+            LedgerEntry(id=entry_id(r.body), data=_encode(r), ledger=ledger_of(r.body))
             for r in records
         ]
         await self.store.put_checkpoint(job_id, state.step, _enc.encode(state), ledger=entries)
