@@ -469,12 +469,12 @@ class JobRun:
                 del runs[sid]
         self.failed_count += failed
         self.spent(tokens, cost, 0)
-        # The step's write goes out first; dependents start while it is in flight. Writes
-        # are ordered (one step at a time), so a dependent's record can never be durable
-        # before the records it built on.
-        write = asyncio.ensure_future(self.record(records))
+        # Dependents become ready now and start while the step's write is in flight (the
+        # scheduler pops them at the loop's next turn; the write is issued before this task
+        # yields). Writes are ordered (one step at a time), so a dependent's record can
+        # never be durable before the records it built on.
         d.complete(ok)
-        await write
+        await self.record(records)
         self._after_step(events)  # "subtask.finished" means recorded
 
     def _after_step(self, events: list[tuple[str, SubtaskOutcome, float]]) -> None:
