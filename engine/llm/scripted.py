@@ -215,14 +215,15 @@ class ScriptedProvider(Provider):
             json_schema(req.response_format)
             if not self.supports_json_schema:
                 messages = prompt_messages(req)
+        tools = req.tools
         call = ScriptedCall(
-            kind=req.kind,
-            messages=list(messages),
-            tools=[t["function"]["name"] for t in req.tools or ()],
-            response_format=req.response_format,
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            stream=stream,
+            req.kind,
+            list(messages),
+            [t["function"]["name"] for t in tools] if tools else [],
+            req.response_format,
+            req.max_tokens,
+            req.temperature,
+            stream,
         )
         self.calls.append(call)
         for rule in self.rules:
