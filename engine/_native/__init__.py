@@ -2,7 +2,9 @@
 
 ``ENGINE_NO_EXTENSIONS=1`` makes every face fall back to its pure-Python reference twin;
 ``ENGINE_REQUIRE_NATIVE=1`` (set in CI) turns a missing compiled module into
-:class:`engine.errors.NativeUnavailable` instead of a silent fallback.
+:class:`engine.errors.NativeUnavailable` instead of a silent fallback. An install whose
+build could not compile a module (``setup.py`` then leaves ``BUILD_FAILED.txt`` here) warns
+once, with a ``RuntimeWarning``, the first time such a module is looked for.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import warnings
+from pathlib import Path
 from types import ModuleType
 
 from engine.errors import NativeUnavailable
@@ -45,6 +49,8 @@ def load(name: str) -> ModuleType | None:
             full = f"engine._native.{name}"
             built = not (isinstance(exc, ModuleNotFoundError) and exc.name == full)
             _why[name] = f"{type(exc).__name__}: {exc}"
+            if not built:
+                _warn_build_failed()
             # built but not importable (libzmq symbols not found through pyzmq...): say so
             log.log(logging.INFO if built else logging.DEBUG, "%s unavailable: %s", full, exc)
             if _required():
@@ -56,6 +62,27 @@ def load(name: str) -> ModuleType | None:
                 raise NativeUnavailable(f"{full} {cause} or unset ENGINE_REQUIRE_NATIVE") from exc
     _loaded[name] = module
     return module
+
+
+_warned = False
+
+
+def _warn_build_failed() -> None:
+    """Once per process, if this install's build left a note of the modules it could not
+    compile (a note is only written by a failed build, so a normal install costs nothing)."""
+    global _warned
+    note = Path(__file__).with_name("BUILD_FAILED.txt")
+    if _warned or not note.exists():
+        return
+    _warned = True
+    failed = ", ".join(line.split(":", 1)[0] for line in note.read_text().splitlines() if line)
+    warnings.warn(
+        f"agent-engine was installed without compiled modules ({failed}): their build failed, "
+        "so the engine runs their pure-Python twins, several times slower. Reinstall with a "
+        f"C compiler and the Python headers (the reasons are in {note}).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def native_info() -> dict[str, str | None]:

@@ -20,6 +20,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from engine.errors import MissingExtraError
+
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
 # name -> (module, one-line help). Keep the help here in step with the module's own.
@@ -107,7 +109,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_in(argv)
-    parser = build_parser(only=command or "")
+    try:
+        parser = build_parser(only=command or "")
+    except MissingExtraError as exc:  # a command module needs an extra that is not installed
+        print(f"engine {command}: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
@@ -116,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         _fail(args, str(exc), exc)
         return exc.code
+    except MissingExtraError as exc:  # its message says what to install
+        _fail(args, str(exc), exc)
+        return 1
     except Exception as exc:  # one line for the user, the traceback on request
         _fail(args, f"{type(exc).__name__}: {exc}", exc)
         return 1
