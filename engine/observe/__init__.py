@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.observe.audit import AuditLog
-from engine.observe.logs import configure_logging, log_context
+from engine.observe.logs import RedactingFilter, configure_logging, log_context
 from engine.observe.metrics import Metrics, default_metrics
 from engine.observe.sampler import Profile, Sampler, profile_for
 from engine.observe.server import ObserveServer
@@ -19,6 +19,7 @@ __all__ = [
     "Metrics",
     "ObserveServer",
     "Profile",
+    "RedactingFilter",
     "Sampler",
     "Tracer",
     "configure_logging",
