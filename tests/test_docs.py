@@ -20,7 +20,7 @@ import pytest
 from engine.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"(<!-- no-run -->\s*\n)?```(\w+)[^\n]*\n(.*?)```", re.S)
 
 
@@ -44,7 +44,11 @@ def _shell_lines(path: Path) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p, "python")], ids=lambda p: p.name)
+def _id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p, "python")], ids=_id)
 def test_python_examples_run(path: Path, tmp_path: Path) -> None:
     blocks = _blocks(path, "python")
     script = tmp_path / "example.py"
@@ -61,7 +65,7 @@ def test_python_examples_run(path: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, f"{path.name} examples failed:\n{res.stdout}\n{res.stderr}"
 
 
-@pytest.mark.parametrize("path", [p for p in DOCS if _shell_lines(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in DOCS if _shell_lines(p)], ids=_id)
 def test_shell_examples_name_real_commands(path: Path) -> None:
     lines = _shell_lines(path)
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))

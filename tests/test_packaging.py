@@ -88,6 +88,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
     v = Venv(tmp / "venv", tmp / "work", wheel)
     v.work.mkdir()
     v.pip_install(str(wheel))  # resolves the core dependencies, no extras
+    (v.work / "example.py").write_text(_readme_example())
     yield v
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -112,7 +113,6 @@ def test_core_install_runs_the_readme_example(venv: Venv) -> None:
     optional = ["faiss", "openai", "rich", "opentelemetry", "psycopg"]
     probe = f"import importlib.util as u; print([m for m in {optional!r} if u.find_spec(m)])"
     assert venv.run("-c", probe).stdout.strip() == "[]", "an extra leaked into the core install"
-    (venv.work / "example.py").write_text(_readme_example())
     res = venv.run("example.py")
     assert res.stderr == ""
 
@@ -160,8 +160,8 @@ def test_failed_compile_installs_pure_python_with_a_warning(venv: Venv, tmp_path
         res = venv.run("-c", "import engine, json; print(json.dumps(engine.native_info()))")
         info = json.loads(res.stdout)
         assert all(v is not None and v.startswith("unavailable") for v in info.values()), info
-        assert "RuntimeWarning: agent-engine was installed without compiled modules" in res.stderr
-        venv.run("-W", "ignore::RuntimeWarning", "example.py")  # the same example, pure Python
+        example = venv.run("example.py")  # the same example runs, in pure Python, and says so
+        assert "Warning: " in example.stderr and "pure-Python twin" in example.stderr
     finally:
         venv.pip_install("--no-deps", "--force-reinstall", str(venv.wheel))
 

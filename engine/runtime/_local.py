@@ -188,6 +188,7 @@ class Runtime:
 
     def _instrument(self, metrics: Metrics | None, port: int | None) -> None:
         """Attach metrics (read on scrape only) and prepare the HTTP endpoint."""
+        from engine.observe.health import runtime_checks
         from engine.observe.instrument import instrument_runtime
         from engine.observe.metrics import Metrics
         from engine.observe.server import ObserveServer
@@ -198,7 +199,8 @@ class Runtime:
         if port is not None:
             if not isinstance(port, int) or isinstance(port, bool):
                 raise TypeError(f"metrics_port must be an int, got {port!r}")
-            self._observe = ObserveServer(metrics, port=port)  # ValueError out of range
+            checks = runtime_checks(self)  # /readyz
+            self._observe = ObserveServer(metrics, port=port, checks=checks)  # ValueError: range
         self.metrics = instrument_runtime(self, metrics, derive_replies=True)
 
     @property
