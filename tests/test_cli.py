@@ -156,7 +156,7 @@ def test_node_imports_agents_from_the_folder_that_holds_the_app(
         assert line.startswith("node ") and " serving " in line, line
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
 
 
