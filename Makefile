@@ -29,8 +29,10 @@ build: $(VENV)/.built
 demo: build
 	$(BIN)/engine demo
 
+# Line coverage of engine/ is reported at the end (COV= turns it off).
+COV ?= --cov=engine --cov-report=term
 test: build
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(COV) $(PYTEST_ARGS)
 
 test-slow: build
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
