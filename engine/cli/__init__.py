@@ -185,7 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtraError as exc:  # a command module needs an extra that is not installed
         print(f"engine {command}: error: {exc}", file=sys.stderr)
         return 1
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the command, not the top-level parser
+        msg = f"unrecognized arguments: {' '.join(extra)} (see `engine {args.command} --help`)"
+        print(f"engine {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     app_dir = getattr(args, "app_dir", None)
     if app_dir is not None:  # `engine node --agents app.agents:Echo` from the folder of app/
         path = os.path.abspath(app_dir)
@@ -196,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path not in sys.path:
             sys.path.insert(0, path)
     try:
+        from engine.cli._common import check_endpoints
+
+        check_endpoints(args)  # a malformed --bind/--connect is bad input, whatever the command
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130

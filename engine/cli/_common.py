@@ -33,3 +33,27 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
 def hmac_key(value: str | None) -> bytes | None:
     """The HMAC key given on the command line, as bytes."""
     return value.encode() if value else None
+
+
+_SCHEMES = ("tcp://", "ipc://", "inproc://", "ws://", "wss://")
+
+
+def check_endpoint(option: str, value: str) -> None:
+    """A ZeroMQ endpoint as ``--bind``/``--connect`` take it, else CommandError (exit 2)."""
+    from engine.cli import CommandError
+
+    expected = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+    if not value.startswith(_SCHEMES) or value.endswith("://"):
+        raise CommandError(f"{option} {value!r}: {expected}", 2)
+    if value.startswith("tcp://"):
+        host, sep, port = value[len("tcp://") :].rpartition(":")
+        if not sep or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+            raise CommandError(f"{option} {value!r}: {expected} (PORT 0-65535 or *)", 2)
+
+
+def check_endpoints(args: Any) -> None:
+    """Every ``--bind``/``--connect`` value of a parsed command line (CommandError, exit 2)."""
+    for dest in ("bind", "connect"):
+        value = getattr(args, dest, None)
+        for item in [value] if isinstance(value, str) else value or ():
+            check_endpoint(f"--{dest}", item)
