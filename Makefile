@@ -39,6 +39,7 @@ test-slow: build
 
 # Peers (autogen-core, hnswlib) live in the `compare` extra; benches run them in the same run.
 $(VENV)/.compare: $(STAMP)
+	$(BIN)/python -m pip install -q "pybind11>=2.10"  # hnswlib builds from source against it
 	$(BIN)/python -m pip install -q -e '.[all,compare]' --group dev --no-build-isolation
 	touch $@
 

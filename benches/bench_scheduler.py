@@ -34,7 +34,11 @@ import pytest
 
 from engine.scheduling import SchedulerC, SchedulerPy
 
-pytestmark = pytest.mark.skipif(SchedulerC is None, reason="native scheduler not built")
+# quick: `engine bench --compare` runs these by default (a few seconds a round)
+pytestmark = [
+    pytest.mark.skipif(SchedulerC is None, reason="native scheduler not built"),
+    pytest.mark.quick,
+]
 
 N = 10_000  # tasks pushed and popped per round; the queue holds 10k-20k
 ROUNDS = {"heapq": 15, "py": 4, "native": 60, "native_single": 15}
