@@ -27,12 +27,13 @@ from engine.observe import gate
 
 #: Seconds the default (quick) comparison may spend measuring, so that one gate with its
 #: set-up stays within 5 minutes on a loaded 2-core machine.
-QUICK_BUDGET = 200.0
+QUICK_BUDGET = 180.0
 
 
 def _print_report(report: gate.GateReport) -> None:
     require("rich", extra="cli", feature="engine bench")
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     unit = "instr/op" if report.mode == "instructions" else "s (per-round stat)"
@@ -50,13 +51,13 @@ def _print_report(report: gate.GateReport) -> None:
         noise = f"±{r.noise:.3f}" if r.base and r.head else "-"
         style = colours.get(r.verdict, "")
         verdict = f"[{style}]{r.verdict}[/{style}]" if style else r.verdict
-        table.add_row(r.name, base, head, ratio, noise, verdict)
+        table.add_row(escape(r.name), base, head, ratio, noise, verdict)  # "[...]" is no markup
     console = Console(width=140)
     console.print(table)
     for e in report.errors:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(e)}")
     if report.regressions:
-        names = ", ".join(r.name for r in report.regressions)
+        names = escape(", ".join(r.name for r in report.regressions))
         console.print(
             f"[red bold]FAIL[/red bold]: slower than {report.threshold:.0%} beyond noise: {names}"
         )
