@@ -69,12 +69,13 @@ def test_runtime_failure_is_one_line_with_exit_1(capsys: pytest.CaptureFixture[s
 
 
 def test_unexpected_exception_is_one_line_and_traceback_only_on_request() -> None:
-    url = "nosuchscheme://x"
+    path = "/nonexistent-engine-dir/mesh.db"  # a well-formed URL whose file cannot be opened
+    url = f"sqlite:///{path}"
     res = _engine("dlq", "list", "--store", url)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert lines == [lines[-1]] and lines[-1].startswith("engine dlq: error: ")
-    assert url in lines[-1]
+    assert path in lines[-1]
     debug = _engine("dlq", "list", "--store", url, env={"ENGINE_DEBUG": "1", "PATH": ""})
     assert "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == lines[-1]

@@ -101,3 +101,17 @@ def test_traceback_only_on_request(busy_port: int) -> None:
     )
     assert res.returncode == 1 and "Traceback" in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("engine broker: error: ")
+
+
+@pytest.mark.parametrize("url", ["nosuch://x", "mesh.db", "sqlite://", "sqlite:///"])
+def test_bad_store_url_is_bad_input(url: str) -> None:
+    code, err = engine("broker", "--store", url)
+    assert code == 2
+    one_line(err, "broker", "--store", url)
+
+
+@pytest.mark.parametrize("spec", ["mesh_agents", "mesh_agents:", ":Echo", "a b:C", "x:Y,oops"])
+def test_malformed_agents_is_bad_input(spec: str) -> None:
+    code, err = engine("node", "--connect", "tcp://127.0.0.1:1", "--agents", spec)
+    assert code == 2
+    one_line(err, "node", "--agents")
