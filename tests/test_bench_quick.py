@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.observe.gate import package_under_test, settled
+from engine.cli.bench import package_under_test
+from engine.observe.gate import settled
 
 SAMPLE = {
     "pyproject.toml": """

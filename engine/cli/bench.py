@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                     marker=marker,
                     settle_after=min(args.min_rounds, args.rounds),
                     budget=budget,
-                    package=gate.package_under_test(head_root),
+                    package=package_under_test(head_root),
                     log=log,
                 )
     except GateError as exc:
@@ -135,6 +135,20 @@ def run(args: argparse.Namespace) -> int:
         Path(args.report).write_bytes(report.to_json())
     _print_report(report)
     return 1 if report.failed else 0
+
+
+def package_under_test(root: Path) -> str | None:
+    """The package a tree's benchmarks measure: ``engine`` here, else the one top-level
+    package in ``root`` or ``root/src`` (None when there is not exactly one)."""
+    if (root / "engine" / "__init__.py").is_file():
+        return "engine"
+    found = {
+        p.parent.name
+        for base in (root, root / "src")
+        for p in base.glob("*/__init__.py")
+        if p.parent.name not in ("tests", "test", "benches", "benchmarks", "docs")
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 def _quick(head: gate.Side, paths: list[Path]) -> str | None:

@@ -56,7 +56,6 @@ __all__ = [
     "base_tree",
     "compare_instructions",
     "compare_timing",
-    "package_under_test",
     "resolve_ref",
     "settled",
 ]
@@ -220,20 +219,6 @@ def base_tree(repo: Path, ref: str, head: Path, *, keep: bool = False) -> Iterat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def package_under_test(root: Path) -> str | None:
-    """The package a tree's benchmarks measure: ``engine`` here, else the one top-level
-    package in ``root`` or ``root/src`` (None when there is not exactly one)."""
-    if (root / "engine" / "__init__.py").is_file():
-        return "engine"
-    found = {
-        p.parent.name
-        for base in (root, root / "src")
-        for p in base.glob("*/__init__.py")
-        if p.parent.name not in ("tests", "test", "benches", "benchmarks", "docs")
-    }
-    return found.pop() if len(found) == 1 else None
-
-
 def child_env(side: Side, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     own = [str(side.root)]
@@ -260,9 +245,7 @@ def check_imports(side: Side, package: str | None = "engine") -> None:
         timeout=120,
     )
     if proc.returncode != 0:
-        raise GateError(
-            f"{side.name}: `import {package}` failed:\n{proc.stderr.decode()[-2000:]}"
-        )
+        raise GateError(f"{side.name}: `import {package}` failed:\n{proc.stderr.decode()[-2000:]}")
     where = Path(proc.stdout.decode()).resolve()
     if not where.is_relative_to(side.root.resolve()):
         raise GateError(f"{side.name}: {package} imported from {where}, not from {side.root}")
@@ -370,8 +353,7 @@ class _Worker:
             self.close()
             raise GateError(
                 f"{self.side.name}: benchmarks imported {self.package} modules from outside "
-                "its tree: "
-                + ", ".join(strays[:3])
+                "its tree: " + ", ".join(strays[:3])
             )
         # 1: some benchmark failed or did not import; 5: none ran (no JSON is written then)
         if code not in (0, 1, 5):
@@ -414,22 +396,31 @@ def _mad_noise(ratios: list[float]) -> float:
 
 
 def judge(result: BenchResult, threshold: float, *, paired: bool = True) -> BenchResult:
-    """Fill ratio, noise and verdict of ``result`` from its per-round values."""
+    """Fill ratio, noise and verdict of ``result`` from its per-round values.
+
+    A regression also needs the best head round slower than the best base round by the
+    threshold (an improvement the reverse): load only adds time, so on a busy machine a few
+    rounds can skew the paired median while the minima stay put (an unchanged tree failed
+    1 run in 2 so at a load of 5 on 2 cores, per-round ratios 0.5-2.3); a real slowdown
+    moves both."""
     if not result.head:
         result.verdict = "missing"
         return result
     if not result.base:
         result.verdict = "new"
         return result
+    floor = 1.0
     if paired and len(result.base) == len(result.head):
         ratios = [h / b for h, b in zip(result.head, result.base, strict=True)]
         result.ratio = statistics.median(ratios)
         result.noise = _mad_noise(ratios)
+        floor = min(result.head) / min(result.base)
     else:
         result.ratio = statistics.median(result.head) / statistics.median(result.base)
-    if result.ratio - result.noise > 1 + threshold:
+        floor = result.ratio
+    if result.ratio - result.noise > 1 + threshold and floor > 1 + threshold:
         result.verdict = "regressed"
-    elif result.ratio + result.noise < 1 - threshold:
+    elif result.ratio + result.noise < 1 - threshold and floor < 1 - threshold:
         result.verdict = "improved"
     else:
         result.verdict = "ok"
