@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYX    := $(wildcard ext/*.pyx) $(wildcard engine/_native/*.pxd) $(wildcard bindings/*.pxd) $(wildcard bindings/include/*.h)
+PYX    += $(wildcard ext/*.pxi) $(wildcard ext/include/*.pxd) $(wildcard ext/include/*.h)
 PYTEST_ARGS ?=
 
 .PHONY: install build demo test test-slow bench bench-compare lint profile clean

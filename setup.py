@@ -5,7 +5,7 @@ Switches (environment):
   ENGINE_SANITIZE=1        compile and link with -fsanitize=address,undefined
   ENGINE_REQUIRE_NATIVE=1  a module that fails to compile fails the build (set in CI and by
                            `make build`); without it the install goes on in pure Python, with
-                           a loud warning here and at import time
+                           a loud warning here (and a NativeFallbackWarning at import time)
   ENGINE_NO_EXTENSIONS=1   build no extension at all (a pure-Python install, on purpose)
   CI=true                  Cython's own warnings are errors
 """
@@ -29,9 +29,6 @@ SANITIZE = os.environ.get("ENGINE_SANITIZE") == "1"
 REQUIRE = os.environ.get("ENGINE_REQUIRE_NATIVE", "") not in ("", "0")
 SKIP = os.environ.get("ENGINE_NO_EXTENSIONS", "") not in ("", "0")
 CI = os.environ.get("CI", "").lower() in ("1", "true")
-#: Written into the package when a module could not be built; engine._native reads it
-#: (only when a compiled module is missing) to say why at import time.
-FAILED_NOTE = "engine/_native/BUILD_FAILED.txt"
 
 
 def _extensions() -> list[Extension]:
@@ -53,7 +50,7 @@ def _extensions() -> list[Extension]:
         Extension(
             name,
             [src],
-            include_dirs=["bindings/include"],
+            include_dirs=["bindings/include", "ext/include"],
             define_macros=macros,
             extra_compile_args=cflags,
             extra_link_args=ldflags,
@@ -93,7 +90,7 @@ class BuildExt(build_ext):
             self.distribution.ext_modules = cythonize(
                 self.distribution.ext_modules or [],
                 compiler_directives=directives,
-                include_path=[str(ROOT), str(ROOT / "bindings")],
+                include_path=[str(ROOT), str(ROOT / "bindings"), str(ROOT / "ext" / "include")],
                 annotate=DEBUG,
                 quiet=True,
                 nthreads=0,
@@ -118,23 +115,12 @@ class BuildExt(build_ext):
 
     def run(self) -> None:
         super().run()
-        note = Path(self.build_lib) / FAILED_NOTE
         if self.failed:
             _warn(self.failed)
-            note.parent.mkdir(parents=True, exist_ok=True)
-            note.write_text("".join(f"{k}: {v}\n" for k, v in self.failed.items()))
-            if self.inplace:
-                (ROOT / FAILED_NOTE).write_text(note.read_text())
-        else:
-            note.unlink(missing_ok=True)
-            if self.inplace:
-                (ROOT / FAILED_NOTE).unlink(missing_ok=True)
 
     def get_outputs(self) -> list[str]:
-        """What goes into the wheel: the modules that were built, and the failure note."""
-        built = [p for p in super().get_outputs() if os.path.exists(p)]
-        note = os.path.join(self.build_lib, FAILED_NOTE)
-        return [*built, note] if os.path.exists(note) else built
+        """What goes into the wheel: the modules that were built."""
+        return [p for p in super().get_outputs() if os.path.exists(p)]
 
     def copy_extensions_to_source(self) -> None:
         """``--inplace``: copy only the modules that were built."""

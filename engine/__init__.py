@@ -8,10 +8,10 @@ prometheus-client, OpenTelemetry and rich load only with the features that need 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine import errors
+from engine._lazy import lazy
 from engine.errors import (
     AuditError,
     CorruptFileError,
@@ -27,6 +27,7 @@ from engine.errors import (
     MailboxFull,
     MessageTypeConflict,
     MissingExtraError,
+    NativeFallbackWarning,
     NativeUnavailable,
     ProtocolError,
     QueryCancelled,
@@ -152,19 +153,6 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "HAS_NATIVE",
     "Agent",
@@ -193,6 +181,7 @@ __all__ = [
     "MessageTypeConflict",
     "Metrics",
     "MissingExtraError",
+    "NativeFallbackWarning",
     "NativeUnavailable",
     "ObserveServer",
     "OpenAIEmbedder",
@@ -238,3 +227,5 @@ __all__ = [
     "run",
     "tool",
 ]
+
+__getattr__, __dir__ = lazy(__name__, _LAZY, __all__)

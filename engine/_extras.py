@@ -33,6 +33,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "cli": ("rich",),
     "otel": ("opentelemetry-api",),
     "postgres": ("psycopg",),
+    "langgraph": ("langgraph",),
     "embeddings": ("sentence-transformers",),
 }
 

@@ -16,6 +16,9 @@ from tests._clock import FakeClock
 if TYPE_CHECKING:
     from engine.mesh import Broker
 
+# The OpenAI-compatible test server's `openai_server` fixture (tests/openai_server.py).
+pytest_plugins = ["tests.openai_server"]
+
 # deadline=None and no too_slow health check: both are wall-clock assertions (issue 12)
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

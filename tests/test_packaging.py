@@ -172,7 +172,7 @@ def test_extras_match_the_names_errors_give() -> None:
         named = {re.split(r"[<>=\[; ]", req, maxsplit=1)[0] for req in extras[extra]}
         assert set(dists) <= named, f"extra {extra!r} lacks {dists}"
     everything = extras["all"]
-    assert everything == [f"{DISTRIBUTION}[memory,llm,cli,otel,postgres]"]
+    assert everything == [f"{DISTRIBUTION}[memory,llm,cli,otel,postgres,langgraph]"]
     assert PYPROJECT["project"]["name"] == DISTRIBUTION
     core = {re.split(r"[<>=; ]", r, maxsplit=1)[0] for r in PYPROJECT["project"]["dependencies"]}
     assert core == {"msgspec", "pyzmq", "numpy", "uvloop", "orjson", "prometheus-client"}

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("engine.cli.audit", "audit log tools"),
     "bench": ("engine.cli.bench", "run benchmarks or gate against a git ref"),
     "profile": ("engine.cli.profile", "profile a scenario from profiles/scenarios"),
+    "store": ("engine.cli.store", "state store schema: migrate or show its version"),
 }
 
 

@@ -16,6 +16,7 @@ anywhere by itself. Without OpenTelemetry the same calls still produce correct c
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib.util
 import os
 import re
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 
+@functools.cache
 def _has_otel() -> bool:
     try:  # the optional extra (the API); found without importing it
         return importlib.util.find_spec("opentelemetry.trace") is not None
@@ -51,7 +53,17 @@ def _has_otel() -> bool:
         return False
 
 
-HAS_OTEL: Final[bool] = _has_otel()
+if TYPE_CHECKING:
+    #: The ``otel`` extra is installed (looked up on first access: the look-up imports the
+    #: ``opentelemetry`` namespace package, which a runtime that never traces need not load).
+    HAS_OTEL: bool
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HAS_OTEL":
+        return _has_otel()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _TP: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _ZERO_TRACE: Final = "0" * 32
@@ -239,7 +251,7 @@ class Tracer:
         self.provider: TracerProvider | None = None
         self._own = False  # the provider is ours to shut down (built from ``exporters``)
         self._tracer: Any = None
-        if not (enabled and HAS_OTEL):
+        if not (enabled and _has_otel()):
             return
         from opentelemetry import trace
 
