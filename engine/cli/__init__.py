@@ -27,6 +27,7 @@ import traceback
 import typing
 from collections.abc import Sequence
 
+from engine.cli._errors import CommandError
 from engine.errors import MissingExtraError
 
 __all__ = ["COMMANDS", "CommandError", "EngineParser", "build_parser", "main"]
@@ -44,14 +45,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("engine.cli.profile", "profile a scenario from profiles/scenarios"),
     "store": ("engine.cli.store", "state store schema: migrate or show its version"),
 }
-
-
-class CommandError(Exception):
-    """A command failed in a way its user can act on: printed as one line, exit ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -41,7 +41,7 @@ _SCHEMES = ("tcp://", "ipc://", "inproc://", "ws://", "wss://")
 
 def check_endpoint(option: str, value: str) -> None:
     """A ZeroMQ endpoint as ``--bind``/``--connect`` take it, else CommandError (exit 2)."""
-    from engine.cli import CommandError
+    from engine.cli._errors import CommandError
 
     expected = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
     if not value.startswith(_SCHEMES) or value.endswith("://"):
@@ -61,7 +61,7 @@ def check_endpoints(args: Any) -> None:
     ``--bind``/``--connect`` endpoint, the ``--store`` URL and the ``--agents`` list
     (CommandError, exit 2). Whether a store opens or an agent class imports is the
     command's to say."""
-    from engine.cli import CommandError
+    from engine.cli._errors import CommandError
 
     for dest in ("bind", "connect"):
         value = getattr(args, dest, None)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from engine._extras import require
-from engine.cli import CommandError
+from engine.cli._errors import CommandError
 from engine.errors import GateError
 from engine.observe import gate
 
