@@ -103,7 +103,7 @@ def test_traceback_only_on_request(busy_port: int) -> None:
     assert res.stderr.strip().splitlines()[-1].startswith("engine broker: error: ")
 
 
-@pytest.mark.parametrize("url", ["nosuch://x", "mesh.db", "sqlite://", "sqlite:///"])
+@pytest.mark.parametrize("url", ["nosuch://x", "memory://x", "sqlite://", "sqlite:///"])
 def test_bad_store_url_is_bad_input(url: str) -> None:
     code, err = engine("broker", "--store", url)
     assert code == 2

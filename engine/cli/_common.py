@@ -52,7 +52,6 @@ def check_endpoint(option: str, value: str) -> None:
             raise CommandError(f"{option} {value!r}: {expected} (PORT 0-65535 or *)", 2)
 
 
-_STORES = ("sqlite:///", "memory://", "postgresql://", "postgres://")
 _AGENT_SPEC = re.compile(r"([^=:,\s]+=)?[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -68,14 +67,14 @@ def check_endpoints(args: Any) -> None:
         for item in [value] if isinstance(value, str) else value or ():
             check_endpoint(f"--{dest}", item)
     store = getattr(args, "store", None)
-    if isinstance(store, str) and not any(
-        store.startswith(p) and len(store) > len(p) for p in _STORES
-    ):
-        raise CommandError(
-            f"--store {store!r}: expected sqlite:///relative.db, sqlite:////absolute.db, "
-            "memory:// or postgresql://...",
-            2,
-        )
+    if isinstance(store, str):
+        from engine.errors import StoreURLError
+        from engine.store._url import parse_url
+
+        try:
+            parse_url(store)  # the store's own parser: one definition of a valid URL
+        except StoreURLError as exc:
+            raise CommandError(f"--store: {exc}", 2) from exc
     agents = getattr(args, "agents", None)
     if isinstance(agents, str):
         for spec in filter(None, (item.strip() for item in agents.split(","))):
