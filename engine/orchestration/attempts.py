@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 
+_NONE: list[str] = []  # no transcript
+
+
 class Finished:
     """A finished attempt waiting to be settled."""
 
@@ -65,7 +68,7 @@ class Finished:
         self.tokens = 0
         self.cost = 0.0
         self.calls = 0
-        self.transcript: list[str] = []
+        self.transcript: list[str] = _NONE  # shared, never mutated: fill() assigns anew
 
 
 async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
@@ -171,7 +174,8 @@ def fill(done: Finished, reply: Any) -> None:
         cost = reply.cost
         done.cost = cost if isinstance(cost, float) and math.isfinite(cost) and cost > 0 else 0.0
         done.calls = reply.calls if reply.calls > 0 else 0
-        done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
+        if reply.transcript:
+            done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
     elif isinstance(reply, str):
         output = reply
     else:
