@@ -33,6 +33,7 @@ from engine.llm.structured import json_schema, prompt_messages
 __all__ = ["Reply", "Rule", "ScriptedCall", "ScriptedProvider"]
 
 _CHUNK: Final = 8  # characters per streamed text delta
+_NO_TOOLS: Final[list[str]] = []  # shared by recorded calls offering no tools (never mutated)
 
 
 class Reply:
@@ -81,8 +82,10 @@ class Reply:
         return f"Reply({', '.join(what)})"
 
 
-class ScriptedCall(msgspec.Struct, frozen=True):
+class ScriptedCall(msgspec.Struct, frozen=True, gc=False):
     """One call the provider received, as recorded."""
+
+    # gc=False: up to max_calls of them are kept, none refers back to anything holding it
 
     kind: str
     messages: list[Message]
@@ -219,7 +222,7 @@ class ScriptedProvider(Provider):
         call = ScriptedCall(
             req.kind,
             list(messages),
-            [t["function"]["name"] for t in tools] if tools else [],
+            [t["function"]["name"] for t in tools] if tools else _NO_TOOLS,
             req.response_format,
             req.max_tokens,
             req.temperature,

@@ -75,7 +75,7 @@ class Run:
         self.priority = priority
         self.tid = -1
         self.pool = -1
-        self.deps: list[int] = []
+        self.deps: tuple[int, ...] = ()  # a tuple of ints: not tracked by the collector
         self.d: Dispatcher | None = None  # while dispatched: its worker key is out
         self.worker: AgentId | None = None
         self.agent = ""  # str(worker)

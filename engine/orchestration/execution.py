@@ -325,11 +325,12 @@ class JobRun:
                 continue
             run = Run(self, st, self.gen, st.capability, st.priority)
             index[st.id] = base + len(batch)
-            run.deps = [
-                index[dep] if dep in index else self.runs[dep].tid
-                for dep in st.depends_on
-                if dep in index or dep in self.runs
-            ]
+            if st.depends_on:
+                run.deps = tuple(
+                    index[dep] if dep in index else self.runs[dep].tid
+                    for dep in st.depends_on
+                    if dep in index or dep in self.runs
+                )
             batch.append(run)
         for run in batch:
             self.runs[run.subtask.id] = run

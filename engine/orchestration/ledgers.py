@@ -45,7 +45,12 @@ TASK: Final = "task"
 PROGRESS: Final = "progress"
 
 
-class PlanEntry(msgspec.Struct, tag="plan", frozen=True):
+# Entries and records are gc=False: a step holds one per finished subtask until it is
+# written, and none can be part of a reference cycle (scalars, strings, lists of strings,
+# a Plan).
+
+
+class PlanEntry(msgspec.Struct, tag="plan", frozen=True, gc=False):
     """A plan call's outcome: ``gen`` (0 first, +1 per replan), ``attempt`` (1, or 2 for
     the repair round), the plan, and the validation ``errors`` if it was refused."""
 
@@ -56,7 +61,7 @@ class PlanEntry(msgspec.Struct, tag="plan", frozen=True):
     reason: str = ""  # why this generation was planned ("" for the first)
 
 
-class StepEntry(msgspec.Struct, tag="step", frozen=True):
+class StepEntry(msgspec.Struct, tag="step", frozen=True, gc=False):
     """A subtask that ended: ``status`` completed / failed / cancelled."""
 
     gen: int
@@ -70,7 +75,7 @@ class StepEntry(msgspec.Struct, tag="step", frozen=True):
     transcript: list[str] = []
 
 
-class ProgressEntry(msgspec.Struct, tag="progress", frozen=True):
+class ProgressEntry(msgspec.Struct, tag="progress", frozen=True, gc=False):
     """A progress evaluation (model call kind ``progress``) over the steps in ``covers``."""
 
     n: int
@@ -83,14 +88,14 @@ class ProgressEntry(msgspec.Struct, tag="progress", frozen=True):
     reason: str = ""
 
 
-class AnswerEntry(msgspec.Struct, tag="answer", frozen=True):
+class AnswerEntry(msgspec.Struct, tag="answer", frozen=True, gc=False):
     """The ``summarize`` call's answer."""
 
     gen: int
     answer: str
 
 
-class EndEntry(msgspec.Struct, tag="end", frozen=True):
+class EndEntry(msgspec.Struct, tag="end", frozen=True, gc=False):
     """A job that ended without an answer: ``status`` failed / cancelled and why."""
 
     status: str
@@ -101,7 +106,7 @@ class EndEntry(msgspec.Struct, tag="end", frozen=True):
 Entry = PlanEntry | StepEntry | ProgressEntry | AnswerEntry | EndEntry
 
 
-class LedgerRecord(msgspec.Struct, frozen=True, array_like=True):
+class LedgerRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One ledger record: who did what, digests, timestamps, tokens, cost, and the body.
 
     The store keeps it as the ``data`` of an ``engine.store.LedgerEntry`` whose ``id`` is

@@ -42,7 +42,7 @@ Text = Annotated[str, msgspec.Meta(max_length=_MAX_TEXT)]
 Priority = Annotated[int, msgspec.Meta(ge=-_MAX_PRIORITY, le=_MAX_PRIORITY)]
 
 
-class Subtask(msgspec.Struct, kw_only=True, frozen=True):
+class Subtask(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One step of a plan, run by a worker that offers ``capability``.
 
     ``depends_on`` names subtasks whose results this one needs (it starts after them);
@@ -55,8 +55,12 @@ class Subtask(msgspec.Struct, kw_only=True, frozen=True):
     depends_on: Annotated[list[SubtaskId], msgspec.Meta(max_length=_MAX_DEPS)] = []
     priority: Priority = 0
 
+    # gc=False (Plan too): a plan of 1,000 subtasks lives as long as its job, and neither
+    # can be part of a reference cycle (strings, lists of strings, ints); untracked, they
+    # cost the collector nothing (PERF: docs/performance.md, orchestration)
 
-class Plan(msgspec.Struct, kw_only=True, frozen=True):
+
+class Plan(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """The model's plan: the ``facts`` it works from, and the ``subtasks`` to run."""
 
     facts: Annotated[list[Text], msgspec.Meta(max_length=_MAX_FACTS)] = []
