@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.orchestration import Plan, PlanError, Subtask, plan_schema, plan_type, validate_plan
-from engine.orchestration.plans import layers
+from engine.orchestration.plans import checked_levels, layers
 
 
 def s(id: str, *deps: str, cap: str = "a") -> Subtask:
@@ -110,6 +110,12 @@ def test_layers_respect_every_dependency(plan: Plan) -> None:
             assert level[sub.id] == 1 + max(level[d] for d in sub.depends_on)
         else:
             assert level[sub.id] == 0
+
+
+@given(dags())
+def test_checked_levels_are_the_layers_the_plan_is_scheduled_by(plan: Plan) -> None:
+    levels = checked_levels(plan, ["a"])
+    assert [[plan.subtasks[i] for i in level] for level in levels] == layers(plan)
 
 
 @given(dags(), st.data())

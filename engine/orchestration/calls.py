@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import PlanError, StructuredOutputError
 from engine.orchestration.ledgers import LedgerRecord, PlanEntry, ProgressEntry, digest
-from engine.orchestration.plans import Plan, plan_type, validate_plan
+from engine.orchestration.plans import Plan, checked_levels, plan_type
 from engine.orchestration.progress import CONTINUE, ProgressReport, Verdict
 
 if TYPE_CHECKING:
@@ -117,7 +117,8 @@ async def plan(run: JobRun, gen: int, why: str) -> Plan:
         try:
             if not isinstance(candidate, Plan):
                 raise PlanError(f"the model returned no plan (got {type(candidate).__name__})")
-            validate_plan(candidate, caps, max_subtasks=s.max_subtasks, done=done.keys())
+            levels = checked_levels(candidate, caps, max_subtasks=s.max_subtasks, done=done.keys())
+            run.plan_levels = (candidate, levels)  # _push_pending orders by them
             errors = []
         except PlanError as exc:
             errors = exc.errors

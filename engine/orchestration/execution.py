@@ -82,6 +82,8 @@ class JobRun:
         )
         self.gen = -1
         self.plan: Plan | None = None
+        # the levels the plan call computed while validating ``plan`` (used once)
+        self.plan_levels: tuple[Plan, list[list[int]]] | None = None
         self.facts: list[str] = []
         self.subtasks: dict[str, Subtask] = {}
         self.runs: dict[str, Run] = {}  # live in the scheduler (current gen)
@@ -305,32 +307,47 @@ class JobRun:
         if not pending:
             self.wake()
             return
-        ids = {st.id for st in pending}
-        met = set(self.subtasks) - ids
-        order = [st for layer in layers(Plan(subtasks=pending), done=met) for st in layer]
+        known, self.plan_levels = self.plan_levels, None
+        if known is not None and known[0] is self.plan and len(pending) == len(self.subtasks):
+            subs = known[0].subtasks  # a new plan, nothing of it settled: as validated
+            order = [subs[i] for level in known[1] for i in level]
+        else:
+            ids = {st.id for st in pending}
+            met = set(self.subtasks) - ids
+            order = [st for layer in layers(Plan(subtasks=pending), done=met) for st in layer]
         d = self.s.dispatcher
         base = d.next_id
         index: dict[str, int] = {}
         batch: list[Run] = []
+        gen = self.gen
+        failures = self.failures
+        live = self.runs
         for st in order:
-            bad = next((dep for dep in st.depends_on if dep in self.failures), None)
-            if bad is not None:
-                run = Run(self, st, self.gen, st.capability, st.priority)
-                done = Finished(run, "", time.time(), 0)
-                done.error = f"dependency {bad} failed"
-                self.failures[st.id] = SubtaskOutcome(
-                    st.id, st.capability, "failed", error=done.error
-                )
-                self.finished.append(done)
-                continue
-            run = Run(self, st, self.gen, st.capability, st.priority)
+            deps = st.depends_on
+            if failures and deps:
+                bad = next((dep for dep in deps if dep in failures), None)
+                if bad is not None:
+                    run = Run(self, st, gen, st.capability, st.priority)
+                    done = Finished(run, "", time.time(), 0)
+                    done.error = f"dependency {bad} failed"
+                    failures[st.id] = SubtaskOutcome(
+                        st.id, st.capability, "failed", error=done.error
+                    )
+                    self.finished.append(done)
+                    continue
+            run = Run(self, st, gen, st.capability, st.priority)
             index[st.id] = base + len(batch)
-            if st.depends_on:
-                run.deps = tuple(
-                    index[dep] if dep in index else self.runs[dep].tid
-                    for dep in st.depends_on
-                    if dep in index or dep in self.runs
-                )
+            if deps:
+                tids: list[int] = []
+                for dep in deps:  # PERF: a loop, not a generator per subtask
+                    i = index.get(dep)
+                    if i is None:
+                        other = live.get(dep)
+                        if other is None:
+                            continue  # completed: met
+                        i = other.tid
+                    tids.append(i)
+                run.deps = tuple(tids)
             batch.append(run)
         for run in batch:
             self.runs[run.subtask.id] = run
