@@ -20,7 +20,7 @@ from engine.llm.accounting import Attribution, UsageLedger, current_attribution
 from engine.llm.base import ChatResult, Messages, StreamDelta, ToolsArg, Usage
 from engine.llm.budget import NO_HOLD as _NO_HOLD
 from engine.llm.budget import Budget, Reservation, reserve
-from engine.llm.cache import LLMCache
+from engine.llm.cache import LLMCache, Probe
 from engine.llm.prices import Price, PriceTable
 from engine.llm.request import ChatRequest, estimate_tokens, make_request
 from engine.llm.telemetry import NOOP_SPAN as _NO_SPAN
@@ -243,18 +243,22 @@ class BaseLLM:
             return None
         return c if (ctx.cache or req.deterministic) else None
 
-    def _cache_get(self, req: ChatRequest, cache: LLMCache, t0: float) -> ChatResult | None:
-        hit = cache.get(req, self._scope(req.kind))
+    def _cache_get(
+        self, req: ChatRequest, cache: LLMCache, t0: float
+    ) -> tuple[ChatResult | None, Probe]:
+        """A hit (as this call's result), else None; and the probe to fill on a miss (the
+        request as asked for is the key: not the one a budget's reservation completes)."""
+        hit, probe = cache.probe(req, self._scope(req.kind))
         if hit is None:
             self.telemetry.cache("miss")
-            return None
+            return None, probe
         cached, how = hit
         self.telemetry.cache(how or "miss")
         result = msgspec.structs.replace(
             cached, cached=how, latency=now() - t0, cost=0.0, usage=Usage()
         )
         self.telemetry.ok(result, req.kind, result.latency)
-        return result
+        return result, probe
 
     def _reserve(self, req: ChatRequest, ctx: CallContext) -> tuple[ChatRequest, Reservation]:
         """Reserve the estimate on the call's budgets (raises BudgetExceeded, sends nothing)."""
@@ -316,8 +320,9 @@ class BaseLLM:
         """One call through the whole pipeline (structured output and tool loops use it)."""
         t0 = now()
         cache = self._use_cache(req, ctx) if self.cache is not None else None
+        probe = None
         if cache is not None:
-            hit = self._cache_get(req, cache, t0)
+            hit, probe = self._cache_get(req, cache, t0)
             if hit is not None:
                 self.ledger.record(ctx.who, hit.model, hit.usage, 0.0, cached=True)
                 return hit
@@ -351,6 +356,6 @@ class BaseLLM:
         if span is not _NO_SPAN:
             span.finish(result, req.kind)
         tel.ok(result, req.kind, result.latency)
-        if cache is not None and result.finish_reason != "length":
-            cache.put(req, self._scope(req.kind), msgspec.structs.replace(result))
+        if probe is not None and cache is not None and result.finish_reason != "length":
+            cache.fill(probe, msgspec.structs.replace(result))
         return result

@@ -132,8 +132,9 @@ class ChatStream:
         llm, req, ctx = self._llm, self._req, self._ctx
         t0 = now()
         cache = llm._use_cache(req, ctx)
+        probe = None
         if cache is not None:
-            hit = llm._cache_get(req, cache, t0)
+            hit, probe = llm._cache_get(req, cache, t0)
             if hit is not None:
                 llm.ledger.record(ctx.who, hit.model, hit.usage, 0.0, cached=True)
                 self.result = hit
@@ -178,6 +179,6 @@ class ChatStream:
         final.latency = now() - t0
         span.finish(final, req.kind)
         llm.telemetry.ok(final, req.kind, final.latency)
-        if cache is not None and final.finish_reason != "length":
-            cache.put(req, llm._scope(req.kind), msgspec.structs.replace(final))
+        if probe is not None and cache is not None and final.finish_reason != "length":
+            cache.fill(probe, msgspec.structs.replace(final))
         self.result = final
