@@ -35,6 +35,12 @@ __all__ = ["Dispatcher", "Owner", "Run"]
 _JOB_PRIORITY: Final = 1_000
 _SCALE: Final = 2_000_001  # > the span of subtask priorities (-1e6..1e6)
 _POP: Final = 1_024
+_I32_MIN: Final = -(2**31)
+_I32_MAX: Final = 2**31 - 1
+#: Up to this many finished runs are completed one call each, more in one batch call (its
+#: argument checks cost ~1 us: 0.4 vs 1.0 us for one run, 0.9 vs 1.2 us for ten, 3.7 vs
+#: 2.3 us for sixty; best of 200 timings each).
+_ONE_BY_ONE: Final = 16
 
 
 class Owner(Protocol):
@@ -180,15 +186,14 @@ class Dispatcher:
                 raise OrchestrationError(f"no worker offers capability {run.capability!r}")
             run.tid = tid
             run.pool = pid = pool.id
-            prio.append(base + run.priority)
+            key = base + run.priority  # int32: clamped (the job's priority dominates)
+            prio.append(_I32_MAX if key > _I32_MAX else _I32_MIN if key < _I32_MIN else key)
             pools.append(pid)
             counts.append(len(run.deps))
             deps.extend(run.deps)
-        # int32 priorities: clamp the combined key (job priority dominates; rarely clipped)
-        prio_a = np.clip(np.array(prio, dtype=np.int64), -(2**31), 2**31 - 1).astype(np.int32)
         self.sched.push_many(
             np.arange(first, first + n, dtype=np.int64),
-            prio_a,
+            np.array(prio, dtype=np.int32),
             None,
             tenants=np.full(n, self.tenant(tenant), dtype=np.int64),
             pools=np.array(pools, dtype=np.int64),
@@ -210,7 +215,12 @@ class Dispatcher:
     def complete(self, runs: Sequence[Run]) -> None:
         """Mark finished (running) runs completed; their dependents may become ready."""
         if runs:
-            self.sched.complete_many(np.fromiter((r.tid for r in runs), np.int64, len(runs)))
+            if len(runs) <= _ONE_BY_ONE:
+                complete = self.sched.complete
+                for r in runs:
+                    complete(r.tid)
+            else:
+                self.sched.complete_many(np.fromiter((r.tid for r in runs), np.int64, len(runs)))
             for r in runs:
                 self._forget(r.tid)
             self.wake()
