@@ -161,6 +161,22 @@ class _Sink:
         self.tallies: dict[tuple[str, str, str], _Tally] = {}
         self.lock = threading.Lock()
         metrics.on_collect(self.fold)
+        # The router's retries and fallbacks as counters too (not only span events), so a
+        # dashboard reads them without OpenTelemetry. Registered here, once per registry.
+        from prometheus_client import Counter
+
+        self.retries = Counter(
+            "engine_llm_retries",
+            "Failed LLM attempts the router retried on the same provider.",
+            ["provider"],
+            registry=metrics.registry,
+        )
+        self.fallbacks = Counter(
+            "engine_llm_fallbacks",
+            "Calls the router moved on from a provider (failed or breaker open).",
+            ["from"],
+            registry=metrics.registry,
+        )
 
     def tally(self, provider: str, model: str, kind: str) -> _Tally:
         key = (provider, model, kind)
@@ -341,6 +357,14 @@ class Telemetry:
     def refused(self, provider: str, model: str, kind: str) -> None:
         self._count(provider, model, kind, "refused")
         self.metrics.llm_errors.labels(provider, model, kind, "budget").inc()
+
+    def retried(self, provider: str) -> None:
+        """The router retries a failed attempt on ``provider``."""
+        self._sink.retries.labels(provider).inc()
+
+    def fell_back(self, provider: str) -> None:
+        """The router moves on from ``provider`` to the next in the chain."""
+        self._sink.fallbacks.labels(provider).inc()
 
     def cache(self, result: str) -> None:
         self.metrics.llm_cache.labels(result).inc()
