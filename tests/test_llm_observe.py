@@ -259,3 +259,37 @@ async def test_no_span_work_while_the_tracer_records_nothing(
     assert span.name == "chat scripted"
     assert dict(span.attributes or {})["engine.llm.kind"] == "act"
     assert not ScriptedProvider(default="ok", spans=False).telemetry.tracing
+
+
+@uv
+async def test_a_cancelled_call_is_no_failed_call() -> None:
+    import asyncio
+
+    from engine.llm import ScriptedProvider
+    from engine.llm.base import ChatResult
+    from engine.llm.request import ChatRequest
+
+    class Slow(ScriptedProvider):
+        """Answers only when released (a call in flight when its job is cancelled)."""
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(default="late", **kw)
+            self.started = asyncio.Event()
+
+        async def _complete(self, req: ChatRequest) -> ChatResult:
+            self.started.set()
+            await asyncio.Event().wait()  # never set: only a cancellation ends it
+            raise AssertionError("unreachable")
+
+    metrics = Metrics()
+    budget = Budget(tokens=10_000)
+    llm = Slow(metrics=metrics)
+    call = asyncio.ensure_future(llm.chat("hi", kind="act", budget=budget))
+    await asyncio.wait_for(llm.started.wait(), 10)
+    assert budget.reserved_tokens > 0
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    labels = {"provider": "scripted", "model": "scripted", "kind": "act", "status": "error"}
+    assert metrics.registry.get_sample_value("engine_llm_calls_total", labels) is None
+    assert budget.reserved_tokens == 0  # the reservation went back

@@ -9,6 +9,7 @@ and usage, fill the cache.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -348,8 +349,9 @@ class BaseLLM:
         except BaseException as exc:
             held.release()
             span.fail(exc)
-            provider, model = self._label(req.kind)
-            tel.call_failed(provider, model, req.kind)
+            if not isinstance(exc, asyncio.CancelledError):  # cancelled: not a failure
+                provider, model = self._label(req.kind)
+                tel.call_failed(provider, model, req.kind)
             raise
         self._settle(req, ctx, held, result)
         result.latency = now() - t0

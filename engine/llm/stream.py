@@ -17,6 +17,7 @@ through the same ``finally``. A cached result replays as deltas.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
@@ -169,7 +170,8 @@ class ChatStream:
                 llm.ledger.record(ctx.who, model, used, cost)
             else:
                 held.release()
-            llm.telemetry.call_failed(provider, model, req.kind)
+            if not isinstance(exc, asyncio.CancelledError | GeneratorExit):  # not failures
+                llm.telemetry.call_failed(provider, model, req.kind)
             span.fail(exc)
             raise
         finally:
