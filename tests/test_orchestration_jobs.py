@@ -273,6 +273,21 @@ async def test_a_budget_refusal_mid_job_fails_it_and_no_call_goes_past_the_limit
     assert budget.reserved_tokens == 0
 
 
+def test_a_remote_grant_leaves_the_orchestrator_its_share() -> None:
+    from engine.orchestration._budget import grant_for
+
+    budget = Budget(tokens=1_000, calls=10)
+    grant, hold = grant_for(budget, 1)  # the last subtask: it and the orchestrator's calls
+    assert (grant.tokens, grant.calls) == (500, 5)
+    assert budget.remaining()["tokens"] == 500  # the progress/summarize calls can still run
+    hold.settle(100, 0.0, 1)
+    assert budget.used_tokens == 100 and budget.remaining()["tokens"] == 900
+    grant, hold = grant_for(budget, 3)
+    assert grant.tokens == 900 // 4
+    hold.release()
+    assert budget.reserved_tokens == 0
+
+
 @uv
 async def test_a_flaky_worker_is_retried() -> None:
     FlakyWorker.seen.clear()

@@ -104,7 +104,7 @@ async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
         hold = None
         grant = None
         if remote and jr.budget is not None:
-            grant, hold = _budget.carve(jr.budget, max(1, len(jr.runs)))
+            grant, hold = _budget.grant_for(jr.budget, len(jr.runs))
         req = SubtaskRequest(
             job=job.id,
             subtask=st.id,
