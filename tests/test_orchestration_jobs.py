@@ -200,6 +200,24 @@ async def test_a_failed_subtask_is_retried_then_replanned_keeping_completed_work
 
 
 @uv
+async def test_a_replan_may_build_on_a_completed_subtask_of_the_earlier_plan() -> None:
+    first = Plan(
+        subtasks=[
+            Subtask(id="a", description="fine a", capability="work"),
+            Subtask(id="b", description="fail b", capability="work", depends_on=["a"]),
+        ]
+    )
+    second = Plan(subtasks=[Subtask(id="c", description="c", capability="work", depends_on=["a"])])
+    plans = iter([first, second])
+    llm = scripted(lambda call: Reply(parsed=next(plans)))
+    async with orchestrator(llm, FailWorker, retry=RetryPolicy(attempts=1)) as orch:
+        result = await (await orch.submit("build on a")).result()
+    assert result.ok and result.replans == 1, result.reason
+    status = {o.id: o.status for o in result.subtasks}
+    assert status == {"a": "completed", "b": "failed", "c": "completed"}
+
+
+@uv
 async def test_failures_past_max_replans_fail_the_job_with_the_reason() -> None:
     llm = scripted(
         unique_plans(
