@@ -10,8 +10,10 @@ looping? progress being made? who acts next, with what instruction?), and the fi
 Every entry carries the acting agent, the action, digests of its input and result,
 start/finish timestamps, tokens and cost. Entry ids are deterministic (``step:2:s7``,
 ``progress:4``), so appending the same entry twice (a retried write, a resumed job) is a
-no-op in the store. Each model call the orchestrator makes is recorded with its result
-in one of these entries, which is how a resumed job knows not to repeat it.
+no-op in the store (a step's ``StepEntry`` records are stored together, under the step's
+id: :meth:`engine.orchestration.persist.Persist.step`). Each model call the orchestrator
+makes is recorded with its result in one of these entries, which is how a resumed job
+knows not to repeat it.
 """
 
 from __future__ import annotations
