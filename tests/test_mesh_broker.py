@@ -21,7 +21,7 @@ from engine import Agent, Context, cli, handler
 from engine.errors import EncodeError, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
-from engine.mesh.peer import MeshPeer
+from engine.mesh._serving import Slots
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -263,7 +263,10 @@ def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -
         raw.setsockopt(zmq.LINGER, 1000)
         raw.connect(ep)
         raw.send_multipart(
-            P.frames(P.FrameKind.REGISTER, P.encode(P.Register("once", role=P.Role.ORCHESTRATOR)))
+            P.frames(
+                P.FrameKind.REGISTER,
+                P.encode(P.Register("once", role=P.Role.ORCHESTRATOR, origins=["once"])),
+            )
         )
         raw.send_multipart(
             P.frames(
@@ -427,31 +430,31 @@ def test_node_runs_at_most_concurrency_deliveries(broker: Broker) -> None:
             )
             assert [r.n for r in replies] == list(range(12))
             assert Gate.peak == 2
-            assert node._free_slots == 2 and not node._slot_waiters  # every slot came back
+            assert node._slots.free == 2 and not node._slots.waiters  # every slot came back
 
     run(main())
 
 
 def test_node_slot_waiters_are_fifo_and_cancellation_never_leaks_a_slot() -> None:
     async def main() -> None:
-        peer = MeshPeer("tcp://127.0.0.1:1", concurrency=1)
-        peer._loop = asyncio.get_running_loop()
-        peer._free_slots = 0  # the one slot is taken
-        first = asyncio.create_task(peer._wait_slot())
-        second = asyncio.create_task(peer._wait_slot())
+        slots = Slots(1)
+        slots.loop = asyncio.get_running_loop()
+        slots.free = 0  # the one slot is taken
+        first = asyncio.create_task(slots.wait())
+        second = asyncio.create_task(slots.wait())
         await asyncio.sleep(0)
         first.cancel()  # cancelled while waiting: skipped
         await asyncio.sleep(0)
-        peer._release_slot()  # the holder finishes
+        slots.release()  # the holder finishes
         await asyncio.wait_for(second, 1)  # the slot went to the next waiter
-        assert peer._free_slots == 0
-        third = asyncio.create_task(peer._wait_slot())
+        assert slots.free == 0
+        third = asyncio.create_task(slots.wait())
         await asyncio.sleep(0)
-        peer._release_slot()  # `second` finishes: its slot is handed to `third`...
+        slots.release()  # `second` finishes: its slot is handed to `third`...
         third.cancel()  # ...which is cancelled before it resumes: the slot is passed on
         with pytest.raises(asyncio.CancelledError):
             await third
-        assert peer._free_slots == 1 and not peer._slot_waiters  # all of concurrency=1 free
+        assert slots.free == 1 and not slots.waiters  # all of concurrency=1 free
 
     run(main())
 

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import signal
 
-from engine.cli._common import hmac_key, run_coro, setup_logging
+from engine.cli._common import run_coro, setup_logging
+from engine.cli._mesh import add_hmac_arguments, hmac_keys
 
 __all__ = ["register", "run"]
 
@@ -15,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.mesh.node import Node
 
     setup_logging(args.verbose)
+    keys = hmac_keys(args)
 
     async def main() -> None:
         node = Node(
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
             curve_dir=args.curve_dir,
             curve_key=args.curve_key,
             heartbeat=args.heartbeat,
-            hmac_key=hmac_key(args.hmac_key),
+            hmac_key=keys,
         )
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -75,7 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for the broker"
     )
-    p.add_argument("--hmac-key", default=None, help="sign frames with HMAC-SHA256")
+    add_hmac_arguments(p)
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -5,8 +5,10 @@ See ``docs/protocol.md`` for the wire protocol and ``docs/multi-host.md`` for de
 
 from __future__ import annotations
 
+from engine.mesh._config import BrokerConfig
 from engine.mesh._hosting import AgentHost, MeshContext, load_agent_classes, type_name_of
 from engine.mesh.broker import Broker
+from engine.mesh.broker_core import BrokerCore
 from engine.mesh.client import MeshClient
 from engine.mesh.node import Node
 from engine.mesh.peer import Host, MeshPeer, decode_reply
@@ -17,6 +19,8 @@ from engine.mesh.transport import MeshTransport
 __all__ = [
     "AgentHost",
     "Broker",
+    "BrokerConfig",
+    "BrokerCore",
     "FrameKind",
     "Host",
     "MeshClient",

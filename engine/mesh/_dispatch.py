@@ -1,0 +1,353 @@
+"""Routing and fair dispatch for the broker core: the Router and the native Scheduler.
+
+Each registered peer that hosts agents is a router instance ``AgentId(type, peer name)``
+per type it hosts, and a scheduler *pool* (its ``num``) whose ``slots`` are its delivery
+window. An accepted message is routed once (a batch per loop iteration), then pushed as a
+scheduler task into the pool of the peer it goes to, with the envelope's priority (lower
+runs first), its deadline and its tenant; ``pop_ready`` hands out tasks pool by pool
+(round-robin), within a pool tenant by tenant (deficit round-robin with the configured
+weights), within a tenant by (priority, deadline, arrival). A task stays RUNNING, holding
+one slot of the window, until the node answers.
+
+Direct messages (``AgentId(type, key)`` with a key other than ``"*"``) stick to the node
+that first served that id while it lives (a bounded table); ``"*"`` asks for any instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import numpy as np
+
+from engine.errors import RoutingError
+from engine.mesh._config import BrokerConfig
+from engine.mesh._state import Delivery, Peer
+from engine.messages import AgentId
+from engine.routing import KIND_TOPIC, KIND_TYPE, Router
+from engine.scheduling import Scheduler
+
+__all__ = ["ANY_KEY", "Dispatcher", "Routed"]
+
+ANY_KEY: Final = "*"
+_OVERFLOW_TENANT: Final = 1  # tenants past max_tenants share this lane
+# PERF: route_many costs ~10 us per call whatever its size (numpy arrays in and out) and
+# ~0.1 us per message; a single pick() ~0.6 us. Below this many decisions per batch, the
+# picks are cheaper (benches/mesh_seq_profile.py --python; 2-core machine, 2026-12).
+ROUTE_MANY_MIN: Final = 16
+# Types ever added to the router beyond the live ones before it is rebuilt (the router
+# keeps a type's table once created; a churn of type names must not grow it for good).
+_DEAD_TYPES: Final = 1024
+
+Routed = tuple[
+    list[tuple[Delivery, Peer]], list[Delivery], list[tuple[Delivery, str]], list[Delivery]
+]
+
+
+class Dispatcher:
+    """Router, scheduler, tenants and sticky routes of one broker core."""
+
+    def __init__(self, config: BrokerConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.router: Any = Router()
+        self.scheduler: Any = Scheduler(clock=clock)
+        self._policy = config.policy
+        self._types_ever: set[str] = set()
+        self._type_handle: dict[str, int] = {}
+        self.slot_peer: dict[int, Peer] = {}
+        self.sub_peer: dict[int, Peer] = {}
+        self.sticky: dict[int, str] = {}  # hash(AgentId) -> peer name
+        self.tasks: dict[int, Delivery] = {}
+        self._next_task = 0
+        self._tenants: dict[str, list[int]] = {}  # name -> [id, live tasks]
+        self._free_tenants: list[int] = []
+        self._next_tenant = 2  # 0: the default tenant "", 1: overflow
+        self.pending = False  # something was pushed or a slot freed since the last pop
+
+    # -- peers --------------------------------------------------------------------------
+
+    def add_types(self, peer: Peer, types: Iterable[str]) -> None:
+        """Route ``types`` to ``peer`` (RoutingError for a bad type name)."""
+        router = self.router
+        for type_ in types:
+            if type_ in peer.slots:
+                continue
+            slot = router.add_agent(AgentId(type_, peer.name))
+            if type_ not in self._types_ever:
+                router.set_policy(type_, self._policy)
+                self._types_ever.add(type_)
+                self._type_handle[type_] = router.type_handle(type_)
+            peer.slots[type_] = slot
+            self.slot_peer[slot] = peer
+
+    def add_subscriptions(self, peer: Peer, patterns: Iterable[str]) -> None:
+        for pattern in patterns:
+            peer.sids.append(self.router.subscribe(pattern, subscriber=peer.num))
+        if peer.sids:
+            self.sub_peer[peer.num] = peer
+
+    def remove_peer(self, peer: Peer) -> None:
+        """Stop routing to ``peer`` (its queued and running tasks are the caller's)."""
+        router = self.router
+        for type_, slot in peer.slots.items():
+            with contextlib.suppress(RoutingError):
+                router.remove_agent(AgentId(type_, peer.name))
+            if self.slot_peer.get(slot) is peer:
+                del self.slot_peer[slot]
+        peer.slots.clear()
+        for sid in peer.sids:
+            with contextlib.suppress(RoutingError):
+                router.unsubscribe(sid)
+        peer.sids.clear()
+        if self.sub_peer.get(peer.num) is peer:
+            del self.sub_peer[peer.num]
+        self.scheduler.set_pool(peer.num, slots=0)
+
+    def set_window(self, peer: Peer) -> None:
+        self.scheduler.set_pool(peer.num, slots=peer.window)
+        self.pending = True
+
+    def hosts(self, type_: str) -> bool:
+        """Whether any live peer hosts ``type_``."""
+        th = self._type_handle.get(type_)
+        return th is not None and bool(self.router.instances(type_))
+
+    def maybe_rebuild(self, peers: Iterable[Peer]) -> bool:
+        """Recreate the router when dead type names pile up; True if it did."""
+        peers = list(peers)
+        live = {t for p in peers for t in p.slots}
+        if len(self._types_ever) <= len(live) + _DEAD_TYPES:
+            return False
+        self.router = Router()
+        self._types_ever.clear()
+        self._type_handle.clear()
+        self.slot_peer.clear()
+        self.sub_peer.clear()
+        for d in self.tasks.values():
+            d.slot = -1  # outstanding counts restart (the old slots are gone)
+        for p in peers:
+            types, p.slots = list(p.slots), {}
+            p.sids = []
+            self.add_types(p, types)
+            self.add_subscriptions(p, p.patterns)
+        return True
+
+    # -- routing ------------------------------------------------------------------------
+
+    def route(
+        self, batch: list[Delivery], names: dict[str, bytes], peers: dict[bytes, Peer]
+    ) -> Routed:
+        """Decide where each message of ``batch`` goes.
+
+        Returns ``(assigned, parked, refused, done)``: (delivery, peer) pairs to push (a
+        topic publish contributes one copy per subscriber), messages whose type no node
+        hosts, (delivery, reason) pairs that cannot be routed, and publishes nobody
+        subscribes to.
+        """
+        assigned: list[tuple[Delivery, Peer]] = []
+        parked: list[Delivery] = []
+        refused: list[tuple[Delivery, str]] = []
+        done: list[Delivery] = []
+        kinds: list[int] = []
+        targets: list[int] = []
+        keys: list[str] = []
+        waiting: list[Delivery] = []
+        sticky = self.sticky
+        handles = self._type_handle
+        router = self.router
+        for d in batch:
+            rec = d.env.recipient
+            if rec is None:
+                topic = d.env.topic
+                if topic is None:
+                    refused.append((d, "envelope has neither recipient nor topic"))
+                    continue
+                try:
+                    th = router.topic_handle(topic.type)
+                except RoutingError as exc:
+                    refused.append((d, str(exc)))
+                    continue
+                kinds.append(KIND_TOPIC)
+                targets.append(th)
+                keys.append(topic.type)
+                waiting.append(d)
+                continue
+            type_ = rec.type
+            if rec.key != ANY_KEY:
+                name = sticky.get(hash(rec))
+                if name is not None:
+                    ident = names.get(name)
+                    peer = peers.get(ident) if ident is not None else None
+                    if peer is not None and type_ in peer.slots:
+                        assigned.append((d, peer))
+                        continue
+            th = handles.get(type_)
+            if th is None:
+                parked.append(d)
+                continue
+            kinds.append(KIND_TYPE)
+            targets.append(th)
+            keys.append(type_)
+            waiting.append(d)
+        if not waiting:
+            return assigned, parked, refused, done
+        if len(waiting) >= ROUTE_MANY_MIN:
+            offsets, dests = router.route_many(
+                np.array(kinds, dtype=np.uint8), np.array(targets, dtype=np.int64)
+            )
+            offs, dst = offsets.tolist(), dests.tolist()
+            results = [dst[offs[i] : offs[i + 1]] for i in range(len(waiting))]
+        else:
+            results = [self._route_one(k, key) for k, key in zip(kinds, keys, strict=True)]
+        slot_peer, sub_peer = self.slot_peer, self.sub_peer
+        for d, kind, found in zip(waiting, kinds, results, strict=True):
+            if kind == KIND_TOPIC:
+                subs = [sub_peer[s] for s in found if s in sub_peer]
+                if not subs:
+                    done.append(d)
+                    continue
+                d.group[0] = d.group[1] = len(subs)
+                assigned.append((d, subs[0]))
+                assigned.extend((d.copy(), p) for p in subs[1:])
+                continue
+            if not found:
+                parked.append(d)
+                continue
+            d.slot = slot = found[0]
+            peer = slot_peer[slot]
+            rec = d.env.recipient
+            assert rec is not None
+            if rec.key != ANY_KEY:
+                if len(sticky) >= self.config.max_sticky:
+                    del sticky[next(iter(sticky))]
+                sticky[hash(rec)] = peer.name
+            assigned.append((d, peer))
+        return assigned, parked, refused, done
+
+    def _route_one(self, kind: int, name: str) -> list[int]:
+        try:
+            if kind == KIND_TOPIC:
+                return list(self.router.match(name))
+            return [self.router.pick(name)]
+        except RoutingError:  # no instance left
+            return []
+
+    # -- the scheduler --------------------------------------------------------------------
+
+    def push(self, d: Delivery, peer: Peer) -> None:
+        """Queue ``d`` for ``peer`` (a task in its pool)."""
+        self._next_task += 1
+        tid = self._next_task
+        d.task = tid
+        d.target = peer
+        self.tasks[tid] = d
+        peer.queued[tid] = d
+        self.scheduler.push(
+            tid, d.priority, d.deadline, tenant=self._tenant(d.tenant), pool=peer.num
+        )
+        self.pending = True
+
+    def pop_ready(self, n: int) -> list[Delivery]:
+        """Up to ``n`` queued deliveries whose peer has room, in fair order (now running)."""
+        self.pending = False
+        ids = self.scheduler.pop_ready(n).tolist()
+        tasks = self.tasks
+        out = []
+        for tid in ids:
+            d = tasks[tid]
+            target = d.target
+            assert target is not None
+            del target.queued[tid]
+            out.append(d)
+        return out
+
+    def complete(self, d: Delivery) -> None:
+        """The node answered ``d``: free its slot of the window."""
+        tid = d.task
+        if tid >= 0:
+            self.scheduler.complete(tid)
+            del self.tasks[tid]
+            self._untenant(d.tenant)
+            d.task = -1
+            self.pending = True
+        self._unslot(d)
+
+    def drop(self, d: Delivery) -> None:
+        """Forget ``d``'s task (queued or running) without an answer."""
+        tid = d.task
+        if tid >= 0:
+            self.scheduler.cancel(tid)
+            del self.tasks[tid]
+            self._untenant(d.tenant)
+            target = d.target
+            if target is not None:
+                target.queued.pop(tid, None)
+            d.task = -1
+            self.pending = True
+        self._unslot(d)
+        d.target = None
+
+    def expired(self) -> list[Delivery]:
+        """Queued deliveries whose deadline passed before dispatch (already dropped)."""
+        ids = self.scheduler.expired().tolist()
+        out = []
+        for tid in ids:
+            d = self.tasks.pop(tid, None)
+            if d is None:
+                continue
+            self._untenant(d.tenant)
+            if d.target is not None:
+                d.target.queued.pop(tid, None)
+            d.task = -1
+            self._unslot(d)
+            out.append(d)
+        return out
+
+    def _unslot(self, d: Delivery) -> None:
+        slot = d.slot
+        if slot >= 0:
+            d.slot = -1
+            if slot in self.slot_peer:
+                self.router.ack(slot)
+
+    # -- tenants --------------------------------------------------------------------------
+
+    def _tenant(self, name: str) -> int:
+        if not name:
+            return 0
+        entry = self._tenants.get(name)
+        if entry is None:
+            if len(self._tenants) >= self.config.max_tenants:
+                return _OVERFLOW_TENANT
+            if self._free_tenants:
+                tid = self._free_tenants.pop()
+            else:
+                tid = self._next_tenant
+                self._next_tenant += 1
+            self.scheduler.set_weight(tid, self.config.tenant_weights.get(name, 1))
+            entry = self._tenants[name] = [tid, 0]
+        entry[1] += 1
+        return entry[0]
+
+    def _untenant(self, name: str) -> None:
+        if not name:
+            return
+        entry = self._tenants.get(name)
+        if entry is None:  # it went to the overflow lane
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._tenants[name]
+            self._free_tenants.append(entry[0])
+
+    @property
+    def tenants(self) -> int:
+        """Distinct tenants with live tasks."""
+        return len(self._tenants)
+
+
+def scheduler_deadline(deadline: float, wall_offset: float) -> float:
+    """An envelope deadline (UNIX seconds, 0 = none) on the core's monotonic clock."""
+    return deadline - wall_offset if deadline else math.inf
