@@ -73,3 +73,15 @@ class PlainEcho:
 
     async def on_boom(self, msg: Boom) -> Pong:
         raise ValueError(msg.text)
+
+
+class Recorder(Agent):
+    """Sleeps ``Sleep.seconds``, then records ``Sleep.n`` (per process, in ``DONE``)."""
+
+    type_name = "recorder"
+    DONE: ClassVar[list[int]] = []
+
+    @handler
+    async def on_sleep(self, msg: Sleep, ctx: Context) -> None:
+        await asyncio.sleep(msg.seconds)
+        Recorder.DONE.append(msg.n)
