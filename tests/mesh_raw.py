@@ -88,7 +88,9 @@ class RawPeer:
             if len(got) >= count:
                 return got[:count]
             await asyncio.sleep(0.005)
-        raise AssertionError(f"no {count} x {kind.name} within {timeout} s; got kinds {self.kinds()}")
+        raise AssertionError(
+            f"no {count} x {kind.name} within {timeout} s; got kinds {self.kinds()}"
+        )
 
     async def welcome(self, name: str, timeout: float = 10.0, **fields: Any) -> P.Welcome:
         self.register(name, **fields)

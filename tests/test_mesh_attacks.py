@@ -162,7 +162,9 @@ def test_curve_with_hmac_still_binds_the_role_to_the_key(tmp_path: Path) -> None
 
 
 def _forged_reply(mid: MessageId) -> bytes:
-    return envelope(MessageId("forger", 1), Kind.REPLY, correlation=mid, payload=Pong(666, "forged"))
+    return envelope(
+        MessageId("forger", 1), Kind.REPLY, correlation=mid, payload=Pong(666, "forged")
+    )
 
 
 @pytest.mark.parametrize("registered", [True, False], ids=["worker", "unregistered"])

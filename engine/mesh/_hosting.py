@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 
 from engine.errors import DecodeError, EngineError, RoutingError
-from engine.mesh._routing import make_router
 from engine.mesh.peer import error_reply
 from engine.messages import (
     AgentId,
@@ -34,6 +33,7 @@ from engine.messages import (
     decode_payload,
     wire_name,
 )
+from engine.routing import Router
 
 __all__ = ["AgentHost", "MeshContext", "load_agent_classes", "type_name_of"]
 
@@ -122,7 +122,7 @@ class AgentHost:
         self._instances: OrderedDict[AgentId, tuple[Any, asyncio.Lock]] = OrderedDict()
         self._max = max_instances
         self._ids = MessageIds()
-        self._router = make_router()
+        self._router = Router()
         self._sub_types: list[str] = []
         self._patterns: list[str] = []
         for t, cls in classes.items():
