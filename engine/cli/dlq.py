@@ -19,14 +19,10 @@ __all__ = ["register", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.errors import EngineError
     from engine.mesh._store import open_store
     from engine.messages import decode
 
-    try:
-        store = open_store(args.store)
-    except EngineError as exc:
-        raise CommandError(str(exc), 2) from None
+    store = open_store(args.store)
     try:
         letters = store.dead_letters(args.limit)
         if args.ids:

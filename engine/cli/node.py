@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 
+from engine.cli import CommandError
 from engine.cli._common import run_coro, setup_logging
 from engine.cli._mesh import add_hmac_arguments, hmac_keys
 
@@ -13,15 +14,22 @@ __all__ = ["register", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.errors import EngineError, RegistrationRefused
+    from engine.mesh import load_agent_classes
     from engine.mesh.node import Node
 
     setup_logging(args.verbose)
     keys = hmac_keys(args)
 
+    try:
+        agents = load_agent_classes(args.agents)
+    except EngineError as exc:
+        raise CommandError(str(exc), 2) from None
+
     async def main() -> None:
         node = Node(
             args.connect,
-            args.agents,
+            agents,
             name=args.name,
             concurrency=args.concurrency,
             curve_dir=args.curve_dir,
@@ -33,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopped.set)
-        await node.start(timeout=args.connect_timeout)
+        try:
+            await node.start(timeout=args.connect_timeout)
+        except TimeoutError as exc:
+            raise CommandError(str(exc)) from None
+        except RegistrationRefused as exc:
+            raise CommandError(str(exc), 2) from None
         srv = None
         try:
             if args.metrics_port is not None:

@@ -93,6 +93,9 @@ class MeshWrites:
 class MemoryStore:
     """No persistence of pending messages; a bounded in-memory dead-letter queue."""
 
+    #: The database file, None when nothing is persisted.
+    path: Path | None = None
+
     def __init__(self, max_dead: int = 10_000) -> None:
         self._dead: dict[int, DeadLetter] = {}
         self._next = 1
@@ -130,6 +133,7 @@ class SqliteStore(MemoryStore):
 
     def __init__(self, path: str | Path, max_dead: int = 100_000) -> None:
         super().__init__(max_dead)
+        self.path = Path(path)
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -129,6 +129,11 @@ class Broker:
     def heartbeat(self) -> float:
         return self.config.heartbeat
 
+    @property
+    def max_queued(self) -> int:
+        """The bound on messages held (BrokerConfig.max_queued)."""
+        return self.config.max_queued
+
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:

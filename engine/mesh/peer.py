@@ -133,6 +133,13 @@ class MeshPeer(NodeSide):
     def broker_id(self) -> str | None:
         return self.core.broker_id
 
+    @property
+    def broker_reachable(self) -> bool:
+        """Registered, and heard from the broker within the last three heartbeats."""
+        return (
+            self.core.registered and time.monotonic() - self.core.last_heard <= 3 * self.heartbeat
+        )
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, timeout: float = 10.0) -> None:
