@@ -187,7 +187,7 @@ class CoreBase:
     def _assign_claimed(self, d: Delivery, peer: Peer) -> None:
         raise NotImplementedError
 
-    def _retry(self, d: Delivery, why: str) -> None:
+    def _retry(self, d: Delivery, why: str, avoid: Peer | None = None) -> None:
         raise NotImplementedError
 
     def _final(self, d: Delivery, code: NackCode, reason: str) -> None:

@@ -219,12 +219,31 @@ class Dispatcher:
             peer = slot_peer[slot]
             rec = d.env.recipient
             assert rec is not None
+            if d.avoid is not None:
+                if d.avoid is peer:
+                    peer = self._another(d, rec.type, peer)
+                d.avoid = None
             if rec.key != ANY_KEY:
                 if len(sticky) >= self.config.max_sticky:
                     del sticky[next(iter(sticky))]
                 sticky[hash(rec)] = peer.name
             assigned.append((d, peer))
         return assigned, parked, refused, done
+
+    def _another(self, d: Delivery, type_: str, peer: Peer) -> Peer:
+        """Pick again for ``d`` (it failed at ``peer``) when the type has other instances."""
+        router = self.router
+        if len(router.instances(type_)) < 2:
+            return peer
+        slot = router.pick(type_)
+        other = self.slot_peer[slot]
+        if other is peer:  # round-robin ties: one more turn
+            router.ack(slot)
+            slot = router.pick(type_)
+            other = self.slot_peer[slot]
+        router.ack(d.slot)
+        d.slot = slot
+        return other
 
     def _route_one(self, kind: int, name: str) -> list[int]:
         try:

@@ -316,10 +316,7 @@ class Flow(CoreBase):
                     peer.ident,
                     ProtocolError(f"a node may NACK only REJECTED or EXPIRED, not {item.code}"),
                 )
-            rec = d.env.recipient
-            if rec is not None:
-                self.dispatch.sticky.pop(hash(rec), None)
-            self._retry(d, f"rejected by {peer.name}: {item.reason[:256]}")
+            self._retry(d, f"rejected by {peer.name}: {item.reason[:256]}", avoid=peer)
 
     def _unsolicited(self, peer: Peer, what: str, mid: MessageId) -> None:
         self.stats["unsolicited"] += 1
@@ -338,8 +335,12 @@ class Flow(CoreBase):
 
     # -- outcomes -----------------------------------------------------------------------
 
-    def _retry(self, d: Delivery, why: str) -> None:
+    def _retry(self, d: Delivery, why: str, avoid: Peer | None = None) -> None:
         d.target = None
+        rec = d.env.recipient
+        if avoid is not None and rec is not None:  # not back to the peer that failed it
+            d.avoid = avoid
+            self.dispatch.sticky.pop(hash(rec), None)
         d.attempts += 1
         if d.attempts >= self.config.max_attempts:
             self.stats["dead_lettered"] += 1

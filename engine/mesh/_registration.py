@@ -221,8 +221,12 @@ class Registration(CoreBase):
         return old
 
     def _unbind(self, peer: Peer) -> None:
-        """Forget ``peer``'s name, origins, types and subscriptions (it re-registers)."""
+        """Forget ``peer``'s name, origins, types and subscriptions (it leaves or re-registers)."""
+        types = list(peer.slots)
         self.dispatch.remove_peer(peer)
+        for type_ in types:
+            if not self.dispatch.hosts(type_):
+                self.known[type_] = self._now  # unhosted since now (route_timeout counts)
         if self.names.get(peer.name) == peer.ident:
             del self.names[peer.name]
         for origin in peer.origins:
@@ -309,7 +313,4 @@ class Registration(CoreBase):
         for d in inflight:
             self.dispatch.drop(d)
             self._retry(d, f"peer {peer.name} {why}")
-        for type_ in peer.slots:
-            if not self.dispatch.hosts(type_):
-                self.known[type_] = self._now
         self._free_nums.append(peer.num)

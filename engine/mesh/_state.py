@@ -21,6 +21,7 @@ class Delivery:
 
     __slots__ = (
         "attempts",
+        "avoid",
         "data",
         "deadline",
         "env",
@@ -62,6 +63,7 @@ class Delivery:
         self.priority = priority
         self.deadline = deadline  # on the core's clock; inf = none
         self.tenant = tenant
+        self.avoid: Peer | None = None  # after a failure there: another node if one exists
 
     def copy(self) -> Delivery:
         """Another copy of a topic publish (same group, owner and bytes)."""

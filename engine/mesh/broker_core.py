@@ -194,31 +194,6 @@ class BrokerCore(Registration, Flow, CoreBase):
             log.exception("broker core tick failed")
 
     def _tick(self, now: float) -> None:
-        due = self._next_heartbeat <= now
-        if due:
-            self._next_heartbeat = now + self.config.heartbeat
-            hb = P.frames(FrameKind.HEARTBEAT)
-            timeout = self.config.delivery_timeout
-            for peer in list(self.peers.values()):
-                if now - peer.last_seen > 3 * peer.heartbeat:
-                    self.stats["peers_dead"] += 1
-                    self._drop(peer, f"silent for {now - peer.last_seen:.2f} s")
-                    continue
-                self._queue(peer.ident, list(hb))
-                inflight = peer.inflight
-                while inflight:
-                    d = next(iter(inflight.values()))
-                    if d.sent_at + timeout > now:
-                        break
-                    del inflight[d.mid]
-                    self.stats["timeouts"] += 1
-                    self._cancel_at(peer, d)
-                    self.dispatch.drop(d)
-                    self._retry(d, f"no answer from {peer.name} within {timeout:g} s")
-            for ident, pending in list(self.pending_regs.items()):
-                if pending.expiry <= now:
-                    del self.pending_regs[ident]
-            self._expire_tables(now)
         for type_, parked in list(self.parked.items()):
             for d in _expired(parked, now):
                 self._final(d, NackCode.UNROUTABLE, f"no node hosts agent type {type_[:256]!r}")
@@ -226,6 +201,31 @@ class BrokerCore(Registration, Flow, CoreBase):
                 del self.parked[type_]
         if self.recovery and now >= self._grace_until:
             self._batch.extend(_expired(self.recovery, now))
+        if self._next_heartbeat > now:
+            return
+        self._next_heartbeat = now + self.config.heartbeat
+        hb = P.frames(FrameKind.HEARTBEAT)
+        timeout = self.config.delivery_timeout
+        for peer in list(self.peers.values()):
+            if now - peer.last_seen > 3 * peer.heartbeat:
+                self.stats["peers_dead"] += 1
+                self._drop(peer, f"silent for {now - peer.last_seen:.2f} s")
+                continue
+            self._queue(peer.ident, list(hb))
+            inflight = peer.inflight
+            while inflight:
+                d = next(iter(inflight.values()))
+                if d.sent_at + timeout > now:
+                    break
+                del inflight[d.mid]
+                self.stats["timeouts"] += 1
+                self._cancel_at(peer, d)
+                self.dispatch.drop(d)
+                self._retry(d, f"no answer from {peer.name} within {timeout:g} s", avoid=peer)
+        for ident, pending in list(self.pending_regs.items()):
+            if pending.expiry <= now:
+                del self.pending_regs[ident]
+        self._expire_tables(now)
 
     def _cancel_at(self, peer: Peer, d: Delivery) -> None:
         """Tell ``peer`` to stop ``d`` (it timed out there)."""
