@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import msgspec
-
 from engine.mesh import BrokerConfig, BrokerCore
 from engine.mesh import protocol as P
 from engine.mesh._core_base import Output
