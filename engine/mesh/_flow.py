@@ -388,9 +388,8 @@ class Flow(CoreBase):
             self._nack(owner.ident, d.mid, code, reason)
 
     def _final(self, d: Delivery, code: NackCode, reason: str) -> None:
-        """End ``d`` without a node's answer (every copy of a publish)."""
+        """End ``d`` (this copy) without a node's answer; its submitter gets ``code``."""
         self._answer(d, code, reason)
-        d.group[0] = 1
         self._finish(d)
 
     def _release(self, d: Delivery) -> None:
