@@ -121,7 +121,7 @@ class Flow(CoreBase):
         """A resubmission after a broker restart: to the node that holds it, if one does."""
         mid = d.mid
         self.resumes.pop(mid, None)
-        claim = self.claims.pop(mid, None)
+        claim = self.claims.get(mid)
         if claim is not None:
             ident = self.names.get(claim[0])
             peer = self.peers.get(ident) if ident is not None else None

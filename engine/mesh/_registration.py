@@ -154,11 +154,13 @@ class Registration(CoreBase):
         if session is None:
             self._welcome(ident, heartbeat)
         log.info(
-            "peer %s registered (%s; types %s; topics %s)",
+            "peer %s registered (%s; types %s; topics %s; holds %d, resends %d)",
             reg.name,
             role.value,
             reg.types,
             reg.subscriptions,
+            len(reg.held),
+            len(reg.resume),
         )
         if self.auditing:
             record = {
@@ -248,7 +250,9 @@ class Registration(CoreBase):
             held = self.recovery.pop(mid, None)
             if held is not None:
                 self._assign_claimed(held[1], peer)
-            elif len(self.claims) < MAX_CLAIMS and mid not in self.live:
+            # remembered even when assigned: a resubmission of it (the client resends what
+            # it has no answer for yet) goes to the same node, which answers from its cache
+            if len(self.claims) < MAX_CLAIMS:
                 self.claims[mid] = (peer.name, hold_until)
         for mid in reg.resume:
             if (

@@ -182,6 +182,7 @@ class PeerCore:
         self.forgotten = False  # the broker lost us (restart, reconnect): resend on welcome
         self.window = 0
         self.last_heard = 0.0
+        self.known_at = 0.0  # last word from a broker that knew us (not a DISCONNECT)
         self.out = Outbox()
         self.stats: dict[str, int] = dict.fromkeys(
             ("executed", "duplicates", "replies", "resent", "reconnects", "malformed", "notices"), 0
@@ -233,7 +234,7 @@ class PeerCore:
         """Deliveries running here, and those answered since shortly before we last heard
         from the broker (their answers may have died with it)."""
         held = list(self.running)
-        cutoff = self.last_heard - _HELD_WINDOW * self.heartbeat - 1.0
+        cutoff = self.known_at - _HELD_WINDOW * self.heartbeat - 1.0
         for mid, (at, _) in reversed(self.done.items()):
             if at < cutoff or len(held) >= P.MAX_HELD:
                 break
@@ -260,6 +261,8 @@ class PeerCore:
         if self.keys is not None:
             self._verify(kind, msg, trailer)
         self.last_heard = now
+        if self.registered and kind is not FrameKind.DISCONNECT:
+            self.known_at = now
         if kind is FrameKind.REPLY:
             return self._on_reply(bodies)
         if kind is FrameKind.DELIVER:
