@@ -65,6 +65,7 @@ class Dispatcher:
         self._free_tenants: list[int] = []
         self._next_tenant = 2  # 0: the default tenant "", 1: overflow
         self.pending = False  # something was pushed or a slot freed since the last pop
+        self.deadlines = 0  # queued tasks with a deadline (PERF: expired() only then)
 
     # -- peers --------------------------------------------------------------------------
 
@@ -144,15 +145,14 @@ class Dispatcher:
         Returns ``(assigned, parked, refused, done)``: (delivery, peer) pairs to push (a
         topic publish contributes one copy per subscriber), messages whose type no node
         hosts, (delivery, reason) pairs that cannot be routed, and publishes nobody
-        subscribes to.
+        subscribes to. A batch of ``ROUTE_MANY_MIN`` decisions or more is decided by one
+        ``route_many`` call; a smaller one by ``pick``/``match`` calls.
         """
-        assigned: list[tuple[Delivery, Peer]] = []
-        parked: list[Delivery] = []
-        refused: list[tuple[Delivery, str]] = []
-        done: list[Delivery] = []
+        out: Routed = ([], [], [], [])
+        assigned, parked, refused, _ = out
+        many = len(batch) >= ROUTE_MANY_MIN
         kinds: list[int] = []
         targets: list[int] = []
-        keys: list[str] = []
         waiting: list[Delivery] = []
         sticky = self.sticky
         handles = self._type_handle
@@ -165,14 +165,14 @@ class Dispatcher:
                     refused.append((d, "envelope has neither recipient nor topic"))
                     continue
                 try:
-                    th = router.topic_handle(topic.type)
+                    if many:
+                        kinds.append(KIND_TOPIC)
+                        targets.append(router.topic_handle(topic.type))
+                        waiting.append(d)
+                    else:
+                        self._fan_out(d, router.match(topic.type), out)
                 except RoutingError as exc:
                     refused.append((d, str(exc)))
-                    continue
-                kinds.append(KIND_TOPIC)
-                targets.append(th)
-                keys.append(topic.type)
-                waiting.append(d)
                 continue
             type_ = rec.type
             if rec.key != ANY_KEY:
@@ -186,49 +186,58 @@ class Dispatcher:
             th = handles.get(type_)
             if th is None:
                 parked.append(d)
-                continue
-            kinds.append(KIND_TYPE)
-            targets.append(th)
-            keys.append(type_)
-            waiting.append(d)
-        if not waiting:
-            return assigned, parked, refused, done
-        if len(waiting) >= ROUTE_MANY_MIN:
+            elif many:
+                kinds.append(KIND_TYPE)
+                targets.append(th)
+                waiting.append(d)
+            else:
+                try:
+                    self._place(d, router.pick(type_), assigned)
+                except RoutingError:  # the type has no instance now
+                    parked.append(d)
+        if waiting:
             offsets, dests = router.route_many(
                 np.array(kinds, dtype=np.uint8), np.array(targets, dtype=np.int64)
             )
             offs, dst = offsets.tolist(), dests.tolist()
-            results = [dst[offs[i] : offs[i + 1]] for i in range(len(waiting))]
-        else:
-            results = [self._route_one(k, key) for k, key in zip(kinds, keys, strict=True)]
-        slot_peer, sub_peer = self.slot_peer, self.sub_peer
-        for d, kind, found in zip(waiting, kinds, results, strict=True):
-            if kind == KIND_TOPIC:
-                subs = [sub_peer[s] for s in found if s in sub_peer]
-                if not subs:
-                    done.append(d)
-                    continue
-                d.group[0] = d.group[1] = len(subs)
-                assigned.append((d, subs[0]))
-                assigned.extend((d.copy(), p) for p in subs[1:])
-                continue
-            if not found:
-                parked.append(d)
-                continue
-            d.slot = slot = found[0]
-            peer = slot_peer[slot]
-            rec = d.env.recipient
-            assert rec is not None
-            if d.avoid is not None:
-                if d.avoid is peer:
-                    peer = self._another(d, rec.type, peer)
-                d.avoid = None
-            if rec.key != ANY_KEY:
-                if len(sticky) >= self.config.max_sticky:
-                    del sticky[next(iter(sticky))]
-                sticky[hash(rec)] = peer.name
-            assigned.append((d, peer))
-        return assigned, parked, refused, done
+            for i, d in enumerate(waiting):
+                found = dst[offs[i] : offs[i + 1]]
+                if kinds[i] == KIND_TOPIC:
+                    self._fan_out(d, found, out)
+                elif found:
+                    self._place(d, found[0], assigned)
+                else:
+                    parked.append(d)
+        return out
+
+    def _place(self, d: Delivery, slot: int, assigned: list[tuple[Delivery, Peer]]) -> None:
+        """``d`` goes to the instance at ``slot`` (already charged by the pick)."""
+        d.slot = slot
+        peer = self.slot_peer[slot]
+        rec = d.env.recipient
+        assert rec is not None
+        if d.avoid is not None:
+            if d.avoid is peer:
+                peer = self._another(d, rec.type, peer)
+            d.avoid = None
+        if rec.key != ANY_KEY:
+            sticky = self.sticky
+            if len(sticky) >= self.config.max_sticky:
+                del sticky[next(iter(sticky))]
+            sticky[hash(rec)] = peer.name
+        assigned.append((d, peer))
+
+    def _fan_out(self, d: Delivery, subscribers: list[int], out: Routed) -> None:
+        """A topic publish: one copy per subscribed peer (``done`` if there is none)."""
+        sub_peer = self.sub_peer
+        subs = [sub_peer[s] for s in subscribers if s in sub_peer]
+        if not subs:
+            out[3].append(d)
+            return
+        d.group[0] = d.group[1] = len(subs)
+        assigned = out[0]
+        assigned.append((d, subs[0]))
+        assigned.extend((d.copy(), p) for p in subs[1:])
 
     def _another(self, d: Delivery, type_: str, peer: Peer) -> Peer:
         """Pick again for ``d`` (it failed at ``peer``) when the type has other instances."""
@@ -245,14 +254,6 @@ class Dispatcher:
         d.slot = slot
         return other
 
-    def _route_one(self, kind: int, name: str) -> list[int]:
-        try:
-            if kind == KIND_TOPIC:
-                return list(self.router.match(name))
-            return [self.router.pick(name)]
-        except RoutingError:  # no instance left
-            return []
-
     # -- the scheduler --------------------------------------------------------------------
 
     def push(self, d: Delivery, peer: Peer) -> None:
@@ -263,9 +264,10 @@ class Dispatcher:
         d.target = peer
         self.tasks[tid] = d
         peer.queued[tid] = d
-        self.scheduler.push(
-            tid, d.priority, d.deadline, tenant=self._tenant(d.tenant), pool=peer.num
-        )
+        deadline = d.deadline
+        self.scheduler.push(tid, d.priority, deadline, tenant=self._tenant(d.tenant), pool=peer.num)
+        if deadline != math.inf:
+            self.deadlines += 1
         self.pending = True
 
     def pop_ready(self, n: int) -> list[Delivery]:
@@ -274,11 +276,14 @@ class Dispatcher:
         ids = self.scheduler.pop_ready(n).tolist()
         tasks = self.tasks
         out = []
+        inf = math.inf
         for tid in ids:
             d = tasks[tid]
             target = d.target
             assert target is not None
             del target.queued[tid]
+            if d.deadline != inf:
+                self.deadlines -= 1
             out.append(d)
         return out
 
@@ -290,7 +295,9 @@ class Dispatcher:
             del self.tasks[tid]
             self._untenant(d.tenant)
             d.task = -1
-            self.pending = True
+            target = d.target
+            if target is not None and target.queued:  # its freed slot can take one
+                self.pending = True
         self._unslot(d)
 
     def drop(self, d: Delivery) -> None:
@@ -302,14 +309,18 @@ class Dispatcher:
             self._untenant(d.tenant)
             target = d.target
             if target is not None:
-                target.queued.pop(tid, None)
+                if target.queued.pop(tid, None) is not None and d.deadline != math.inf:
+                    self.deadlines -= 1
+                if target.queued:
+                    self.pending = True
             d.task = -1
-            self.pending = True
         self._unslot(d)
         d.target = None
 
     def expired(self) -> list[Delivery]:
         """Queued deliveries whose deadline passed before dispatch (already dropped)."""
+        if not self.deadlines:
+            return []
         ids = self.scheduler.expired().tolist()
         out = []
         for tid in ids:
@@ -317,6 +328,7 @@ class Dispatcher:
             if d is None:
                 continue
             self._untenant(d.tenant)
+            self.deadlines -= 1
             if d.target is not None:
                 d.target.queued.pop(tid, None)
             d.task = -1

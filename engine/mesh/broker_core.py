@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Final
 
 from engine.errors import DecodeError, ProtocolError
 from engine.mesh import protocol as P
@@ -49,6 +49,10 @@ from engine.messages import Envelope, Kind
 __all__ = ["BrokerCore", "Output"]
 
 log = logging.getLogger("engine.mesh.broker")
+
+
+_NO_WRITES: Final = MeshWrites()  # shared, never mutated: empty lists, false
+_NO_AUDIT: Final[list[tuple[str, dict[str, Any]]]] = []
 
 
 class BrokerCore(Registration, Flow, CoreBase):
@@ -254,30 +258,37 @@ class BrokerCore(Registration, Flow, CoreBase):
 
     def output(self) -> Output:
         """Route and dispatch what arrived; the frames to send and the writes to make."""
-        try:
-            if self._batch:
-                self._route_batch()
-            if self.dispatch.pending:
-                self._dispatch_ready()
-        except Exception:
-            self.stats["internal_errors"] += 1
-            log.exception("broker core failed routing a batch")
+        if self._batch or self.dispatch.pending:
+            try:
+                if self._batch:
+                    self._route_batch()
+                if self.dispatch.pending:
+                    self._dispatch_ready()
+            except Exception:
+                self.stats["internal_errors"] += 1
+                log.exception("broker core failed routing a batch")
         messages: list[tuple[bytes, list[bytes]]] = []
         if self._out:
             outs, self._out = self._out, {}
-            keys, peers = self.keys, self.peers
-            for ident, out in outs.items():
-                msgs = out.messages()
-                if keys is not None:
-                    msgs = self._sign(ident, peers.get(ident), msgs)
-                messages.extend((ident, m) for m in msgs)
-            self._reply_session.clear()
-        writes = MeshWrites()
+            if self.keys is None:
+                for ident, out in outs.items():
+                    for m in out.messages():
+                        messages.append((ident, m))
+            else:
+                peers = self.peers
+                for ident, out in outs.items():
+                    for m in self._sign(ident, peers.get(ident), out.messages()):
+                        messages.append((ident, m))
+                self._reply_session.clear()
+        writes = _NO_WRITES  # PERF: nothing allocated per step without a store
         if self._put or self._remove or self._dead:
-            writes.put = [PendingMessage(k, v) for k, v in self._put.items()]
-            writes.remove, writes.dead = self._remove, self._dead
+            writes = MeshWrites(
+                [PendingMessage(k, v) for k, v in self._put.items()], self._remove, self._dead
+            )
             self._put, self._remove, self._dead = {}, [], []
-        audit, self._audit = self._audit, []
+        audit = _NO_AUDIT
+        if self._audit:
+            audit, self._audit = self._audit, []
         return Output(messages, writes, audit)
 
     def _sign(self, ident: bytes, peer: Peer | None, msgs: list[list[bytes]]) -> list[list[bytes]]:
