@@ -414,6 +414,9 @@ class BrokerMachine(RuleBasedStateMachine):
         assert len(core.claims) <= MAX_CLAIMS and len(core.resumes) <= MAX_CLAIMS
         assert len(core._warned) <= MAX_WARNED + 1
         assert len(core.dispatch.tasks) <= len(core.live) * c.max_peers
+        for peer in core.peers.values():  # the counters match the tasks
+            queued = [d for d in core.dispatch.tasks.values() if d.target is peer]
+            assert peer.waiting == sum(peer.inflight.get(d.mid) is not d for d in queued)
 
     def teardown(self) -> None:
         """Run every timeout out with the honest peers working; then each accepted

@@ -32,6 +32,7 @@ from engine.scheduling import Scheduler
 __all__ = ["ANY_KEY", "Dispatcher", "Routed"]
 
 ANY_KEY: Final = "*"
+_INF: Final = math.inf
 _OVERFLOW_TENANT: Final = 1  # tenants past max_tenants share this lane
 # PERF: route_many costs ~10 us per call whatever its size (numpy arrays in and out) and
 # ~0.1 us per message; a single pick() ~0.6 us. Below this many decisions per batch, the
@@ -61,7 +62,9 @@ class Dispatcher:
         self.sticky: dict[int, str] = {}  # hash(AgentId) -> peer name
         self.tasks: dict[int, Delivery] = {}
         self._next_task = 0
-        self._tenants: dict[str, list[int]] = {}  # name -> [id, live tasks]
+        self._tenants: dict[str, int] = {}  # name -> scheduler tenant id (its lane)
+        self._lane_names: dict[int, str] = {}
+        self._lane_live: dict[int, int] = {}  # lane -> live tasks
         self._free_tenants: list[int] = []
         self._next_tenant = 2  # 0: the default tenant "", 1: overflow
         self.pending = False  # something was pushed or a slot freed since the last pop
@@ -234,7 +237,7 @@ class Dispatcher:
         if not subs:
             out[3].append(d)
             return
-        d.group[0] = d.group[1] = len(subs)
+        d.group = [len(subs), len(subs)]
         assigned = out[0]
         assigned.append((d, subs[0]))
         assigned.extend((d.copy(), p) for p in subs[1:])
@@ -263,29 +266,31 @@ class Dispatcher:
         d.task = tid
         d.target = peer
         self.tasks[tid] = d
-        peer.queued[tid] = d
+        peer.waiting += 1
+        env = d.env
         deadline = d.deadline
-        self.scheduler.push(tid, d.priority, deadline, tenant=self._tenant(d.tenant), pool=peer.num)
-        if deadline != math.inf:
+        d.lane = lane = self._tenant(env.tenant) if env.tenant else 0
+        self.scheduler.push(tid, env.priority, deadline, tenant=lane, pool=peer.num)
+        if deadline != _INF:
             self.deadlines += 1
         self.pending = True
 
     def pop_ready(self, n: int) -> list[Delivery]:
         """Up to ``n`` queued deliveries whose peer has room, in fair order (now running)."""
         self.pending = False
-        ids = self.scheduler.pop_ready(n).tolist()
         tasks = self.tasks
-        out = []
-        inf = math.inf
-        for tid in ids:
-            d = tasks[tid]
-            target = d.target
-            assert target is not None
-            del target.queued[tid]
-            if d.deadline != inf:
+        out = [tasks[tid] for tid in self.scheduler.pop_ready(n).tolist()]
+        for d in out:
+            d.target.waiting -= 1  # type: ignore[union-attr]
+            if d.deadline != _INF:
                 self.deadlines -= 1
-            out.append(d)
         return out
+
+    def queued_for(self, peer: Peer) -> list[Delivery]:
+        """The deliveries queued for ``peer`` (a scan: for when a peer leaves)."""
+        if not peer.waiting:
+            return []
+        return [d for d in self.tasks.values() if d.target is peer and d.mid not in peer.inflight]
 
     def complete(self, d: Delivery) -> None:
         """The node answered ``d``: free its slot of the window."""
@@ -293,44 +298,58 @@ class Dispatcher:
         if tid >= 0:
             self.scheduler.complete(tid)
             del self.tasks[tid]
-            self._untenant(d.tenant)
             d.task = -1
+            if d.lane:
+                self._release_lane(d.lane)
             target = d.target
-            if target is not None and target.queued:  # its freed slot can take one
+            if target is not None and target.waiting:  # its freed slot can take one
                 self.pending = True
-        self._unslot(d)
+        slot = d.slot
+        if slot >= 0:
+            d.slot = -1
+            if slot in self.slot_peer:
+                self.router.ack(slot)
 
-    def drop(self, d: Delivery) -> None:
-        """Forget ``d``'s task (queued or running) without an answer."""
+    def drop(self, d: Delivery, *, delivered: bool) -> None:
+        """Forget ``d``'s task without an answer: ``delivered`` (running at its node) or
+        still queued for it."""
         tid = d.task
         if tid >= 0:
             self.scheduler.cancel(tid)
             del self.tasks[tid]
-            self._untenant(d.tenant)
+            d.task = -1
+            if d.lane:
+                self._release_lane(d.lane)
             target = d.target
             if target is not None:
-                if target.queued.pop(tid, None) is not None and d.deadline != math.inf:
-                    self.deadlines -= 1
-                if target.queued:
+                if not delivered:
+                    target.waiting -= 1
+                    if d.deadline != _INF:
+                        self.deadlines -= 1
+                if target.waiting:
                     self.pending = True
-            d.task = -1
         self._unslot(d)
         d.target = None
+
+    def is_queued(self, d: Delivery) -> bool:
+        """``d`` waits in its peer's pool (not yet delivered)."""
+        target = d.target
+        return d.task >= 0 and target is not None and target.inflight.get(d.mid) is not d
 
     def expired(self) -> list[Delivery]:
         """Queued deliveries whose deadline passed before dispatch (already dropped)."""
         if not self.deadlines:
             return []
-        ids = self.scheduler.expired().tolist()
         out = []
-        for tid in ids:
+        for tid in self.scheduler.expired().tolist():
             d = self.tasks.pop(tid, None)
             if d is None:
                 continue
-            self._untenant(d.tenant)
+            if d.lane:
+                self._release_lane(d.lane)
             self.deadlines -= 1
             if d.target is not None:
-                d.target.queued.pop(tid, None)
+                d.target.waiting -= 1
             d.task = -1
             self._unslot(d)
             out.append(d)
@@ -346,39 +365,35 @@ class Dispatcher:
     # -- tenants --------------------------------------------------------------------------
 
     def _tenant(self, name: str) -> int:
-        if not name:
-            return 0
-        entry = self._tenants.get(name)
-        if entry is None:
+        """The scheduler tenant (lane) of ``name``, counting one more live task in it."""
+        lane = self._tenants.get(name)
+        if lane is None:
             if len(self._tenants) >= self.config.max_tenants:
                 return _OVERFLOW_TENANT
-            if self._free_tenants:
-                tid = self._free_tenants.pop()
-            else:
-                tid = self._next_tenant
-                self._next_tenant += 1
-            self.scheduler.set_weight(tid, self.config.tenant_weights.get(name, 1))
-            entry = self._tenants[name] = [tid, 0]
-        entry[1] += 1
-        return entry[0]
+            lane = self._free_tenants.pop() if self._free_tenants else self._take_lane()
+            self.scheduler.set_weight(lane, self.config.tenant_weights.get(name, 1))
+            self._tenants[name] = lane
+            self._lane_names[lane] = name
+            self._lane_live[lane] = 0
+        self._lane_live[lane] += 1
+        return lane
 
-    def _untenant(self, name: str) -> None:
-        if not name:
+    def _take_lane(self) -> int:
+        self._next_tenant += 1
+        return self._next_tenant - 1
+
+    def _release_lane(self, lane: int) -> None:
+        if lane < 2:  # the default tenant and the overflow lane are never freed
             return
-        entry = self._tenants.get(name)
-        if entry is None:  # it went to the overflow lane
+        left = self._lane_live[lane] - 1
+        if left:
+            self._lane_live[lane] = left
             return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del self._tenants[name]
-            self._free_tenants.append(entry[0])
+        del self._lane_live[lane]
+        del self._tenants[self._lane_names.pop(lane)]
+        self._free_tenants.append(lane)
 
     @property
     def tenants(self) -> int:
         """Distinct tenants with live tasks."""
         return len(self._tenants)
-
-
-def scheduler_deadline(deadline: float, wall_offset: float) -> float:
-    """An envelope deadline (UNIX seconds, 0 = none) on the core's monotonic clock."""
-    return deadline - wall_offset if deadline else math.inf

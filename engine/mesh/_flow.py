@@ -30,6 +30,7 @@ __all__ = ["Flow"]
 log = logging.getLogger("engine.mesh.broker")
 
 _INT32: Final = 2**31
+_INF: Final = math.inf
 
 
 class Flow(CoreBase):
@@ -40,6 +41,8 @@ class Flow(CoreBase):
         stats = self.stats
         live = self.live
         origins = peer.origins
+        c = self.config
+        recovering = self.claims or self.resumes
         for body in bodies:
             try:
                 env = decode(body)
@@ -47,39 +50,49 @@ class Flow(CoreBase):
                 self._bad(peer.ident, exc)
                 continue
             kind, mid = env.kind, env.id
-            if kind is Kind.CANCEL:
-                self._cancel(peer, env, body)
-                continue
             if kind is not Kind.SEND and kind is not Kind.PUBLISH:
-                self._nack(
-                    peer.ident, mid, NackCode.INVALID, f"cannot submit a {kind.name} envelope"
-                )
+                if kind is Kind.CANCEL:
+                    self._cancel(peer, env, body)
+                else:
+                    self._nack(peer.ident, mid, NackCode.INVALID, f"cannot submit {kind.name}")
                 continue
             if mid.origin not in origins:
                 stats["unauthorized"] += 1
-                self._nack(
-                    peer.ident,
-                    mid,
-                    NackCode.FORBIDDEN,
-                    f"id origin {mid.origin[:64]!r} is not registered by this peer",
-                )
+                why = f"id origin {mid.origin[:64]!r} is not registered by this peer"
+                self._nack(peer.ident, mid, NackCode.FORBIDDEN, why)
                 continue
-            problem = _check_envelope(env)
-            if problem:
-                self._nack(peer.ident, mid, NackCode.INVALID, problem)
-                continue
+            rec = env.recipient
+            if (
+                rec is None
+                or not 0 < len(rec.type) <= P.MAX_TYPE
+                or len(rec.key) > P.MAX_KEY
+                or env.tenant
+                or env.priority
+            ):  # PERF: the common envelope passes the checks above alone
+                problem = _check_envelope(env)
+                if problem:
+                    self._nack(peer.ident, mid, NackCode.INVALID, problem)
+                    continue
             stats["submitted"] += 1
             known = live.get(mid)
             if known is not None:  # a resubmission (after a reconnect): never twice
                 if known.settled and not known.is_send:
                     self._ack(peer.ident, mid)
                 continue
-            retry = self._admit(peer, len(body))
-            if retry:
-                stats["busy"] += 1
-                self._nack(peer.ident, mid, NackCode.BUSY, "over the broker's bounds", retry)
-                continue
-            deadline = math.inf
+            size = len(body)
+            if (
+                peer.owned >= c.client_credit
+                or peer.owned_bytes + size > c.max_peer_bytes
+                or len(live) >= c.max_queued
+                or self.live_bytes + size > c.max_queued_bytes
+                or peer.bucket is not None
+            ):
+                retry = self._admit(peer, size)
+                if retry:
+                    stats["busy"] += 1
+                    self._nack(peer.ident, mid, NackCode.BUSY, "over the broker's bounds", retry)
+                    continue
+            deadline = _INF
             if env.deadline:
                 deadline = env.deadline - self._wall_offset
                 if deadline <= self._now:
@@ -88,14 +101,14 @@ class Flow(CoreBase):
                     continue
             if self.tracer is not None:
                 env, body = self._hop(peer, env)
-            d = Delivery(env, body, peer, [1, 1], env.priority, deadline, env.tenant)
+            d = Delivery(env, body, peer, deadline)
             live[mid] = d
             peer.owned += 1
-            peer.owned_bytes += d.size
-            self.live_bytes += d.size
+            peer.owned_bytes += size
+            self.live_bytes += size
             if self._persist:
                 self._put[pending_key(mid)] = body
-            if mid in self.claims or mid in self.resumes:
+            if recovering and (mid in self.claims or mid in self.resumes):
                 self._hold(d)
             else:
                 self._batch.append(d)
@@ -142,7 +155,7 @@ class Flow(CoreBase):
             if env.id in self.live:
                 continue
             deadline = env.deadline - self._wall_offset if env.deadline else math.inf
-            d = Delivery(env, row.envelope, None, [1, 1], env.priority, deadline, env.tenant)
+            d = Delivery(env, row.envelope, None, deadline)
             self.live[env.id] = d
             self.live_bytes += d.size
             self.recovery[env.id] = (self._grace_until, d)
@@ -192,8 +205,8 @@ class Flow(CoreBase):
             self._batch = [x for x in self._batch if x is not d]
             self._final(d, NackCode.CANCELLED, "cancelled by its sender")
             return
-        if d.task in node.queued:
-            self.dispatch.drop(d)
+        if self.dispatch.is_queued(d):
+            self.dispatch.drop(d, delivered=False)
             self._final(d, NackCode.CANCELLED, "cancelled by its sender")
         elif node.inflight.get(target) is d:
             self._out_for(node.ident).deliver.append(body)
@@ -212,7 +225,6 @@ class Flow(CoreBase):
             for d, why in refused:
                 self._final(d, NackCode.UNROUTABLE, why)
             for d in done:  # a publish nobody listens to is done
-                d.group[1] = 0
                 self._answer_dispatched(d)
                 self._finish(d)
 
@@ -237,17 +249,24 @@ class Flow(CoreBase):
         if len(ready) == 4096:
             self.dispatch.pending = True
         now = self._now
+        last: Peer | None = None
+        deliver: list[bytes] = []
         for d in ready:
             peer = d.target
             assert peer is not None
             peer.inflight[d.mid] = d
             d.sent_at = now
-            self._out_for(peer.ident).deliver.append(d.data)
-            if d.env.kind is not Kind.SEND:
+            if peer is not last:
+                last, deliver = peer, self._out_for(peer.ident).deliver
+            deliver.append(d.data)
+            if d.env.kind is not Kind.SEND:  # a PUBLISH is answered once it reached its node(s)
                 group = d.group
-                group[1] -= 1
-                if group[1] == 0:
+                if group is None:
                     self._answer_dispatched(d)
+                else:
+                    group[1] -= 1
+                    if group[1] == 0:
+                        self._answer_dispatched(d)
         self.stats["delivered"] += len(ready)
         for d in self.dispatch.expired():
             self.stats["expired"] += 1
@@ -258,6 +277,8 @@ class Flow(CoreBase):
     def _on_reply(self, peer: Peer, bodies: list[bytes]) -> None:
         decode = self._codec.decode
         inflight = peer.inflight
+        complete = self.dispatch.complete
+        stats = self.stats
         for body in bodies:
             try:
                 env = decode(body)
@@ -275,14 +296,19 @@ class Flow(CoreBase):
             if d is None:
                 self._unsolicited(peer, "REPLY", corr)
                 continue
-            if not d.settled and d.is_send:
+            if not d.settled and d.env.kind is Kind.SEND:
                 d.settled = True
-                self._release(d)
-                owner = self.origins.get(corr.origin)
+                owner = d.owner
                 if owner is not None:
-                    self.stats["replies"] += 1
-                    self._out_for(owner.ident).reply.append(body)
-            self._completed(d)
+                    owner.owned -= 1
+                    owner.owned_bytes -= d.size
+                dest = self.origins.get(corr.origin)
+                if dest is not None:
+                    stats["replies"] += 1
+                    self._out_for(dest.ident).reply.append(body)
+            stats["completed"] += 1
+            complete(d)
+            self._finish(d)
 
     def _on_ack(self, peer: Peer, ids: list[MessageId]) -> None:
         inflight = peer.inflight
@@ -304,7 +330,7 @@ class Flow(CoreBase):
                 self._unsolicited(peer, "NACK", item.id)
                 continue
             self.stats["nacked"] += 1
-            self.dispatch.drop(d)
+            self.dispatch.drop(d, delivered=True)
             if item.code == NackCode.EXPIRED:
                 self.stats["expired"] += 1
                 self._final(
@@ -357,8 +383,8 @@ class Flow(CoreBase):
         self._batch.append(d)
 
     def _copy_done(self, d: Delivery, dispatched: bool) -> None:
-        if not dispatched:
-            group = d.group
+        group = d.group
+        if not dispatched and group is not None:
             group[1] -= 1
             if group[1] == 0:
                 self._answer_dispatched(d)
@@ -366,9 +392,10 @@ class Flow(CoreBase):
 
     def _answer_dispatched(self, d: Delivery) -> None:
         """A PUBLISH reached its node(s): ACK its submitter (through the first copy)."""
-        root = self.live.get(d.mid)
-        if root is not None and root.group is d.group:
-            d = root
+        if d.group is not None:
+            root = self.live.get(d.mid)
+            if root is not None and root.group is d.group:
+                d = root
         if d.settled:
             return
         d.settled = True
@@ -399,13 +426,21 @@ class Flow(CoreBase):
             owner.owned_bytes -= d.size
 
     def _finish(self, d: Delivery) -> None:
-        d.group[0] -= 1
-        if d.group[0] > 0:
-            return
+        """``d`` (one copy) is over; the message is once every copy is."""
         mid = d.mid
-        root = self.live.get(mid)
-        if root is None or root.group is not d.group:
-            return
+        group = d.group
+        if group is None:
+            if self.live.get(mid) is not d:
+                return
+            root = d
+        else:
+            group[0] -= 1
+            if group[0] > 0:
+                return
+            found = self.live.get(mid)
+            if found is None or found.group is not group:
+                return
+            root = found
         del self.live[mid]
         self.live_bytes -= root.size
         if not root.settled:  # ended without an answer (a publish copy): still free the window

@@ -161,12 +161,22 @@ class NodeSide:
             if slot:
                 slots.release()
         core = self.core
-        if reply is None:
-            reply = empty_reply(env, self.ids.next())
-        data = core.codec.encode(reply)
-        if len(data) > core.max_frame - 64:
-            too_big = EncodeError(f"reply of {len(data)} bytes exceeds the broker's limit")
-            data = core.codec.encode(error_reply(env, too_big, self.ids.next()))
+        data: bytes | None = None
+        if env.id in core.tells:  # PERF: a one-way message's answer is its ACK: no encoding
+            if reply is not None and reply.kind is Kind.ERROR:
+                log.warning(
+                    "%s: one-way message %s failed: %s",
+                    self.name,
+                    env.id,
+                    bytes(reply.payload)[:200],
+                )
+        else:
+            if reply is None:
+                reply = empty_reply(env, self.ids.next())
+            data = core.codec.encode(reply)
+            if len(data) > core.max_frame - 64:
+                too_big = EncodeError(f"reply of {len(data)} bytes exceeds the broker's limit")
+                data = core.codec.encode(error_reply(env, too_big, self.ids.next()))
         core.answer(env.id, data, time.monotonic())
         if core.running or self._flush_scheduled:
             self._schedule_flush()  # batched with what the others produce (or the drain's)

@@ -237,10 +237,10 @@ class Registration(CoreBase):
 
     def _requeue_unhosted(self, peer: Peer) -> None:
         """After a re-registration: work queued here for a type it no longer hosts."""
-        for d in list(peer.queued.values()):
+        for d in self.dispatch.queued_for(peer):
             rec = d.env.recipient
             if rec is not None and rec.type not in peer.slots:
-                self.dispatch.drop(d)
+                self.dispatch.drop(d, delivered=False)
                 self._batch.append(d)
 
     def _recover(self, peer: Peer, reg: P.Register) -> None:
@@ -301,20 +301,19 @@ class Registration(CoreBase):
             peer.name,
             why,
             len(peer.inflight),
-            len(peer.queued),
+            peer.waiting,
         )
         self._unbind(peer)
         self._out.pop(peer.ident, None)
-        for d in list(peer.queued.values()):  # never reached it: route again, no attempt
-            self.dispatch.drop(d)
+        for d in self.dispatch.queued_for(peer):  # never reached it: route again, no attempt
+            self.dispatch.drop(d, delivered=False)
             if d.env.recipient is None:
                 self._copy_done(d, dispatched=False)
             else:
                 self._batch.append(d)
-        peer.queued.clear()
         inflight = list(peer.inflight.values())
         peer.inflight.clear()
         for d in inflight:
-            self.dispatch.drop(d)
+            self.dispatch.drop(d, delivered=True)
             self._retry(d, f"peer {peer.name} {why}")
         self._free_nums.append(peer.num)

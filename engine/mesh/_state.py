@@ -14,9 +14,10 @@ __all__ = ["Delivery", "Peer"]
 class Delivery:
     """One accepted message on its way to one peer (a topic publish has one per subscriber).
 
-    ``group`` is shared by a publish's copies: ``[copies not finished]``. ``owner`` is the
-    submitting peer (None for a message restored from the store), ``settled`` whether the
-    owner has had its answer (ACK, REPLY or a final NACK) — exactly once.
+    ``group`` is None for a message with one destination; a topic publish's copies share
+    ``[copies not finished, copies not dispatched]``. ``owner`` is the submitting peer
+    (None for a message restored from the store), ``settled`` whether the owner has had its
+    answer (ACK, REPLY or a final NACK) — exactly once. ``sent_at`` is set on dispatch.
     """
 
     __slots__ = (
@@ -26,50 +27,45 @@ class Delivery:
         "deadline",
         "env",
         "group",
+        "lane",
         "mid",
         "owner",
-        "priority",
         "sent_at",
         "settled",
         "size",
         "slot",
         "target",
         "task",
-        "tenant",
     )
 
+    # PERF: the fewest attributes set per message (benches/mesh_seq_profile.py --python)
     def __init__(
         self,
         env: Envelope,
         data: bytes,
         owner: Peer | None,
-        group: list[int],
-        priority: int,
         deadline: float,
-        tenant: str,
+        group: list[int] | None = None,
     ) -> None:
         self.env = env
         self.data = data
         self.mid: MessageId = env.id
         self.owner = owner
+        self.deadline = deadline  # on the core's clock; inf = none
         self.group = group
+        self.size = len(data)
         self.attempts = 0
         self.slot = -1  # router slot charged by a by-type pick, -1 when none
         self.task = -1  # scheduler task id while queued or in flight
         self.target: Peer | None = None
-        self.sent_at = 0.0
         self.settled = False
-        self.size = len(data)
-        self.priority = priority
-        self.deadline = deadline  # on the core's clock; inf = none
-        self.tenant = tenant
         self.avoid: Peer | None = None  # after a failure there: another node if one exists
+        self.sent_at: float
+        self.lane: int  # its scheduler tenant, set while it is a task
 
     def copy(self) -> Delivery:
         """Another copy of a topic publish (same group, owner and bytes)."""
-        d = Delivery(
-            self.env, self.data, self.owner, self.group, self.priority, self.deadline, self.tenant
-        )
+        d = Delivery(self.env, self.data, self.owner, self.deadline, self.group)
         d.settled = True  # the owner is answered once, through the first copy
         return d
 
@@ -96,11 +92,11 @@ class Peer:
         "owned",
         "owned_bytes",
         "patterns",
-        "queued",
         "role",
         "session",
         "sids",
         "slots",
+        "waiting",
         "window",
     )
 
@@ -126,7 +122,7 @@ class Peer:
         self.heartbeat = heartbeat
         self.origins: tuple[str, ...] = tuple(dict.fromkeys(reg.origins))
         self.inflight: dict[MessageId, Delivery] = {}  # delivered, unanswered (oldest first)
-        self.queued: dict[int, Delivery] = {}  # scheduler task -> waiting for this peer
+        self.waiting = 0  # deliveries queued (scheduler tasks) for this peer
         self.slots: dict[str, int] = {}  # hosted type -> router slot
         self.sids: list[int] = []  # router subscription ids
         self.patterns: tuple[str, ...] = tuple(dict.fromkeys(reg.subscriptions))

@@ -224,7 +224,7 @@ class BrokerCore(Registration, Flow, CoreBase):
                 del inflight[d.mid]
                 self.stats["timeouts"] += 1
                 self._cancel_at(peer, d)
-                self.dispatch.drop(d)
+                self.dispatch.drop(d, delivered=True)
                 self._retry(d, f"no answer from {peer.name} within {timeout:g} s", avoid=peer)
         for ident, pending in list(self.pending_regs.items()):
             if pending.expiry <= now:
@@ -325,7 +325,7 @@ class BrokerCore(Registration, Flow, CoreBase):
                 "types": sorted(p.slots),
                 "window": p.window,
                 "inflight": len(p.inflight),
-                "queued": len(p.queued),
+                "queued": p.waiting,
             }
             for p in list(self.peers.values())
         }
