@@ -467,3 +467,36 @@ def test_a_send_refused_after_its_first_part_does_not_stop_the_broker() -> None:
             raise zmq.Again()  # what FrameSocket raises when a later part is refused
 
     assert b._send(Refusing(), b"peer", [b"AEM\x01\x03", b"body"]) is False  # type: ignore[arg-type]
+
+
+def test_broker_spans_go_to_the_tracer_provider_given() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, tracer_provider=provider)
+    assert Broker("tcp://127.0.0.1:0").tracer is None  # no provider set: no per-message spans
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"echo": Echo}, heartbeat=HB), MeshClient(ep, heartbeat=HB) as c:
+            await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)
+
+    try:
+        run(main())
+    finally:
+        b.stop()
+    assert [s.name for s in exporter.get_finished_spans()] == ["hop echo/x"]
+
+
+def test_join_and_running_follow_the_loop() -> None:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB)
+    assert not b.running and b.join(0)  # never started
+    b.start()
+    assert b.running and not b.join(0.01)
+    b.stop(timeout=0)
+    assert b.join(5) and not b.running and b.crashed is None

@@ -294,3 +294,17 @@ def test_hmac_replays_are_refused() -> None:
     node.answer(events[0].env.id, reply, h.now)
     _pipe(h, b"N", node)
     assert [type(e) for e in _pipe(h, b"C", client)] == [Replied]
+
+
+def test_a_client_over_its_rate_gets_busy_with_a_retry_hint() -> None:
+    h = Harness(BrokerConfig(heartbeat=0.1, client_rate=10.0, client_burst=2.0))
+    h.register(b"N", "node", types=["work"], credit=8)
+    h.register(b"C", "client", role=ORCH, origins=["C"])
+    h.submit(b"C", *(env(MessageId("C", i), to=WORK) for i in range(3)))
+    (busy,) = h.nacks(b"C")
+    assert (busy.id.seq, busy.code) == (2, NackCode.BUSY) and 90 <= busy.retry_ms <= 110
+    assert len(h.delivered(b"N")) == 2
+    h.beat(b"N", b"C")
+    h.advance(busy.retry_ms / 1000)
+    h.submit(b"C", env(MessageId("C", 2), to=WORK))  # resubmitted after the hint
+    assert [e.id.seq for e in h.delivered(b"N")] == [2] and not h.nacks(b"C")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from mesh_agents import Boom, Echo, Ping, Pong
 
 from engine import Agent, Context, Runtime, handler
-from engine.errors import RemoteError, UndeliverableError
+from engine.errors import DeadlineExceeded, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, MeshTransport, Node
 from engine.messages import (
     AgentId,
@@ -144,3 +145,44 @@ def test_runtime_with_mesh_reaches_nodes_and_serves_mesh_traffic(broker: Broker)
 def test_runtime_rejects_mesh_and_transport_together() -> None:
     with pytest.raises(ValueError, match="either mesh= or transport="):
         Runtime(mesh="tcp://127.0.0.1:1", transport=MeshTransport("tcp://127.0.0.1:1"))
+
+
+class Raiser(Agent):
+    """Raises what the message names."""
+
+    @handler
+    async def on_boom(self, msg: Boom, ctx: Context) -> Pong:
+        errors: dict[str, Exception] = {
+            "undeliverable": UndeliverableError("gone"),
+            "deadline": DeadlineExceeded("late"),
+            "value": ValueError("bad"),
+        }
+        raise errors[msg.text]
+
+
+def test_meshclient_and_runtime_raise_the_same_classes(broker: Broker) -> None:
+    """One mapping of errors to and from the wire (engine.runtime._wire) serves both."""
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with (
+            Node(ep, {"raiser": Raiser}, name="r", heartbeat=HB),
+            MeshClient(ep, heartbeat=HB) as client,
+            Runtime(mesh=ep) as rt,
+        ):
+            to = AgentId("raiser", "k")
+            cases: list[tuple[Any, AgentId, type[Exception]]] = [
+                (Boom("undeliverable"), to, UndeliverableError),
+                (Boom("deadline"), to, DeadlineExceeded),
+                (Boom("value"), to, RemoteError),
+                (Ping(1), AgentId("ghost", "k"), UndeliverableError),  # a NACK, not a reply
+            ]
+            for msg, target, cls in cases:
+                seen = []
+                for send in (client.send, rt.send):
+                    with pytest.raises(cls) as info:
+                        await send(msg, to=target, timeout=5)
+                    seen.append((type(info.value), str(info.value)))
+                assert seen[0] == seen[1], seen
+
+    asyncio.run(asyncio.wait_for(main(), 30))

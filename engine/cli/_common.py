@@ -28,8 +28,3 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     result: T = uvloop.run(coro)
     return result
-
-
-def hmac_key(value: str | None) -> bytes | None:
-    """The HMAC key given on the command line, as bytes."""
-    return value.encode() if value else None

@@ -82,10 +82,13 @@ class Remote:
             transport.send(env)
             if timeout is None:
                 return await fut
+            timer = asyncio.timeout(timeout)
             try:
-                async with asyncio.timeout(timeout):
+                async with timer:
                     return await fut
             except TimeoutError:
+                if not timer.expired():  # the remote side's own DeadlineExceeded: keep it
+                    raise
                 raise DeadlineExceeded(
                     f"{to} did not reply to {type(message).__name__} within {timeout}s"
                 ) from None
