@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from mesh_agents import Boom, Echo, Ping, Pong
+from mesh_agents import Boom, Echo, Ping, Pong, Recorder, Sleep
 
 from engine import Agent, Context, Runtime, handler
 from engine.errors import DeadlineExceeded, RemoteError, UndeliverableError
@@ -184,5 +184,30 @@ def test_meshclient_and_runtime_raise_the_same_classes(broker: Broker) -> None:
                         await send(msg, to=target, timeout=5)
                     seen.append((type(info.value), str(info.value)))
                 assert seen[0] == seen[1], seen
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_runtime_acknowledges_a_tell_once_handled(broker: Broker) -> None:
+    """``Runtime(mesh=...)`` serving mesh traffic: a one-way message stays the broker's
+    (redelivered if this runtime dies) until its handler ran."""
+    ep = broker.endpoints[0]
+    Recorder.DONE.clear()
+
+    async def main() -> None:
+        async with Runtime(mesh=ep) as rt, MeshClient(ep, heartbeat=HB) as c:
+            rt.register("recorder", Recorder)
+            name = rt._transport.peer.name  # type: ignore[union-attr]
+            for _ in range(200):
+                if "recorder" in broker.peers().get(name, {}).get("types", []):
+                    break
+                await asyncio.sleep(0.01)
+            await c.tell(Sleep(0.3, 1), to=AgentId("recorder", "r"))
+            assert broker.peers()[name]["inflight"] == 1
+            for _ in range(1000):
+                if broker.peers()[name]["inflight"] == 0:
+                    break
+                await asyncio.sleep(0.002)
+            assert Recorder.DONE == [1]
 
     asyncio.run(asyncio.wait_for(main(), 30))
