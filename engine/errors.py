@@ -8,7 +8,9 @@ live in Python, like ``zmq.error``).
 from __future__ import annotations
 
 __all__ = [
+    "AllProvidersFailed",
     "AuditError",
+    "BudgetExceeded",
     "CorruptFileError",
     "CycleError",
     "DeadlineExceeded",
@@ -20,15 +22,21 @@ __all__ = [
     "GateError",
     "InvalidTransition",
     "InvalidVectorError",
+    "LLMError",
     "MailboxFull",
+    "MaxStepsExceeded",
     "MessageTypeConflict",
     "NativeUnavailable",
+    "PriceUnknown",
     "ProtocolError",
+    "ProviderError",
     "QueryCancelled",
     "RegistrationRefused",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "ScriptError",
+    "StructuredOutputError",
     "ToolError",
     "ToolNotFound",
     "ToolTimeout",
@@ -224,3 +232,107 @@ class AuditError(EngineError):
 
 class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
+
+
+# --- LLM layer (engine.llm)
+
+
+class LLMError(EngineError):
+    """Base class of errors raised by the LLM layer (providers, router, budgets)."""
+
+
+class ProviderError(LLMError):
+    """A model provider failed a call: HTTP status, connection, timeout or a malformed reply.
+
+    ``status`` is the HTTP status (None when no response arrived), ``retryable`` says whether
+    the router may try again (429, 5xx, connection errors, timeouts, malformed replies; never
+    400/401/403), ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one.
+    The message never holds credentials: it names the provider, model and what went wrong.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        model: str = "",
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        timeout: bool = False,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.timeout = timeout
+        where = f"{provider}/{model}" if provider or model else "provider"
+        super().__init__(f"{where}: {message}")
+
+
+class AllProvidersFailed(LLMError):
+    """Every provider in a route's fallback chain failed or had its breaker open.
+
+    ``errors`` holds ``(provider, error)`` pairs in the order they were tried.
+    """
+
+    def __init__(self, kind: str, errors: list[tuple[str, BaseException]]) -> None:
+        self.kind = kind
+        self.errors = list(errors)
+        tried = "; ".join(f"{name}: {exc}" for name, exc in self.errors) or "no provider"
+        super().__init__(f"every provider for kind {kind!r} failed ({tried})")
+
+
+class BudgetExceeded(LLMError):
+    """A call would exceed a budget; it was refused before any request was sent.
+
+    ``budget`` is the budget's name, ``limit_kind`` one of ``tokens``/``cost``/``calls``,
+    ``limit`` its limit, ``used`` what was used or reserved before, ``estimate`` the call's
+    reservation.
+    """
+
+    def __init__(
+        self, budget: str, limit_kind: str, limit: float, used: float, estimate: float
+    ) -> None:
+        self.budget = budget
+        self.limit_kind = limit_kind
+        self.limit = limit
+        self.used = used
+        self.estimate = estimate
+        super().__init__(
+            f"budget {budget!r} refused the call: {limit_kind} limit {limit:g}, "
+            f"{used:g} used or reserved, call estimate {estimate:g}"
+        )
+
+
+class PriceUnknown(LLMError, LookupError):
+    """A cost budget applies but the price table has no entry for the model."""
+
+
+class StructuredOutputError(LLMError, ValueError):
+    """The model's reply did not validate against ``response_format``, even after one repair.
+
+    ``raw`` is the model's last reply text, ``error`` the validation error message.
+    """
+
+    def __init__(self, type_name: str, raw: str, error: str) -> None:
+        self.raw = raw
+        self.error = error
+        super().__init__(f"reply does not validate as {type_name}: {error}")
+
+
+class MaxStepsExceeded(LLMError):
+    """A tool-calling loop reached ``max_steps`` while the model still asked for tools.
+
+    ``result`` is the last step's result; its ``transcript`` holds every step.
+    """
+
+    def __init__(self, max_steps: int, result: object) -> None:
+        self.max_steps = max_steps
+        self.result = result
+        super().__init__(f"the model still called tools after max_steps={max_steps}")
+
+
+class ScriptError(LLMError, LookupError):
+    """A :class:`~engine.llm.ScriptedProvider` had no rule matching a call."""

@@ -86,6 +86,7 @@ class Tool:
         "__wrapped__",
         "args_type",
         "cache",
+        "cacheable",
         "description",
         "fn",
         "is_async",
@@ -104,6 +105,7 @@ class Tool:
         tags: Iterable[str] = (),
         timeout: float | None = None,
         cache: ToolCache | None = None,
+        cacheable: bool | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@tool expects a function, got {type(fn).__name__}")
@@ -121,6 +123,9 @@ class Tool:
             raise ValueError(f"tool timeout must be positive seconds or None, got {timeout!r}")
         self.timeout = timeout
         self.cache = cache
+        # Whether an LLM reply that offered this tool may be cached (engine.llm): only for
+        # tools without side effects; a tool with a result cache says so already.
+        self.cacheable: bool = cache is not None if cacheable is None else bool(cacheable)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.args_type = _args_struct(fn, self.name)
         self.parameters: dict[str, Any] = _parameters_schema(self.args_type)
@@ -204,6 +209,7 @@ def tool(
     timeout: float | None = None,
     cache: int | None = None,
     ttl: float | None = None,
+    cacheable: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -217,20 +223,30 @@ def tool(
     timeout: float | None = None,
     cache: int | None = None,
     ttl: float | None = None,
+    cacheable: bool | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a typed function a :class:`Tool`.
 
     ``tags`` are capability tags for discovery, ``timeout`` bounds each call (seconds),
     ``cache=N`` keeps up to N results (keyed by the validated arguments) for ``ttl``
-    seconds. Parameters must be annotated; the first docstring paragraph is the
-    description.
+    seconds. ``cacheable=True`` says the tool has no side effects, so LLM replies that
+    offered it may come from the LLM cache (default: only when ``cache`` is set).
+    Parameters must be annotated; the first docstring paragraph is the description.
     """
 
     def make(f: Callable[..., Any]) -> Tool:
         store = ToolCache(cache, ttl) if cache is not None else None
         if store is None and ttl is not None:
             raise ValueError("ttl= needs cache=<size>")
-        return Tool(f, name=name, description=description, tags=tags, timeout=timeout, cache=store)
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            tags=tags,
+            timeout=timeout,
+            cache=store,
+            cacheable=cacheable,
+        )
 
     return make(fn) if fn is not None else make
 

@@ -160,13 +160,19 @@ class Relay(Agent):
 
 
 class Stepper(Agent):
-    """Counts down: Ping(n > 0) goes on to ``stepper/<n-1>``; each hop is one query step."""
+    """Counts down: Ping(n > 0) goes on to ``stepper/<n-1>``; each hop is one query step.
+
+    ``handed_off`` records each hop's ``n`` as it sends on to the next one.
+    """
+
+    handed_off: list[int] = []
 
     @handler
     async def on_ping(self, msg: Ping, ctx: engine.Context) -> int:
         await asyncio.sleep(0.005)
         if msg.n <= 0:
             return 0
+        Stepper.handed_off.append(msg.n)
         nxt = engine.AgentId("stepper", str(msg.n - 1))
         result: int = await ctx.send(Ping(msg.n - 1), to=nxt)
         return result + 1

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests._clock import FakeClock
+
 if TYPE_CHECKING:
     from engine.mesh import Broker
 
+# The OpenAI-compatible test server's `openai_server` fixture (tests/openai_server.py).
+pytest_plugins = ["tests.openai_server"]
+
+# deadline=None and no too_slow health check: both are wall-clock assertions (issue 12)
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
@@ -47,3 +57,18 @@ def broker() -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeClock]:
+    """``fake_clock(module, ...)``: those modules' ``time`` becomes one :class:`FakeClock`."""
+    clock = FakeClock()
+
+    def install(*modules: ModuleType) -> FakeClock:
+        for module in modules:
+            if getattr(module, "time", None) not in (time, clock):
+                raise TypeError(f"{module.__name__} does not read the clock as `time.<fn>()`")
+            monkeypatch.setattr(module, "time", clock)
+        return clock
+
+    return install

@@ -5,8 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,6 +23,9 @@ from engine.memory import (
     SentenceTransformerEmbedder,
     rrf,
 )
+from engine.memory import cache as cache_mod
+from engine.memory import vectors as vectors_mod
+from tests._clock import FakeClock
 
 # --------------------------------------------------------------------------- hashing
 
@@ -178,11 +180,14 @@ def test_semantic_cache_thresholds_kinds_and_counters() -> None:
     assert hit is not None and hit.value == "y" and hit.score == pytest.approx(0.93, abs=0.01)
 
 
-def test_semantic_cache_ttl_and_bound() -> None:
-    cache = SemanticCache(HashingEmbedder(64), ttl=0.05, max_entries=200)
+def test_semantic_cache_ttl_and_bound(fake_clock: Callable[..., FakeClock]) -> None:
+    clock = fake_clock(cache_mod, vectors_mod)
+    cache = SemanticCache(HashingEmbedder(64), ttl=30, max_entries=200)
     cache.put("short lived", 1)
     cache.put("long lived", 2, ttl=60)
-    time.sleep(0.08)
+    clock.advance(29)
+    assert cache.get("short lived") == 1
+    clock.advance(2)
     assert cache.get("short lived") is None and cache.get("long lived") == 2
     for i in range(450):
         cache.put(f"prompt number {i}", i, ttl=60)

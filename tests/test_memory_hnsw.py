@@ -27,6 +27,7 @@ from engine.memory import VectorStore, _hnsw_py, _index
 from engine.memory._index import graph_arrays
 from tests._gil import python_progress_during
 from tests._memory_data import clustered, exact_ids
+from tests._wait import wait_until
 
 HNSW = _index._HNSW
 needs_native = pytest.mark.skipif(HNSW is None, reason="native extension not built")
@@ -284,6 +285,8 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
     try:
         for lo in range(5000, 9000, 500):
             vs.add(np.arange(lo, lo + 500), x[lo : lo + 500])
+            n = done[0]  # a search runs after each add, while the index is being rebuilt
+            wait_until(lambda n=n: done[0] > n or errors)
         vs.wait()
     finally:
         stop.set()
@@ -298,13 +301,13 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
 
 @needs_native
 def test_walk_releases_the_gil(base: np.ndarray) -> None:
-    """Python code in another thread advances during one (batch) walk call."""
+    """Python code in another thread advances during a (batch) walk call."""
     assert HNSW is not None
     index = hnsw_sq8(base, "ip")
     w = HNSW.HnswSQ8(*graph_arrays(index, "ip"))  # type: ignore[misc]
     q = np.ascontiguousarray(np.tile(base[:500], (8, 1)))
     progress = python_progress_during(lambda: walk(w, q, 10, 128))
-    assert progress > 1000, progress
+    assert progress > 0, "no Python ran in another thread during any of the calls"
 
 
 @needs_native

@@ -221,7 +221,7 @@ def test_native_releases_the_gil() -> None:
     assert NATIVE is not None
     x = np.random.default_rng(0).standard_normal((60_000, 384)).astype(np.float32)
     progress = python_progress_during(lambda: NATIVE.normalize(x))
-    assert progress > 1000, progress
+    assert progress > 0, "no Python ran in another thread during any of the calls"
 
 
 @pytest.mark.parametrize("l2", [False, True])

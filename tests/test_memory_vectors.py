@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -24,7 +24,9 @@ from engine.errors import (
 from engine.memory import VectorStore, _vectors_py
 from engine.memory import vectors as vectors_mod
 from engine.memory._native import NATIVE
+from tests._clock import FakeClock
 from tests._memory_data import clustered, exact_ids, recall
+from tests._wait import wait_until
 from tests.conftest import impl_params
 
 
@@ -158,12 +160,14 @@ def test_namespaces_and_where_filters(glue: ModuleType, data: np.ndarray) -> Non
         vs.search(q, where={"kind": [["x"]]})
 
 
-def test_ttl_expiry(glue: ModuleType) -> None:
+def test_ttl_expiry(glue: ModuleType, fake_clock: Callable[..., FakeClock]) -> None:
+    clock = fake_clock(vectors_mod)
     vs = VectorStore(4, index="flat")
-    vs.add([1], [[1, 0, 0, 0]], ttl=0.05)
+    vs.add([1], [[1, 0, 0, 0]], ttl=60)
     vs.add([2], [[0.9, 0.1, 0, 0]])
+    clock.advance(59)
     assert vs.search([[1, 0, 0, 0]], k=2)[0].tolist() == [[1, 2]]
-    time.sleep(0.08)
+    clock.advance(2)
     assert vs.search([[1, 0, 0, 0]], k=2)[0].tolist() == [[2, -1]]
     assert 1 not in vs and len(vs) == 1
 
@@ -235,6 +239,8 @@ def test_background_build_serves_searches_and_finds_new_vectors(data: np.ndarray
     t.start()
     for lo in range(2500, 5000, 250):  # online adds during the build
         vs.add(np.arange(lo, lo + 250), data[lo : lo + 250])
+        n = served[0]  # and a search after each
+        wait_until(lambda n=n: served[0] > n or errors)
     assert vs.wait(60)
     stop.set()
     t.join()

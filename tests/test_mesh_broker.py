@@ -23,6 +23,7 @@ from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
 from engine.mesh._serving import Slots
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
+from tests._wait import until
 
 pytestmark = pytest.mark.timeout(60)
 HB = 0.1
@@ -59,10 +60,7 @@ def test_routing_direct_by_type_topic_and_errors(broker: Broker) -> None:
                 await c.send(Boom("kaput"), to=AgentId("echo", "x"), timeout=5)
             await c.publish(Ping(7), "pings.eu")
             await c.publish(Ping(8), "nobody.listens")  # accepted, delivered to none
-            for _ in range(100):
-                if Listener.SEEN:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: Listener.SEEN)
             assert Listener.SEEN == [("default", 7)]
             with pytest.raises(UndeliverableError, match=r"no node hosts agent type .ghost."):
                 await c.send(Ping(0), to=AgentId("ghost", "x"), timeout=5)
@@ -238,10 +236,7 @@ def test_dead_letters_are_listed_and_replayed(
                     cli.main, ["dlq", "replay", "--store", url, "--connect", ep]
                 )
                 assert code == 0
-                for _ in range(200):
-                    if node.stats["executed"]:
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: node.stats["executed"])
                 assert node.stats["executed"] == 1
 
         run(serve_flaky())
@@ -282,10 +277,7 @@ def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -
                 ),
             )
         )
-        for _ in range(200):
-            if first.queued:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: first.queued)
         raw.close()
 
     run(submit())
@@ -296,10 +288,7 @@ def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -
 
     async def serve() -> None:
         async with Node(ep, {"echo": Echo}, name="late", heartbeat=HB) as node:
-            for _ in range(300):
-                if node.stats["executed"]:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: node.stats["executed"])
             assert node.stats["executed"] == 1
 
     try:

@@ -17,6 +17,7 @@ from mesh_agents import Echo, Ping, Pong, Sleep
 from engine.mesh import MeshClient, MeshPeer, Node
 from engine.mesh import protocol as P
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload
+from tests._wait import until
 
 DELIVER = P.header(P.FrameKind.DELIVER)
 REPLY = P.header(P.FrameKind.REPLY)
@@ -143,10 +144,7 @@ def test_a_node_batches_replies_while_others_run() -> None:
         io.inbox.extend([DELIVER, _delivery(ids, Sleep(0.01 * (i + 1), i))] for i in range(3))
         io.inbox.append([DELIVER, *(_delivery(ids, Ping(i)) for i in range(4))])
         node._drain()
-        for _ in range(200):
-            if sum(len(m) - 1 for m in io.sent) == 7:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: sum(len(m) - 1 for m in io.sent) == 7)
         bodies = [len(m) - 1 for m in io.sent]
         assert sum(bodies) == 7 and all(m[0] == REPLY for m in io.sent)
         assert bodies[0] == 4  # the four pings answered while the sleeps ran: one message
@@ -221,10 +219,7 @@ def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) 
         ]
         io.inbox.append([DELIVER, *cancels])
         node._drain()
-        for _ in range(200):
-            if sum(len(m) - 1 for m in io.sent) == 4:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: sum(len(m) - 1 for m in io.sent) == 4)
         replies = {(env := codec.decode(b)).correlation: env for m in io.sent for b in m[1:]}
         want = [codec.decode(b).id for b in bodies]
         assert sorted(replies, key=str) == sorted(want, key=str)  # every delivery answered

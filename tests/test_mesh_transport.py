@@ -21,6 +21,7 @@ from engine.messages import (
     decode_payload,
     encode_payload,
 )
+from tests._wait import until
 
 pytestmark = pytest.mark.timeout(60)
 HB = 0.1
@@ -83,10 +84,7 @@ def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:
         ta.announce("echo")
         ta.subscribe("news.*")
         await tb.start(client)
-        for _ in range(100):
-            if broker.peers().get(ta.peer.name, {}).get("types") == ["echo"]:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: broker.peers().get(ta.peer.name, {}).get("types") == ["echo"])
         replies = await asyncio.gather(*(client.call(i, "echo") for i in range(300)))
         assert [decode_payload(r.payload, Ping).n for r in replies] == [i * 10 for i in range(300)]
         tb.send(
@@ -98,10 +96,7 @@ def test_two_runtimes_talk_through_the_broker(broker: Broker) -> None:
                 payload=encode_payload(Ping(5)),
             )
         )
-        for _ in range(100):
-            if any(e.kind is Kind.PUBLISH for e in server.inbox):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: any(e.kind is Kind.PUBLISH for e in server.inbox))
         assert [e.topic for e in server.inbox if e.kind is Kind.PUBLISH] == [TopicId("news.eu")]
         # no server for the type: the runtime receives an ERROR envelope, not silence
         err = await client.call(1, "ghost")
@@ -131,10 +126,8 @@ def test_runtime_with_mesh_reaches_nodes_and_serves_mesh_traffic(broker: Broker)
             with pytest.raises(UndeliverableError, match="ghost"):
                 await rt.send(Ping(1), to=AgentId("ghost", "a"), timeout=5)
             # and the runtime's local agents serve mesh traffic
-            for _ in range(100):
-                if "doubler" in broker.peers().get(rt._transport.peer.name, {}).get("types", []):
-                    break
-                await asyncio.sleep(0.01)
+            name = rt._transport.peer.name
+            await until(lambda: "doubler" in broker.peers().get(name, {}).get("types", []))
             async with MeshClient(ep, heartbeat=HB) as c:
                 got = await c.send(Ping(21), to=AgentId("doubler", "z"), timeout=5)
                 assert got == Pong(42, node="runtime")

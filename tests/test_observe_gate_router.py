@@ -1,11 +1,15 @@
 """Acceptance: a deliberately slowed router makes ``engine bench --compare`` fail.
 
 The test exports this repository's HEAD into a fresh git repository, adds a router
-benchmark, commits, then patches the router in the working tree so that ``match_many`` takes
-20% longer per batch (it spins for a fifth of the time the real call took), and runs the
-timing gate against the commit. The compiled
-router is reused from this checkout (the gate copies it into the base tree because the
-native build inputs are identical).
+benchmark, commits, then patches the router in the working tree and runs the gate against
+the commit. The compiled router is reused from this checkout (the gate copies it into the
+base tree because the native build inputs are identical).
+
+The default run slows the router by *added work*: ``match_many`` matches a fifth of each
+batch once more, and the instruction-count gate (callgrind, deterministic) must fail it.
+The wall-clock variant (``match_many`` spins for a fifth of its own time, judged by the
+timing gate) and the unchanged tree passing the timing gate ten times in a row are
+``slow`` tests: on a loaded machine their verdicts are statistics, not facts.
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ import io
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 import pytest
 
 from engine.cli import main
+from engine.observe import gate
 from engine.routing import RouterC
+
+pytestmark = pytest.mark.timeout(600)  # callgrind on a busy box: a generous bound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,9 +52,10 @@ def test_router_match_many(benchmark):
     benchmark(r.match_many, handles)
 """
 
-SLOW_PATCH = """
+# Both patches wrap the real router; only ``match_many`` changes.
+_WRAPPER = """
 
-# --- deliberately slowed by tests/test_observe_gate_router.py: match_many takes 20% longer
+# --- deliberately slowed by tests/test_observe_gate_router.py
 import time as _time
 
 _Fast = Router
@@ -57,16 +67,32 @@ class Router:  # type: ignore[no-redef]
 
     def __getattr__(self, name):
         return getattr(self._r, name)
+"""
 
+#: 20% more work: a fifth of every batch is matched twice.
+MORE_WORK_PATCH = (
+    _WRAPPER
+    + """
+    def match_many(self, handles):
+        self._r.match_many(handles[: len(handles) // 5])
+        return self._r.match_many(handles)
+"""
+)
+
+#: 20% more time: spin for a fifth of the time the real call took.
+MORE_TIME_PATCH = (
+    _WRAPPER
+    + """
     def match_many(self, handles):
         clock = _time.perf_counter
         t0 = clock()
         out = self._r.match_many(handles)
         end = t0 + (clock() - t0) * 1.2
-        while clock() < end:  # the slower path: 20% more time than the real work took
+        while clock() < end:
             pass
         return out
 """
+)
 
 
 def git(repo: Path, *args: str) -> bytes:
@@ -94,38 +120,63 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def compare(repo: Path, rounds: int) -> tuple[int, dict[str, object]]:
+def compare(repo: Path, *args: str) -> tuple[int, dict[str, object]]:
     report = repo.parent / "report.json"
     report.unlink(missing_ok=True)
-    code = main(
-        [
-            "bench",
-            "benches/bench_gate_router.py",
-            "--root",
-            str(repo),
-            "--compare",
-            "HEAD",
-            "--rounds",
-            str(rounds),
-            "--max-time",
-            "0.03",
-            "-q",
-            "--report",
-            str(report),
-        ]
-    )
+    head = ["bench", "benches/bench_gate_router.py", "--root", str(repo), "--compare", "HEAD"]
+    code = main([*head, *args, "-q", "--report", str(report)])
     return code, orjson.loads(report.read_bytes())
 
 
-@pytest.mark.skipif(RouterC is None, reason="gates the compiled router's hot path")
-def test_slowed_router_fails_the_gate(repo: Path) -> None:
+def compare_instructions(repo: Path) -> tuple[int, dict[str, object]]:
+    if shutil.which("valgrind") is None:
+        pytest.fail("valgrind is required for the instruction gate (apt-get install valgrind)")
+    return compare(repo, "--instructions", "--probe", "router.match_many", "--iterations", "20")
+
+
+def compare_timing(repo: Path, rounds: int) -> tuple[int, dict[str, object]]:
+    return compare(repo, "--rounds", str(rounds), "--max-time", "0.03")
+
+
+@contextmanager
+def patched_router(repo: Path, patch: str) -> Iterator[None]:
     init = repo / "engine" / "routing" / "__init__.py"
     original = init.read_text()
-    init.write_text(original + SLOW_PATCH)
+    init.write_text(original + patch)
     try:
-        code, report = compare(repo, rounds=12)  # 6 rounds let noise hide the 20% ~1 run in 9
+        yield
     finally:
         init.write_text(original)
+
+
+needs_native = pytest.mark.skipif(RouterC is None, reason="gates the compiled router's hot path")
+
+
+@needs_native
+def test_slowed_router_fails_the_instruction_gate(repo: Path) -> None:
+    with patched_router(repo, MORE_WORK_PATCH):
+        code, report = compare_instructions(repo)
+    (result,) = report["results"]  # type: ignore[misc]
+    assert result["verdict"] == "regressed", result
+    assert code == 1
+    # a fifth more matching, plus the wrapper's own call and slice (~4%); counts, not time
+    assert 1.15 < result["ratio"] < 1.3, result
+    # the unchanged tree against the same base count passes: identical code, identical
+    # counts but for the allocator's state (~1e-4)
+    head = gate.Side("head", repo, "working tree")
+    counts, problems = gate.count_instructions(
+        head, repo / "benches" / "hotpath.py", iterations=20, names=["router.match_many"]
+    )
+    assert problems == []
+    same = gate.judge(gate.BenchResult("m", result["base"], [counts["router.match_many"]]), 0.1)
+    assert same.verdict == "ok" and same.ratio == pytest.approx(1.0, abs=1e-3), same
+
+
+@pytest.mark.slow
+@needs_native
+def test_slowed_router_fails_the_timing_gate(repo: Path) -> None:
+    with patched_router(repo, MORE_TIME_PATCH):
+        code, report = compare_timing(repo, rounds=12)  # 6 rounds let noise hide the 20%
     (result,) = report["results"]  # type: ignore[misc]
     assert result["verdict"] == "regressed", result
     assert code == 1
@@ -136,6 +187,6 @@ def test_slowed_router_fails_the_gate(repo: Path) -> None:
 @pytest.mark.timeout(1800)
 def test_unchanged_tree_passes_ten_times(repo: Path) -> None:
     for i in range(10):
-        code, report = compare(repo, rounds=10)
+        code, report = compare_timing(repo, rounds=10)
         (result,) = report["results"]  # type: ignore[misc]
         assert code == 0, (i, result)

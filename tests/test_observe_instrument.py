@@ -12,6 +12,7 @@ from engine import Agent, AgentId, Message, Runtime, handler
 from engine.observe import Metrics
 from engine.observe.instrument import ALL_TYPES, instrument_runtime, serve
 from engine.observe.top import fetch
+from tests._wait import until
 
 
 class ObsHold(Message):
@@ -19,9 +20,14 @@ class ObsHold(Message):
 
 
 class Slow(Agent):
+    """Holds each message until the test sets ``release`` (immediately when it is None)."""
+
+    release: asyncio.Event | None = None
+
     @handler
     async def on_hold(self, msg: ObsHold, ctx: object) -> ObsHold:
-        await asyncio.sleep(0.2)
+        if Slow.release is not None:
+            await Slow.release.wait()
         return msg
 
 
@@ -39,9 +45,11 @@ def test_runtime_state_exported_on_scrape() -> None:
         rt.register("slow", Slow)
         m = instrument_runtime(rt, Metrics())
         to = AgentId("slow", "a")
+        Slow.release = asyncio.Event()
         calls = [asyncio.ensure_future(rt.send(ObsHold(i), to=to)) for i in range(4)]
-        await asyncio.sleep(0.05)  # one running, three queued in its mailbox
+        await until(lambda: rt.stats()["queued"] == 3)  # one running, three in its mailbox
         text = m.exposition().decode()
+        Slow.release.set()
         await asyncio.gather(*calls)
         after = values(m.exposition().decode())
         await rt.stop()
@@ -61,12 +69,15 @@ def test_runtime_counts_and_derived_replies() -> None:
         rt.register("slow", Slow)
         m = instrument_runtime(rt, Metrics(), derive_replies=True)
         to = AgentId("slow", "a")
+        Slow.release = None
         for i in range(3):
             await rt.send(ObsHold(i), to=to)
+        Slow.release = asyncio.Event()
         pending = asyncio.ensure_future(rt.send(ObsHold(9), to=to))
-        await asyncio.sleep(0.05)
+        await until(lambda: rt.stats()["busy_agents"] == 1)  # the 4th is being handled
         m.exposition()
         during = m.messages_total()
+        Slow.release.set()
         await pending
         await rt.stop()
         return during

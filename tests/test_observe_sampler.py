@@ -4,30 +4,38 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from engine.observe.sampler import Sampler, profile_for
+from tests._wait import wait_until
 
 
-def spin_leaf(deadline: float) -> int:
+def spin_leaf(until: Callable[[], bool]) -> int:
     n = 0
-    while time.perf_counter() < deadline:
-        n += sum(range(100))
+    while not until():
+        for _ in range(1000):
+            n += sum(range(100))
     return n
 
 
-def spin_outer(seconds: float) -> int:
-    return spin_leaf(time.perf_counter() + seconds)
+def spin_outer(until: Callable[[], bool]) -> int:
+    return spin_leaf(until)
+
+
+def sampled(s: Sampler, thread: str, n: int) -> Callable[[], bool]:
+    """True once ``s`` holds ``n`` samples of ``thread`` (the bound: the test's timeout)."""
+    return lambda: sum(c for (name, _), c in s.profile().stacks.items() if name == thread) >= n
 
 
 def test_samples_the_running_stack() -> None:
-    with Sampler(hz=200) as s:
-        spin_outer(0.3)
-    prof = s.profile()
     me = threading.current_thread().name
+    with Sampler(hz=200) as s:
+        spin_outer(sampled(s, me, 30))  # a count of samples, however long they take
+    prof = s.profile()
     mine = sum(n for (thread, _), n in prof.stacks.items() if thread == me)
-    assert 20 <= mine <= 120  # ~60 expected at 200 Hz over 0.3 s
+    assert mine >= 30
     folded = prof.folded()
     hot = [line for line in folded.splitlines() if "spin_leaf" in line and line.startswith(me)]
     assert hot, folded
@@ -36,10 +44,21 @@ def test_samples_the_running_stack() -> None:
     assert "engine-sampler" not in folded  # never samples itself
 
 
+@pytest.mark.slow
+def test_sample_rate_follows_hz() -> None:
+    me = threading.current_thread().name
+    with Sampler(hz=200) as s:
+        end = time.perf_counter() + 0.3
+        spin_outer(lambda: time.perf_counter() > end)
+    mine = sum(n for (thread, _), n in s.profile().stacks.items() if thread == me)
+    assert 20 <= mine <= 120  # ~60 expected at 200 Hz over 0.3 s
+
+
 def test_speedscope_shape() -> None:
     with Sampler(hz=200) as s:
-        spin_outer(0.1)
+        spin_outer(sampled(s, threading.current_thread().name, 5))
     doc = s.profile().speedscope()
+    assert doc["profiles"]
     frames = doc["shared"]["frames"]
     for p in doc["profiles"]:
         assert p["type"] == "sampled" and len(p["samples"]) == len(p["weights"])
@@ -49,14 +68,16 @@ def test_speedscope_shape() -> None:
 
 def test_other_threads_named() -> None:
     stop = threading.Event()
-    t = threading.Thread(target=lambda: stop.wait(5), name="waiter")
+    t = threading.Thread(target=lambda: stop.wait(60), name="waiter")
     t.start()
     try:
-        prof = profile_for(0.15, hz=100)
+        with Sampler(hz=100) as s:
+            wait_until(lambda: any(thread == "waiter" for thread, _ in s.profile().stacks))
+        prof = profile_for(0.01, hz=100)  # the blocking form returns a profile too
     finally:
         stop.set()
         t.join()
-    assert any(thread == "waiter" for thread, _ in prof.stacks)
+    assert prof.hz == 100
 
 
 @pytest.mark.parametrize(("hz", "depth"), [(0, 10), (-1, 10), (5000, 10), (100, 0)])
@@ -81,12 +102,12 @@ def test_start_twice_and_stop_idempotent() -> None:
 
 
 def test_depth_is_capped() -> None:
-    def recurse(n: int) -> None:
+    def recurse(n: int, until: Callable[[], bool]) -> None:
         if n:
-            recurse(n - 1)
+            recurse(n - 1, until)
         else:
-            spin_leaf(time.perf_counter() + 0.1)
+            spin_leaf(until)
 
     with Sampler(hz=200, max_depth=5) as s:
-        recurse(30)
+        recurse(30, sampled(s, threading.current_thread().name, 5))
     assert max(len(stack) for _, stack in s.profile().stacks) == 5

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from engine.cli import main
-from engine.observe import Metrics, ObserveServer
+from engine.cli import top as top_cli
+from engine.observe import Metrics, ObserveServer, top
 from engine.observe.top import fetch, parse, quantile
+from tests._clock import FakeClock
 
 
 @pytest.fixture
@@ -40,26 +41,27 @@ def test_fetch_parses_the_endpoint(server: ObserveServer) -> None:
     assert 0.00025 <= quantile(snap.latency_buckets, 0.5) <= 0.0005
 
 
-def test_render_once(server: ObserveServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_once(
+    server: ObserveServer,
+    capsys: pytest.CaptureFixture[str],
+    fake_clock: Callable[..., FakeClock],
+) -> None:
     m = server.metrics
+    clock = fake_clock(top, top_cli)  # the snapshot times and the sleep between scrapes
 
-    def traffic() -> None:  # more messages between the two scrapes -> a positive rate
+    def interval(seconds: float) -> None:  # 50 more messages between the two scrapes
         for _ in range(50):
             m.message("reply")
+        clock.advance(seconds)
 
-    timer = threading.Timer(0.05, traffic)
-    timer.start()
-    try:
-        argv = ["top", "--url", f"127.0.0.1:{server.port}", "--once", "--interval", "0.3"]
-        assert main(argv) == 0
-    finally:
-        timer.join()
+    clock.sleep = interval  # type: ignore[method-assign]
+    argv = ["top", "--url", f"127.0.0.1:{server.port}", "--once", "--interval", "0.4"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     for text in ("node-a", "node-b", "planner", "echo", "17", "send", "reply", "p99", "pending"):
         assert text in out, text
     reply_line = next(line for line in out.splitlines() if "reply" in line)
-    assert "50" in reply_line  # total; the rate column is 50 / ~0.3 s
-    assert any(ch.isdigit() for ch in reply_line.split("50", 1)[1])
+    assert "50" in reply_line and "125.0" in reply_line  # total, and 50 per 0.4 s
 
 
 def test_unreachable(capsys: pytest.CaptureFixture[str]) -> None:

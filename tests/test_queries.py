@@ -17,6 +17,7 @@ from engine import (
     Runtime,
     UndeliverableError,
 )
+from tests._wait import until
 from tests.agents_for_tests import Boom, Canceller, Echo, Ping, Pong, Slow, Stepper, uv
 
 S = QueryState
@@ -62,13 +63,15 @@ async def test_failed_query_keeps_the_error() -> None:
 @uv
 async def test_pause_holds_the_tree_between_steps_and_resume_continues() -> None:
     rt = _runtime()
+    Stepper.handed_off.clear()
     q = rt.start_query(Ping(20), to=AgentId("stepper", "20"))
-    await asyncio.sleep(0.03)
+    await until(lambda: q.steps >= 3)
     q.pause()
     assert q.state is S.PAUSED
-    await asyncio.sleep(0.02)  # the step in flight finishes, the next one waits
+    # the step in flight hands off to the next hop, which waits at the step boundary
+    await until(lambda: len(Stepper.handed_off) == q.steps)
     held = q.steps
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # a window for a wrong step to run in, not a wait
     assert q.steps == held, "no step may run while paused"
     assert held < 21
     q.resume()
@@ -82,18 +85,18 @@ async def test_pause_holds_the_tree_between_steps_and_resume_continues() -> None
 async def test_cancel_is_graceful_at_the_next_step() -> None:
     rt = _runtime()
     q = rt.start_query(Ping(50), to=AgentId("stepper", "50"))
-    await asyncio.sleep(0.03)
+    await until(lambda: q.steps >= 3)
     q.cancel()
     with pytest.raises(QueryCancelled):
         await q.wait()
     assert q.state is S.CANCELLED
     done = q.steps
     assert 0 < done < 51
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # a window for a wrong step to run in, not a wait
     assert q.steps == done
     # cancelling a paused query ends it too
     q2 = rt.start_query(Ping(50), to=AgentId("stepper", "50"))
-    await asyncio.sleep(0.02)
+    await until(lambda: q2.steps >= 1)
     q2.pause()
     q2.cancel()
     with pytest.raises(QueryCancelled):
@@ -106,8 +109,8 @@ async def test_cancel_is_graceful_at_the_next_step() -> None:
 async def test_terminate_is_immediate_and_cancels_the_handler() -> None:
     rt = _runtime()
     Canceller.cancelled.clear()
-    q = rt.start_query(Slow(10), to=AgentId("c"))
-    await asyncio.sleep(0.01)
+    q = rt.start_query(Slow(30), to=AgentId("c"))
+    await until(lambda: q.steps == 1)  # the handler is running
     q.terminate()
     assert q.state is S.TERMINATED
     with pytest.raises(QueryCancelled, match="terminated"):

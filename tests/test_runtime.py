@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +24,8 @@ from engine import (
     UndeliverableError,
     handler,
 )
+from tests._clock import FakeClock
+from tests._wait import until
 from tests.agents_for_tests import (
     Boom,
     Canceller,
@@ -253,10 +255,13 @@ async def test_eviction_bounds_registry_and_recreates() -> None:
 async def test_busy_agent_is_not_evicted() -> None:
     rt = Runtime()
     rt.register("echo", Echo)
-    task = asyncio.ensure_future(rt.send(Slow(0.05), to=AgentId("echo")))
-    await asyncio.sleep(0.01)
+    task = asyncio.ensure_future(rt.send(Slow(30), to=AgentId("echo")))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
     assert await rt.evict(AgentId("echo")) is False
-    assert await task == "slept"
+    task.cancel()  # the handler ends with its sender
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await rt.idle()
     assert await rt.evict(AgentId("echo")) is True
     await rt.stop()
 
@@ -377,20 +382,20 @@ async def test_cancelling_the_sender_cancels_the_handler() -> None:
     rt = Runtime()
     rt.register("c", Canceller)
     to = AgentId("c")
-    inline = asyncio.ensure_future(rt.send(Slow(5), to=to))
-    await asyncio.sleep(0.01)
-    queued = asyncio.ensure_future(rt.send(Slow(5), to=to))
-    never = asyncio.ensure_future(rt.send(Slow(5), to=to))
-    await asyncio.sleep(0.01)
+    inline = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
+    queued = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    never = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    await until(lambda: rt.stats()["queued"] == 2)
     never.cancel()  # still in the mailbox: must never run
     inline.cancel()
-    await asyncio.sleep(0.01)  # the queued request now runs in the drain task
-    queued.cancel()
+    await until(lambda: Canceller.cancelled == [to] and rt.stats()["busy_agents"] == 1)
+    queued.cancel()  # now running in the drain task
     for task in (inline, queued, never):
         with pytest.raises(asyncio.CancelledError):
             await task
     assert Canceller.cancelled == [to, to]
-    assert await rt.send(Ping(7), to=to, timeout=1) == Pong(7)
+    assert await rt.send(Ping(7), to=to, timeout=10) == Pong(7)
     await rt.idle()
     await rt.stop()
 
@@ -400,14 +405,14 @@ async def test_mailbox_reject_policy() -> None:
     rt = Runtime()
     rt.register("echo", Echo, mailbox=2, policy="reject")
     to = AgentId("echo")
-    busy = asyncio.ensure_future(rt.send(Slow(0.02), to=to))
-    await asyncio.sleep(0)
+    busy = asyncio.ensure_future(rt.send(Slow(30), to=to))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
     queued = [asyncio.ensure_future(rt.send(Ping(i), to=to)) for i in range(2)]
-    await asyncio.sleep(0)
+    await until(lambda: rt.stats()["queued"] == 2)
     with pytest.raises(MailboxFull, match=r"mailbox of echo/default is full \(2 messages\)"):
         await rt.send(Ping(9), to=to)
+    busy.cancel()  # frees the agent: the queued ones run
     assert await asyncio.gather(*queued) == [Pong(1), Pong(2)]
-    assert await busy == "slept"
     await rt.stop()
 
 
@@ -732,10 +737,7 @@ async def test_loopback_transport_between_runtimes() -> None:
         with pytest.raises(DeadlineExceeded):
             await client.send(Slow(5), to=AgentId("echo", "slow"), timeout=0.05)
         assert await client.publish(Note("hello"), topic="remote.eu") == 0  # none locally
-        for _ in range(20):
-            if Recorder.journal:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: Recorder.journal)
         await server.idle()
         assert [e[1][1] for e in Recorder.journal if e[0] == "msg"] == [Note("hello")]
 
@@ -838,32 +840,26 @@ async def test_cancel_crosses_the_transport() -> None:
         Runtime(transport=hub.transport()) as client,
     ):
         server.register("c", Canceller)
-        task = asyncio.ensure_future(client.send(Slow(5), to=AgentId("c", "far")))
-        for _ in range(100):
-            if server.get(AgentId("c", "far")) is not None:
-                break
-            await asyncio.sleep(0.002)
+        task = asyncio.ensure_future(client.send(Slow(30), to=AgentId("c", "far")))
+        await until(lambda: server.stats()["busy_agents"] == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if Canceller.cancelled:
-                break
-            await asyncio.sleep(0.002)
+        await until(lambda: Canceller.cancelled)
         assert Canceller.cancelled == [AgentId("c", "far")]
 
 
 @uv
 async def test_nested_sends_inherit_the_deadline() -> None:
     rt = Runtime()
-    rt.register("echo", Echo)
+    rt.register("echo", Canceller)  # records that the inner request was cancelled
     rt.register("relay", Relay)
     Canceller.cancelled.clear()
-    t0 = asyncio.get_running_loop().time()
     with pytest.raises(DeadlineExceeded):
-        await rt.send(Slow(5), to=AgentId("relay", "k"), timeout=0.05)
-    assert asyncio.get_running_loop().time() - t0 < 1
-    assert await rt.send(Slow(0.001), to=AgentId("relay", "k"), timeout=1) == "slept"
+        await rt.send(Slow(30), to=AgentId("relay", "k"), timeout=0.05)
+    await until(lambda: Canceller.cancelled)  # the inner request ended with the outer one
+    assert Canceller.cancelled == [AgentId("echo", "k")]
+    assert await rt.send(Slow(0.001), to=AgentId("relay", "k"), timeout=10) == "done"
 
     class Late(engine.Agent):
         @handler
@@ -882,10 +878,10 @@ async def test_stats_gauges() -> None:
     rt = Runtime()
     rt.register("echo", Echo)
     rt.subscribe("echo", topic="t")
-    busy = asyncio.ensure_future(rt.send(Slow(0.02), to=AgentId("echo")))
-    await asyncio.sleep(0)
+    busy = asyncio.ensure_future(rt.send(Slow(30), to=AgentId("echo")))
+    await until(lambda: rt.stats()["busy_agents"] == 1)
     queued = [asyncio.ensure_future(rt.send(Ping(i), to=AgentId("echo"))) for i in range(3)]
-    await asyncio.sleep(0)
+    await until(lambda: rt.stats()["queued"] == 3)
     stats = rt.stats()
     assert stats == {
         "agents": 1,
@@ -897,7 +893,9 @@ async def test_stats_gauges() -> None:
         "remote_serving": 0,
         "subscriptions": 1,
     }
-    await asyncio.gather(busy, *queued)
+    busy.cancel()
+    await asyncio.gather(busy, *queued, return_exceptions=True)
+    assert [q.result() for q in queued] == [Pong(1), Pong(2), Pong(3)]
     assert rt.stats()["in_flight"] == 0 and rt.stats()["queued"] == 0
     await rt.stop()
 
@@ -1020,7 +1018,7 @@ async def test_handler_that_swallows_cancellation_keeps_the_agent_usable() -> No
     assert await first == "done"
     blocker = asyncio.ensure_future(rt.send(Slow(0.01), to=to))
     await asyncio.sleep(0)
-    assert await rt.send(Slow(0.001), to=to, timeout=1) == "done"  # via the drain task
+    assert await rt.send(Slow(0.001), to=to, timeout=10) == "done"  # via the drain task
     assert await blocker == "done"
     await rt.stop()
 
@@ -1053,12 +1051,14 @@ async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
     rt = Runtime()
     rt.register("echo", Echo, balance="least_outstanding")
     await rt.spawn_many([AgentId("echo", "x"), AgentId("echo", "y")])
-    slow = asyncio.ensure_future(rt.send(Slow(0.05), to=AgentId("echo", "*")))
+    slow = asyncio.ensure_future(rt.send(Slow(30), to=AgentId("echo", "*")))
     await asyncio.sleep(0)
     busy = next(a for a in rt.agents("echo") if rt.get(a)._busy)  # type: ignore[union-attr]
-    for _ in range(5):  # all go to the idle one: no waiting behind the slow request
-        assert await rt.send(Ping(1), to=AgentId("echo", "*"), timeout=0.02) == Pong(2)
-    assert await slow == "slept"
+    for _ in range(5):  # all go to the idle one: behind the slow request they would time out
+        assert await rt.send(Ping(1), to=AgentId("echo", "*"), timeout=10) == Pong(2)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
     assert busy in (AgentId("echo", "x"), AgentId("echo", "y"))
     with pytest.raises(RoutingError, match="unknown policy 'fastest'"):
         rt.register("other", Echo, balance="fastest")
@@ -1066,9 +1066,12 @@ async def test_balanced_type_least_outstanding_avoids_busy_instances() -> None:
 
 
 @uv
-async def test_context_envelope_matches_the_wire_headers() -> None:
+async def test_context_envelope_matches_the_wire_headers(
+    fake_clock: Callable[..., FakeClock],
+) -> None:
     from engine.messages import Kind, decode, decode_payload, encode
 
+    clock = fake_clock(engine.agents)
     got: list[Any] = []
 
     class Probe(Agent):
@@ -1086,7 +1089,7 @@ async def test_context_envelope_matches_the_wire_headers() -> None:
     sent, bare, published, _ = got
     assert sent.kind is Kind.SEND and sent.recipient == AgentId("probe")
     assert sent.id.origin == "o1" and sent.traceparent == "00-x"
-    assert 0 < sent.deadline - time.time() <= 5
+    assert clock.now < sent.deadline <= clock.now + 5  # UNIX time: what is left of the 5 s
     assert decode_payload(decode(encode(sent)).payload, Ping) == Ping(3)
     assert decode(encode(bare)).payload_type == "rt.Ping"  # headers only, still valid
     assert published.kind is Kind.PUBLISH and published.topic == TopicId("t")
@@ -1229,7 +1232,7 @@ async def test_deadline_heap_stays_small_and_fires_in_order() -> None:
     early = d.add(loop.time() + 0.01, tasks["early"])  # re-arms the timer earlier
     never = d.add(loop.time() + 0.02, tasks["never"])
     d.done(never)
-    await asyncio.sleep(0.06)
+    await asyncio.wait([tasks["early"], tasks["late"]], timeout=30)
     assert fired == ["early", "late"] and early[3] and late[3] and not never[3]
     tasks["never"].cancel()
     d.close()
@@ -1241,7 +1244,7 @@ def test_runtime_survives_a_new_event_loop() -> None:
     rt.register("echo", Echo)
 
     async def once() -> Any:
-        return await rt.send(Ping(1), to=AgentId("echo"), timeout=1)
+        return await rt.send(Ping(1), to=AgentId("echo"), timeout=10)
 
     assert engine.run(once()) == Pong(2)
     assert asyncio.run(once()) == Pong(2)  # timers re-armed on the new loop

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
 import pytest
 
+import engine.tools
 from engine import (
     Runtime,
     Tool,
@@ -21,6 +22,8 @@ from engine import (
     tool,
 )
 from engine.tools import ToolCache
+from tests._clock import FakeClock
+from tests._wait import until
 from tests.agents_for_tests import uv
 
 
@@ -150,28 +153,29 @@ async def test_registry_discovery_and_calls() -> None:
 
 @uv
 async def test_sync_tools_do_not_block_the_loop() -> None:
+    together = threading.Barrier(8, timeout=30)  # broken unless 8 run at once
+    loop_ran = threading.Event()  # set by the event loop while all 8 block
+    blocked: list[str] = []
+
     @tool
-    def nap(seconds: float) -> str:
-        time.sleep(seconds)
+    def nap() -> str:
+        together.wait()
+        blocked.append(threading.current_thread().name)
+        if not loop_ran.wait(30):
+            raise RuntimeError("the event loop was blocked while sync tools ran")
         return threading.current_thread().name
 
     rt = Runtime(tool_workers=8)
     rt.tools.add(nap)
-    ticks = 0
 
     async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
+        await until(lambda: len(blocked) == 8)  # the loop turns while every tool blocks
+        loop_ran.set()
 
     t = asyncio.ensure_future(ticker())
-    t0 = time.perf_counter()
-    names = await rt.tools.call_many([("nap", {"seconds": 0.2})] * 8, concurrency=8)
-    elapsed = time.perf_counter() - t0
-    t.cancel()
-    assert elapsed < 0.2 * 3, f"8 parallel 0.2 s sync tools took {elapsed:.2f}s"
-    assert ticks >= 5, "the event loop was blocked while sync tools ran"
+    names = await rt.tools.call_many([("nap", {})] * 8, concurrency=8, return_exceptions=False)
+    await t
+    assert len(set(names)) == 8, names  # eight threads of the tool pool
     assert all(n.startswith("engine-tool") for n in names)
     await rt.stop()
 
@@ -214,30 +218,36 @@ async def test_call_many_limit_order_and_exceptions() -> None:
 
 @uv
 async def test_timeout_async_and_sync() -> None:
+    release = threading.Event()
+    finished: list[str] = []
+
     @tool(timeout=0.05)
     async def hang() -> None:
-        await asyncio.sleep(10)
+        await asyncio.Event().wait()  # never set: only the timeout ends the call
+        finished.append("hang")
 
     @tool(timeout=0.05)
     def block() -> None:
-        time.sleep(0.3)
+        release.wait(30)
+        finished.append("block")
 
     rt = Runtime()
     rt.tools.add(hang)
     rt.tools.add(block)
     for name in ("hang", "block"):
-        t0 = time.perf_counter()
         with pytest.raises(ToolTimeout, match=f"tool '{name}' did not finish within 0.05s"):
-            await rt.tools.call(name)
-        assert time.perf_counter() - t0 < 0.25
+            await asyncio.wait_for(rt.tools.call(name), 30)
+    assert finished == []  # both calls gave up while their tools were still blocked
+    release.set()
     await rt.stop()
 
 
 @uv
-async def test_result_cache_size_and_ttl() -> None:
+async def test_result_cache_size_and_ttl(fake_clock: Callable[..., FakeClock]) -> None:
+    clock = fake_clock(engine.tools)
     calls = 0
 
-    @tool(cache=2, ttl=0.05)
+    @tool(cache=2, ttl=60)
     def square(n: int) -> int:
         nonlocal calls
         calls += 1
@@ -251,7 +261,7 @@ async def test_result_cache_size_and_ttl() -> None:
     assert square.cache is not None and len(square.cache) == 2
     await rt.tools.call("square", {"n": 3})
     assert calls == 4
-    await asyncio.sleep(0.06)  # everything expired
+    clock.advance(61)  # everything expired
     await rt.tools.call("square", {"n": 3})
     assert calls == 5
     assert square.cache.hits == 2

@@ -12,6 +12,7 @@ from engine.errors import UndeliverableError
 from engine.mesh import Broker, Node
 from engine.messages import AgentId, Envelope, Kind, Message, MessageIds, message_class, wire_name
 from engine.runtime._wire import MessageTypes
+from tests._wait import until
 
 pytestmark = pytest.mark.timeout(60)
 HB = 0.1
@@ -128,10 +129,7 @@ def test_same_named_classes_with_distinct_tags_cross_the_mesh(broker: Broker) ->
     async def main() -> None:
         agents = {"billing": BillingDesk, "shipping": ShippingDesk}
         async with Node(ep, agents, name="desks", heartbeat=HB), Runtime(mesh=ep) as rt:
-            for _ in range(200):
-                if set(broker.peers().get("desks", {}).get("types", [])) == set(agents):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: set(broker.peers().get("desks", {}).get("types", ())) == {*agents})
             bill = await rt.send(Billing.Order(21), to=AgentId("billing", "a"), timeout=5)
             ship = await rt.send(Shipping.Order("box"), to=AgentId("shipping", "a"), timeout=5)
             assert bill == Billing.Order(42) and type(bill) is Billing.Order

@@ -5,6 +5,10 @@ prompt of the same *kind* by cosine similarity; it is a hit when the similarity 
 kind's threshold and the entry's TTL has not passed. One VectorStore per kind, so kinds
 never answer for each other. The cache is bounded: past ``max_entries`` the oldest entries
 are evicted (in batches of 1%, so eviction cost is amortised).
+
+Callers that know more than the prompt (the LLM layer hashes model, messages, tools and
+sampling parameters) pass an exact ``key=`` and an ``accept=`` check for semantic hits;
+``semantic=False`` entries live only in the exact index.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +52,8 @@ class _Entry:
     prompt: str
     value: Any
     expires: float
+    key: Hashable  # the exact index key: ``key=`` of put, else the prompt
+    indexed: bool = True  # has a vector in the kind's store
 
 
 class SemanticCache:
@@ -70,6 +76,7 @@ class SemanticCache:
         max_entries: int = 100_000,
         index: str = "auto",
         target_recall: float = 0.90,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if max_entries < 1:
             raise VectorStoreError(f"max_entries must be >= 1, got {max_entries}")
@@ -85,7 +92,8 @@ class SemanticCache:
         self._target = target_recall
         self._stores: dict[str, VectorStore] = {}
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # insertion = age order
-        self._exact: dict[tuple[str, str], int] = {}
+        self._exact: dict[tuple[str, Hashable], int] = {}
+        self._clock = clock if clock is not None else time.time  # read now: fakeable
         self._next_id = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -107,24 +115,44 @@ class SemanticCache:
             self._stores[kind] = store
         return store
 
-    def lookup(self, prompt: str, kind: str = "response", *, vector: Any = None) -> CacheHit | None:
-        """The best entry for ``prompt`` (optionally with its precomputed ``vector``), or None."""
-        now = time.time()
-        eid = self._exact.get((kind, prompt))
+    def lookup(
+        self,
+        prompt: str,
+        kind: str = "response",
+        *,
+        vector: Any = None,
+        key: Hashable | None = None,
+        semantic: bool = True,
+        accept: Callable[[Any], bool] | None = None,
+        k: int = 1,
+    ) -> CacheHit | None:
+        """The best entry for ``prompt`` (optionally with its precomputed ``vector``), or None.
+
+        ``key`` replaces the prompt as the exact-match key; ``semantic=False`` skips the
+        search by meaning; ``accept(value)`` must hold for a semantic hit, checked on the
+        ``k`` nearest entries (best first).
+        """
+        now = self._clock()
+        eid = self._exact.get((kind, prompt if key is None else key))
         if eid is not None:
             entry = self._entries.get(eid)
             if entry is not None and entry.expires > now:
                 self.hits += 1
                 return CacheHit(entry.value, 1.0, entry.prompt, True)
-        store = self._stores.get(kind)
+        store = self._stores.get(kind) if semantic else None
         if store is not None:
-            ids, scores = store.search(self._vector(prompt, vector), k=1)
-            eid, score = int(ids[0, 0]), float(scores[0, 0])
-            if eid >= 0 and score >= self.threshold(kind):
+            ids, scores = store.search(self._vector(prompt, vector), k=k)
+            threshold = self.threshold(kind)
+            for eid, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
+                if eid < 0 or score < threshold:
+                    break
                 entry = self._entries.get(eid)
-                if entry is not None and entry.expires > now:
-                    self.hits += 1
-                    return CacheHit(entry.value, min(score, 1.0), entry.prompt, False)
+                if entry is None or entry.expires <= now:
+                    continue
+                if accept is not None and not accept(entry.value):
+                    continue
+                self.hits += 1
+                return CacheHit(entry.value, min(score, 1.0), entry.prompt, False)
         self.misses += 1
         return None
 
@@ -141,23 +169,31 @@ class SemanticCache:
         *,
         ttl: float | None = None,
         vector: Any = None,
+        key: Hashable | None = None,
+        semantic: bool = True,
     ) -> None:
-        """Cache ``value`` under ``prompt`` for ``ttl`` seconds (default: the cache's)."""
+        """Cache ``value`` under ``prompt`` for ``ttl`` seconds (default: the cache's).
+
+        ``key`` replaces the prompt as the exact-match key; ``semantic=False`` keeps the
+        entry out of the search by meaning (found only by its exact key).
+        """
         life = ttl if ttl is not None else self.ttl
         if life is not None and not life > 0:
             raise VectorStoreError(f"ttl must be positive, got {life!r}")
-        vec = self._vector(prompt, vector)
+        vec = self._vector(prompt, vector) if semantic else None
+        xkey: Hashable = prompt if key is None else key
         with self._lock:
-            old = self._exact.pop((kind, prompt), None)
+            old = self._exact.pop((kind, xkey), None)
             if old is not None:
                 self._drop([old])
             eid = self._next_id
             self._next_id += 1
-            expires = time.time() + life if life is not None else float("inf")
-            self._store(kind).add([eid], vec, ttl=life)
-            self._entries[eid] = _Entry(eid, kind, prompt, value, expires)
-            self._exact[(kind, prompt)] = eid
-            now = time.time()
+            now = self._clock()
+            expires = now + life if life is not None else float("inf")
+            if vec is not None:
+                self._store(kind).add([eid], vec, ttl=life)
+            self._entries[eid] = _Entry(eid, kind, prompt, value, expires, xkey, vec is not None)
+            self._exact[(kind, xkey)] = eid
             stale: list[int] = []
             for e in self._entries.values():  # oldest first; stop at the first live one
                 if e.expires > now or len(stale) >= 64:
@@ -179,6 +215,7 @@ class SemanticCache:
         *,
         ttl: float | None = None,
         vectors: Any = None,
+        keys: list[Hashable] | None = None,
     ) -> None:
         """Cache many entries at once (one index insertion; for warming a cache)."""
         if len(prompts) != len(values):
@@ -186,23 +223,26 @@ class SemanticCache:
         life = ttl if ttl is not None else self.ttl
         if life is not None and not life > 0:
             raise VectorStoreError(f"ttl must be positive, got {life!r}")
+        if keys is not None and len(keys) != len(prompts):
+            raise VectorStoreError(f"{len(keys)} keys for {len(prompts)} prompts")
+        xkeys: list[Hashable] = list(prompts) if keys is None else list(keys)
         vecs = (
             self.embedder.embed(prompts)
             if vectors is None
             else np.asarray(vectors, np.float32).reshape(len(prompts), -1)
         )
         with self._lock:
-            stale = [self._exact[(kind, p)] for p in prompts if (kind, p) in self._exact]
+            stale = [self._exact[(kind, x)] for x in xkeys if (kind, x) in self._exact]
             if stale:
                 self._drop(stale)
             first = self._next_id
             self._next_id += len(prompts)
             ids = list(range(first, first + len(prompts)))
             self._store(kind).add(ids, vecs, ttl=life)
-            expires = time.time() + life if life is not None else float("inf")
-            for eid, p, v in zip(ids, prompts, values, strict=True):
-                self._entries[eid] = _Entry(eid, kind, p, v, expires)
-                self._exact[(kind, p)] = eid
+            expires = self._clock() + life if life is not None else float("inf")
+            for eid, p, v, x in zip(ids, prompts, values, xkeys, strict=True):
+                self._entries[eid] = _Entry(eid, kind, p, v, expires, x)
+                self._exact[(kind, x)] = eid
             over = len(self._entries) - self.max_entries
             if over > 0:
                 victims = [e for _, e in zip(range(over), self._entries, strict=False)]
@@ -215,9 +255,10 @@ class SemanticCache:
             entry = self._entries.pop(eid, None)
             if entry is None:
                 continue
-            if self._exact.get((entry.kind, entry.prompt)) == eid:
-                del self._exact[(entry.kind, entry.prompt)]
-            by_kind.setdefault(entry.kind, []).append(eid)
+            if self._exact.get((entry.kind, entry.key)) == eid:
+                del self._exact[(entry.kind, entry.key)]
+            if entry.indexed:
+                by_kind.setdefault(entry.kind, []).append(eid)
         for kind, kids in by_kind.items():
             store = self._stores[kind]
             live = [i for i in kids if i in store]  # expired ones are gone already

@@ -14,8 +14,8 @@ noise the standard error of that median, estimated from their median absolute de
 A benchmark regresses when ``ratio - noise > 1 + threshold``.
 
 Instruction mode (``--instructions``) counts instructions of the hot-path probes in
-``benches/hotpath.py`` under ``valgrind --tool=callgrind``: deterministic, so the same
-threshold applies with zero noise.
+``benches/hotpath.py`` under ``valgrind --tool=callgrind`` (``_callgrind.py``), both sides
+at once: deterministic, so the same threshold applies with zero noise.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any, Final
 import orjson
 
 from engine.errors import GateError
+from engine.observe import _callgrind
 
 __all__ = [
     "BenchResult",
@@ -468,43 +470,6 @@ def compare_timing(
 
 # -- instruction mode -------------------------------------------------------------------
 
-#: Runs inside each side's tree under callgrind: one dump per marker (``os.sched_yield``),
-#: probe ``i``'s instructions land in part ``2 * i + 2``.
-_DRIVER: Final = r"""
-import gc, importlib.util, os, sys
-spec = importlib.util.spec_from_file_location("_engine_hotpath", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-k = int(sys.argv[2])
-names = sys.argv[3:] or sorted(mod.PROBES)
-for name in names:
-    try:
-        run = mod.PROBES[name]()
-        run(1)
-        ok = True
-    except Exception as exc:
-        print(f"PROBE-ERROR {name}: {type(exc).__name__}: {exc}", flush=True)
-        run, ok = None, False
-    gc.collect()
-    gc.disable()
-    os.sched_yield()
-    if ok:
-        run(k)
-    os.sched_yield()
-    gc.enable()
-    print(f"PROBE {name} {int(ok)}", flush=True)
-"""
-
-
-def valgrind() -> str:
-    path = shutil.which("valgrind")
-    if path is None:
-        raise GateError(
-            "valgrind is not installed (apt-get install valgrind); the instruction-count gate "
-            "needs it"
-        )
-    return path
-
 
 def count_instructions(
     side: Side,
@@ -514,47 +479,9 @@ def count_instructions(
     names: Sequence[str] = (),
 ) -> tuple[dict[str, float], list[str]]:
     """Instructions per probe iteration for ``side`` (``nan`` where a probe failed)."""
-    with tempfile.TemporaryDirectory(prefix="engine-cg-") as tmp:
-        out = Path(tmp) / "cg.out"
-        cmd = [
-            valgrind(),
-            "--tool=callgrind",
-            "--dump-before=sched_yield",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-c",
-            _DRIVER,
-            str(hotpath),
-            str(iterations),
-            *names,
-        ]
-        proc = subprocess.run(
-            cmd,
-            cwd=side.root,
-            env=child_env(side, {"PYTHONHASHSEED": "0"}),
-            capture_output=True,
-            timeout=1800,
-        )
-        text = proc.stdout.decode(errors="replace")
-        if proc.returncode != 0:
-            raise GateError(
-                f"{side.name}: probe run exited {proc.returncode}:\n"
-                + proc.stderr.decode(errors="replace")[-3000:]
-            )
-        probes = [line.split()[1:] for line in text.splitlines() if line.startswith("PROBE ")]
-        problems = [line for line in text.splitlines() if line.startswith("PROBE-ERROR")]
-        counts: dict[str, float] = {}
-        for i, (name, ok) in enumerate(probes):
-            part = Path(f"{out}.{2 * i + 2}")
-            counts[name] = _totals(part) / iterations if ok == "1" else float("nan")
-        return counts, problems
-
-
-def _totals(path: Path) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(("totals:", "summary:")):
-            return int(line.split()[1])
-    raise GateError(f"no totals in callgrind output {path}")
+    return _callgrind.count(
+        side.root, child_env(side), hotpath, iterations=iterations, names=names, label=side.name
+    )
 
 
 def compare_instructions(
@@ -574,10 +501,13 @@ def compare_instructions(
         raise GateError("iterations must be >= 1")
     for side in (base, head):
         check_imports(side)
-    log(f"counting instructions on base ({base.label}) ...")
-    b, base_problems = count_instructions(base, hotpath, iterations=iterations, names=names)
-    log(f"counting instructions on head ({head.label}) ...")
-    h, head_problems = count_instructions(head, hotpath, iterations=iterations, names=names)
+    log(f"counting instructions on base ({base.label}) and head ({head.label}) ...")
+    with ThreadPoolExecutor(2) as pool:  # two valgrinds at once: half the wall time
+        b_run, h_run = (
+            pool.submit(count_instructions, side, hotpath, iterations=iterations, names=names)
+            for side in (base, head)
+        )
+        (b, base_problems), (h, head_problems) = b_run.result(), h_run.result()
     results = []
     for name in sorted(set(b) | set(h)):
         r = BenchResult(

@@ -203,6 +203,31 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # LLM calls by provider, model and kind (engine.llm feeds these and llm_call above).
+        self.llm_calls = Counter(
+            "engine_llm_calls",
+            "LLM calls by provider, model, kind and status (ok, error, cached, refused).",
+            ["provider", "model", "kind", "status"],
+            registry=r,
+        )
+        self.llm_errors = Counter(
+            "engine_llm_errors",
+            "Failed LLM attempts by provider, model, kind and error (rate_limit, server, ...).",
+            ["provider", "model", "kind", "error"],
+            registry=r,
+        )
+        self.llm_breaker = Gauge(
+            "engine_llm_breaker_state",
+            "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+            ["provider"],
+            registry=r,
+        )
+        self.llm_cache = Counter(
+            "engine_llm_cache",
+            "LLM cache lookups by result (exact, semantic, miss).",
+            ["result"],
+            registry=r,
+        )
         self.cache_requests = Counter(
             "engine_cache_requests",
             "Semantic/tool cache lookups by result (hit, miss).",

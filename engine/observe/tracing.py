@@ -296,7 +296,7 @@ def llm_attributes(
 ) -> dict[str, str | int]:
     """OpenTelemetry GenAI semantic-convention attributes (``gen_ai.*``) for an LLM span."""
     return {
-        "gen_ai.system": system,
+        "gen_ai.provider.name": system,  # semconv 1.37+: gen_ai.system is deprecated
         "gen_ai.operation.name": operation,
         "gen_ai.request.model": model,
         "gen_ai.usage.input_tokens": prompt_tokens,
