@@ -79,7 +79,7 @@ class RawPeer:
         return [m[1:] for m in self.inbox if len(m[0]) == 5 and m[0][4] & 0x7F == kind]
 
     async def wait_for(
-        self, kind: P.FrameKind, timeout: float = 10.0, count: int = 1
+        self, kind: P.FrameKind, timeout: float = 30.0, count: int = 1
     ) -> list[list[bytes]]:
         """The bodies of the first ``count`` messages of ``kind`` (AssertionError on timeout)."""
         deadline = time.monotonic() + timeout
@@ -92,7 +92,7 @@ class RawPeer:
             f"no {count} x {kind.name} within {timeout} s; got kinds {self.kinds()}"
         )
 
-    async def welcome(self, name: str, timeout: float = 10.0, **fields: Any) -> P.Welcome:
+    async def welcome(self, name: str, timeout: float = 30.0, **fields: Any) -> P.Welcome:
         self.register(name, **fields)
         body = (await self.wait_for(P.FrameKind.REGISTER, timeout))[0]
         return msgspec.msgpack.decode(body[0], type=P.Welcome)

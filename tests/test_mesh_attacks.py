@@ -23,6 +23,7 @@ from engine.mesh import protocol as P
 from engine.mesh.protocol import FrameKind, NackCode, Role
 from engine.mesh.security import CurveClient, generate_keys
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode_payload
+from tests._wait import until
 
 pytestmark = pytest.mark.timeout(60)
 HB = 0.1
@@ -232,11 +233,8 @@ def test_registering_a_live_nodes_name_does_not_kick_it_off(broker: Broker) -> N
             Node(ep, {"echo": Echo}, name="n1", heartbeat=HB) as n1,
             MeshClient(ep, heartbeat=HB) as c,
         ):
-            task = asyncio.ensure_future(c.send(Sleep(0.3, 9), to=AgentId("echo", "k"), timeout=20))
-            for _ in range(200):
-                if broker.peers()["n1"]["inflight"]:
-                    break
-                await asyncio.sleep(0.005)
+            task = asyncio.ensure_future(c.send(Sleep(1.0, 9), to=AgentId("echo", "k"), timeout=30))
+            await until(lambda: broker.peers()["n1"]["inflight"])
             usurper = RawPeer(ep)
             usurper.register("n1", types=["echo"], credit=8)
             await usurper.wait_for(FrameKind.DISCONNECT)
@@ -264,10 +262,7 @@ def test_a_tell_is_acknowledged_only_after_it_was_handled(broker: Broker) -> Non
         ):
             await c.tell(Sleep(0.3, 1), to=AgentId("recorder", "r"))  # the node has it
             assert broker.peers()["rec"]["inflight"] == 1
-            for _ in range(1000):
-                if broker.peers()["rec"]["inflight"] == 0:
-                    break
-                await asyncio.sleep(0.002)
+            await until(lambda: broker.peers()["rec"]["inflight"] == 0)
             assert Recorder.DONE == [1]  # acknowledged only once handled
 
     run(main())
@@ -290,9 +285,7 @@ def test_the_submission_window_is_enforced() -> None:
             for i in range(200)
         ]
         raw.send_kind(FrameKind.DELIVER, *bodies)
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(raw.nacks()) < 136 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(raw.nacks()) >= 136)
         busy = [n for n in raw.nacks() if n.code == NackCode.BUSY]
         assert len(busy) == 136 and all(n.retry_ms > 0 for n in busy)
         assert b.queued == 64
@@ -318,11 +311,7 @@ def test_queued_bytes_are_bounded_per_peer() -> None:
                 FrameKind.DELIVER,
                 envelope(MessageId("big", i), to=AgentId("nobody", "k"), payload=big),
             )
-        await raw.wait_for(FrameKind.NACK)
-        for _ in range(200):
-            if len(raw.nacks()) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(raw.nacks()) >= 3)
         assert [n.code for n in raw.nacks()] == [NackCode.BUSY] * 3
         assert b.core.live_bytes <= 64 * 1024 * 1024
         raw.close()
@@ -387,12 +376,9 @@ def test_a_client_cannot_cancel_another_clients_request(broker: Broker) -> None:
             MeshClient(ep, heartbeat=HB) as victim,
         ):
             to = AgentId("echo", "a")
-            envs = [request(victim, Sleep(0.2, i), to) for i in range(3)]  # 1 runs, 2 queue
-            tasks = [asyncio.ensure_future(victim.request(e, timeout=20)) for e in envs]
-            for _ in range(200):
-                if broker.peers()["one"]["inflight"]:
-                    break
-                await asyncio.sleep(0.005)
+            envs = [request(victim, Sleep(0.5, i), to) for i in range(3)]  # 1 runs, 2 queue
+            tasks = [asyncio.ensure_future(victim.request(e, timeout=30)) for e in envs]
+            await until(lambda: broker.peers()["one"]["inflight"])
             attacker = RawPeer(ep)
             await attacker.welcome("attacker", role=Role.ORCHESTRATOR, origins=["attacker"])
             for i, env in enumerate(envs):

@@ -191,16 +191,10 @@ def test_a_runtime_acknowledges_a_tell_once_handled(broker: Broker) -> None:
         async with Runtime(mesh=ep) as rt, MeshClient(ep, heartbeat=HB) as c:
             rt.register("recorder", Recorder)
             name = rt._transport.peer.name  # type: ignore[union-attr]
-            for _ in range(200):
-                if "recorder" in broker.peers().get(name, {}).get("types", []):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: "recorder" in broker.peers().get(name, {}).get("types", []))
             await c.tell(Sleep(0.3, 1), to=AgentId("recorder", "r"))
             assert broker.peers()[name]["inflight"] == 1
-            for _ in range(1000):
-                if broker.peers()[name]["inflight"] == 0:
-                    break
-                await asyncio.sleep(0.002)
+            await until(lambda: broker.peers()[name]["inflight"] == 0)
             assert Recorder.DONE == [1]
 
     asyncio.run(asyncio.wait_for(main(), 30))
