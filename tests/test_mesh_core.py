@@ -202,6 +202,10 @@ def test_a_peer_heartbeat_is_bounded_and_a_silent_peer_dies() -> None:
     h = Harness(BrokerConfig(heartbeat=0.1))
     welcome = h.register(b"N", "node", types=["work"], credit=4, heartbeat_ms=10**9)
     assert isinstance(welcome, P.Welcome) and welcome.heartbeat_ms == 1000  # 10 x 0.1 s
+    peer = PeerCore(name="p", role=Role.WORKER, origin="p", heartbeat=10**6)
+    peer.register([], [], 0, 0.0)
+    peer.receive(P.frames(FrameKind.REGISTER, P.encode(welcome)), 0.0)
+    assert peer.heartbeat == 1.0  # the peer keeps the broker's bound
     h.register(b"C", "client", role=ORCH, origins=["C"])
     h.submit(b"C", env(MessageId("C", 1), to=WORK))
     assert h.delivered(b"N")

@@ -137,7 +137,8 @@ class MeshPeer(NodeSide):
     def broker_reachable(self) -> bool:
         """Registered, and heard from the broker within the last three heartbeats."""
         return (
-            self.core.registered and time.monotonic() - self.core.last_heard <= 3 * self.heartbeat
+            self.core.registered
+            and time.monotonic() - self.core.last_heard <= 3 * self.core.heartbeat
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -234,11 +235,11 @@ class MeshPeer(NodeSide):
         hb = P.frames(FrameKind.HEARTBEAT)
         core = self.core
         while True:
-            await asyncio.sleep(self.heartbeat)
+            await asyncio.sleep(core.heartbeat)  # ours, or the broker's bound on it
             now = time.monotonic()
             if self._sock is None:
                 continue
-            if now - core.last_heard > 3 * self.heartbeat:
+            if now - core.last_heard > 3 * core.heartbeat:
                 log.info(
                     "%s: broker silent for %.2f s; reconnecting", self.name, now - core.last_heard
                 )
@@ -248,7 +249,7 @@ class MeshPeer(NodeSide):
                 self._open()
                 continue
             if not core.registered:
-                if now - self._last_register > min(1.0, 2 * self.heartbeat):
+                if now - self._last_register > min(1.0, 2 * core.heartbeat):
                     self._send_register()
             else:
                 core.out.other.append(list(hb))

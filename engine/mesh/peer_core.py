@@ -309,6 +309,8 @@ class PeerCore:
     def _on_welcome(self, welcome: P.Welcome) -> list[Event]:
         previous, self.broker_id = self.broker_id, welcome.broker
         self.max_frame = welcome.max_frame
+        if 0 < welcome.heartbeat_ms < self.heartbeat * 1000:  # the broker bounds it
+            self.heartbeat = welcome.heartbeat_ms / 1000
         self.window = welcome.credit
         self.registered = True
         if self.keys is not None:
