@@ -312,3 +312,22 @@ def test_a_client_over_its_rate_gets_busy_with_a_retry_hint() -> None:
     h.advance(busy.retry_ms / 1000)
     h.submit(b"C", env(MessageId("C", 2), to=WORK))  # resubmitted after the hint
     assert [e.id.seq for e in h.delivered(b"N")] == [2] and not h.nacks(b"C")
+
+
+def test_a_reconnect_of_the_same_peer_keeps_its_work() -> None:
+    """A node that replaced its socket (same ``instance`` token) takes over its name and
+    in-flight work at once; another process claiming the name is told to retry."""
+    h = Harness()
+    h.register(b"N", "node", types=["work"], credit=4, instance="secret-1")
+    h.register(b"C", "client", role=ORCH, origins=["C"])
+    h.submit(b"C", env(MessageId("C", 1), to=WORK))
+    (request,) = h.delivered(b"N")
+    refused = h.register(b"X", "node", types=["work"], credit=4, instance="other")
+    assert isinstance(refused, P.Disconnect) and refused.code == DisconnectCode.RETRY
+    assert isinstance(
+        h.register(b"N2", "node", types=["work"], credit=4, instance="secret-1"), P.Welcome
+    )
+    assert b"N" not in h.core.peers and h.core.names["node"] == b"N2"
+    assert h.core.stats["redelivered"] == 0  # nothing retried: the same process holds it
+    h.reply_to(b"N2", request)
+    assert [r.correlation for r in h.replies(b"C")] == [MessageId("C", 1)]
