@@ -14,7 +14,7 @@ from engine.mesh import BrokerConfig
 from engine.mesh import protocol as P
 from engine.mesh._signing import Keys
 from engine.mesh._store import PendingMessage, pending_key
-from engine.mesh.peer_core import Delivered, PeerCore, Replied
+from engine.mesh.peer_core import Delivered, PeerCore, Replied, Welcomed
 from engine.mesh.protocol import DisconnectCode, FrameKind, NackCode, Role
 from engine.messages import AgentId, Envelope, Kind, MessageId, decode
 
@@ -331,3 +331,37 @@ def test_a_reconnect_of_the_same_peer_keeps_its_work() -> None:
     assert h.core.stats["redelivered"] == 0  # nothing retried: the same process holds it
     h.reply_to(b"N2", request)
     assert [r.correlation for r in h.replies(b"C")] == [MessageId("C", 1)]
+
+
+def test_an_hmac_peer_can_register_again_on_its_connection() -> None:
+    """A runtime announcing a new agent type sends REGISTER again: under HMAC it moves to
+    the new session without losing a message."""
+    keys = Keys([b"secret"])
+    h = Harness(keys=keys)
+    node = PeerCore(name="n1", role=Role.WORKER, origin="n1", heartbeat=0.1, keys=keys)
+    node.register(["work"], [], 8, 0.0)
+    _pipe(h, b"N", node)
+    _pipe(h, b"N", node)  # active
+    node.register(["work", "more"], [], 8, 0.0)
+    _pipe(h, b"N", node)  # the new welcome
+    _pipe(h, b"N", node)  # activates the new session
+    assert h.core.peers[b"N"].slots.keys() == {"work", "more"}
+    node.out.other.append(P.frames(FrameKind.HEARTBEAT))
+    before = h.core.stats["malformed"]
+    _pipe(h, b"N", node)
+    assert h.core.stats["malformed"] == before
+    # the broker's messages still in the old session when the peer switched are accepted
+    client = PeerCore(name="c", role=ORCH, origin="c", heartbeat=0.1, keys=keys)
+    client.register([], [], 0, 0.0)
+    _pipe(h, b"C", client)
+    _pipe(h, b"C", client)
+    node.register(["work"], [], 8, 0.0)
+    for msg in node.take_output():
+        h.send(b"N", msg)  # REGISTER again: the welcome waits in N's inbox
+    client.submit(MessageId("c", 1), env(MessageId("c", 1), to=WORK), request=True)
+    _pipe(h, b"C", client)  # delivered to N, still in N's old session
+    events = [e for msg in h.inbox.pop(b"N") for e in node.receive(msg, h.now)]
+    assert [type(e) for e in events] == [Welcomed, Delivered] or [type(e) for e in events] == [
+        Delivered,
+        Welcomed,
+    ]

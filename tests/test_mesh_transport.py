@@ -198,3 +198,31 @@ def test_a_runtime_acknowledges_a_tell_once_handled(broker: Broker) -> None:
             assert Recorder.DONE == [1]
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_runtime_announcing_types_under_hmac_keeps_serving() -> None:
+    """Registering an agent after start sends REGISTER again; under HMAC that moves the
+    connection to a new session without dropping it."""
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, hmac_key=b"k")
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        transport = MeshTransport(ep, heartbeat=HB, hmac_key=b"k")
+        async with (
+            Runtime(transport=transport) as rt,
+            MeshClient(ep, heartbeat=HB, hmac_key=b"k") as c,
+        ):
+            rt.register("doubler", Doubler)  # after start: announced by a new REGISTER
+            name = transport.peer.name
+            await until(lambda: "doubler" in b.peers().get(name, {}).get("types", []))
+            replies = [
+                await c.send(Ping(i), to=AgentId("doubler", "z"), timeout=10) for i in range(5)
+            ]
+            assert [r.n for r in replies] == [0, 2, 4, 6, 8]
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        b.stop()
+    assert b.stats["malformed"] == 0

@@ -51,6 +51,7 @@ __all__ = ["BrokerCore", "Output"]
 log = logging.getLogger("engine.mesh.broker")
 
 
+_WELCOME: Final = P.header(FrameKind.REGISTER)
 _NO_WRITES: Final = MeshWrites()  # shared, never mutated: empty lists, false
 _NO_AUDIT: Final[list[tuple[str, dict[str, Any]]]] = []
 
@@ -128,18 +129,24 @@ class BrokerCore(Registration, Flow, CoreBase):
             session, _ = self.keys.verify(signed, trailer, TO_BROKER)
             self._reply_session[ident] = session
             return peer
-        if peer is not None:
+        pending = self.pending_regs.get(ident)
+        if pending is not None:
+            try:
+                pending.session.open(signed, trailer)  # the session we gave its REGISTER
+            except ProtocolError:
+                if peer is None:
+                    raise
+            else:
+                del self.pending_regs[ident]
+                return self._activate(ident, pending.reg, pending.role, pending.key, pending.session)
+        if peer is not None:  # (re-registering: still in its current session until then)
             assert peer.session is not None
             peer.session.open(signed, trailer)
             return peer
-        pending = self.pending_regs.get(ident)
-        if pending is None:  # e.g. we restarted: answer UNKNOWN_PEER in its session
-            session, _ = self.keys.verify(signed, trailer, TO_BROKER)
-            self._reply_session[ident] = session
-            return None
-        pending.session.open(signed, trailer)  # raises unless signed in the session we gave
-        del self.pending_regs[ident]
-        return self._activate(ident, pending.reg, pending.role, pending.key, pending.session)
+        # e.g. we restarted: answer UNKNOWN_PEER in its session
+        session, _ = self.keys.verify(signed, trailer, TO_BROKER)
+        self._reply_session[ident] = session
+        return None
 
     def _forbidden(self, peer: Peer, kind: FrameKind, bodies: list[bytes]) -> None:
         self.stats["unauthorized"] += 1
@@ -293,15 +300,17 @@ class BrokerCore(Registration, Flow, CoreBase):
 
     def _sign(self, ident: bytes, peer: Peer | None, msgs: list[list[bytes]]) -> list[list[bytes]]:
         assert self.keys is not None
-        if peer is not None and peer.session is not None:
-            return [peer.session.seal(m) for m in msgs]
-        # A Welcome, or a notice to a connection without a session yet: signed in the
-        # session of the message it answers, with counter 0 (a peer accepts counter 0 only
-        # for these).
-        session = self._reply_session.get(ident)
-        if session is None:
-            return []
-        return [self.keys.sign(m, TO_PEER, session, 0) for m in msgs]
+        # A Welcome (also to a peer registering again), or a notice to a connection without
+        # a session yet: signed in the session of the message it answers, with counter 0.
+        hello = self._reply_session.get(ident)
+        current = peer.session if peer is not None else None
+        out = []
+        for m in msgs:
+            if hello is not None and (current is None or m[0] == _WELCOME):
+                out.append(self.keys.sign(m, TO_PEER, hello, 0))
+            elif current is not None:
+                out.append(current.seal(m))
+        return out
 
     def shutdown(self) -> Output:
         """DISCONNECT SHUTDOWN to every peer (the broker stops)."""

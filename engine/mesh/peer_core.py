@@ -201,6 +201,7 @@ class PeerCore:
         # HMAC: the session of the REGISTER in flight, then the broker's
         self._hello: Session | None = None
         self.session: Session | None = None
+        self._previous: Session | None = None  # the session before a re-registration
 
     # -- registration -------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class PeerCore:
         """The socket is replaced (broker silent): register again, resend on welcome."""
         self.registered = False
         self.forgotten = True
-        self.session = None
+        self.session = self._previous = None
         self._hello = None
         self.stats["reconnects"] += 1
         # what was queued for the old connection is resent on welcome (or was answered)
@@ -304,7 +305,15 @@ class PeerCore:
                 return
         if self.session is None:
             raise ProtocolError("a signed message before the welcome")
-        self.session.open(signed, trailer)
+        try:
+            self.session.open(signed, trailer)
+            self._previous = None  # the broker speaks the new session: the old one is over
+        except ProtocolError:
+            # registered again on this connection: what the broker sent before it took the
+            # new session is still signed in the old one
+            if self._previous is None:
+                raise
+            self._previous.open(signed, trailer)
 
     def _on_welcome(self, welcome: P.Welcome) -> list[Event]:
         previous, self.broker_id = self.broker_id, welcome.broker
@@ -320,7 +329,7 @@ class PeerCore:
                 session = b""
             if len(session) != 8:
                 raise ProtocolError("a welcome without an 8-byte session under HMAC")
-            self.session = Session(self.keys, session, broker=False)
+            self._previous, self.session = self.session, Session(self.keys, session, broker=False)
             self._hello = None
             self.out.other.append(P.frames(FrameKind.HEARTBEAT))  # activates the session
         forgotten, self.forgotten = self.forgotten, False
