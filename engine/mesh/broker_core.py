@@ -138,7 +138,8 @@ class BrokerCore(Registration, Flow, CoreBase):
                     raise
             else:
                 del self.pending_regs[ident]
-                return self._activate(ident, pending.reg, pending.role, pending.key, pending.session)
+                reg, role, key = pending.reg, pending.role, pending.key
+                return self._activate(ident, reg, role, key, pending.session)
         if peer is not None:  # (re-registering: still in its current session until then)
             assert peer.session is not None
             peer.session.open(signed, trailer)
