@@ -365,3 +365,16 @@ def test_an_hmac_peer_can_register_again_on_its_connection() -> None:
         Delivered,
         Welcomed,
     ]
+
+
+def test_a_peer_that_drops_a_subscription_gets_no_more_copies_of_it() -> None:
+    """Found by the 10^6 fuzz run: a topic copy queued for a peer that registered again
+    without the subscription was later delivered to it."""
+    h = Harness()
+    h.register(b"S", "sub", subscriptions=["t.*"], credit=0)  # window 0: copies wait
+    h.register(b"C", "client", role=ORCH, origins=["C"])
+    h.submit(b"C", env(MessageId("C", 1), Kind.PUBLISH, topic="t.x"))
+    assert h.core.peers[b"S"].waiting == 1 and not h.acks(b"C")
+    h.register(b"S", "sub", credit=8)  # again, subscribing to nothing
+    assert h.core.peers[b"S"].waiting == 0 and not h.delivered(b"S")
+    assert h.acks(b"C") == [MessageId("C", 1)] and not h.core.live

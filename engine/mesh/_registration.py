@@ -236,12 +236,25 @@ class Registration(CoreBase):
                 del self.origins[origin]
 
     def _requeue_unhosted(self, peer: Peer) -> None:
-        """After a re-registration: work queued here for a type it no longer hosts."""
+        """After a re-registration: work queued here for a type it no longer hosts goes
+        elsewhere; a topic copy for a topic it no longer subscribes to is dropped."""
         for d in self.dispatch.queued_for(peer):
             rec = d.env.recipient
-            if rec is not None and rec.type not in peer.slots:
+            if rec is not None:
+                if rec.type not in peer.slots:
+                    self.dispatch.drop(d, delivered=False)
+                    self._batch.append(d)
+                continue
+            topic = d.env.topic
+            try:
+                subscribed = topic is not None and peer.num in self.dispatch.router.match(
+                    topic.type
+                )
+            except RoutingError:
+                subscribed = False
+            if not subscribed:
                 self.dispatch.drop(d, delivered=False)
-                self._batch.append(d)
+                self._copy_done(d, dispatched=False)
 
     def _recover(self, peer: Peer, reg: P.Register) -> None:
         """A node names work it holds; a client names work it will resubmit (restart)."""
