@@ -6,7 +6,6 @@ import argparse
 import ipaddress
 import logging
 import signal
-import sys
 from typing import Any
 
 from engine.cli import CommandError
@@ -50,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("engine.mesh.broker").warning(
             "INSECURE: plaintext and unauthenticated on %s (no --curve-dir)", ", ".join(open_to)
         )
-        print(f"warning: insecure broker on {', '.join(open_to)} (no CURVE)", file=sys.stderr)
     weights: dict[str, int] = {}
     for item in args.tenant_weight or ():
         tenant, _, weight = item.rpartition("=")
