@@ -8,10 +8,10 @@ prometheus-client, OpenTelemetry and rich load only with the features that need 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine import errors
+from engine._lazy import lazy
 from engine.errors import (
     AuditError,
     CorruptFileError,
@@ -26,6 +26,8 @@ from engine.errors import (
     InvalidVectorError,
     MailboxFull,
     MessageTypeConflict,
+    MissingExtraError,
+    NativeFallbackWarning,
     NativeUnavailable,
     ProtocolError,
     QueryCancelled,
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
         AuditLog,
         Metrics,
         ObserveServer,
+        RedactingFilter,
         Sampler,
         Tracer,
         configure_logging,
@@ -127,6 +130,7 @@ _LAZY: dict[str, str] = {
     "AuditLog": "engine.observe",
     "Metrics": "engine.observe",
     "ObserveServer": "engine.observe",
+    "RedactingFilter": "engine.observe",
     "Sampler": "engine.observe",
     "Tracer": "engine.observe",
     "configure_logging": "engine.observe",
@@ -147,19 +151,6 @@ _LAZY: dict[str, str] = {
     "ToolRegistry": "engine.tools",
     "tool": "engine.tools",
 }
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
 
 
 __all__ = [
@@ -189,6 +180,8 @@ __all__ = [
     "MessageId",
     "MessageTypeConflict",
     "Metrics",
+    "MissingExtraError",
+    "NativeFallbackWarning",
     "NativeUnavailable",
     "ObserveServer",
     "OpenAIEmbedder",
@@ -196,6 +189,7 @@ __all__ = [
     "Query",
     "QueryCancelled",
     "QueryState",
+    "RedactingFilter",
     "RemoteError",
     "Router",
     "RouterC",
@@ -233,3 +227,5 @@ __all__ = [
     "run",
     "tool",
 ]
+
+__getattr__, __dir__ = lazy(__name__, _LAZY, __all__)

@@ -22,20 +22,35 @@ __all__ = [
     "GateError",
     "InvalidTransition",
     "InvalidVectorError",
+    "JobNotFound",
     "LLMError",
+    "LeaseLost",
     "MailboxFull",
     "MaxStepsExceeded",
     "MessageTypeConflict",
+    "MissingExtraError",
+    "NativeFallbackWarning",
     "NativeUnavailable",
+    "OrchestrationError",
+    "PlanError",
     "PriceUnknown",
     "ProtocolError",
     "ProviderError",
     "QueryCancelled",
+    "RecordTooLarge",
     "RegistrationRefused",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
+    "SchemaVersionError",
     "ScriptError",
+    "StallError",
+    "StoreClosed",
+    "StoreConflict",
+    "StoreError",
+    "StoreInputError",
+    "StoreNotFound",
+    "StoreURLError",
     "StructuredOutputError",
     "ToolError",
     "ToolNotFound",
@@ -57,6 +72,20 @@ class EngineError(Exception):
 
 class NativeUnavailable(EngineError, ImportError):
     """A compiled module is missing while ``ENGINE_REQUIRE_NATIVE=1``."""
+
+
+class MissingExtraError(EngineError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message, name=module)
+        self.module = module
+        self.extra = extra
+
+
+class NativeFallbackWarning(RuntimeWarning):
+    """A compiled module is missing and its (much slower) pure-Python twin is used; once per
+    module, never under ``ENGINE_NO_EXTENSIONS=1`` (which chooses the twins on purpose)."""
 
 
 # --- Wire format (engine.messages) and trace context
@@ -234,6 +263,53 @@ class GateError(EngineError):
     """The benchmark gate could not compare (unknown ref, failed build, broken benchmark)."""
 
 
+# --- State (engine.store)
+
+
+class StoreError(EngineError):
+    """Base class of the state store's errors (``engine.store``)."""
+
+
+class StoreURLError(StoreError, ValueError):
+    """A store URL is malformed or names a scheme no implementation serves."""
+
+
+class StoreNotFound(StoreError, FileNotFoundError):
+    """The store a URL names does not exist, and the caller asked not to create one."""
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this code, or older and not migrated."""
+
+
+class StoreClosed(StoreError):
+    """The store was closed (or its writer died); no further calls are accepted."""
+
+
+class StoreInputError(StoreError, ValueError):
+    """An argument to a store method has the wrong type, shape or size (named in the message)."""
+
+
+class RecordTooLarge(StoreInputError):
+    """A value is larger than the store's ``max_value_bytes``."""
+
+
+class JobNotFound(StoreError, LookupError):
+    """A job operation named a job the store does not hold."""
+
+
+class StoreConflict(StoreError):
+    """A compare-and-set or uniqueness check failed; ``current`` is what the store holds."""
+
+    def __init__(self, message: str, current: object = None) -> None:
+        self.current = current
+        super().__init__(message)
+
+
+class LeaseLost(StoreConflict):
+    """The caller no longer holds the job's lease (it expired and another owner took it)."""
+
+
 # --- LLM layer (engine.llm)
 
 
@@ -336,3 +412,22 @@ class MaxStepsExceeded(LLMError):
 
 class ScriptError(LLMError, LookupError):
     """A :class:`~engine.llm.ScriptedProvider` had no rule matching a call."""
+
+
+# --- Orchestration (engine.orchestration)
+
+
+class OrchestrationError(EngineError):
+    """A job could not run to its answer; the message is the reason it failed."""
+
+
+class PlanError(OrchestrationError):
+    """The model's plan was invalid, also after one repair round; ``errors`` lists why."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        self.errors = list(errors) if errors else [message]
+        super().__init__(message)
+
+
+class StallError(OrchestrationError):
+    """A job made no progress (or looped) after its last allowed replan."""

@@ -2,7 +2,7 @@
 
 FAISS trains, builds, inserts, serialises and owns the index; :class:`HnswSQ8` holds
 zero-copy views of its graph (``hnsw.neighbors``/``offsets``/``levels``) and SQ8 codes and
-walks them under ``nogil`` with FAISS's algorithm (``bindings/include/engine_hnsw.h``), so
+walks them under ``nogil`` with FAISS's algorithm (``ext/include/engine_hnsw.h``), so
 ids match ``index.search`` at the same ``efSearch`` (except k > efSearch and ties on
 duplicate-heavy data: see the header and docs/memory.md). The views are valid while the index is
 not mutated: the vector store never mutates an installed index (flushes clone it), and
@@ -15,26 +15,7 @@ from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memset
 
-cdef extern from "engine_hnsw.h" nogil:
-    ctypedef struct eh_graph:
-        const int32_t* neighbors
-        const uint64_t* offsets
-        const int32_t* levels
-        const int32_t* cum
-        const uint8_t* codes
-        int64_t n
-        int64_t d
-        int32_t entry
-        int32_t max_level
-        int l2
-    ctypedef struct eh_scratch:
-        pass
-    void eh_scratch_free(eh_scratch* s)
-    int eh_has_avx2()
-    int32_t eh_search(const eh_graph* g, eh_scratch* s, const float* q, float scale,
-                      const float* vmin, const float* vdiff, int32_t k, int32_t ef,
-                      const uint8_t* bitmap, int64_t nbits, float* out_d, int64_t* out_i,
-                      int64_t* ndis, int use_avx2)
+from engine_hnsw cimport eh_graph, eh_has_avx2, eh_scratch, eh_scratch_free, eh_search
 
 cdef int _AVX2 = eh_has_avx2()
 cdef enum:

@@ -1,4 +1,8 @@
 # cython: language_level=3, annotation_typing=False
+# SIZE: over 600 lines because the Router class body is ~840: Cython accepts `include` only
+# at module level, so a cdef class cannot be split across .pxi files; its C tables (slots,
+# types, topics, the pattern trie) share one object on purpose (one allocation discipline,
+# no calls between objects on the batch path).
 """Compiled router: the tables behind :class:`engine.routing.Router`.
 
 Python objects live only at the edges: names (AgentId, agent types, topics, pattern
@@ -25,6 +29,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memmove, memset
 
+from engine_containers cimport engine_cmp_i64, engine_grow
 from engine_debug cimport ENGINE_DEBUG
 
 from collections import OrderedDict
@@ -33,7 +38,7 @@ import numpy as np
 
 from engine.errors import RoutingError
 from engine.messages import AgentId
-from engine.routing._patterns import (
+from engine._args.routing import (
     POLICIES,
     as_index,
     as_int64,
@@ -104,23 +109,6 @@ ctypedef struct CNode:
     SubList subs  # subscribers of patterns ending here
 
 
-cdef int _grow(void **ptr, Py_ssize_t *cap, Py_ssize_t need, size_t item) except -1:
-    """Ensure ``*cap >= need`` (doubling); new memory is zeroed."""
-    cdef Py_ssize_t new_cap = cap[0] if cap[0] > 0 else 8
-    cdef void *p
-    if need <= cap[0]:
-        return 0
-    while new_cap < need:
-        new_cap *= 2
-    p = PyMem_Realloc(ptr[0], <size_t>new_cap * item)
-    if p == NULL:
-        raise MemoryError()
-    memset(<char *>p + <size_t>cap[0] * item, 0, <size_t>(new_cap - cap[0]) * item)
-    ptr[0] = p
-    cap[0] = new_cap
-    return 0
-
-
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef Py_ssize_t _sub_find(SubList *s, int64_t sub) noexcept:
@@ -140,7 +128,7 @@ cdef int _sub_add(SubList *s, int64_t sub) except -1:
     if i < s.n and s.items[i].sub == sub:
         s.items[i].count += 1
         return 0
-    _grow(<void **>&s.items, &s.cap, s.n + 1, sizeof(SubEntry))
+    engine_grow(<void **>&s.items, &s.cap, s.n + 1, sizeof(SubEntry))
     memmove(&s.items[i + 1], &s.items[i], <size_t>(s.n - i) * sizeof(SubEntry))
     s.items[i].sub = sub
     s.items[i].count = 1
@@ -163,11 +151,6 @@ cdef void _sub_free(SubList *s) noexcept:
     s.items = NULL
     s.n = 0
     s.cap = 0
-
-
-cdef int _cmp_int64(const void *a, const void *b) noexcept nogil:
-    cdef int64_t x = (<const int64_t *>a)[0], y = (<const int64_t *>b)[0]
-    return (x > y) - (x < y)
 
 
 cdef inline uint64_t _edge_key(int32_t node, int32_t seg) noexcept nogil:
@@ -261,7 +244,7 @@ cdef class Router:
         self.epoch = 1
         self.stamp = 0
         self._edges_init(64)
-        _grow(<void **>&self.out, &self.out_cap, 1024, sizeof(int64_t))  # never NULL
+        engine_grow(<void **>&self.out, &self.out_cap, 1024, sizeof(int64_t))  # never NULL
         self.nnodes = 0
         self._new_node(0)  # the root
 
@@ -302,13 +285,13 @@ cdef class Router:
             self._agents[slot] = agent
         else:
             slot = self.nslots
-            _grow(<void **>&self.slots, &self.slots_cap, slot + 1, sizeof(CSlot))
+            engine_grow(<void **>&self.slots, &self.slots_cap, slot + 1, sizeof(CSlot))
             self.nslots += 1
             self._agents.append(agent)
         self.slots[slot].type = <int32_t>tix
         self.slots[slot].outstanding = 0
         t = &self.types[tix]
-        _grow(<void **>&t.inst, &t.cap, t.n + 1, sizeof(int32_t))
+        engine_grow(<void **>&t.inst, &t.cap, t.n + 1, sizeof(int32_t))
         t.inst[t.n] = <int32_t>slot
         t.n += 1
         self._slot_of[agent] = slot
@@ -373,7 +356,7 @@ cdef class Router:
         if not create:
             raise RoutingError(f"unknown agent type {type_!r}")
         tix = self.ntypes
-        _grow(<void **>&self.types, &self.types_cap, tix + 1, sizeof(CType))
+        engine_grow(<void **>&self.types, &self.types_cap, tix + 1, sizeof(CType))
         self.ntypes += 1
         self._type_of[type_] = tix
         return tix
@@ -513,7 +496,7 @@ cdef class Router:
             self._topic_name[idx] = topic
         else:
             idx = self.ntopics
-            _grow(<void **>&self.topics, &self.topics_cap, idx + 1, sizeof(CTopic))
+            engine_grow(<void **>&self.topics, &self.topics_cap, idx + 1, sizeof(CTopic))
             self.ntopics += 1
             self._topic_name.append(topic)
         n = len(segs)
@@ -643,7 +626,7 @@ cdef class Router:
             if self.nnodes >= 0x7FFFFFFF:
                 raise RoutingError("too many pattern nodes")
             n = <int32_t>self.nnodes
-            _grow(<void **>&self.nodes, &self.nodes_cap, n + 1, sizeof(CNode))
+            engine_grow(<void **>&self.nodes, &self.nodes_cap, n + 1, sizeof(CNode))
             self.nnodes += 1
             if self.nodes_cap > self.act_cap:  # NFA state sets hold each node at most once
                 p = PyMem_Realloc(self.act_a, <size_t>self.nodes_cap * sizeof(int32_t))
@@ -780,7 +763,7 @@ cdef class Router:
 
     cdef inline int _out_reserve(self, Py_ssize_t extra) except -1:
         if self.out_n + extra > self.out_cap:
-            _grow(<void **>&self.out, &self.out_cap, self.out_n + extra, sizeof(int64_t))
+            engine_grow(<void **>&self.out, &self.out_cap, self.out_n + extra, sizeof(int64_t))
         return 0
 
     @cython.boundscheck(False)
@@ -835,7 +818,7 @@ cdef class Router:
                 o[j] = w.items[i].sub
                 j += 1
         if sources > 1:  # several sorted lists: sort the union and drop duplicates
-            qsort(o, <size_t>total, sizeof(int64_t), _cmp_int64)
+            qsort(o, <size_t>total, sizeof(int64_t), engine_cmp_i64)
             j = 1
             last = o[0]
             for i in range(1, total):
@@ -848,7 +831,7 @@ cdef class Router:
                 assert o[i - 1] < o[i], "match output must be ascending and unique"
         self.out_n = start + j
         if j > t.cache_cap:
-            _grow(<void **>&t.cache, &t.cache_cap, j, sizeof(int64_t))
+            engine_grow(<void **>&t.cache, &t.cache_cap, j, sizeof(int64_t))
         if j:
             memcpy(t.cache, self.out + start, <size_t>j * sizeof(int64_t))
         t.cache_n = j

@@ -12,74 +12,16 @@ from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memset
 
-cdef extern from *:
-    """
-    static inline int engine_popcount8(unsigned char v) { return __builtin_popcount(v); }
-    static inline int engine_ctz8(unsigned char v) { return __builtin_ctz(v); }
-    static inline Py_ssize_t engine_fastrange(unsigned long long h, Py_ssize_t cap) {
-        return (Py_ssize_t)(((unsigned __int128)h * (unsigned long long)cap) >> 64);
-    }
-    /* 16 independent float accumulators: the compiler vectorises the fixed inner loop
-       (no -ffast-math needed); 5x faster than one double accumulator on SQ8 rows
-       (benches/memory_table.py filtered section, 2026-11). */
-    static inline float engine_dot_u8(const float* w, const unsigned char* c, Py_ssize_t d) {
-        float acc[16] = {0};
-        Py_ssize_t j = 0;
-        for (; j + 16 <= d; j += 16)
-            for (int t = 0; t < 16; t++) acc[t] += w[j + t] * (float)c[j + t];
-        float s = 0.0f;
-        for (int t = 0; t < 16; t++) s += acc[t];
-        for (; j < d; j++) s += w[j] * (float)c[j];
-        return s;
-    }
-    static inline float engine_l2_u8(const float* q, const float* vmin, const float* step,
-                                     const unsigned char* c, Py_ssize_t d) {
-        float acc[16] = {0};
-        Py_ssize_t j = 0;
-        for (; j + 16 <= d; j += 16)
-            for (int t = 0; t < 16; t++) {
-                float x = vmin[j + t] + ((float)c[j + t] + 0.5f) * step[j + t];
-                float e = q[j + t] - x;
-                acc[t] += e * e;
-            }
-        float s = 0.0f;
-        for (int t = 0; t < 16; t++) s += acc[t];
-        for (; j < d; j++) {
-            float x = vmin[j] + ((float)c[j] + 0.5f) * step[j];
-            float e = q[j] - x;
-            s += e * e;
-        }
-        return s;
-    }
-    static inline float engine_dot_f32(const float* a, const float* b, Py_ssize_t d) {
-        float acc[16] = {0};
-        Py_ssize_t j = 0;
-        for (; j + 16 <= d; j += 16)
-            for (int t = 0; t < 16; t++) acc[t] += a[j + t] * b[j + t];
-        float s = 0.0f;
-        for (int t = 0; t < 16; t++) s += acc[t];
-        for (; j < d; j++) s += a[j] * b[j];
-        return s;
-    }
-    static inline float engine_l2_f32(const float* a, const float* b, Py_ssize_t d) {
-        float acc[16] = {0};
-        Py_ssize_t j = 0;
-        for (; j + 16 <= d; j += 16)
-            for (int t = 0; t < 16; t++) { float e = a[j + t] - b[j + t]; acc[t] += e * e; }
-        float s = 0.0f;
-        for (int t = 0; t < 16; t++) s += acc[t];
-        for (; j < d; j++) { float e = a[j] - b[j]; s += e * e; }
-        return s;
-    }
-    """
-    int engine_popcount8(unsigned char v) nogil
-    int engine_ctz8(unsigned char v) nogil
-    Py_ssize_t engine_fastrange(uint64_t h, Py_ssize_t cap) nogil
-    float engine_dot_u8(const float* w, const unsigned char* c, Py_ssize_t d) nogil
-    float engine_l2_u8(const float* q, const float* vmin, const float* step,
-                       const unsigned char* c, Py_ssize_t d) nogil
-    float engine_dot_f32(const float* a, const float* b, Py_ssize_t d) nogil
-    float engine_l2_f32(const float* a, const float* b, Py_ssize_t d) nogil
+from engine_hnsw cimport eh_has_avx2, eh_ip
+from engine_vectors cimport (
+    engine_ctz8,
+    engine_dot_f32,
+    engine_dot_u8,
+    engine_fastrange,
+    engine_l2_f32,
+    engine_l2_u8,
+    engine_popcount8,
+)
 
 
 ctypedef fused ns_t:
@@ -87,10 +29,6 @@ ctypedef fused ns_t:
     int16_t
     int32_t
 
-
-cdef extern from "engine_hnsw.h" nogil:
-    float eh_ip(const float* w, const uint8_t* c, int64_t d, int use_avx2)
-    int eh_has_avx2()
 
 cdef int _AVX2 = eh_has_avx2()  # AVX2/FMA kernels chosen at run time (no -march=native)
 

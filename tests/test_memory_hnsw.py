@@ -225,12 +225,12 @@ def test_store_serves_single_queries_with_the_native_walk() -> None:
     vs.add(np.arange(6000) * 3, x)
     st = vs.stats()
     assert st["walk"] == "native" and st["index"] == "hnsw"
-    main = vs._main
+    main = vs._idx.main
     assert main is not None
     q = clustered(200, 32, seed=9)
     ids, scores = vs.search(q, k=10)
     fd, fi = faiss_search(main.index, q, 10, main.params["efSearch"])
-    assert agreement(ids, vs._ext[fi]) >= 0.995  # FAISS ids are slots
+    assert agreement(ids, vs._cat.ext[fi]) >= 0.995  # FAISS ids are slots
     np.testing.assert_allclose(scores, fd, rtol=1e-4, atol=1e-4)
     one_ids, _ = vs.search(q[:1], k=10)
     assert one_ids[0].tolist() == ids[0].tolist()
@@ -263,7 +263,7 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
     vs = VectorStore(32, index="hnsw", background=True, promote_at=1000)
     vs.add(np.arange(5000), x[:5000])
     vs.wait()
-    first = vs._main
+    first = vs._idx.main
     errors: list[BaseException] = []
     stop = threading.Event()
     done = [0]
@@ -294,7 +294,7 @@ def test_online_adds_swap_the_walked_index_while_searching() -> None:
             t.join()
     assert not errors, errors
     assert done[0] > 0
-    assert vs._main is not first and vs.stats()["walk"] == "native"
+    assert vs._idx.main is not first and vs.stats()["walk"] == "native"
     ids, _ = vs.search(x[5000:9000:97], k=1)
     assert (ids[:, 0] == np.arange(5000, 9000, 97)).mean() >= 0.95
 
@@ -362,7 +362,7 @@ def test_single_call_path_matches_the_general_path() -> None:
     again = vs.search(q[:1], k=10)
     assert int(fast[0][0, 0]) not in again[0][0].tolist()
     # the walker's own bad-row report
-    w = _index.walker(vs._main, "cosine")  # type: ignore[arg-type]
+    w = _index.walker(vs._idx.main, "cosine")  # type: ignore[arg-type]
     out_d, out_i = np.empty((16, 5), np.float32), np.empty((16, 5), np.int64)
     assert w.search(bad, 5, 32, out_d, out_i) == 3
     with pytest.raises(ValueError, match="inner-product"):
@@ -493,7 +493,7 @@ def test_scratch_reserve_survives_failed_allocations(tmp_path: Path) -> None:
     succeeds with every buffer set (none left NULL behind a set sibling) and nothing leaks."""
     src = tmp_path / "harness.c"
     src.write_text(_ALLOC_HARNESS)
-    include = Path(__file__).resolve().parents[1] / "bindings" / "include"
+    include = Path(__file__).resolve().parents[1] / "ext" / "include"
     exe = tmp_path / "harness"
     subprocess.run(
         ["cc", "-O1", "-std=c11", "-D_GNU_SOURCE", f"-I{include}", str(src), "-o", str(exe)],

@@ -5,6 +5,9 @@ index-building ones run on the glue in use, to keep the suite fast."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -21,9 +24,10 @@ from engine.errors import (
     UnknownIdError,
     VectorStoreError,
 )
-from engine.memory import VectorStore, _vectors_py
+from engine.memory import VectorStore, _catalog, _search, _vectors_py
 from engine.memory import vectors as vectors_mod
 from engine.memory._native import NATIVE
+from engine.memory._pool import search_pool
 from tests._clock import FakeClock
 from tests._memory_data import clustered, exact_ids, recall
 from tests._wait import wait_until
@@ -33,7 +37,8 @@ from tests.conftest import impl_params
 @pytest.fixture(params=impl_params(_vectors_py, NATIVE))
 def glue(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     mod: ModuleType = request.param
-    monkeypatch.setattr(vectors_mod, "V", mod)
+    for user in (vectors_mod, _catalog, _search):  # every module of the store using the glue
+        monkeypatch.setattr(user, "V", mod)
     return mod
 
 
@@ -274,7 +279,7 @@ def test_other_index_kinds(kind: str, data: np.ndarray) -> None:
         assert st["index_bytes_per_vector"] < 32 * 4 * 0.6
     # all in: + int64 id, id map, alive bit (no namespace or TTL arrays: none used)
     assert st["bytes_per_vector"] > st["index_bytes_per_vector"] + 8
-    assert vs._ns is None and vs._expire is None
+    assert vs._cat.ns is None and vs._cat.expire is None
 
 
 def test_per_slot_arrays_are_lazy_and_narrow(glue: ModuleType, tmp_path: Path) -> None:
@@ -283,19 +288,19 @@ def test_per_slot_arrays_are_lazy_and_narrow(glue: ModuleType, tmp_path: Path) -
     x = clustered(400, 8, seed=2)
     vs = VectorStore(8, background=False, promote_at=10_000)
     vs.add(np.arange(100), x[:100])
-    assert vs._ns is None and vs._expire is None
+    assert vs._cat.ns is None and vs._cat.expire is None
     vs.add([1000], x[100:101], namespace="ns0")
-    assert vs._ns is not None and vs._ns.dtype == np.int8
+    assert vs._cat.ns is not None and vs._cat.ns.dtype == np.int8
     for i in range(1, 200):  # 200 namespaces: the codes outgrow int8
         vs.add([1000 + i], x[100 + i : 101 + i], namespace=f"ns{i}")
-    assert vs._ns.dtype == np.int16
+    assert vs._cat.ns.dtype == np.int16
     ids, _ = vs.search(x[299], k=3, namespace="ns199")
     assert ids[0].tolist() == [1199, -1, -1]
     vs.add([5000], x[399:400], ttl=60)
-    assert vs._expire is not None
+    assert vs._cat.expire is not None
     vs.save(tmp_path / "s.db")
     vs2 = VectorStore.load(tmp_path / "s.db", background=False)
-    assert vs2._ns is not None and vs2._ns.dtype == np.int16 and vs2._expire is not None
+    assert vs2._cat.ns is not None and vs2._cat.ns.dtype == np.int16 and vs2._cat.expire is not None
     ids, _ = vs2.search(x[250], k=1, namespace="ns150")
     assert ids[0, 0] == 1150
     assert 5000 in vs2 and len(vs2) == 301
@@ -333,3 +338,71 @@ def test_emptied_namespace_stays_empty_after_compaction(
     vs.add([20], x[:1], namespace="tenantA")  # the namespace takes vectors again
     ids, _ = vs.search(q[:1], k=4, namespace="tenantA")
     assert ids[0].tolist() == [20, -1, -1, -1]
+
+
+def _search_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vectorstore-search")]
+
+
+def test_search_pool_has_an_owner_and_a_shutdown(data: np.ndarray) -> None:
+    """Large batches run on the process's search threads: they start with the first such
+    batch, stop (joined) with ``search_pool.shutdown()``, and start again on the next."""
+    vs = VectorStore(32, background=False)
+    vs.add(np.arange(2000), data[:2000])
+    q = data[:64]  # more than the caller runs itself: split over the pool
+    search_pool.shutdown()
+    assert not search_pool.running and not _search_threads()
+    first, _ = vs.search(q, k=5)
+    assert search_pool.running and _search_threads()
+    search_pool.shutdown()
+    assert not search_pool.running and not _search_threads()
+    again, _ = vs.search(q, k=5)
+    assert (first == again).all() and (first[:, 0] == np.arange(64)).all()
+    search_pool.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_search_threads(data: np.ndarray) -> None:
+    """The parent's pool threads do not survive fork: a child's batch search must start
+    its own instead of queueing work for threads that are not there (a hang)."""
+    vs = VectorStore(32, background=False)
+    vs.add(np.arange(2000), data[:2000])
+    q = data[:64]
+    vs.search(q, k=5)  # the parent's threads exist now
+    assert search_pool.running
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 only if the batch is answered
+        code = 1
+        try:
+            signal.alarm(60)  # a hang becomes a failure, not a stuck test run
+            ids, _ = vs.search(q, k=5)
+            code = 0 if (ids[:, 0] == np.arange(64)).all() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    search_pool.shutdown()
+
+
+def test_metrics_time_every_search(data: np.ndarray) -> None:
+    """``metrics=`` feeds engine_vector_search_seconds once per search call, whichever path
+    serves it; a store without metrics keeps the plain method (no timing cost)."""
+    from engine.observe import Metrics
+
+    def searches(m: Metrics) -> float:
+        text = m.exposition().decode()
+        found = re.search(r"^engine_vector_search_seconds_count (\S+)$", text, re.M)
+        assert found, text
+        return float(found.group(1))
+
+    m = Metrics()
+    vs = VectorStore(32, background=False, metrics=m)
+    vs.add(np.arange(300), data[:300], namespace="a")
+    assert searches(m) == 0
+    ids, _ = vs.search(data[:1], k=3)
+    vs.search(data[:40], k=3)  # a batch
+    vs.search(data[:1], k=3, namespace="a")  # a filtered search
+    with pytest.raises(VectorStoreError):
+        vs.search(data[:1], k=0)  # refused calls are timed too
+    assert searches(m) == 4 and ids[0, 0] == 0
+    assert "search" not in vars(VectorStore(32))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 import engine
 from engine._native import MODULES
-from engine.errors import NativeUnavailable
+from engine.errors import NativeFallbackWarning, NativeUnavailable
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -31,9 +30,40 @@ def test_missing_module_is_an_import_error_when_native_is_required() -> None:
     assert "NativeUnavailable" in res.stderr and "_does_not_exist is not built" in res.stderr
 
 
-def test_missing_module_falls_back_when_not_required() -> None:
-    res = _python("from engine._native import load\nprint(load('_does_not_exist'))")
-    assert res.returncode == 0 and res.stdout.strip() == "None"
+def test_missing_module_falls_back_with_one_warning_when_not_required() -> None:
+    res = _python(
+        "from engine._native import pick\n"
+        "for _ in range(3):\n"
+        "    print(pick('_does_not_exist', 'X', 'twin'))\n"
+        "print(pick('_also_missing', None, 'twin2'))"
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:4] == ["(None, 'twin')"] * 3 + ["(None, 'twin2')"]
+    warned = [ln for ln in res.stderr.splitlines() if "NativeFallbackWarning" in ln]
+    assert len(warned) == 2, res.stderr  # once per missing module
+    assert "_does_not_exist is not built" in warned[0] and "25-250x slower" in warned[0]
+
+
+def test_no_extensions_chooses_the_twins_silently() -> None:
+    res = _python(
+        "import warnings\nwarnings.simplefilter('error')\n"
+        "from engine.routing import Router, RouterC, RouterPy\n"
+        "from engine.memory._native import V, VPy\n"
+        "print(Router is RouterPy, RouterC is None, V is VPy)",
+        ENGINE_NO_EXTENSIONS="1",
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True True True"
+
+
+def test_pick_returns_the_compiled_attribute(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine._native as native
+
+    router = native.load("_router")
+    if router is None:
+        pytest.skip("engine._native._router is not built")
+    assert native.pick("_router", "Router", object) == (router.Router, router.Router)
+    assert native.pick("_router", None, object) == (router, router)
 
 
 def test_no_extensions_disables_every_compiled_module() -> None:
@@ -72,20 +102,20 @@ def _fail_import(monkeypatch: pytest.MonkeyPatch, name: str, exc: ImportError) -
     monkeypatch.setattr(native.importlib, "import_module", fake)
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setattr(native, "_why", {})
+    monkeypatch.setattr(native, "_not_built", set())
+    monkeypatch.setattr(native, "_warned", set())
     monkeypatch.delenv("ENGINE_NO_EXTENSIONS", raising=False)
     monkeypatch.delenv("ENGINE_REQUIRE_NATIVE", raising=False)
 
 
-def test_a_module_that_fails_to_import_says_why(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_module_that_fails_to_import_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     import engine._native as native
 
     why = "libzmq functions not found through pyzmq"
     _fail_import(monkeypatch, "_frames", ImportError(why))
-    with caplog.at_level(logging.INFO, logger="engine.native"):
-        assert native.load("_frames") is None  # still the silent fallback...
-    assert why in caplog.text  # ...but logged
+    with pytest.warns(NativeFallbackWarning, match="built but failed to import") as caught:
+        assert native.pick("_frames", "FrameSocket", "twin") == (None, "twin")  # the fallback...
+    assert why in str(caught[0].message)  # ...says why
     assert native.native_info()["_frames"] == f"unavailable: ImportError: {why}"
 
     _fail_import(monkeypatch, "_frames", ImportError(why))

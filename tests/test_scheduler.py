@@ -361,6 +361,40 @@ def test_many_cancels_of_ready_tasks_keep_order(impl: Any) -> None:
     assert drain(s, 100) == sorted(left, key=lambda i: (prios[i], i))
 
 
+def test_a_pool_emptied_by_cancel_rejoins_the_ring_at_the_back(impl: Any) -> None:
+    """Pool 1's only ready task is cancelled; a ``pop_ready`` that finds nothing ready still
+    walks the ring and retires pool 1, so when one completion readies a task in pool 2 and
+    then one in pool 1, pool 2 is served first (the twins once disagreed: the compiled one
+    returned early and kept pool 1 at the front; hypothesis seed 17898980)."""
+    s = impl()
+    s.push(1, pool=0)
+    s.push(3, tenant=2, pool=1, deps=[1])
+    s.push(4, pool=0)
+    s.push(0, tenant=1, pool=2, deps=[4])
+    s.push(9, tenant=2, pool=1, deps=[4])
+    assert s.pop_ready(1).tolist() == [1]
+    s.complete(1)  # 3 ready: pool 1 joins the ring behind pool 0
+    assert s.pop_ready(1).tolist() == [4]
+    assert s.cancel(3).tolist() == []  # pool 1 holds nothing ready now
+    assert s.pop_ready(1).tolist() == []
+    s.complete(4)  # readies 0 (pool 2), then 9 (pool 1)
+    assert s.pop_ready(5).tolist() == [0, 9]
+
+
+def test_a_tenant_emptied_by_cancel_gets_a_fresh_turn(impl: Any) -> None:
+    """Within one pool: tenant 1's only task is cancelled while tenant 0 is served; tenant 1
+    leaves the DRR ring (deficit reset) and takes turns again once it has work."""
+    s = impl()
+    for task, tenant in ((1, 0), (2, 1), (3, 0)):
+        s.push(task, tenant=tenant)
+    assert s.pop_ready(1).tolist() == [1]
+    assert s.cancel(2).tolist() == []
+    assert s.pop_ready(5).tolist() == [3]
+    for task, tenant in ((4, 1), (5, 0), (6, 1), (7, 0)):
+        s.push(task, tenant=tenant)
+    assert s.pop_ready(10).tolist() == [4, 5, 6, 7]
+
+
 def test_memory_stays_bounded_under_churn(impl: Any) -> None:
     """Completed, cancelled and expired tasks give their memory back (C tables included:
     tracemalloc sees PyMem_* allocations): after warm-up, rounds of churn at the same load

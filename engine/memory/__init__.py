@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.memory import _faiss  # noqa: F401  (first: names the extra when FAISS is missing)
+from engine.memory._pool import SearchPool, search_pool
 from engine.memory.cache import DEFAULT_THRESHOLDS, CacheHit, SemanticCache
 from engine.memory.conversation import ConversationMemory, Turn
 from engine.memory.embedders import (
@@ -23,9 +25,11 @@ __all__ = [
     "HybridRetriever",
     "OpenAIEmbedder",
     "Retrieved",
+    "SearchPool",
     "SemanticCache",
     "SentenceTransformerEmbedder",
     "Turn",
     "VectorStore",
     "rrf",
+    "search_pool",
 ]

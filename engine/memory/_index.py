@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import ModuleType
 from typing import Any
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from engine._native import load
+from engine._native import pick
 from engine.memory import _hnsw_py
 
 # The native walk over FAISS's HNSW graph (ext/_hnsw.pyx); None when extensions are off,
-# and then HNSW searches go through FAISS's own index.search (same ids, slower).
-_HNSW = load("_hnsw")
+# and then HNSW searches go through FAISS's own index.search (same ids, slower): the twin
+# (_hnsw_py) is the tests' oracle, too slow to serve.
+_HNSW: ModuleType | None = pick("_hnsw", None, None)[0]
 
 __all__ = [
     "Built",
@@ -89,6 +91,14 @@ class Built:
         if self._codes is None:
             self._codes = codes_of(self.index, self.kind)
         return self._codes
+
+    def grown(self) -> None:
+        """The index took more vectors: drop the views of it taken so far (walker, codes)."""
+        self._walk = self._codes = None
+
+    def with_index(self, index: Any) -> Built:
+        """The same kind and tuning over ``index`` (a grown copy of this one), no views yet."""
+        return replace(self, index=index, _walk=None, _codes=None)
 
 
 def faiss_metric(metric: str) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from engine._native import load
+from engine._native import pick
 from engine.memory import _vectors_py
 
 __all__ = ["NATIVE", "V", "VPy"]
 
-NATIVE: ModuleType | None = load("_vectors")
+NATIVE: ModuleType | None
+V: ModuleType
+NATIVE, V = pick("_vectors", None, _vectors_py)
 VPy: ModuleType = _vectors_py
-V: ModuleType = NATIVE if NATIVE is not None else _vectors_py

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
-from engine._native import load
+from engine._native import pick
 from engine.mesh._frames_py import FrameSocketPy
 
 if TYPE_CHECKING:
@@ -37,9 +37,8 @@ class FrameIO(Protocol):
     def wait(self, timeout_ms: int) -> bool: ...
 
 
-_native = load("_frames")
 #: The compiled implementation, None when not built or disabled.
-FrameSocketC: type[_FrameSocketC] | None = None if _native is None else _native.FrameSocket
+FrameSocketC: type[_FrameSocketC] | None = pick("_frames", "FrameSocket", FrameSocketPy)[0]
 
 
 def frame_socket(sock: zmq.Socket[Any]) -> FrameIO:

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine._native import load
-from engine.routing._patterns import (
+from engine._args.routing import (
     KIND_DIRECT,
     KIND_TOPIC,
     KIND_TYPE,
@@ -38,6 +37,7 @@ from engine.routing._patterns import (
     parse_pattern,
     parse_topic,
 )
+from engine._native import pick
 from engine.routing._router_py import RouterPy
 
 if TYPE_CHECKING:
@@ -56,10 +56,8 @@ __all__ = [
     "parse_topic",
 ]
 
-_native = load("_router")
-
 #: The compiled router class, or ``None`` when ``engine._native._router`` is not available.
-RouterC: type[_RouterC] | None = _native.Router if _native is not None else None
-
+RouterC: type[_RouterC] | None
 #: The router to use: ``RouterC`` when built, else ``RouterPy``.
-Router: type[_RouterC] | type[RouterPy] = RouterC if RouterC is not None else RouterPy
+Router: type[_RouterC] | type[RouterPy]
+RouterC, Router = pick("_router", "Router", RouterPy)

@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import RoutingError
-from engine.messages import AgentId
-from engine.routing._patterns import (
+from engine._args.routing import (
     KIND_DIRECT,
     KIND_TOPIC,
     KIND_TYPE,
@@ -31,6 +29,8 @@ from engine.routing._patterns import (
     parse_pattern,
     parse_topic,
 )
+from engine.errors import RoutingError
+from engine.messages import AgentId
 
 __all__ = ["RouterPy"]
 

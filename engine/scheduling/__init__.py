@@ -55,20 +55,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine._native import load
+from engine._native import pick
 from engine.scheduling._scheduler_py import SchedulerPy
 
 __all__ = ["Scheduler", "SchedulerC", "SchedulerPy"]
 
-_mod = load("_scheduler")
-
 if TYPE_CHECKING:
     from engine._native._scheduler import SchedulerC as _SchedulerC
 
-    SchedulerC: type[_SchedulerC] | None
-    Scheduler: type[SchedulerPy] | type[_SchedulerC]
-
 #: The compiled scheduler, or ``None`` when the extension is not built or is disabled.
-SchedulerC = getattr(_mod, "SchedulerC", None) if _mod is not None else None
+SchedulerC: type[_SchedulerC] | None
 #: ``SchedulerC`` when available, else ``SchedulerPy``.
-Scheduler = SchedulerC if SchedulerC is not None else SchedulerPy
+Scheduler: type[SchedulerPy] | type[_SchedulerC]
+SchedulerC, Scheduler = pick("_scheduler", "SchedulerC", SchedulerPy)

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import numpy.typing as npt
 
+from engine._args import scheduling as v
 from engine.errors import CycleError, SchedulerError
-from engine.scheduling import _validate as v
 
 __all__ = ["SchedulerPy"]
 

@@ -1,0 +1,223 @@
+"""Running one subtask on a worker: the request, retries, budget grants, the reply.
+
+Every ``SubtaskRequest`` goes out through ``Runtime.send``, to an agent in this process or
+on a mesh node alike. A failure is retried per the orchestrator's :class:`RetryPolicy`
+(full-jitter backoff); a worker's ``BudgetExceeded`` is not retried, it fails the job. A
+reply is hostile until checked: it must be a ``SubtaskResult`` or a ``str``, its output
+is cut to ``MAX_OUTPUT`` characters, negative or non-finite usage counts as zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import BudgetExceeded, OrchestrationError, RemoteError
+from engine.messages import AgentId
+from engine.orchestration import _budget
+from engine.orchestration.dispatch import Run
+from engine.orchestration.ledgers import LedgerRecord, StepEntry, digest
+from engine.orchestration.worker import MAX_OUTPUT, SubtaskRequest, SubtaskResult
+
+if TYPE_CHECKING:
+    from engine.orchestration.execution import JobRun
+
+__all__ = [
+    "Finished",
+    "attempts",
+    "budget_error",
+    "describe",
+    "dropped_record",
+    "fill",
+    "step_record",
+]
+
+
+class Finished:
+    """A finished attempt waiting to be settled."""
+
+    __slots__ = (
+        "agent",
+        "attempts",
+        "budget_error",
+        "calls",
+        "cost",
+        "error",
+        "finished",
+        "output",
+        "run",
+        "started",
+        "tokens",
+        "transcript",
+    )
+
+    def __init__(self, run: Run, agent: str, started: float, attempts: int) -> None:
+        self.run = run
+        self.agent = agent
+        self.started = started
+        self.finished = time.time()
+        self.attempts = attempts
+        self.output = ""
+        self.error = ""
+        self.budget_error: BaseException | None = None
+        self.tokens = 0
+        self.cost = 0.0
+        self.calls = 0
+        self.transcript: list[str] = []
+
+
+async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
+    """Run ``run`` on ``worker`` with retries; queue the outcome on ``jr.finished``."""
+    st = run.subtask
+    s = jr.s
+    attempt = jr.attempts.get(st.id, 0) + 1
+    if attempt == 1:
+        verdict = jr.detector.delegated(st.capability, st.description)
+        if verdict.action != "continue" and jr.verdict is None:
+            jr.verdict = verdict
+    inputs = {d: jr.outputs[d] for d in st.depends_on if d in jr.outputs}
+    remote = worker.type not in s.local_types
+    started = time.time()
+    agent = str(worker)
+    jr.job.emit("subtask.started", st.id, {"agent": agent, "attempt": attempt})
+    if s.audit is not None:
+        s.audit.append(
+            "task.assigned",
+            {"job": jr.job.id, "subtask": st.id, "agent": agent, "attempt": attempt},
+        )
+    while True:
+        jr.attempts[st.id] = attempt
+        hold = None
+        grant = None
+        if remote and jr.budget is not None:
+            grant, hold = _budget.carve(jr.budget, max(1, len(jr.runs)))
+        req = SubtaskRequest(
+            job=jr.job.id,
+            subtask=st.id,
+            description=st.description,
+            capability=st.capability,
+            task=jr.job.task,
+            inputs=inputs,
+            attempt=attempt,
+            tenant=jr.job.tenant,
+            grant=grant,
+        )
+        done = Finished(run, agent, started, attempt)
+        try:
+            reply = await _send(jr, req, worker)
+        except asyncio.CancelledError:
+            if hold is not None:
+                hold.release()
+            raise
+        except Exception as exc:
+            if hold is not None:
+                hold.release()
+            budget = budget_error(exc)
+            done.finished = time.time()
+            done.error = describe(exc)
+            if budget is not None:
+                done.budget_error = budget
+            elif attempt < s.retry.attempts:
+                attempt += 1
+                await asyncio.sleep(s.retry.delay(attempt))
+                continue
+            jr.finished.append(done)
+            return
+        fill(done, reply)
+        done.finished = time.time()
+        if hold is not None:
+            hold.settle(done.tokens, done.cost, done.calls)
+        jr.finished.append(done)
+        return
+
+
+async def _send(jr: JobRun, req: SubtaskRequest, worker: AgentId) -> Any:
+    s = jr.s
+    timeout = s.retry.timeout
+    if s.tracer is None:
+        return await s.runtime.send(req, to=worker, timeout=timeout)
+    with s.tracer.span(
+        f"subtask {req.subtask}",
+        jr.traceparent,
+        kind="subtask",
+        attributes={
+            "engine.job": req.job,
+            "engine.subtask": req.subtask,
+            "engine.agent": str(worker),
+        },
+    ) as span:
+        return await s.runtime.send(req, to=worker, timeout=timeout, traceparent=span.traceparent)
+
+
+def fill(done: Finished, reply: Any) -> None:
+    """Take a worker's reply (hostile until checked) into ``done``."""
+    if isinstance(reply, SubtaskResult):
+        output = reply.output
+        done.tokens = reply.tokens if reply.tokens > 0 else 0
+        cost = reply.cost
+        done.cost = cost if isinstance(cost, float) and math.isfinite(cost) and cost > 0 else 0.0
+        done.calls = reply.calls if reply.calls > 0 else 0
+        done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
+    elif isinstance(reply, str):
+        output = reply
+    else:
+        done.error = f"worker replied {type(reply).__name__}, not SubtaskResult or str"
+        return
+    if len(output) > MAX_OUTPUT:
+        output = output[:MAX_OUTPUT] + f" …[{len(output) - MAX_OUTPUT} chars cut]"
+    done.output = output
+
+
+def budget_error(exc: BaseException) -> BaseException | None:
+    """The worker's BudgetExceeded (in process: the cause; remote: by its type name)."""
+    if isinstance(exc, BudgetExceeded):
+        return exc
+    if isinstance(exc, RemoteError):
+        if isinstance(exc.__cause__, BudgetExceeded):
+            return exc.__cause__
+        if exc.type_name == "BudgetExceeded":
+            return OrchestrationError(f"a worker's budget refused a call: {exc.message}")
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, RemoteError):
+        return f"{exc.type_name}: {exc.message}"[:2_000]
+    return f"{type(exc).__name__}: {exc}"[:2_000]
+
+
+def step_record(run: Run, done: Finished, status: str) -> LedgerRecord:
+    st = run.subtask
+    body = StepEntry(
+        run.gen,
+        st.id,
+        st.capability,
+        status,
+        done.output,
+        done.error,
+        done.attempts,
+        done.calls,
+        done.transcript,
+    )
+    return LedgerRecord(
+        agent=done.agent,
+        action="subtask",
+        input_digest=digest(st.description),
+        result_digest=digest(done.output or done.error),
+        started=done.started,
+        finished=done.finished,
+        tokens=done.tokens,
+        cost=done.cost,
+        body=body,
+    )
+
+
+def dropped_record(run: Run, dep: str) -> LedgerRecord:
+    st = run.subtask
+    now = time.time()
+    body = StepEntry(
+        run.gen, st.id, st.capability, "failed", error=f"dependency {dep} failed", attempts=0
+    )
+    return LedgerRecord("orchestrator", "drop", digest(st.description), "", now, now, 0, 0.0, body)
