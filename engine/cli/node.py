@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         agents = load_agent_classes(args.agents)
     except EngineError as exc:
-        raise CommandError(str(exc), 2) from None
+        raise CommandError(f"--agents: {exc}", 2) from None
 
     async def main() -> None:
         node = Node(
@@ -51,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.metrics_port is not None:
                 from engine.observe.instrument import serve
+                from engine.observe.metrics import default_metrics
 
-                srv = serve(node, args.metrics_port, host=args.metrics_host)
+                # the process-wide metrics: the hosted agents' LLM, cache and tool metrics
+                # go there, the node's counters are added to them
+                srv = serve(
+                    node, args.metrics_port, host=args.metrics_host, metrics=default_metrics()
+                )
             print(
                 f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
                 f"via {args.connect}",
@@ -95,7 +100,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--metrics-port",
         type=int,
         default=None,
-        help="serve /metrics and /debug/profile on this port",
+        help="serve /metrics (the node's counters and its agents' LLM, cache and tool "
+        "metrics), /debug/profile, /healthz and /readyz on this port",
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO, tracebacks")

@@ -69,9 +69,15 @@ def load_agent_classes(spec: str) -> dict[str, type]:
         if not sep or not module_name or not attr:
             raise EngineError(f"bad agent spec {item!r}: expected pkg.module:AgentClass")
         try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise EngineError(f"cannot load agent class {target!r}: {exc}") from None
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # missing, or its import fails: whatever it raises
+            raise EngineError(
+                f"cannot import {module_name!r} for {target!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            cls = getattr(module, attr)
+        except AttributeError:
+            raise EngineError(f"cannot load agent class {target!r}: no {attr!r} in it") from None
         if not isinstance(cls, type):
             raise EngineError(f"{target!r} is not a class")
         out[explicit or type_name_of(cls)] = cls
