@@ -98,3 +98,17 @@ class Recorder(Agent):
     async def on_sleep(self, msg: Sleep, ctx: Context) -> None:
         await asyncio.sleep(msg.seconds)
         Recorder.DONE.append(msg.n)
+
+
+class Metered(Agent):
+    """Records one LLM call per Ping in the process-wide metrics, as an LLM-calling agent's
+    provider does (``engine.llm`` reports to ``default_metrics()``)."""
+
+    type_name = "metered"
+
+    @handler
+    async def on_ping(self, msg: Ping, ctx: Context) -> Pong:
+        from engine.observe.metrics import default_metrics
+
+        default_metrics().llm_call("node-test-model", 0.01, prompt_tokens=msg.n)
+        return Pong(msg.n, node=_node())

@@ -166,3 +166,42 @@ def test_secret_key_files_are_never_readable_by_others(
     for secret in (tmp_path / "keys").glob("*.key_secret"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert not list((tmp_path / "keys").glob(".keys-*"))  # the private folders are gone
+
+
+def test_node_metrics_show_its_agents_llm_metrics_and_its_counters() -> None:
+    """``engine node --metrics-port`` serves the process-wide metrics (where the hosted
+    agents' LLM metrics go) with the node's own counters added."""
+    import urllib.request
+
+    from mesh_procs import Proc
+
+    from engine.mesh import MeshClient
+
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB)
+    b.start()
+    try:
+        node = Proc(
+            ["node", "--connect", b.endpoints[0], "--agents", "mesh_agents:Metered",
+             "--name", "metered-1", "--heartbeat", str(HB), "--metrics-port", "0"],
+            "/metrics",
+        )  # fmt: skip
+        try:
+            url = node.line.split("metrics on ", 1)[1].split()[0]
+
+            async def ask() -> Any:
+                async with MeshClient(b.endpoints[0], name="metered-c") as c:
+                    return await c.send(Ping(7), AgentId("metered", "k"), timeout=20)
+
+            assert run(ask()).n == 7
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            assert (
+                'engine_llm_tokens_total{kind="prompt",model="node-test-model"} 7.0' in text
+                or 'engine_llm_tokens_total{model="node-test-model",kind="prompt"} 7.0' in text
+            ), text
+            assert 'engine_node_agents{agent_type="metered",node="metered-1"} 1.0' in text
+            assert 'engine_messages_total{kind="executed"}' in text
+        finally:
+            node.stop()
+    finally:
+        b.stop()
