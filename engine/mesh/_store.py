@@ -11,7 +11,9 @@ anything that depends on it (write-ahead). The interface the broker uses is exac
   start);
 - ``dead_letters(limit) -> list[DeadLetter]``, ``remove_dead_letters(ids) -> int``: the
   DLQ, for ``engine dlq``;
-- ``close()``.
+- ``close()``;
+- ``path``: the SQLite file, ``None`` for an in-memory store (``/readyz`` checks that the
+  file accepts a write: ``engine.observe.health.broker_checks``).
 
 The names match ``engine.store``'s mesh part (``Store.mesh_apply``, ``Store.mesh_pending``,
 ``Store.dead_letters``, ``Store.remove_dead_letters``, ``MeshWrites``, ``PendingMessage``,
