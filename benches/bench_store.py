@@ -398,10 +398,13 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
     out.append(graph_sync("graph: SqliteSaver", saver))
     conn.close()
     with EngineSaver(f"sqlite:///{tmp / 'g_engine.db'}", keep_checkpoints=None) as es:
+        es.setup()  # opened outside the timing, as the LangGraph savers' setup() is
         out.append(graph_sync("graph: EngineSaver sqlite (sync graph)", es))
 
     async def open_engine(url: str) -> Any:
-        return EngineSaver(url, keep_checkpoints=None)
+        saver = EngineSaver(url, keep_checkpoints=None)
+        await saver.asetup()
+        return saver
 
     async def close_engine(s: Any) -> None:
         await s.aclose()
@@ -430,6 +433,7 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
             ps.setup()
             out.append(graph_sync("graph: PostgresSaver", ps))
         with EngineSaver(_db(pg, "g_engine"), keep_checkpoints=None) as es:
+            es.setup()
             out.append(graph_sync("graph: EngineSaver postgres (sync graph)", es))
         eurl = _db(pg, "g_engine_async")
         out.append(

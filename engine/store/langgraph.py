@@ -79,6 +79,16 @@ class _Write(msgspec.Struct, array_like=True, gc=False):
     value: bytes
 
 
+class _Put(msgspec.Struct, gc=False):
+    """A checkpoint serialized for the store."""
+
+    thread: str
+    ns: str
+    checkpoint_id: str
+    blob: bytes
+    meta: bytes
+
+
 _enc = msgspec.msgpack.Encoder()
 _meta_dec = msgspec.msgpack.Decoder(_Meta)
 _write_dec = msgspec.msgpack.Decoder(_Write)
@@ -131,6 +141,10 @@ async def _resume(coro: Coroutine[Any, Any, T], waiting: Any) -> T:
         except StopIteration as stop:
             result: T = stop.value
             return result
+
+
+async def _opened(store: Store) -> None:
+    """Nothing to do: reaching here opened the store."""
 
 
 class EngineSaver(BaseCheckpointSaver[str]):
@@ -229,6 +243,15 @@ class EngineSaver(BaseCheckpointSaver[str]):
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def setup(self) -> None:
+        """Open the store now (creating or migrating its schema), as LangGraph's own savers'
+        ``setup()`` does; optional: otherwise the first call opens it."""
+        self._sync(_opened)
+
+    async def asetup(self) -> None:
+        """``setup()`` for async code."""
+        await self._run(_opened)
+
     async def aclose(self) -> None:
         """Commit and close the store this saver opened (an open ``Store`` given to it is
         left to its owner)."""
@@ -306,7 +329,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await self._run(lambda s: self._put(s, config, checkpoint, metadata))
+        put = self._encode_put(config, checkpoint, metadata)
+        return await self._run(lambda s: self._put(s, put))
 
     async def aput_writes(
         self,
@@ -315,7 +339,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self._run(lambda s: self._put_writes(s, config, writes, task_id, task_path))
+        job, entries = self._encode_writes(config, writes, task_id, task_path)
+        await self._run(lambda s: s.append_ledger(job, entries))
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._run(lambda s: self._delete_thread(s, str(thread_id)))
@@ -348,7 +373,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self._sync(lambda s: self._put(s, config, checkpoint, metadata))
+        put = self._encode_put(config, checkpoint, metadata)
+        return self._sync(lambda s: self._put(s, put))
 
     def put_writes(
         self,
@@ -357,7 +383,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self._sync(lambda s: self._put_writes(s, config, writes, task_id, task_path))
+        job, entries = self._encode_writes(config, writes, task_id, task_path)
+        self._sync(lambda s: s.append_ledger(job, entries))
 
     def delete_thread(self, thread_id: str) -> None:
         self._sync(lambda s: self._delete_thread(s, str(thread_id)))
@@ -379,15 +406,13 @@ class EngineSaver(BaseCheckpointSaver[str]):
             self._versions.popitem(last=False)
         return version
 
-    async def _put(
-        self,
-        store: Store,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-    ) -> RunnableConfig:
+    def _encode_put(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> _Put:
+        """Serialize a checkpoint (pure CPU, in the caller's thread: PERF, a sync put's
+        serialization then overlaps the store's round trip for the step's put_writes
+        instead of queueing behind it, benches/bench_store.py's sync graph)."""
         thread, ns, parent = _conf(config)
-        job = PREFIX + thread
         type_, blob = self.serde.dumps_typed(checkpoint)
         md = orjson.dumps(
             get_checkpoint_metadata(config, metadata),
@@ -395,10 +420,16 @@ class EngineSaver(BaseCheckpointSaver[str]):
             option=orjson.OPT_NON_STR_KEYS,
         )
         meta = _enc.encode(_Meta(ns, checkpoint["id"], parent, type_, md))
-        name = _name(ns, checkpoint["id"])
+        return _Put(thread, ns, checkpoint["id"], blob, meta)
+
+    async def _put(self, store: Store, put: _Put) -> RunnableConfig:
+        job = PREFIX + put.thread
+        name = _name(put.ns, put.checkpoint_id)
         for attempt in range(3):
             try:
-                await store.put_checkpoint(job, self._next_version(job), blob, meta=meta, name=name)
+                await store.put_checkpoint(
+                    job, self._next_version(job), put.blob, meta=put.meta, name=name
+                )
                 break
             except StoreConflict:
                 if attempt == 2:
@@ -408,17 +439,17 @@ class EngineSaver(BaseCheckpointSaver[str]):
                     await store.delete_checkpoints(job, [old.version])
                 latest = await store.list_checkpoints(job, limit=1)
                 self._next_version(job, latest[0].version + 1 if latest else 0)
-        return {"configurable": {"thread_id": thread, "checkpoint_ns": ns,
-                                 "checkpoint_id": checkpoint["id"]}}  # fmt: skip
+        return {"configurable": {"thread_id": put.thread, "checkpoint_ns": put.ns,
+                                 "checkpoint_id": put.checkpoint_id}}  # fmt: skip
 
-    async def _put_writes(
+    def _encode_writes(
         self,
-        store: Store,
         config: RunnableConfig,
         writes: Sequence[tuple[str, Any]],
         task_id: str,
         task_path: str,
-    ) -> None:
+    ) -> tuple[str, builtins.list[LedgerEntry]]:
+        """A task's writes as ledger entries of the thread's job (pure CPU)."""
         thread, ns, checkpoint_id = _conf(config)
         if checkpoint_id is None:
             raise ValueError("put_writes needs a config with a checkpoint_id")
@@ -435,7 +466,7 @@ class EngineSaver(BaseCheckpointSaver[str]):
                     data=_enc.encode(_Write(task_id, task_path, i, channel, type_, blob)),
                 )
             )
-        await store.append_ledger(PREFIX + thread, entries)
+        return PREFIX + thread, entries
 
     async def _writes(
         self, store: Store, job: str, name: str
