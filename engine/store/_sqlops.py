@@ -329,6 +329,7 @@ def release_job(d: Dialect, job_id: str, owner: str) -> Op:
 
 _LEDGER_INSERT = "INSERT INTO engine_ledger (job_id, id, ledger, data, at) "
 _LEDGER_CONFLICT = " ON CONFLICT (job_id, id) DO NOTHING"
+_SQLITE_ROWS = 1000  # 5 parameters each, well under SQLite's 32,766 per statement
 # PostgreSQL: the entries as arrays, in order, so that any number of them is one statement
 LEDGER_ROWS = (
     "SELECT ?, e.id, e.ledger, e.data, e.at FROM unnest(?::text[], ?::text[], ?::bytea[], "
@@ -348,20 +349,25 @@ def ledger_columns(job_id: str, entries: list[LedgerEntry]) -> tuple[Any, ...]:
 
 
 def append_ledger(d: Dialect, job_id: str, entries: list[LedgerEntry]) -> Op:
-    if d is POSTGRES:  # PERF: one statement; executemany pipelines a send per row
+    """One statement for the usual number of entries (on its own, it commits alone).
+
+    PERF: PostgreSQL's executemany pipelines a send per row; SQLite's multi-row VALUES
+    takes 3.1 us per row against executemany's 3.9 (60-entry steps, thread CPU time).
+    """
+    if d is POSTGRES:
         yield X(
             f"{_LEDGER_INSERT}{LEDGER_ROWS} ORDER BY e.n{_LEDGER_CONFLICT}",
             ledger_columns(job_id, entries),
             autocommit=True,
         )
-    elif len(entries) == 1:
-        e = entries[0]
+    elif len(entries) <= _SQLITE_ROWS:
         yield X(
-            f"{_LEDGER_INSERT}VALUES (?, ?, ?, ?, ?){_LEDGER_CONFLICT}",
-            (job_id, e.id, e.ledger, e.data, e.at),
+            f"{_LEDGER_INSERT}VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(entries))}"
+            f"{_LEDGER_CONFLICT}",
+            [v for e in entries for v in (job_id, e.id, e.ledger, e.data, e.at)],
             autocommit=True,
         )
-    else:
+    else:  # beyond SQLite's bound parameters per statement: one row at a time
         yield XM(
             f"{_LEDGER_INSERT}VALUES (?, ?, ?, ?, ?){_LEDGER_CONFLICT}",
             [(job_id, e.id, e.ledger, e.data, e.at) for e in entries],

@@ -42,6 +42,19 @@ async def test_ledger_keeps_a_given_timestamp(backend: Backend) -> None:
         await s.append_ledger("j", [LedgerEntry(id="a", data=b"", at=12.5)])
         (entry,) = await s.read_ledger("j")
         assert entry.at == 12.5 and entry.ledger == ""
+        # the general checks still accept what the fast path passes on to them
+        await s.append_ledger(
+            "j",
+            [
+                LedgerEntry(id="étape", data=bytearray(b"ba"), ledger="journal-é"),  # type: ignore[arg-type]
+                LedgerEntry(id="int-at", data=memoryview(b"mv"), at=7),  # type: ignore[arg-type]
+                LedgerEntry(id="before-1970", data=b"", at=-1.5),
+            ],
+        )
+        got = {e.id: e for e in await s.read_ledger("j")}
+        assert (got["étape"].data, got["étape"].ledger) == (b"ba", "journal-é")
+        assert (got["int-at"].data, got["int-at"].at) == (b"mv", 7.0)
+        assert got["before-1970"].at == -1.5
 
 
 @uv

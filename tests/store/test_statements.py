@@ -48,11 +48,23 @@ async def test_sqlite_lone_writes_are_one_statement(tmp_path: Path) -> None:
         assert _first_words(seen) == ["INSERT", "INSERT", "INSERT"]
         seen.clear()
         await s.put_checkpoint("j", 3, _state(3), ledger=_entries("b", "c"))
-        assert _first_words(seen) == ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
+        assert _first_words(seen) == ["BEGIN", "INSERT", "INSERT", "COMMIT"]  # both entries
         s._conn.set_trace_callback(None)  # type: ignore[attr-defined]
         assert [e.id for e in await s.read_ledger("j")] == ["a", "b", "c"]
         ck = await s.get_checkpoint("j")
         assert ck is not None and ck.version == 3 and ck.state == _state(3)
+    async with engine.store.open(f"sqlite:///{tmp_path / 'k.db'}", keep_checkpoints=2) as s:
+        seen = []
+        s._conn.set_trace_callback(seen.append)  # type: ignore[attr-defined]
+        await s.put_checkpoint("j", 1, _state(1))
+        # the retention looks up the cut; below it nothing to hide or delete
+        assert _first_words(seen) == ["BEGIN", "INSERT", "SELECT", "COMMIT"]
+        await s.put_checkpoint("j", 2, _state(2))
+        seen.clear()
+        await s.put_checkpoint("j", 3, _state(3))
+        assert _first_words(seen) == ["BEGIN", "INSERT", "SELECT", "DELETE", "UPDATE", "COMMIT"]
+        s._conn.set_trace_callback(None)  # type: ignore[attr-defined]
+        assert [c.version for c in await s.list_checkpoints("j")] == [3, 2]
 
 
 def _trace(tmp_path: Path, conn: Any) -> Iterator[list[str]]:
