@@ -582,8 +582,9 @@ def results() -> Iterator[list[Result]]:
     yield run_all()
 
 
-# The gates hold what is reached (docs/performance.md "store"), below issue 15's targets
-# (5x SQLite, 3x PostgreSQL, 1.5x in the graph), which this machine did not reach.
+# The gates hold what every run on the loaded 2-core machine reached (docs/performance.md
+# "store"), below issue 15's targets (5x SQLite, 3x PostgreSQL, 1.5x in the graph), which
+# quiet runs reach and loaded ones not always.
 def test_store_checkpoint_table(results: list[Result], bench_report: list[str]) -> None:
     bench_report += [
         "store: checkpoint writes, same run, commit per checkpoint",
@@ -592,12 +593,13 @@ def test_store_checkpoint_table(results: list[Result], bench_report: list[str]) 
     ]
     r = by_name(results)
     lg = max(r["langgraph SqliteSaver"].rate, r["langgraph AsyncSqliteSaver"].rate)
-    assert r["engine sqlite (delta)"].rate >= 2 * lg
+    assert r["engine sqlite (delta)"].rate >= 3 * lg
     assert r["engine sqlite (ledger + small checkpoint)"].rate >= 5 * lg
     assert r["engine sqlite (delta)"].bytes_per <= r["langgraph SqliteSaver"].bytes_per
     if "engine postgres (delta)" in r:
         lgp = max(r["langgraph PostgresSaver"].rate, r["langgraph AsyncPostgresSaver"].rate)
-        assert r["engine postgres (delta)"].rate >= 1.2 * lgp
+        assert r["engine postgres (delta)"].rate >= 2 * lgp
+        assert r["engine postgres (ledger + small checkpoint)"].rate >= 3 * lgp
         assert r["engine postgres (delta)"].bytes_per <= r["langgraph PostgresSaver"].bytes_per
 
 
@@ -609,6 +611,9 @@ def test_entries_encoded_once_make_the_same_bytes() -> None:
 def test_engine_saver_in_the_same_graph(results: list[Result]) -> None:
     r = by_name(results)
     assert r["graph: EngineSaver sqlite (sync graph)"].rate >= r["graph: SqliteSaver"].rate
+    if "graph: PostgresSaver" in r:
+        best = max(r["graph: PostgresSaver"].rate, r["graph: PostgresSaver (pool)"].rate)
+        assert r["graph: EngineSaver postgres (sync graph)"].rate >= best
 
 
 if __name__ == "__main__":
