@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine._extras import require
 from engine.messages import AgentId
 from engine.routing import KIND_DIRECT, KIND_TOPIC, RouterC, RouterPy
 from engine.scheduling import SchedulerC, SchedulerPy
@@ -86,6 +87,7 @@ def measure(quick: bool = False) -> list[Row]:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("rich", extra="cli", feature="engine demo")
     from rich.console import Console
     from rich.table import Table
 
