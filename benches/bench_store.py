@@ -20,7 +20,10 @@ ratios.
   either way, but with fsync on a WAL flush (~9 ms on the 2-core development VM) bounds them
   all near the disk's rate and the ratio measures the disk, not the code.
 - Every contender runs ``ENGINE_BENCH_STORE_REPS`` times (5), interleaved with the others;
-  the best run counts (the machine is shared and noisy).
+  the table shows each one's best run (the machine is shared and noisy), and each ratio is
+  given twice: between the best runs, and as the median (with the range) of the ratios
+  taken inside each repetition, where both sides ran minutes apart at most under the same
+  load. A lucky quiet minute for one side moves the first, not the second.
 - The LangGraph graph part runs one graph (a node appending to the ledger, 1,000 steps) with
   each saver at ``durability="sync"``; ``InMemorySaver`` shows what the graph alone allows.
   Every saver is set up (tables created, store opened) before the timing. ``PostgresSaver``
@@ -473,11 +476,15 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
 # -- running it all --------------------------------------------------------------------
 
 
+REPETITIONS: list[dict[str, Result]] = []  # every repetition's results (``run_all`` fills it)
+
+
 def run_all() -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="engine-bench-store-"))
     bindir = find_pg_bin()
     pg = PgServer(bindir, fsync=PG_FSYNC) if bindir is not None else None
     best: dict[str, Result] = {}
+    REPETITIONS.clear()
     try:
         for rep in range(REPS):
             _REP[0] = rep
@@ -487,6 +494,7 @@ def run_all() -> list[Result]:
             if pg is not None:
                 results += pg_contenders(pg)
             results += graph_contenders(tmp, pg)
+            REPETITIONS.append(by_name(results))
             for r in results:
                 if r.name not in best or r.rate > best[r.name].rate:
                     best[r.name] = r
@@ -513,6 +521,21 @@ def by_name(results: list[Result]) -> dict[str, Result]:
     return {r.name: r for r in results}
 
 
+def paired(ours: str, theirs: list[str]) -> str:
+    """The median (and range) over the repetitions of ours / the fastest of theirs."""
+    got = []
+    for rep in REPETITIONS:
+        present = [rep[t].rate for t in theirs if t in rep]
+        if ours in rep and present:
+            got.append(rep[ours].rate / max(present))
+    if not got:
+        return ""
+    got.sort()
+    mid = len(got) // 2
+    median = got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
+    return f"; per repetition: median {median:.2f}x ({got[0]:.2f}-{got[-1]:.2f}, n={len(got)})"
+
+
 def ratios(results: list[Result]) -> list[str]:
     r = by_name(results)
     out = []
@@ -524,6 +547,7 @@ def ratios(results: list[Result]) -> list[str]:
             out.append(
                 f"{label}: {r[ours].rate / r[best].rate:.2f}x {best} "
                 f"(bytes {r[ours].bytes_per / max(r[best].bytes_per, 1):.3f}x)"
+                + paired(ours, theirs)
             )
 
     line(
@@ -551,7 +575,9 @@ def ratios(results: list[Result]) -> list[str]:
         present = [t for t in rivals if t in r]
         if ours in r and present:
             theirs = max(present, key=lambda t: r[t].rate)
-            out.append(f"{ours} vs {theirs}: {r[ours].rate / r[theirs].rate:.2f}x")
+            out.append(
+                f"{ours} vs {theirs}: {r[ours].rate / r[theirs].rate:.2f}x" + paired(ours, rivals)
+            )
     line(
         "engine sqlite, entries encoded once, vs LangGraph SQLite",
         "engine sqlite (delta, entries encoded once)",
