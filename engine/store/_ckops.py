@@ -17,14 +17,13 @@ from typing import Any
 from engine.errors import StoreConflict, StoreError
 from engine.store._delta import apply_delta
 from engine.store._sqlops import (
-    LEDGER_ROWS,
     Dialect,
     Later,
     Op,
     Q,
     X,
     append_ledger,
-    ledger_columns,
+    ledger_rows,
 )
 from engine.store.base import Checkpoint, LedgerEntry
 
@@ -116,11 +115,12 @@ def _statement(
     )
     extra: tuple[Any, ...] = ()
     if ledger:
+        rows, led_params = ledger_rows(ck.job_id, ledger)
         text += (
-            f", led AS (INSERT INTO engine_ledger (job_id, id, ledger, data, at) {LEDGER_ROWS} "
+            f", led AS (INSERT INTO engine_ledger (job_id, id, ledger, data, at) {rows} "
             "WHERE EXISTS (SELECT 1 FROM ck) ORDER BY e.n ON CONFLICT (job_id, id) DO NOTHING)"
         )
-        extra += ledger_columns(ck.job_id, ledger)
+        extra += led_params
     if keep is not None:
         text += _retention_cte(keep)
         extra += (ck.job_id,) * (3 if keep == 1 else 4)
