@@ -89,8 +89,9 @@ class Lane:
                 assert self._url is not None
                 store = await engine.store.open(self._url, **self._options)
             except BaseException as exc:
-                self._opening.set_exception(exc)
-                self._opening = None
+                opening, self._opening = self._opening, None
+                opening.set_exception(exc)
+                opening.exception()  # raised here; calls waiting on it get it too, unlogged
                 raise
             self._store = store
             self._opening.set_result(store)
