@@ -32,6 +32,8 @@ helper thread instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.errors import StoreError
 from engine.messages import MessageId
 from engine.store import base as stored
 from engine.store._lane import Lane
@@ -136,6 +139,46 @@ async def _opened(store: stored.Store) -> None:
     """Nothing to do: reaching here opened the store."""
 
 
+# The tables of the broker's own SQLite store before it moved onto engine.store.
+_LEGACY = ("mesh_pending", "mesh_dead")
+_IMPORT_LEGACY = """
+BEGIN IMMEDIATE;
+INSERT INTO engine_mesh_pending (broker, key, envelope)
+    SELECT '', key, envelope FROM mesh_pending ORDER BY rowid
+    ON CONFLICT (broker, key) DO UPDATE SET envelope = excluded.envelope;
+INSERT INTO engine_mesh_dead (broker, key, envelope, reason, attempts, at)
+    SELECT '', key, envelope, reason, attempts, at FROM mesh_dead ORDER BY id;
+DROP TABLE mesh_pending;
+DROP TABLE mesh_dead;
+COMMIT;
+"""
+
+
+def _legacy_tables(path: Path) -> bool:
+    """Whether the SQLite file holds the tables of the broker's earlier store."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return False  # not SQLite: engine.store says what is wrong with it
+    return set(_LEGACY) <= {r[0] for r in rows}
+
+
+def _import_legacy(path: Path) -> None:
+    """Move the earlier store's messages into the engine tables, in one transaction."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10.0)) as db:
+        try:
+            db.executescript(_IMPORT_LEGACY)
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(
+                f"cannot import the broker's earlier tables in {path}: {exc}"
+            ) from None
+
+
 class DurableStore(MemoryStore):
     """Pending messages and dead letters in an :mod:`engine.store` store (SQLite or
     PostgreSQL). ``create=False`` opens an existing store only (``engine dlq``)."""
@@ -145,14 +188,18 @@ class DurableStore(MemoryStore):
         parsed = parse_url(url)  # StoreURLError (an EngineError) names what is wrong
         self.url = url
         self.path = Path(parsed.target) if parsed.kind == "sqlite" else None
+        # a broker store written before the move: its messages are imported, never dropped
+        legacy = self.path is not None and _legacy_tables(self.path)
         options: dict[str, Any] = {
-            "create": create,
+            "create": create or legacy,
             "durability": "commit",
             "max_dead_letters": max_dead,
         }
         self._lane = Lane(url, None, options)
         try:
             self._call(self._lane.sync, _opened)  # a store that cannot open fails here
+            if legacy and self.path is not None:
+                _import_legacy(self.path)
         except BaseException:
             self._call(self._lane.close)  # the lane's private event loop
             raise
