@@ -40,8 +40,8 @@ def quiet() -> Iterator[None]:
 @pytest.fixture
 def untraced() -> Iterator[None]:
     """Coverage off while fuzzing: under load, traced, this one test took 293 s of a
-    17-minute `make test` (190 s untraced, another loaded run), and the examples cover no
-    line the core's own tests do not."""
+    17-minute `make test` (190 s untraced, another loaded run); the coverage report then
+    leaves out what only the fuzz reaches."""
     try:
         import coverage
     except ImportError:  # pragma: no cover - coverage is in the dev group
