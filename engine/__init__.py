@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine import errors
+from engine import _transports, errors
 from engine._lazy import lazy
 from engine.errors import (
     AuditError,
@@ -106,6 +106,15 @@ if TYPE_CHECKING:
     )
 
 __version__ = "0.1.0"
+
+
+def _mesh_transport(address: str) -> Transport:  # issue 18: engine.mesh registers this itself
+    from engine.mesh.transport import MeshTransport
+
+    return MeshTransport(address)
+
+
+_transports.register_transport("mesh", _mesh_transport)
 
 # public name -> the module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
