@@ -19,7 +19,7 @@ from engine.routing import Router, RouterPy
 from engine.runtime._books import Books
 from engine.runtime._calls import Calls, remote_error
 from engine.runtime._hooks import Hooks
-from engine.runtime._mailbox import Mailboxes
+from engine.runtime._mailbox import Mailboxes, check_mailbox
 from engine.runtime._spawn import Spawn, levels
 
 if TYPE_CHECKING:
@@ -88,13 +88,33 @@ class Agents:
         self.balancer: RouterPy | _RouterC | None = None  # made by the first balanced type
         self.background: set[asyncio.Task[Any]] = set()
 
-    def add_type(self, entry: AgentType, balance: str | None) -> None:
+    def register(
+        self,
+        agent_type: str,
+        factory: type[Agent] | Factory,
+        capacity: int,
+        policy: str,
+        balance: str | None,
+    ) -> type[Agent] | None:
+        """Check and add a type; returns its Agent class (None for a factory function)."""
+        if not isinstance(agent_type, str) or not agent_type or "/" in agent_type:
+            raise ValueError(f"agent type must be a non-empty str without '/', got {agent_type!r}")
+        if agent_type in self.types:
+            raise ValueError(f"agent type {agent_type!r} is already registered")
+        if not callable(factory):
+            raise TypeError(f"factory for {agent_type!r} must be callable, got {factory!r}")
+        cls = factory if isinstance(factory, type) else None
+        if cls is not None and not issubclass(cls, Agent):
+            raise TypeError(f"{cls.__name__} is not an engine.Agent subclass")
+        check_mailbox(capacity, policy)
+        entry = AgentType(agent_type, factory, cls, capacity, policy)
         if balance is not None:
             if self.balancer is None:
                 self.balancer = Router()
             self.balancer.set_policy(entry.name, balance)  # RoutingError for unknown names
             entry.balanced = True
         self.types[entry.name] = entry
+        return cls
 
     def entry(self, agent_type: str) -> AgentType:
         t = self.types.get(agent_type)
@@ -109,6 +129,24 @@ class Agents:
 
     def live(self) -> list[Agent]:
         return [a for t in self.types.values() for a in t.instances.values()]
+
+    def gauges(self) -> dict[str, int]:
+        instances = self.live()
+        return {
+            "agents": self.count,
+            "agent_types": len(self.types),
+            "busy_agents": sum(1 for a in instances if a._busy),
+            "queued": sum(len(a._mb) for a in instances if a._mb),
+        }
+
+    def full(self) -> list[AgentId]:
+        """Live agents whose mailbox is full."""
+        return [
+            agent.id
+            for t in list(self.types.values())
+            for agent in list(t.instances.values())
+            if agent._mb is not None and len(agent._mb) >= t.capacity
+        ]
 
     def get(self, agent_id: AgentId) -> Agent | None:
         t = self.types.get(agent_id.type)
