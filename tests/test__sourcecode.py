@@ -73,8 +73,8 @@ def test_stub_matches_compiled_module(name: str, stubtest_output: str) -> None:
 # -- the shape of the house (issue 18) ---------------------------------------------------
 
 MAX_LINES = 600
-#: Modules over MAX_LINES that phase 2 of issue 18 splits (the runtime after the mesh lands).
-PHASE2_SIZES = ("engine/mesh/broker.py", "engine/mesh/peer.py", "engine/runtime/_local.py")
+#: Modules over MAX_LINES that phase 2 of issue 18 splits (the mesh peers, with issue 13).
+PHASE2_SIZES = ("engine/mesh/broker.py", "engine/mesh/peer.py")
 #: The lazily imported packages ``import engine`` and an idle ``Runtime()`` must not load.
 HEAVY = ("faiss", "openai", "prometheus_client", "opentelemetry", "rich")
 #: What a compiled module may import from the engine: exceptions, wire types, and the leaf
@@ -233,24 +233,10 @@ def test_shared_argument_checks_are_leaves() -> None:
         assert graph[module] <= {"engine._args", "engine.errors"}, (module, graph[module])
 
 
-def test_import_circles_are_only_the_runtimes() -> None:
-    """No circle among engine modules outside the runtime's (the runtime, the tools and
-    agents it calls back, the mesh it imports), which phase 2 of issue 18 untangles."""
-    phase2 = ("engine.runtime", "engine.mesh", "engine.tools", "engine.agents")
-
-    def in_phase2(module: str) -> bool:
-        return any(module == r or module.startswith(r + ".") for r in phase2)
-
-    others = [c for c in _circles(_import_graph()) if not all(map(in_phase2, c))]
-    assert not others
-
-
-@pytest.mark.xfail(strict=True, reason="issue 18 phase 2: Context/ToolRegistry on protocols")
 def test_import_graph_has_no_circles() -> None:
     assert not _circles(_import_graph())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 phase 2: the mesh registers its transport")
 def test_runtime_imports_nothing_from_the_mesh() -> None:
     reach = {m: sorted(d) for m, d in _runtime_to_mesh(_import_graph()).items() if d}
     assert not reach, reach
