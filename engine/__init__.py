@@ -113,7 +113,8 @@ def _mesh_transport(address: str) -> Transport:
     # itself, build it here; then this becomes _transports.provide("mesh", <module>).
     import importlib
 
-    return importlib.import_module("engine.mesh.transport").MeshTransport(address)  # type: ignore[no-any-return]
+    transport: Transport = importlib.import_module("engine.mesh.transport").MeshTransport(address)
+    return transport
 
 
 _transports.register_transport("mesh", _mesh_transport)

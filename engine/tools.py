@@ -323,7 +323,8 @@ class ToolRegistry:
         self._chain: Next = _run_tool
         self._seq = 0
 
-    def _rebuild(self, middleware: tuple[Middleware, ...]) -> None:
+    def set_middleware(self, middleware: tuple[Middleware, ...]) -> None:
+        """Compose ``middleware`` around every tool call (the runtime's chain, set by it)."""
         self._chain = compose(middleware, _run_tool)
 
     @property

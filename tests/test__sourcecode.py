@@ -258,6 +258,31 @@ def test_the_vector_store_parts_reach_into_no_private_state() -> None:
         assert not reach, (name, reach)
 
 
+#: The delivery state the runtime keeps on each Agent and Context (their slots exist for it).
+AGENT_DELIVERY_SLOTS = frozenset(
+    {"_busy", "_current", "_mb", "_task", "_tick", "_wait", "_routes", "_has_start", "_has_stop"}
+    | {"_reply"}
+)
+
+
+def test_the_runtime_parts_reach_into_no_private_state() -> None:
+    """The runtime's parts (books, calls, mailboxes, agents, delivery, remote) use each
+    other's public attributes and methods; private names they touch are only the delivery
+    slots of agents and contexts."""
+    for path in sorted((ROOT / "engine" / "runtime").glob("_*.py")):
+        tree = ast.parse(path.read_text())
+        reach = sorted(
+            ast.unparse(node)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr not in AGENT_DELIVERY_SLOTS
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+        )
+        assert not reach, (path.name, reach)
+
+
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "ENGINE_NO_EXTENSIONS"}
     return subprocess.run(

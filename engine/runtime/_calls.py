@@ -79,7 +79,8 @@ class Calls:
         if self.plain and ctx.query is None:
             route = ctx.route
             if route.is_async:
-                return route.fn(ctx.agent, message, ctx)  # type: ignore[no-any-return]
+                coro: Awaitable[Any] = route.fn(ctx.agent, message, ctx)
+                return coro
             return _Ready(route.fn(ctx.agent, message, ctx))
         return self._call(ctx, message)
 

@@ -260,7 +260,7 @@ class Runtime(Delivery):
     def _rebuild(self) -> None:
         middleware = self._calls.middleware
         self._calls.rebuild(middleware)
-        self.tools._rebuild(middleware)
+        self.tools.set_middleware(middleware)
 
     # -- agents --------------------------------------------------------------------
     @property
