@@ -73,8 +73,6 @@ def test_stub_matches_compiled_module(name: str, stubtest_output: str) -> None:
 # -- the shape of the house (issue 18) ---------------------------------------------------
 
 MAX_LINES = 600
-#: Modules over MAX_LINES that phase 2 of issue 18 splits (the mesh peers, with issue 13).
-PHASE2_SIZES = ("engine/mesh/broker.py", "engine/mesh/peer.py")
 #: The lazily imported packages ``import engine`` and an idle ``Runtime()`` must not load.
 HEAVY = ("faiss", "openai", "prometheus_client", "opentelemetry", "rich")
 #: What a compiled module may import from the engine: exceptions, wire types, and the leaf
@@ -194,15 +192,9 @@ def test_no_engine_module_is_over_600_lines() -> None:
     over = {
         str(p.relative_to(ROOT)): n
         for p in (ROOT / "engine").rglob("*.py")
-        if (n := _lines(p)) > MAX_LINES and str(p.relative_to(ROOT)) not in PHASE2_SIZES
+        if (n := _lines(p)) > MAX_LINES
     }
     assert not over, f"split these modules (at most {MAX_LINES} lines): {over}"
-
-
-@pytest.mark.parametrize("path", PHASE2_SIZES)
-@pytest.mark.xfail(strict=True, reason="issue 18 phase 2 splits the runtime and the mesh peers")
-def test_phase2_module_is_within_600_lines(path: str) -> None:
-    assert _lines(ROOT / path) <= MAX_LINES
 
 
 def test_compiled_sources_over_600_lines_say_why() -> None:
