@@ -108,16 +108,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def _mesh_transport(address: str) -> Transport:
-    # Interim (issue 18): until the mesh branch lands and engine.mesh.transport registers
-    # itself, build it here; then this becomes _transports.provide("mesh", <module>).
-    import importlib
-
-    transport: Transport = importlib.import_module("engine.mesh.transport").MeshTransport(address)
-    return transport
-
-
-_transports.register_transport("mesh", _mesh_transport)
+# Runtime(mesh=...) imports this module on first use; importing it registers the transport.
+_transports.provide("mesh", "engine.mesh.transport")
 
 # public name -> the module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
