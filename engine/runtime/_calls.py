@@ -2,10 +2,11 @@
 
 Every delivery — the idle fast path of ``send``, a mailbox drain, a concurrent handler, a
 request with a deadline — calls its handler as ``await calls.start(ctx, message)`` and
-turns a failure into what its sender sees with :meth:`Calls.failed`. For a *plain*
-runtime (no hooks, no middleware) outside a query, :meth:`Calls.start` returns the
-handler's own coroutine: no wrapper coroutine, which is what an inline copy of the call
-would save (instruction counts in docs/performance.md, architecture).
+turns a failure into what its sender sees with :meth:`Calls.failed`. ``start`` is chosen
+when hooks or middleware change: for a *plain* runtime (neither) and a message outside a
+query it returns the handler's own coroutine (no wrapper coroutine), else the coroutine of
+:meth:`Calls._call`. The idle fast path of ``send`` copies the plain case inline (marked
+``INLINE``); instruction counts in docs/performance.md (architecture).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Calls", "remote_error"]
 
 _clock = time.perf_counter
+Start = Callable[["Context", Any], Awaitable[Any]]
 
 
 async def _terminal(ctx: Context, message: Any) -> Any:
@@ -50,7 +52,7 @@ class Calls:
     handler and nothing else.
     """
 
-    __slots__ = ("books", "chain", "err", "hooks", "middleware", "plain", "post", "pre")
+    __slots__ = ("books", "chain", "err", "hooks", "middleware", "plain", "post", "pre", "start")
 
     def __init__(self, books: Books, hooks: Hooks) -> None:
         self.books = books
@@ -61,6 +63,10 @@ class Calls:
         self.pre: tuple[Callable[..., Any], ...] = ()
         self.post: tuple[Callable[..., Any], ...] = ()
         self.err: tuple[Callable[..., Any], ...] = ()
+        #: ``start(ctx, message)``: begin ``ctx``'s handler on ``message``; await the result
+        #: for its reply. The handler's exception comes out as raised (the caller passes it
+        #: to :meth:`failed`). Plain: the handler's own coroutine, else :meth:`_call`'s.
+        self.start: Start = _plain_start(self._call)
 
     def rebuild(self, middleware: tuple[Middleware, ...]) -> None:
         """Compose ``middleware`` once and take the current hooks (not per call)."""
@@ -69,20 +75,7 @@ class Calls:
         hooks = self.hooks
         self.pre, self.post, self.err = hooks.pre_handler, hooks.post_handler, hooks.on_error
         self.plain = not middleware and not self.pre and not self.post and not self.err
-
-    def start(self, ctx: Context, message: Any) -> Awaitable[Any]:
-        """Start ``ctx``'s handler on ``message``: await the result for its reply.
-
-        The handler's exception comes out as raised; the caller passes it to
-        :meth:`failed`. A plain call of an async handler is the handler's coroutine.
-        """
-        if self.plain and ctx.query is None:
-            route = ctx.route
-            if route.is_async:
-                coro: Awaitable[Any] = route.fn(ctx.agent, message, ctx)
-                return coro
-            return _Ready(route.fn(ctx.agent, message, ctx))
-        return self._call(ctx, message)
+        self.start = _plain_start(self._call) if self.plain else self._call
 
     async def _call(self, ctx: Context, message: Any) -> Any:
         """A call with query step checks, hooks or middleware."""
@@ -117,6 +110,21 @@ class Calls:
         """Count a handler failure; return what its sender sees."""
         self.books.counts["error"] += 1
         return remote_error(exc)
+
+
+def _plain_start(call: Callable[[Context, Any], Awaitable[Any]]) -> Start:
+    """``Calls.start`` of a runtime without hooks or middleware (a query still checks)."""
+
+    def start(ctx: Context, message: Any) -> Awaitable[Any]:
+        if ctx.query is None:
+            route = ctx.route
+            if route.is_async:
+                coro: Awaitable[Any] = route.fn(ctx.agent, message, ctx)
+                return coro
+            return _Ready(route.fn(ctx.agent, message, ctx))
+        return call(ctx, message)
+
+    return start
 
 
 class _Ready:
