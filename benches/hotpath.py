@@ -118,6 +118,18 @@ def runtime_send() -> Run:
     return _loop_run(batch)
 
 
+def runtime_send_timeout() -> Run:
+    """Sequential send/reply with a deadline (one loop timer for all: _deadlines.py)."""
+    p, to = _Ping(1), AgentId("echo", "a")
+
+    async def batch(rt: Runtime) -> None:
+        send = rt.send
+        for _ in range(RT_BATCH):
+            await send(p, to=to, timeout=60.0)
+
+    return _loop_run(batch)
+
+
 def runtime_inflight() -> Run:
     """100 concurrent senders to 10 agents: mailboxes, drains, futures."""
     p = _Ping(1)
@@ -162,6 +174,7 @@ PROBES: dict[str, Callable[[], Run]] = {
     "router.route_many": router_route_many,
     "scheduler.push_pop_complete": scheduler_push_pop,
     "runtime.send": runtime_send,
+    "runtime.send_timeout": runtime_send_timeout,
     "runtime.inflight": runtime_inflight,
     "runtime.publish": runtime_publish,
     "runtime.publish_one": runtime_publish_one,

@@ -105,9 +105,9 @@ class Delivery:
                 )
             if timeout is None:
                 return await self._mailboxes.request(agent, ctx, t.capacity, t.policy)
-            return await self._with_deadline(agent, ctx, timeout, t)
+            return await self._queue_within(agent, ctx, timeout, t)
         if timeout is not None:
-            return await self._with_deadline(agent, ctx, timeout, None)
+            return await self._call_within(agent, ctx, timeout)
         # The target is idle: run its handler in this task (no queue, no task switch).
         books.active += 1
         concurrent = route.concurrent
@@ -173,42 +173,50 @@ class Delivery:
             )
         return route
 
-    def _with_deadline(
-        self, agent: Agent, ctx: Context, timeout: float, queue: AgentType | None
-    ) -> Awaitable[Any]:
-        """A request with a deadline: run on the idle agent now (``queue`` None), or
-        queue it for the busy one; its task is cancelled when the deadline passes."""
+    async def _call_within(self, agent: Agent, ctx: Context, timeout: float) -> Any:
+        """A request with a deadline to an idle agent: the handler runs in this task,
+        which is cancelled if the deadline passes (one loop timer for all: _deadlines)."""
         check_timeout(timeout)
         ctx.deadline = asyncio.get_running_loop().time() + timeout
-        if queue is not None:
-            work = self._mailboxes.request(agent, ctx, queue.capacity, queue.policy)
-        else:
-            work = self._call_now(agent, ctx)
-
-        def expired() -> DeadlineExceeded:
-            name = type(ctx.message).__name__
-            return DeadlineExceeded(f"{agent.id} did not reply to {name} within {timeout}s")
-
-        return self._deadlines.within(ctx.deadline, work, expired)
-
-    async def _call_now(self, agent: Agent, ctx: Context) -> Any:
-        """Run ``ctx`` on idle ``agent`` in this task, marked busy meanwhile."""
         books = self._books
         books.active += 1
         concurrent = ctx.route.concurrent
         if not concurrent:
             agent._busy = True
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = self._deadlines.add(ctx.deadline, task)
         try:
-            return await self._calls.start(ctx, ctx.message)
+            result = await self._calls.start(ctx, ctx.message)
+        except asyncio.CancelledError:
+            if deadline[3]:  # expired
+                task.uncancel()
+                raise _late(agent, ctx, timeout) from None
+            raise
         except Exception as exc:
             raise self._calls.failed(exc) from exc
+        else:
+            if deadline[3]:  # expired, but the handler swallowed its cancellation
+                task.uncancel()
+            return result
         finally:
+            self._deadlines.done(deadline)
             books.active -= 1
             agent._tick = ctx.seq
             if not concurrent:
                 self._mailboxes.release(agent)
             if not books.active:
                 books.wake()
+
+    def _queue_within(
+        self, agent: Agent, ctx: Context, timeout: float, t: AgentType
+    ) -> Awaitable[Any]:
+        """A request with a deadline to a busy agent: queued, and given up (skipped, or
+        its handler cancelled) if the deadline passes first."""
+        check_timeout(timeout)
+        ctx.deadline = asyncio.get_running_loop().time() + timeout
+        work = self._mailboxes.request(agent, ctx, t.capacity, t.policy)
+        return self._deadlines.within(ctx.deadline, work, lambda: _late(agent, ctx, timeout))
 
     async def send_many(
         self,
@@ -369,3 +377,8 @@ class Delivery:
 def check_timeout(timeout: object) -> None:
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+def _late(agent: Agent, ctx: Context, timeout: float) -> DeadlineExceeded:
+    name = type(ctx.message).__name__
+    return DeadlineExceeded(f"{agent.id} did not reply to {name} within {timeout}s")
