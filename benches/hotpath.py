@@ -130,6 +130,29 @@ def runtime_send_timeout() -> Run:
     return _loop_run(batch)
 
 
+def runtime_send_hooks() -> Run:
+    """Sequential send/reply through no-op pre/post handler hooks (not a plain runtime)."""
+    p, to = _Ping(1), AgentId("echo", "a")
+
+    async def batch(rt: Runtime) -> None:
+        if not rt.hooks.pre_handler:
+            rt.hooks.add("pre_handler", _pre)
+            rt.hooks.add("post_handler", _post)
+        send = rt.send
+        for _ in range(RT_BATCH):
+            await send(p, to=to)
+
+    return _loop_run(batch)
+
+
+def _pre(ctx: Context, message: object) -> None:
+    pass
+
+
+def _post(ctx: Context, message: object, result: object, seconds: float) -> None:
+    pass
+
+
 def runtime_inflight() -> Run:
     """100 concurrent senders to 10 agents: mailboxes, drains, futures."""
     p = _Ping(1)
@@ -175,6 +198,7 @@ PROBES: dict[str, Callable[[], Run]] = {
     "scheduler.push_pop_complete": scheduler_push_pop,
     "runtime.send": runtime_send,
     "runtime.send_timeout": runtime_send_timeout,
+    "runtime.send_hooks": runtime_send_hooks,
     "runtime.inflight": runtime_inflight,
     "runtime.publish": runtime_publish,
     "runtime.publish_one": runtime_publish_one,
