@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine import errors
+from engine import _transports, errors
 from engine._lazy import lazy
 from engine.errors import (
     AuditError,
@@ -106,6 +106,10 @@ if TYPE_CHECKING:
     )
 
 __version__ = "0.1.0"
+
+
+# Runtime(mesh=...) imports this module on first use; importing it registers the transport.
+_transports.provide("mesh", "engine.mesh.transport")
 
 # public name -> the module that defines it (imported on first access)
 _LAZY: dict[str, str] = {

@@ -21,18 +21,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import Any, Final, Protocol, overload
 
 import msgspec
 
+from engine._chain import Middleware, Next, compose
 from engine._tool_schema import build_parameters, strict_schema
 from engine.errors import ToolError, ToolNotFound, ToolTimeout, ToolValidationError
 
-if TYPE_CHECKING:
-    from engine.runtime._hooks import Middleware, Next
-    from engine.runtime._local import Runtime
-
-__all__ = ["Tool", "ToolCache", "ToolCall", "ToolRegistry", "tool"]
+__all__ = ["Tool", "ToolCache", "ToolCall", "ToolHooks", "ToolHost", "ToolRegistry", "tool"]
 
 _MISSING: Final = object()
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what function-calling APIs accept
@@ -273,6 +270,28 @@ def tool(
     return make(fn) if fn is not None else make
 
 
+class ToolHooks(Protocol):
+    """The hooks a tool call runs (``engine.runtime.Hooks`` is one)."""
+
+    @property
+    def pre_tool(self) -> tuple[Callable[..., Any], ...]: ...
+
+    @property
+    def post_tool(self) -> tuple[Callable[..., Any], ...]: ...
+
+    @property
+    def on_error(self) -> tuple[Callable[..., Any], ...]: ...
+
+    def call(self, name: str, *args: Any) -> None: ...
+
+
+class ToolHost(Protocol):
+    """What a :class:`ToolRegistry` needs of its owner (``engine.Runtime`` is one)."""
+
+    @property
+    def hooks(self) -> ToolHooks: ...
+
+
 class ToolCall:
     """Context of one tool call, as middleware and hooks see it (``kind == "tool"``)."""
 
@@ -294,7 +313,7 @@ class ToolCall:
 class ToolRegistry:
     """A runtime's tools: ``add``, ``get``, ``find`` by tag, ``specs``, ``call``, ``call_many``."""
 
-    def __init__(self, runtime: Runtime | None = None, *, workers: int = 8) -> None:
+    def __init__(self, runtime: ToolHost | None = None, *, workers: int = 8) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"tool_workers must be a positive int, got {workers!r}")
         self._runtime = runtime
@@ -304,9 +323,8 @@ class ToolRegistry:
         self._chain: Next = _run_tool
         self._seq = 0
 
-    def _rebuild(self, middleware: tuple[Middleware, ...]) -> None:
-        from engine.runtime._hooks import compose
-
+    def set_middleware(self, middleware: tuple[Middleware, ...]) -> None:
+        """Compose ``middleware`` around every tool call (the runtime's chain, set by it)."""
         self._chain = compose(middleware, _run_tool)
 
     @property

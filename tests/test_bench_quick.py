@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.cli._gate import settled
 from engine.cli.bench import package_under_test
-from engine.observe.gate import settled
 
 SAMPLE = {
     "pyproject.toml": """

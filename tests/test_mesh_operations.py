@@ -190,7 +190,7 @@ def test_node_metrics_show_its_agents_llm_metrics_and_its_counters() -> None:
 
             async def ask() -> Any:
                 async with MeshClient(b.endpoints[0], name="metered-c") as c:
-                    return await c.send(Ping(7), AgentId("metered", "k"), timeout=20)
+                    return await c.send(Ping(7), to=AgentId("metered", "k"), timeout=20)
 
             assert run(ask()).n == 7
             with urllib.request.urlopen(url, timeout=10) as r:

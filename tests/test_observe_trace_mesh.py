@@ -154,7 +154,7 @@ class WiredPlanner:  # plain class (AgentHost): sends with the ambient handler s
         SEEN["planner"].append(current_traceparent())
         assert ctx.envelope.traceparent == current_traceparent()
         done: TrDone = await WIRED_OUT["a"].send(
-            TrSub(msg.n + 1), AgentId("worker", "*"), timeout=20
+            TrSub(msg.n + 1), to=AgentId("worker", "*"), timeout=20
         )
         return TrDone(done.n * 10)
 
@@ -184,9 +184,9 @@ def test_engine_spans_broker_hops_and_node_handlers_form_one_trace() -> None:
         ):
             WIRED_OUT["a"] = outbox
             with t["client"].span("job", kind="task"):
-                done: TrDone = await client.send(TrJob(1), AgentId("planner", "*"), timeout=20)
+                done: TrDone = await client.send(TrJob(1), to=AgentId("planner", "*"), timeout=20)
             assert current_traceparent() == ""  # the span is closed again
-            untraced: TrDone = await client.send(TrSub(5), AgentId("worker", "x"), timeout=20)
+            untraced: TrDone = await client.send(TrSub(5), to=AgentId("worker", "x"), timeout=20)
             assert untraced == TrDone(10)
             return done
 

@@ -124,7 +124,7 @@ def test_broker_not_ready_at_its_queue_bound() -> None:
     async def main() -> None:
         async with MeshClient(b.endpoints[0], name="ops-c") as client:
             assert broker_checks(b)["queue"]() is None
-            waiting = asyncio.ensure_future(client.send(OpsPing(1), AgentId("nobody", "*")))
+            waiting = asyncio.ensure_future(client.send(OpsPing(1), to=AgentId("nobody", "*")))
             await until(lambda: b.queued == 1)
             assert broker_checks(b)["queue"]() == "queue at its bound (1/1 messages)"
             waiting.cancel()

@@ -1155,7 +1155,7 @@ def test_random_mix_keeps_order_and_accounting(seed: int) -> None:
         await rt.idle()
         for (n, _), r in zip(requests, results, strict=True):
             assert r == n or isinstance(r, (DeadlineExceeded, asyncio.CancelledError)), (n, r)
-        assert rt._active == 0
+        assert rt.stats()["in_flight"] == 0
         for key in keys:
             agent = rt.get(AgentId("j", key))
             assert agent is not None and not agent._busy and not agent._mb

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from engine._extras import require
+from engine.cli import _gate as gate
 from engine.cli._errors import CommandError
 from engine.errors import GateError
-from engine.observe import gate
 
 #: Seconds the default (quick) comparison may spend measuring, so that one gate with its
 #: set-up stays within 5 minutes on a loaded 2-core machine.

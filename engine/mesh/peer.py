@@ -372,8 +372,8 @@ class MeshPeer(NodeSide):
     async def send(
         self,
         message: Any,
-        to: AgentId,
         *,
+        to: AgentId,
         timeout: float | None = None,
         reply_type: Any = None,
         traceparent: str | None = None,
@@ -401,7 +401,7 @@ class MeshPeer(NodeSide):
             topic = TopicId(topic)
         await self.submit(self._envelope(message, topic=topic))
 
-    async def tell(self, message: Any, to: AgentId) -> None:
+    async def tell(self, message: Any, *, to: AgentId) -> None:
         """One-way to one agent (no reply); returns once the broker handed it to a node."""
         await self.submit(self._envelope(message, recipient=to))
 
@@ -423,7 +423,7 @@ class MeshPeer(NodeSide):
             payload=encode_payload(message),
         )
 
-    async def tell_many(self, messages: Sequence[Any], to: AgentId) -> int:
+    async def tell_many(self, messages: Sequence[Any], *, to: AgentId) -> int:
         """Batch one-way: queue every message (the window and a backlog pace them).
 
         Returns once the broker has accepted (handed on) all of them; the count accepted.

@@ -1,5 +1,8 @@
 """The ZeroMQ transport of ``engine.runtime``: ``Runtime(mesh="tcp://HOST:5555")``.
 
+Importing this module registers it as the ``"mesh"`` transport (``engine._transports``),
+which is how ``Runtime(mesh=...)`` finds it: the runtime imports nothing from the mesh.
+
 It implements the runtime's ``Transport`` protocol (``start(host)``, ``send``,
 ``announce``, ``subscribe``, ``close``) on a :class:`~engine.mesh.peer.MeshPeer` in
 transport mode: outbound envelopes are queued without blocking (the window and a backlog
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine._transports import register_transport
 from engine.mesh.peer import MeshPeer, Sink
 from engine.mesh.protocol import Role
 from engine.mesh.security import CurveClient
@@ -63,3 +67,6 @@ class MeshTransport:
 
     async def close(self) -> None:
         await self.peer.close()
+
+
+register_transport("mesh", MeshTransport)

@@ -79,18 +79,13 @@ def runtime_checks(rt: Any) -> dict[str, Check]:
     """Checks of an in-process :class:`engine.Runtime`."""
 
     def mailboxes() -> str | None:
-        full = [
-            str(agent.id)
-            for t in list(rt._types.values())
-            for agent in list(t.instances.values())
-            if agent._mb is not None and len(agent._mb) >= t.capacity
-        ]
+        full = [str(aid) for aid in rt.full_mailboxes()]
         if full:
             return f"{len(full)} mailboxes full: {', '.join(full[:5])}"
         return None
 
     checks: dict[str, Check] = {"mailboxes": mailboxes}
-    peer = getattr(getattr(rt, "_transport", None), "peer", None)
+    peer = getattr(rt.transport, "peer", None)
     if peer is not None:
         checks["broker"] = lambda: peer_reachable(peer)
     return checks

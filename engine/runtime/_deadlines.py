@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 __all__ = ["Deadlines"]
+
+T = TypeVar("T")
 
 #: Compact the heap when it holds more than this many entries and mostly dead ones.
 _COMPACT_MIN: Final = 64
@@ -57,6 +60,28 @@ class Deadlines:
         if when < self._armed:
             self._arm(when)
         return entry
+
+    async def within(
+        self, when: float, work: Awaitable[T], expired: Callable[[], BaseException]
+    ) -> T:
+        """Await ``work`` in this task, cancelled at loop time ``when``; then raise
+        ``expired()`` instead of the cancellation (as ``asyncio.timeout`` does)."""
+        task = asyncio.current_task()
+        assert task is not None
+        entry = self.add(when, task)
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if entry[3]:  # expired
+                task.uncancel()
+                raise expired() from None
+            raise
+        else:
+            if entry[3]:  # expired, but the work swallowed its cancellation
+                task.uncancel()
+            return result
+        finally:
+            self.done(entry)
 
     def done(self, entry: list[Any]) -> None:
         """The request finished (or gave up): its deadline no longer applies."""

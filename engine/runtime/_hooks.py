@@ -18,10 +18,12 @@ handler directly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["HOOK_NAMES", "Hooks", "Middleware", "compose"]
+from engine._chain import Middleware, Next, compose
+
+__all__ = ["HOOK_NAMES", "Hooks", "Middleware", "Next", "compose"]
 
 log = logging.getLogger("engine.runtime")
 
@@ -34,9 +36,6 @@ HOOK_NAMES: Final = (
     "on_spawn",
     "on_stop",
 )
-
-Next = Callable[[Any, Any], Awaitable[Any]]
-Middleware = Callable[[Any, Any, Next], Awaitable[Any]]
 
 
 class Hooks:
@@ -101,18 +100,3 @@ class Hooks:
                 fn(*args)
             except Exception:
                 log.exception("hook %s (%r) raised", name, fn)
-
-
-def compose(middleware: tuple[Middleware, ...], terminal: Next) -> Next:
-    """Fold ``middleware`` around ``terminal`` (first added runs outermost)."""
-    call = terminal
-    for mw in reversed(middleware):
-        call = _link(mw, call)
-    return call
-
-
-def _link(mw: Middleware, nxt: Next) -> Next:
-    def step(ctx: Any, value: Any) -> Awaitable[Any]:
-        return mw(ctx, value, nxt)
-
-    return step

@@ -119,6 +119,7 @@ class Query:
         self._done = loop.create_future()
         self._set(S.RUNNING)
         self._task = loop.create_task(self._run(), context=contextvars.copy_context())
+        self._task.add_done_callback(self._task_done)
         return self
 
     def pause(self) -> None:
@@ -223,10 +224,21 @@ class Query:
             if self.state not in _TERMINAL:
                 self._set(S.COMPLETED)
         finally:
-            self._body = _finished  # drop references held by the closure
-            self._task = None
-            if self._done is not None and not self._done.done():
-                self._done.set_result(None)
+            self._finish()
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        # A task cancelled before its first step (terminate() or Runtime.stop() right
+        # after start()) never runs _run's body, so its ``finally`` never runs either.
+        if self._done is not None and not self._done.done():
+            if self.state not in _TERMINAL:
+                self._set(S.TERMINATED)
+            self._finish()
+
+    def _finish(self) -> None:
+        self._body = _finished  # drop references held by the closure
+        self._task = None
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
 
 async def _finished(q: Query) -> None:  # pragma: no cover - never called

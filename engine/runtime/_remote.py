@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import DeadlineExceeded, EngineError, UndeliverableError
 from engine.messages import (
@@ -26,13 +26,14 @@ from engine.messages import (
     encode_payload,
     wire_name,
 )
+from engine.runtime._books import Books
 from engine.runtime._transport import Transport
 from engine.runtime._wire import MessageTypes, error_from_info, error_info
 
 if TYPE_CHECKING:
-    from engine.runtime._local import Runtime
+    from engine.observe.metrics import Metrics
 
-__all__ = ["Remote"]
+__all__ = ["Local", "Remote"]
 
 log = logging.getLogger("engine.runtime")
 _NIL = encode_payload(None)
@@ -40,13 +41,48 @@ _NIL = encode_payload(None)
 LATENCY_SAMPLE = 16
 
 
+class Local(Protocol):
+    """What :class:`Remote` needs of its runtime: local delivery, by public methods."""
+
+    @property
+    def origin(self) -> str: ...
+
+    @property
+    def metrics(self) -> Metrics | None: ...
+
+    async def send(
+        self,
+        message: Any,
+        *,
+        to: AgentId,
+        timeout: float | None = ...,
+        sender: AgentId | None = ...,
+        traceparent: str = ...,
+    ) -> Any: ...
+
+    async def publish(
+        self,
+        message: Any,
+        *,
+        topic: str | TopicId,
+        sender: AgentId | None = ...,
+        local_only: bool = ...,
+        traceparent: str = ...,
+    ) -> int: ...
+
+    async def post(
+        self, message: Any, *, to: AgentId, sender: AgentId | None = ..., traceparent: str = ...
+    ) -> None: ...
+
+
 class Remote:
-    """Outbound/inbound envelope handling for one runtime."""
+    """Outbound/inbound envelope handling for one runtime (``local``), sharing its books."""
 
-    __slots__ = ("messages", "pending", "rt", "serving", "transport")
+    __slots__ = ("books", "local", "messages", "pending", "serving", "transport")
 
-    def __init__(self, rt: Runtime, transport: Transport | None) -> None:
-        self.rt = rt
+    def __init__(self, local: Local, books: Books, transport: Transport | None) -> None:
+        self.local = local
+        self.books = books
         self.transport = transport
         self.messages = MessageTypes()
         self.pending: dict[int, asyncio.Future[Any]] = {}
@@ -56,6 +92,7 @@ class Remote:
     async def send(
         self,
         message: Any,
+        *,
         to: AgentId,
         timeout: float | None,
         sender: AgentId | None,
@@ -63,10 +100,11 @@ class Remote:
     ) -> Any:
         transport = self.transport
         assert transport is not None
-        rt = self.rt
-        seq = rt._next_seq()
-        rt._counts["remote_send"] += 1
-        mid = MessageId(rt.origin, seq)
+        books = self.books
+        seq = books.next_id()
+        books.counts["remote_send"] += 1
+        metrics = self.local.metrics
+        mid = MessageId(self.local.origin, seq)
         env = Envelope(
             id=mid,
             kind=Kind.SEND,
@@ -79,9 +117,9 @@ class Remote:
         )
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[seq] = fut
-        rt._active += 1
+        books.active += 1
         # engine_message_latency_seconds: request to reply, 1 request in LATENCY_SAMPLE
-        t0 = time.perf_counter() if rt.metrics is not None and not seq % LATENCY_SAMPLE else 0.0
+        t0 = time.perf_counter() if metrics is not None and not seq % LATENCY_SAMPLE else 0.0
         try:
             transport.send(env)
             if timeout is None:
@@ -97,11 +135,11 @@ class Remote:
                     raise DeadlineExceeded(
                         f"{to} did not reply to {type(message).__name__} within {timeout}s"
                     ) from None
-            if t0 and rt.metrics is not None:
-                rt.metrics.message_latency(time.perf_counter() - t0)
+            if t0 and metrics is not None:
+                metrics.message_latency(time.perf_counter() - t0)
             return reply
         except asyncio.CancelledError:
-            if not rt._closed:
+            if not books.closed:
                 # An empty Raw would encode to nothing (invalid msgpack): send nil.
                 cancel = Envelope(
                     id=mid, kind=Kind.CANCEL, recipient=to, correlation=mid, payload=_NIL
@@ -110,9 +148,7 @@ class Remote:
             raise
         finally:
             self.pending.pop(seq, None)
-            rt._active -= 1
-            if not rt._active:
-                rt._wake_idle()
+            books.settle()
 
     def publish(
         self,
@@ -125,7 +161,7 @@ class Remote:
         assert self.transport is not None
         self.transport.send(
             Envelope(
-                id=MessageId(self.rt.origin, seq),
+                id=MessageId(self.local.origin, seq),
                 kind=Kind.PUBLISH,
                 sender=sender,
                 topic=topic,
@@ -169,13 +205,13 @@ class Remote:
 
     async def handle(self, envelope: Envelope) -> Envelope | None:
         """Run one inbound SEND/PUBLISH; return the REPLY or ERROR envelope for a SEND."""
-        rt = self.rt
+        local = self.local
         kind = envelope.kind
         try:
             message = self.messages.decode(envelope)
             if kind is Kind.PUBLISH:
                 if envelope.topic is not None:
-                    await rt.publish(
+                    await local.publish(
                         message,
                         topic=envelope.topic,
                         sender=envelope.sender,
@@ -183,7 +219,7 @@ class Remote:
                         traceparent=envelope.traceparent,
                     )
                 elif envelope.recipient is not None:
-                    await rt.post(
+                    await local.post(
                         message,
                         to=envelope.recipient,
                         sender=envelope.sender,
@@ -197,11 +233,11 @@ class Remote:
                     f"cannot handle a {kind.name} envelope"
                     + ("" if envelope.recipient else " without recipient")
                 )
-            rt._counts["served"] += 1
+            self.books.counts["served"] += 1
             timeout = None
             if envelope.deadline:
                 timeout = max(envelope.deadline - time.time(), 1e-3)
-            result = await rt.send(
+            result = await local.send(
                 message,
                 to=envelope.recipient,
                 timeout=timeout,
@@ -215,7 +251,7 @@ class Remote:
                 log.error("inbound %s %s failed", kind.name, envelope.id, exc_info=exc)
                 return None
             return Envelope(
-                id=MessageId(rt.origin, rt._next_seq()),
+                id=MessageId(local.origin, self.books.next_id()),
                 kind=Kind.ERROR,
                 sender=envelope.recipient,
                 recipient=envelope.sender,
@@ -225,7 +261,7 @@ class Remote:
                 payload=encode_payload(error_info(exc)),
             )
         return Envelope(
-            id=MessageId(rt.origin, rt._next_seq()),
+            id=MessageId(local.origin, self.books.next_id()),
             kind=Kind.REPLY,
             sender=envelope.recipient,
             recipient=envelope.sender,

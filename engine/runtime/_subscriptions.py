@@ -50,6 +50,16 @@ class Subscription:
     def __repr__(self) -> str:
         return f"Subscription({self.id}, {self.agent_type!r}, {self.pattern!r})"
 
+    def key_for(self, topic: TopicId, message: Any) -> str:
+        """The instance key of a delivery by the key function (TypeError if not a str)."""
+        key = self.key(topic, message)
+        if type(key) is not str:
+            raise TypeError(
+                f"key function of subscription {self.id} ({self.pattern!r}) "
+                f"returned {type(key).__name__}, expected str"
+            )
+        return key
+
 
 class Subscriptions:
     """The runtime's subscription table."""

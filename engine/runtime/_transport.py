@@ -63,7 +63,25 @@ class LoopbackHub:
     def transport(self) -> LoopbackTransport:
         return LoopbackTransport(self)
 
-    def _route(self, origin: str, data: bytes) -> None:
+    def attach(self, origin: str, host: TransportHost) -> None:
+        self._hosts[origin] = host
+
+    def detach(self, origin: str) -> None:
+        """Forget ``origin``: its host, the agent types it served, its subscriptions."""
+        self._hosts.pop(origin, None)
+        for t, o in list(self._types.items()):
+            if o == origin:
+                del self._types[t]
+        self._subscribers.pop(origin, None)
+
+    def announce(self, origin: str, agent_type: str) -> None:
+        self._types[agent_type] = origin
+
+    def subscribe(self, origin: str, pattern: str) -> None:
+        self._subscribers.setdefault(origin, set()).add(pattern)
+
+    def route(self, origin: str, data: bytes) -> None:
+        """Deliver one encoded envelope sent by ``origin``."""
         env = decode(data)  # every hop goes through the real codec
         if env.kind in (Kind.REPLY, Kind.ERROR, Kind.CANCEL):
             if env.kind is Kind.CANCEL:
@@ -112,22 +130,18 @@ class LoopbackTransport:
     async def start(self, host: TransportHost) -> None:
         self._origin = host.origin
         self._loop = asyncio.get_running_loop()
-        self._hub._hosts[self._origin] = host
+        self._hub.attach(self._origin, host)
 
     def send(self, envelope: Envelope) -> None:
         data = encode(envelope)
         assert self._loop is not None, "transport used before start()"
-        self._loop.call_soon(self._hub._route, self._origin, data)
+        self._loop.call_soon(self._hub.route, self._origin, data)
 
     def announce(self, agent_type: str) -> None:
-        self._hub._types[agent_type] = self._origin
+        self._hub.announce(self._origin, agent_type)
 
     def subscribe(self, pattern: str) -> None:
-        self._hub._subscribers.setdefault(self._origin, set()).add(pattern)
+        self._hub.subscribe(self._origin, pattern)
 
     async def close(self) -> None:
-        self._hub._hosts.pop(self._origin, None)
-        for t, o in list(self._hub._types.items()):
-            if o == self._origin:
-                del self._hub._types[t]
-        self._hub._subscribers.pop(self._origin, None)
+        self._hub.detach(self._origin)

@@ -5,7 +5,7 @@ the tests commit it, then change the working tree and run ``engine bench --compa
 Verdicts the default run checks come from instruction counts; the timing mode's verdicts
 on measured time are ``slow`` tests (its plumbing is checked by default).
 The router acceptance test (a 20% slower path in the real router) is in
-``test_observe_gate_router.py``.
+``test_cli_gate_router.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.cli import main
-from engine.observe import _callgrind, gate
+from engine.cli import _callgrind, main
+from engine.cli import _gate as gate
 
 pytestmark = pytest.mark.timeout(600)  # callgrind on a busy box: a generous bound
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from engine.cli import _gate as gate
 from engine.cli import main
-from engine.observe import gate
 from engine.routing import RouterC
 
 pytestmark = pytest.mark.timeout(600)  # callgrind on a busy box: a generous bound
@@ -55,7 +55,7 @@ def test_router_match_many(benchmark):
 # Both patches wrap the real router; only ``match_many`` changes.
 _WRAPPER = """
 
-# --- deliberately slowed by tests/test_observe_gate_router.py
+# --- deliberately slowed by tests/test_cli_gate_router.py
 import time as _time
 
 _Fast = Router

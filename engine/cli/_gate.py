@@ -46,8 +46,8 @@ from typing import Any, Final
 
 import orjson
 
+from engine.cli import _callgrind
 from engine.errors import GateError
-from engine.observe import _callgrind
 
 __all__ = [
     "BenchResult",
