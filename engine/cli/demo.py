@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not configured():
         view.banner(BANNER)
     demo = Demo(opts, view)
-    out = Console(width=None if sys.stdout.isatty() else 120)
+    out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 120))
     try:
         run_coro(_main(demo))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -151,6 +151,14 @@ class Report(msgspec.Struct, kw_only=True):
         )
 
 
+def _rel(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it."""
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _lost(demo: Demo) -> int:
     """Jobs without a result: all unfinished ones; after an interruption or an error,
     those that failed to give one (the others were stopped, not lost)."""
@@ -178,12 +186,12 @@ def summary_table(r: Report) -> RenderableType:
     t = Table(title="agent-engine demo: summary", show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("measured")
-    t.add_row("model", f"{r.model}" + ("  [dim](no network)[/dim]" if r.offline else ""))
+    t.add_row("model", r.model)
     where = r.mode
     nodes = [row for row in r.processes if row.role == "node"]
     if nodes:
         where += ": " + ", ".join(
-            f"{row.name} {_n(row.executed)} subtasks"
+            f"{row.name} ran {_n(row.executed)} subtasks"
             + (" (killed)" if row.killed else "")
             + (" (replacement)" if row.name == r.chaos.get("restarted") else "")
             for row in nodes
@@ -204,9 +212,7 @@ def summary_table(r: Report) -> RenderableType:
         + f" · [bold]{r.lost} lost[/bold]"
         + (f" · {r.unfinished:,} not run (stopped)" if r.unfinished else ""),
     )
-    runs = sum(row.executed or 0 for row in nodes)
-    again = f" · {runs - r.subtasks:,} run again after the kill" if r.chaos and runs else ""
-    t.add_row("subtasks", f"{r.subtasks:,} · replans {r.replans:,}{again}")
+    t.add_row("subtasks", f"{r.subtasks:,} · replans {r.replans:,}")
     secs = max(r.seconds, 1e-9)
     t.add_row(
         "throughput",
@@ -233,8 +239,13 @@ def summary_table(r: Report) -> RenderableType:
     )
     t.add_row(
         "retries · fallbacks",
-        f"{_n(llm.retries)} retries · {_n(llm.fallbacks)} fallbacks · {llm.errors:,} calls "
-        "failed or cancelled",
+        f"{_n(llm.retries)} retries · {_n(llm.fallbacks)} fallbacks"
+        + (
+            f" ({llm.breaker_skips:,} with a circuit breaker open)"
+            if llm.breaker_skips
+            else ""
+        )
+        + f" · {llm.errors:,} calls failed or cancelled",
     )
     t.add_row(
         "budget refusals",
@@ -251,11 +262,16 @@ def summary_table(r: Report) -> RenderableType:
     if r.store:
         t.add_row(
             "store",
-            f"{r.outputs['store']}: " + ", ".join(f"{v:,} {k}" for k, v in sorted(r.store.items())),
+            f"sqlite:///{_rel(r.outputs['store'].removeprefix('sqlite:///'))}: "
+            + ", ".join(f"{v:,} {k}" for k, v in sorted(r.store.items())),
         )
-    t.add_row("metrics", f"{r.outputs['metrics']}/*.prom (every process, scraped at the end)")
-    t.add_row("audit log", f"{r.outputs['audit']} ({r.audit_records:,} records, chain verified)")
-    t.add_row("profile", f"{r.outputs['profile']} ({r.profile_samples:,} samples; speedscope)")
+    t.add_row("metrics", f"{_rel(r.outputs['metrics'])}/*.prom (every process, at the end)")
+    t.add_row(
+        "audit log", f"{_rel(r.outputs['audit'])} ({r.audit_records:,} records, chain verified)"
+    )
+    t.add_row(
+        "profile", f"{_rel(r.outputs['profile'])} ({r.profile_samples:,} samples, speedscope)"
+    )
     if r.interrupted:
         t.add_row("[red]interrupted[/red]", "stopped early: the figures cover what finished")
     if r.error:

@@ -9,9 +9,10 @@ way a busy server does (one request in 20 once, one in 100 on every attempt) and
 backup for the second. Either way the router sits behind an :class:`~engine.llm.LLMCache`
 and calls are made at temperature 0, so a repeated question is answered from the cache.
 
-Retries and fallbacks are counted from the router's own span events (``retry``,
-``fallback``) through an OpenTelemetry SDK span processor, exported as
-``engine_demo_llm_retries_total`` / ``engine_demo_llm_fallbacks_total`` beside the
+Retries, fallbacks and skips of a provider whose circuit breaker is open are counted from
+the router's own span events (``retry``, ``fallback``, ``breaker_open``) through an
+OpenTelemetry SDK span processor, exported as ``engine_demo_llm_retries_total``,
+``engine_demo_llm_fallbacks_total`` and ``engine_demo_llm_breaker_skips_total`` beside the
 ``engine_llm_*`` metrics. Without the OpenTelemetry SDK they are not counted (None).
 """
 
@@ -111,6 +112,11 @@ class _Counts:
             "Calls the model router moved to the next provider",
             registry=registry,
         )
+        self.skips = Counter(
+            "engine_demo_llm_breaker_skips",
+            "Providers the model router skipped because their circuit breaker was open",
+            registry=registry,
+        )
 
     def tracer_provider(self) -> Any:
         from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -124,6 +130,8 @@ class _Counts:
                         counts.retries.inc()
                     elif event.name == "fallback":
                         counts.fallbacks.inc()
+                    elif event.name == "breaker_open":
+                        counts.skips.inc()
 
         provider = TracerProvider()
         provider.add_span_processor(EventCounter())

@@ -3,7 +3,7 @@
 Each process serves Prometheus text; :func:`llm_figures` reads a process's model calls from
 it (``engine_llm_calls_total`` by status, ``engine_llm_tokens_total``,
 ``engine_llm_cost_total``, ``engine_llm_cache_total`` by result, and the router's
-``engine_demo_llm_retries_total`` / ``engine_demo_llm_fallbacks_total``), :func:`executed`
+``engine_demo_llm_{retries,fallbacks,breaker_skips}_total``), :func:`executed`
 a node's finished deliveries (``engine_messages_total{kind="executed"}``). The demo's own
 process is read the same way, from its registry. :class:`JobLog` keeps each job's outcome
 and latency as measured by the demo (submit to result).
@@ -69,6 +69,7 @@ class LLMFigures(msgspec.Struct):
     misses: int = 0
     retries: int | None = 0
     fallbacks: int | None = 0
+    breaker_skips: int | None = 0
 
     def __add__(self, o: LLMFigures) -> LLMFigures:
         def add(a: int | None, b: int | None) -> int | None:
@@ -87,6 +88,7 @@ class LLMFigures(msgspec.Struct):
             self.misses + o.misses,
             add(self.retries, o.retries),
             add(self.fallbacks, o.fallbacks),
+            add(self.breaker_skips, o.breaker_skips),
         )
 
     @property
@@ -120,6 +122,7 @@ def llm_figures(s: Samples) -> LLMFigures:
         misses=int(_sum(s, "engine_llm_cache_total", result="miss")),
         retries=int(_sum(s, "engine_demo_llm_retries_total")) if counted else None,
         fallbacks=int(_sum(s, "engine_demo_llm_fallbacks_total")) if counted else None,
+        breaker_skips=int(_sum(s, "engine_demo_llm_breaker_skips_total")) if counted else None,
     )
 
 
