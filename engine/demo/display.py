@@ -197,27 +197,30 @@ def summary_table(r: Report) -> RenderableType:
             for row in nodes
         )
     t.add_row("processes", where)
-    c = r.corpus
+    c, q = r.corpus, r.questions
     t.add_row(
-        "corpus",
-        f"{c['chunks']:,} chunks from {c['docs']} docs/ files and {c['modules']} modules' "
-        f"docstrings ({c['symbols']:,} symbols)",
+        "memory",
+        f"{c['chunks']:,} chunks: {c['docs']} docs/ files, docstrings of {c['modules']} modules",
     )
-    q = r.questions
+    t.add_row(
+        "questions",
+        f"{r.jobs:,}: {q.get('new', 0):,} new, {q.get('repeat', 0)} repeated, "
+        f"{q.get('near-duplicate', 0)} retyped (other case and punctuation)",
+    )
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items()))
     t.add_row(
         "jobs",
-        f"{r.jobs:,} submitted ({q.get('repeat', 0)} repeats, {q.get('near-duplicate', 0)} "
-        f"near-duplicates) · {r.completed:,} completed · {r.failed:,} failed"
-        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(r.errors.items()))})" if r.errors else "")
+        f"{r.completed:,} completed · {r.failed:,} failed"
+        + (f" ({failed})" if failed else "")
         + f" · [bold]{r.lost} lost[/bold]"
         + (f" · {r.unfinished:,} not run (stopped)" if r.unfinished else ""),
     )
-    t.add_row("subtasks", f"{r.subtasks:,} · replans {r.replans:,}")
+    t.add_row("subtasks", f"{r.subtasks:,} · {r.replans:,} replans")
     secs = max(r.seconds, 1e-9)
+    done = r.completed + r.failed
     t.add_row(
         "throughput",
-        f"{r.completed + r.failed:,} jobs in {r.seconds:,.1f} s: "
-        f"{(r.completed + r.failed) / secs:,.1f} jobs/s · "
+        f"{done:,} jobs in {r.seconds:,.1f} s · {done / secs:,.1f} jobs/s · "
         f"{r.subtasks / secs:,.0f} subtasks/s",
     )
     t.add_row("job latency", f"p50 {_s(r.p50)} · p99 {_s(r.p99)} (submit to result)")
@@ -227,30 +230,22 @@ def summary_table(r: Report) -> RenderableType:
         f"{llm.calls:,} · cache hit rate {llm.hit_rate:.1%} ({llm.exact:,} exact, "
         f"{llm.semantic:,} semantic)",
     )
+    no_price = not r.offline and llm.cost == 0 and llm.tokens
     t.add_row(
         "tokens · cost",
-        f"{llm.tokens:,} ({llm.prompt_tokens:,} prompt, {llm.completion_tokens:,} completion)"
-        f" · ${llm.cost:,.4f}"
-        + (
-            " (scripted models priced as gpt-4o-mini / gpt-4.1-nano)"
-            if r.offline
-            else (" (the model has no list price)" if llm.cost == 0 and llm.tokens else "")
-        ),
+        f"{llm.tokens:,} ({llm.prompt_tokens:,} prompt) · ${llm.cost:,.4f}"
+        + (" (the model has no list price)" if no_price else ""),
     )
     t.add_row(
         "retries · fallbacks",
         f"{_n(llm.retries)} retries · {_n(llm.fallbacks)} fallbacks"
-        + (
-            f" ({llm.breaker_skips:,} with a circuit breaker open)"
-            if llm.breaker_skips
-            else ""
-        )
-        + f" · {llm.errors:,} calls failed or cancelled",
+        + (f" ({llm.breaker_skips:,} with a circuit breaker open)" if llm.breaker_skips else "")
+        + f" · {llm.errors:,} calls failed",
     )
     t.add_row(
         "budget refusals",
-        f"{llm.refused:,} calls refused (BudgetExceeded) · {r.budget_stops} job(s) stopped by "
-        "their budget",
+        f"{llm.refused:,} calls refused (BudgetExceeded) · {r.budget_stops} "
+        + ("job stopped by its budget" if r.budget_stops == 1 else "jobs stopped by their budget"),
     )
     if r.chaos:
         t.add_row(

@@ -45,8 +45,8 @@ DEFAULT_MODEL: Final = "gpt-4o-mini"
 CACHE_THRESHOLD: Final = 0.999
 #: Replies are bounded so a budget's reservation is too.
 MAX_TOKENS: Final = 400
-#: The scripted models are priced like these list-priced models, so cost is accounted.
-SCRIPTED_PRICES: Final = {"scripted-primary": "gpt-4o-mini", "scripted-backup": "gpt-4.1-nano"}
+#: The scripted models are priced like this list-priced model, so cost is accounted.
+SCRIPTED_PRICE: Final = "gpt-4o-mini"
 
 
 def configured() -> bool:
@@ -221,7 +221,8 @@ def demo_model(
     router = ModelRouter(
         {"default": [primary, backup]},
         retry=RetryPolicy(attempts=3, base=0.01, cap=0.05),
-        prices={k: DEFAULT_PRICES[v] for k, v in SCRIPTED_PRICES.items()},
+        prices={m: DEFAULT_PRICES[SCRIPTED_PRICE] for m in ("scripted-primary", "scripted-backup")},
         **pipeline,
     )
-    return DemoModel(router, "scripted (primary + backup, offline)", tracer_provider is not None)
+    described = f"scripted primary + backup (offline, priced as {SCRIPTED_PRICE})"
+    return DemoModel(router, described, tracer_provider is not None)

@@ -121,11 +121,12 @@ class Processes:
         self.children.append(child)
         return child
 
-    async def _ready(self, child: Child, marker: str, timeout: float) -> str:
+    async def _ready(self, child: Child, markers: Sequence[str], timeout: float) -> str:
+        """The child's log once it holds every marker (each a line it prints when ready)."""
         deadline = time.monotonic() + timeout
         while True:
             text = child.read_log()
-            if marker in text:
+            if all(m in text for m in markers):
                 return text
             if not child.alive:
                 raise ChildError(
@@ -150,7 +151,7 @@ class Processes:
             ],
             {},
         )  # fmt: skip
-        text = await self._ready(child, "broker listening on", timeout)
+        text = await self._ready(child, ("broker listening on", "\nmetrics on http"), timeout)
         m = _ENDPOINT.search(text)
         if m is None:
             raise ChildError(f"broker printed no endpoint: {text.strip()[-300:]}")
@@ -178,7 +179,7 @@ class Processes:
             ],
             {**env, "ENGINE_DEMO_NODE": name},
         )  # fmt: skip
-        text = await self._ready(child, "serving", timeout)
+        text = await self._ready(child, ("serving", "\nmetrics on http"), timeout)
         self._urls(child, text)
         return child
 

@@ -320,15 +320,14 @@ class Demo:
         if child.alive:
             if child.demo_url:
                 with contextlib.suppress(Exception):
-                    demo_s = samples(await asyncio.to_thread(scrape, child.demo_url, 1.0))
+                    demo_s = samples(await asyncio.to_thread(scrape, child.demo_url, 3.0))
             if child.metrics_url:
                 with contextlib.suppress(Exception):
-                    node_s = samples(await asyncio.to_thread(scrape, child.metrics_url, 1.0))
+                    node_s = samples(await asyncio.to_thread(scrape, child.metrics_url, 3.0))
         self.remote[child.name] = (child, demo_s, node_s)
 
     async def _scrape_all(self) -> None:
-        for child, _, _ in list(self.remote.values()):
-            await self._scrape(child)
+        await asyncio.gather(*(self._scrape(c) for c, _, _ in list(self.remote.values())))
         progress = self.progress
         if progress is None:
             return
