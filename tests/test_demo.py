@@ -102,6 +102,25 @@ def test_the_scripted_model_plans_and_plays_each_worker() -> None:
     assert (len(citations(draft.text)) == 2) == is_sloppy(task)
 
 
+def test_bad_arguments_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    assert main(["demo", "--out", str(afile)]) == 2
+    assert main(["demo", "--chaos", "--in-process", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"engine demo: error: --out {str(afile)!r} is not a directory",
+        "engine demo: error: --chaos kills a node process: it cannot run with --in-process",
+    ]
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--jobs", "0"])
+    assert exc.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
 # -- whole runs ----------------------------------------------------------------------------
 
 

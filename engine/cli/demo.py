@@ -6,7 +6,8 @@ engine (each planned into retrieval, a tool call, a draft and a check, run by Re
 workers on the nodes), shows them live and prints a summary measured from the run. With
 ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` set every model call goes to that server; otherwise
 a scripted model plays it (one banner line says so). Exit status: 0 when every job ended
-with a result, 1 when a job was lost or a process failed, 130 when interrupted.
+with a result and some completed, 1 when a job was lost, none completed or a process
+failed, 2 for bad arguments, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if opts.chaos and opts.in_process:
         raise CommandError("--chaos kills a node process: it cannot run with --in-process", 2)
+    if os.path.exists(opts.out) and not os.path.isdir(opts.out):
+        raise CommandError(f"--out {opts.out!r} is not a directory", 2)
     view = View(live=False if args.no_live else None)
     if not configured():
         view.banner(BANNER)
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     report = demo.report()
     view.report(report, out)
-    return 0 if report.lost == 0 else 1
+    return 0 if report.lost == 0 and report.completed > 0 else 1
 
 
 async def _main(demo: object) -> None:

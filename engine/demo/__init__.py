@@ -6,7 +6,8 @@ subtasks, a live view and a summary table measured from the run. One idea per mo
 
 - :mod:`~engine.demo.corpus` — the documentation and docstrings, chunked, and the
   retriever over them;
-- :mod:`~engine.demo.questions` — the questions asked, with repeats and paraphrases;
+- :mod:`~engine.demo.questions` — the questions asked, with repeats and near-duplicates;
+- :mod:`~engine.demo.roles` — the four workers' capabilities, tools and instructions;
 - :mod:`~engine.demo.brain` — the scripted model: what a model would answer to each
   prompt of the workload (also what tests' OpenAI-compatible server answers);
 - :mod:`~engine.demo.model` — the model the demo uses: an OpenAI-compatible server when

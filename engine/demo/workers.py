@@ -144,10 +144,19 @@ def state() -> State:
 
 
 class _Worker(ReActAgent):
+    """A demo worker: its capability, call kind and instructions come from its ``role``."""
+
     role: ClassVar[Role] = RESEARCH
     max_steps = 3
 
-    async def _answer(self, req: SubtaskRequest, ctx: Context) -> SubtaskResult:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.capabilities = (cls.role.capability,)
+        cls.kind = cls.role.kind
+        cls.system_prompt = cls.role.system
+
+    @handler
+    async def on_subtask(self, req: SubtaskRequest, ctx: Context) -> SubtaskResult:
         s = _state if _state is not None else await asyncio.to_thread(state)
         cls = type(self)
         if cls.llm is not s.model:  # first subtask of this class in this process
@@ -160,52 +169,28 @@ class Researcher(_Worker):
     """Searches the engine's documentation and docstrings for passages."""
 
     role = RESEARCH
-    capabilities = (RESEARCH.capability,)
-    kind = RESEARCH.kind
-    system_prompt = RESEARCH.system
-
-    @handler
-    async def on_subtask(self, req: SubtaskRequest, ctx: Context) -> SubtaskResult:
-        return await self._answer(req, ctx)
 
 
 class Analyst(_Worker):
     """Looks up engine names: signature, summary and where they are documented."""
 
     role = LOOKUP
-    capabilities = (LOOKUP.capability,)
-    kind = LOOKUP.kind
-    system_prompt = LOOKUP.system
-
-    @handler
-    async def on_subtask(self, req: SubtaskRequest, ctx: Context) -> SubtaskResult:
-        return await self._answer(req, ctx)
 
 
 class Writer(_Worker):
     """Writes a short answer from the results, citing passages."""
 
     role = DRAFT
-    capabilities = (DRAFT.capability,)
-    kind = DRAFT.kind
-    system_prompt = DRAFT.system
-
-    @handler
-    async def on_subtask(self, req: SubtaskRequest, ctx: Context) -> SubtaskResult:
-        return await self._answer(req, ctx)
 
 
 class Reviewer(_Worker):
     """Checks a draft's citations against the documentation."""
 
     role = CHECK
-    capabilities = (CHECK.capability,)
-    kind = CHECK.kind
-    system_prompt = CHECK.system
 
     @handler
     async def on_subtask(self, req: SubtaskRequest, ctx: Context) -> SubtaskResult:
-        result = await self._answer(req, ctx)
+        result = await super().on_subtask(req, ctx)
         if result.output.lstrip().upper().startswith("REJECTED"):
             raise DraftRejected(result.output[:500])
         return result
