@@ -11,15 +11,18 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=68" wheel "Cython>=3.1"
-	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.1,<4"
+	$(BIN)/python -m pip uninstall -q -y agent-engine 2>/dev/null || true  # the old name
+	ENGINE_REQUIRE_NATIVE=1 $(BIN)/python -m pip install -q --no-build-isolation -e '.[all]' --group dev
 	touch $@
 
 install: $(STAMP)
 
 # Rebuild the extension when any .pyx/.pxd/.h changed (cythonize skips unchanged modules).
+# ENGINE_REQUIRE_NATIVE=1: here a compile error fails the build (a user's `pip install`
+# falls back to pure Python with a warning instead; see setup.py).
 $(VENV)/.built: $(STAMP) $(PYX) setup.py
-	$(BIN)/python setup.py -q build_ext --inplace
+	ENGINE_REQUIRE_NATIVE=1 $(BIN)/python setup.py -q build_ext --inplace
 	touch $@
 
 build: $(VENV)/.built
@@ -27,15 +30,18 @@ build: $(VENV)/.built
 demo: build
 	$(BIN)/engine demo
 
+# Line coverage of engine/ is reported at the end (COV= turns it off).
+COV ?= --cov=engine --cov-report=term
 test: build
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(COV) $(PYTEST_ARGS)
 
 test-slow: build
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Peers (autogen-core, hnswlib) live in the `compare` extra; benches run them in the same run.
 $(VENV)/.compare: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,compare]' --no-build-isolation
+	$(BIN)/python -m pip install -q "pybind11>=2.10"  # hnswlib builds from source against it
+	$(BIN)/python -m pip install -q -e '.[all,compare]' --group dev --no-build-isolation
 	touch $@
 
 bench: build $(VENV)/.compare

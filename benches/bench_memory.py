@@ -136,6 +136,7 @@ def test_hnswlib_batch(
 
 
 @pytest.mark.benchmark(group="memory-glue")
+@pytest.mark.quick
 @pytest.mark.parametrize("impl", ["py", "native"])
 def test_filter_bitmap(benchmark: Any, impl: str) -> None:
     mod = NATIVE if impl == "native" else _vectors_py

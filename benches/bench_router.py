@@ -19,7 +19,11 @@ import pytest
 from engine import AgentId
 from engine.routing import KIND_DIRECT, KIND_TOPIC, KIND_TYPE, RouterC, RouterPy
 
-pytestmark = pytest.mark.skipif(RouterC is None, reason="native router not built")
+# quick: `engine bench --compare` runs these by default (a few seconds a round)
+pytestmark = [
+    pytest.mark.skipif(RouterC is None, reason="native router not built"),
+    pytest.mark.quick,
+]
 
 BATCH = 10_000
 WILD_BATCH = 1_000  # the reference scans every pattern per topic; keep its rounds short

@@ -277,6 +277,7 @@ def _once(benchmark: Any, fn: Callable[[], Any]) -> Any:
     return benchmark.pedantic(fn, rounds=1, iterations=1)
 
 
+@pytest.mark.quick
 def test_sequential_send_reply(benchmark: Any) -> None:
     def run() -> tuple[tuple[float, float], tuple[float, float]]:
         return best(engine_sequential, 50_000), best(autogen_sequential, 2_000, rounds=2)

@@ -28,6 +28,7 @@ __all__ = [
     "MailboxFull",
     "MaxStepsExceeded",
     "MessageTypeConflict",
+    "MissingExtraError",
     "NativeFallbackWarning",
     "NativeUnavailable",
     "OrchestrationError",
@@ -70,6 +71,15 @@ class EngineError(Exception):
 
 class NativeUnavailable(EngineError, ImportError):
     """A compiled module is missing while ``ENGINE_REQUIRE_NATIVE=1``."""
+
+
+class MissingExtraError(EngineError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message, name=module)
+        self.module = module
+        self.extra = extra
 
 
 class NativeFallbackWarning(RuntimeWarning):

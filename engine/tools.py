@@ -2,10 +2,12 @@
 
 ``@tool`` turns a typed function (sync or async) into a :class:`Tool`: its parameters
 become a msgspec Struct, which gives the JSON schema for function calling and strict
-argument validation (errors name the field). Sync tools run in the registry's bounded
-thread pool so they never block the event loop. ``rt.tools`` is the
-:class:`ToolRegistry`: discovery by name and tag, single and parallel calls through the
-runtime's middleware and hooks.
+argument validation (errors name the field). Parameter types may be msgspec Structs,
+dataclasses, TypedDicts and pydantic models; parameter descriptions come from the
+docstring (Google or NumPy style); ``spec(strict=True)`` is OpenAI's strict schema.
+Sync tools run in the registry's bounded thread pool so they never block the event loop.
+``rt.tools`` is the :class:`ToolRegistry`: discovery by name and tag, single and parallel
+calls through the runtime's middleware and hooks.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 import msgspec
 
+from engine._tool_schema import build_parameters, strict_schema
 from engine.errors import ToolError, ToolNotFound, ToolTimeout, ToolValidationError
 
 if TYPE_CHECKING:
@@ -84,6 +87,8 @@ class Tool:
 
     __slots__ = (
         "__wrapped__",
+        "_params",
+        "_strict",
         "args_type",
         "cache",
         "cacheable",
@@ -116,8 +121,10 @@ class Tool:
             raise ValueError(
                 f"tool name {self.name!r} must be 1-64 ASCII letters, digits, '_' or '-'"
             )
-        doc = inspect.getdoc(fn) or ""
-        self.description: str = description if description is not None else doc.split("\n\n")[0]
+        self._params = build_parameters(fn, self.name)
+        self._strict: dict[str, Any] | None = None
+        summary = self._params.summary
+        self.description: str = description if description is not None else summary
         self.tags: frozenset[str] = frozenset(tags)
         if timeout is not None and not timeout > 0:
             raise ValueError(f"tool timeout must be positive seconds or None, got {timeout!r}")
@@ -127,8 +134,8 @@ class Tool:
         # tools without side effects; a tool with a result cache says so already.
         self.cacheable: bool = cache is not None if cacheable is None else bool(cacheable)
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.args_type = _args_struct(fn, self.name)
-        self.parameters: dict[str, Any] = _parameters_schema(self.args_type)
+        self.args_type = self._params.struct
+        self.parameters: dict[str, Any] = self._params.schema
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -136,16 +143,22 @@ class Tool:
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"
 
-    def spec(self) -> dict[str, Any]:
-        """OpenAI-style function-calling spec: ``{"type": "function", "function": {...}}``."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
+    def spec(self, *, strict: bool = False) -> dict[str, Any]:
+        """OpenAI-style function-calling spec: ``{"type": "function", "function": {...}}``.
+
+        ``strict=True`` gives the schema of OpenAI's strict mode (every property required,
+        optional ones nullable, objects closed) and ``"strict": true``; a parameter strict
+        mode cannot express (a free-form mapping, ``Any``) raises TypeError naming it.
+        """
+        function: dict[str, Any] = {"name": self.name, "description": self.description}
+        if strict:
+            if self._strict is None:
+                self._strict = strict_schema(self.parameters, self.name)
+            function["parameters"] = self._strict
+            function["strict"] = True
+        else:
+            function["parameters"] = self.parameters
+        return {"type": "function", "function": function}
 
     def validate(self, arguments: Any) -> msgspec.Struct:
         """Check ``arguments`` (a dict, or JSON text/bytes from a model) against the schema."""
@@ -154,14 +167,23 @@ class Tool:
                 arguments = {}
             elif isinstance(arguments, self.args_type):
                 return arguments
+            hook = self._params.dec_hook
             if isinstance(arguments, (str, bytes, bytearray, memoryview)):
-                return msgspec.json.decode(arguments, type=self.args_type)
+                if not self._params.optional:
+                    return msgspec.json.decode(arguments, type=self.args_type, dec_hook=hook)
+                arguments = msgspec.json.decode(arguments)
             if not isinstance(arguments, dict):
                 raise ToolValidationError(
                     f"arguments for tool {self.name!r} must be an object, "
                     f"got {type(arguments).__name__}"
                 )
-            return msgspec.convert(arguments, self.args_type, strict=True)
+            if self._params.optional:  # a null for an optional parameter means its default
+                arguments = {
+                    k: v
+                    for k, v in arguments.items()
+                    if v is not None or k not in self._params.optional
+                }
+            return msgspec.convert(arguments, self.args_type, strict=True, dec_hook=hook)
         except msgspec.ValidationError as exc:
             raise ToolValidationError(f"invalid arguments for tool {self.name!r}: {exc}") from None
         except msgspec.DecodeError as exc:
@@ -249,43 +271,6 @@ def tool(
         )
 
     return make(fn) if fn is not None else make
-
-
-def _args_struct(fn: Callable[..., Any], name: str) -> type[msgspec.Struct]:
-    try:
-        hints = typing.get_type_hints(fn, include_extras=True)
-    except Exception as exc:
-        raise TypeError(f"cannot resolve annotations of tool {name!r}: {exc}") from None
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-            raise TypeError(f"tool {name!r}: parameter {p.name!r} must be a named parameter")
-        if p.name not in hints:
-            raise TypeError(f"tool {name!r}: parameter {p.name!r} needs a type annotation")
-        if p.default is p.empty:
-            fields.append((p.name, hints[p.name]))
-        else:
-            fields.append((p.name, hints[p.name], p.default))
-    try:
-        return msgspec.defstruct(f"{name}_args", fields, forbid_unknown_fields=True)
-    except TypeError as exc:
-        raise TypeError(f"tool {name!r}: {exc}") from None
-
-
-def _parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
-    try:
-        (ref,), defs = msgspec.json.schema_components([args_type], ref_template="#/$defs/{name}")
-    except TypeError as exc:
-        raise TypeError(f"cannot build a JSON schema for {args_type.__name__}: {exc}") from None
-    own = ref["$ref"].rsplit("/", 1)[1]
-    params = dict(defs.pop(own))
-    params.pop("title", None)
-    params.setdefault("properties", {})
-    params.setdefault("required", [])
-    params["additionalProperties"] = False
-    if defs:
-        params["$defs"] = defs
-    return params
 
 
 class ToolCall:

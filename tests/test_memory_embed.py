@@ -147,7 +147,7 @@ def test_openai_embedder_errors(server: _Server) -> None:
 
 def test_sentence_transformer_optional() -> None:
     if importlib.util.find_spec("sentence_transformers") is None:
-        with pytest.raises(ImportError, match=r"agent-engine\[embeddings\]"):
+        with pytest.raises(ImportError, match=r"agent-engine-runtime\[embeddings\]"):
             SentenceTransformerEmbedder()
     else:  # pragma: no cover - only with the optional extra
         assert SentenceTransformerEmbedder().dim > 0

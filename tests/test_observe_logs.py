@@ -113,3 +113,44 @@ def test_redaction_can_be_disabled() -> None:
     finally:
         logging.getLogger("engine").removeHandler(handler)
     assert "sk-abcdefghijklmnopqrstuv" in s.getvalue()
+
+
+def test_filter_redacts_for_the_applications_own_formatter() -> None:
+    """A plain-text handler of the application's, with the engine's filter attached."""
+    from engine.observe.logs import RedactingFilter
+
+    s = io.StringIO()
+    handler = logging.StreamHandler(s)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s user=%(user)s"))
+    handler.addFilter(RedactingFilter())
+    log = logging.getLogger("myapp.billing")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("retry with %s", "sk-abcdefghijklmnopqrstuv", extra={"user": "token=abc12"})
+        try:
+            raise ValueError("password=hunter2 rejected")
+        except ValueError:
+            log.exception("failed", extra={"user": "u"})
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    out = s.getvalue()
+    for secret in ("sk-abcdefghijklmnopqrstuv", "abc12", "hunter2"):
+        assert secret not in out
+    assert out.startswith(f"WARNING retry with {REDACTED} user=token={REDACTED}\n")
+    assert "ValueError: password=" in out and "Traceback" in out
+
+
+def test_structlog_processor_redacts_events() -> None:
+    structlog = pytest.importorskip("structlog")
+    from engine.observe.logs import redact_event
+
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[redact_event, structlog.processors.JSONRenderer()],
+    )
+    logger.info("login with Bearer abcdefghijklmnop", api_key="plain", attempt=2)
+    rec = orjson.loads(out.getvalue())
+    assert rec == {"event": f"login with Bearer {REDACTED}", "api_key": REDACTED, "attempt": 2}

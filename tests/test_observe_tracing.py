@@ -1,4 +1,5 @@
-"""W3C traceparent helpers and OpenTelemetry spans on the engine's own provider."""
+"""W3C traceparent helpers and OpenTelemetry spans (a tracer's own provider, built from
+``exporters=``; the application's provider is covered by test_observe_otel_app.py)."""
 
 from __future__ import annotations
 
@@ -113,10 +114,12 @@ def test_llm_span_has_gen_ai_attributes() -> None:
         pass
     (span,) = exporter.get_finished_spans()
     assert span.attributes["gen_ai.request.model"] == "gpt-x"
+    assert span.attributes["gen_ai.provider.name"] == "openai"
+    assert "gen_ai.system" not in span.attributes  # deprecated
     assert span.attributes["gen_ai.usage.input_tokens"] == 3
 
 
-def test_never_touches_global_provider() -> None:
+def test_own_provider_never_touches_the_global_one() -> None:
     before = trace.get_tracer_provider()
     t, _ = tracer()
     with t.span("x"):
@@ -172,9 +175,27 @@ def test_span_may_end_in_another_context() -> None:
         assert resumed.run(current_traceparent) == ""
 
 
-def test_root_span_ignores_ambient_context() -> None:
+def test_span_without_parent_nests_under_the_current_span() -> None:
     t, exporter = tracer()
-    with t.span("first"), t.span("second"):  # no parent given: two separate traces
+    with t.span("first"), t.span("second"):  # no parent given: the open span is the parent
         pass
     first, second = sorted(exporter.get_finished_spans(), key=lambda s: s.name)
-    assert second.parent is None and first.context.trace_id != second.context.trace_id
+    assert first.parent is None
+    assert second.parent.span_id == first.context.span_id
+    assert first.context.trace_id == second.context.trace_id
+
+
+def test_pure_span_nests_under_the_current_span() -> None:
+    t = Tracer(enabled=False)
+    with t.span("first") as first, t.span("second") as second:
+        pass
+    assert second.trace_id == first.trace_id and second.traceparent != first.traceparent
+
+
+def test_global_provider_is_followed_when_none_is_passed() -> None:
+    """No provider given: the global one; with the default (none set) only propagation."""
+    t = Tracer()
+    assert t.provider is None
+    with t.span("x", VALID) as s:  # the API's no-op provider records nothing
+        assert s.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert s.context.span_id != "00f067aa0ba902b7"

@@ -23,6 +23,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="audit log tools")
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     v = asub.add_parser("verify", help="verify a hash-chained audit log (exit 1 if tampered)")
-    v.add_argument("file", metavar="FILE")
+    v.add_argument("file", metavar="FILE", help="the audit log to check")
     v.add_argument("--head", help="expected hash of the last record (detects truncation)")
     v.set_defaults(func=run_verify)

@@ -1,8 +1,14 @@
 """``engine bench``: run the benchmarks, or gate a change against a git ref.
 
 engine bench                              # pytest-benchmark JSON of benches/
-engine bench --compare main               # base vs head, interleaved; exit 1 on regression
+engine bench --compare main               # quick selection, interleaved; exit 1 on regression
+engine bench --compare main --all         # every benchmark
 engine bench --compare HEAD~1 --instructions   # callgrind instruction counts (deterministic)
+engine bench --compare main --benches perf/    # your own repository's benchmark folder
+
+By default ``--compare`` runs the benchmarks marked ``@pytest.mark.quick`` (every one when
+none is marked), at least ``--min-rounds`` and at most ``--rounds`` interleaved rounds,
+stopping once every ratio has settled or the ``--budget`` is spent.
 """
 
 from __future__ import annotations
@@ -14,12 +20,20 @@ import sys
 import time
 from pathlib import Path
 
+from engine._extras import require
+from engine.cli._errors import CommandError
 from engine.errors import GateError
 from engine.observe import gate
 
+#: Seconds the default (quick) comparison may spend measuring, so that one gate with its
+#: set-up stays within 5 minutes on a loaded 2-core machine.
+QUICK_BUDGET = 180.0
+
 
 def _print_report(report: gate.GateReport) -> None:
+    require("rich", extra="cli", feature="engine bench")
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     unit = "instr/op" if report.mode == "instructions" else "s (per-round stat)"
@@ -37,13 +51,13 @@ def _print_report(report: gate.GateReport) -> None:
         noise = f"±{r.noise:.3f}" if r.base and r.head else "-"
         style = colours.get(r.verdict, "")
         verdict = f"[{style}]{r.verdict}[/{style}]" if style else r.verdict
-        table.add_row(r.name, base, head, ratio, noise, verdict)
+        table.add_row(escape(r.name), base, head, ratio, noise, verdict)  # "[...]" is no markup
     console = Console(width=140)
     console.print(table)
     for e in report.errors:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(e)}")
     if report.regressions:
-        names = ", ".join(r.name for r in report.regressions)
+        names = escape(", ".join(r.name for r in report.regressions))
         console.print(
             f"[red bold]FAIL[/red bold]: slower than {report.threshold:.0%} beyond noise: {names}"
         )
@@ -63,13 +77,16 @@ def run(args: argparse.Namespace) -> int:
         head_root = gate.repo_root(Path(args.root).resolve())
     except GateError:
         head_root = Path(args.root).resolve()
-    paths = [Path(p) if Path(p).is_absolute() else head_root / p for p in args.paths or ["benches"]]
+    benches = Path(args.benches) if Path(args.benches).is_absolute() else head_root / args.benches
+    paths = [Path(p) if Path(p).is_absolute() else head_root / p for p in args.paths or [benches]]
     for p in paths:
         if not p.exists():
-            print(f"engine bench: no such benchmark path {p}", file=sys.stderr)
-            return 2
+            raise CommandError(f"no such benchmark path {p}", 2)
+    hotpath = Path(args.hotpath) if args.hotpath else benches / "hotpath.py"
+    if not hotpath.is_absolute():
+        hotpath = head_root / hotpath
     if args.compare is None:
-        return _plain(args, head_root, paths)
+        return _plain(args, head_root, paths, hotpath)
     head = gate.Side("head", head_root, "working tree")
 
     def log(*parts: object) -> None:
@@ -84,13 +101,19 @@ def run(args: argparse.Namespace) -> int:
                 report = gate.compare_instructions(
                     base,
                     head,
-                    head_root / args.hotpath,
+                    hotpath,
                     iterations=args.iterations,
                     threshold=args.threshold,
                     names=args.probe or (),
                     log=log,
                 )
             else:
+                marker = None if args.all else _quick(head, paths)
+                if marker:
+                    log("quick selection: benchmarks marked @pytest.mark.quick (--all: every one)")
+                budget = args.budget
+                if budget is None and not args.all:
+                    budget = QUICK_BUDGET
                 report = gate.compare_timing(
                     base,
                     head,
@@ -100,27 +123,57 @@ def run(args: argparse.Namespace) -> int:
                     threshold=args.threshold,
                     max_time=args.max_time or 0.05,
                     stat=args.stat,
+                    marker=marker,
+                    settle_after=min(args.min_rounds, args.rounds),
+                    budget=budget,
+                    package=package_under_test(head_root),
                     log=log,
                 )
     except GateError as exc:
-        print(f"engine bench: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc), 2) from None
     if args.report:
         Path(args.report).write_bytes(report.to_json())
     _print_report(report)
     return 1 if report.failed else 0
 
 
-def _plain(args: argparse.Namespace, root: Path, paths: list[Path]) -> int:
+def package_under_test(root: Path) -> str | None:
+    """The package a tree's benchmarks measure: ``engine`` here, else the one top-level
+    package in ``root`` or ``root/src`` (None when there is not exactly one)."""
+    if (root / "engine" / "__init__.py").is_file():
+        return "engine"
+    found = {
+        p.parent.name
+        for base in (root, root / "src")
+        for p in base.glob("*/__init__.py")
+        if p.parent.name not in ("tests", "test", "benches", "benchmarks", "docs")
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def _quick(head: gate.Side, paths: list[Path]) -> str | None:
+    """``"quick"`` when some benchmark of ``paths`` carries that marker, else None (all)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "quick",
+         "-p", "no:cacheprovider", "-o", "python_files=bench_*.py test_*.py", *map(str, paths)],
+        cwd=head.root,
+        env=gate.child_env(head),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    return "quick" if any("::" in line for line in proc.stdout.splitlines()) else None
+
+
+def _plain(args: argparse.Namespace, root: Path, paths: list[Path], hotpath: Path) -> int:
     if args.instructions:
         head = gate.Side("head", root, "working tree")
         try:
             counts, problems = gate.count_instructions(
-                head, root / args.hotpath, iterations=args.iterations, names=args.probe or ()
+                head, hotpath, iterations=args.iterations, names=args.probe or ()
             )
         except GateError as exc:
-            print(f"engine bench: {exc}", file=sys.stderr)
-            return 2
+            raise CommandError(str(exc), 2) from None
         for name, n in sorted(counts.items()):
             print(f"{name:40s} {n:14.1f} instructions/op")
         for p in problems:
@@ -179,7 +232,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="fail when slower by more than this beyond noise (0.1 or 10%%)",
     )
     p.add_argument(
-        "--rounds", type=_positive_int, default=15, help="interleaved rounds per side (timing mode)"
+        "--benches",
+        default="benches",
+        metavar="DIR",
+        help="the benchmark folder (your own repository's, e.g. perf/)",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="compare every benchmark, not only those marked @pytest.mark.quick",
+    )
+    p.add_argument(
+        "--rounds", type=_positive_int, default=15, help="at most this many interleaved rounds"
+    )
+    p.add_argument(
+        "--min-rounds",
+        type=_positive_int,
+        default=5,
+        help="rounds before the comparison may stop (when every ratio has settled)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"stop measuring before this (default {QUICK_BUDGET:g} s for the quick selection, "
+        "none with --all)",
     )
     p.add_argument(
         "--max-time",
@@ -198,7 +276,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="count instructions of benches/hotpath.py probes under callgrind",
     )
-    p.add_argument("--hotpath", default="benches/hotpath.py", help="probe file (instructions)")
+    p.add_argument(
+        "--hotpath",
+        default=None,
+        help="probe file for --instructions (default: BENCHES/hotpath.py)",
+    )
     p.add_argument("--probe", action="append", help="only this probe (repeatable)")
     p.add_argument(
         "--iterations",

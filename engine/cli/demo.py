@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 
+from engine._extras import require
 from engine.cli import CommandError
 from engine.cli._common import run_coro, setup_logging
 
@@ -35,6 +36,8 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("rich", extra="cli", feature="engine demo")
+    require("faiss", extra="memory", feature="engine demo")
     from rich.console import Console
 
     from engine.demo.display import View

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 
-from engine.observe.top import fetch, render
+from engine._extras import require
 
 __all__ = ["register", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    require("rich", extra="cli", feature="engine top")
     from rich.console import Console
     from rich.live import Live
+
+    from engine.observe.top import fetch, render
 
     console = Console()
     url = args.url if "://" in args.url else f"http://{args.url}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.memory import _faiss  # noqa: F401  (first: names the extra when FAISS is missing)
 from engine.memory._pool import SearchPool, search_pool
 from engine.memory.cache import DEFAULT_THRESHOLDS, CacheHit, SemanticCache
 from engine.memory.conversation import ConversationMemory, Turn

@@ -6,7 +6,6 @@ Every embedder has ``dim`` and ``embed(texts) -> float32 (n, dim)`` with L2-norm
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import re
 import zlib
@@ -16,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from engine._extras import require
 from engine.errors import DimensionError, EmbeddingError
 
 __all__ = ["Embedder", "HashingEmbedder", "OpenAIEmbedder", "SentenceTransformerEmbedder"]
@@ -123,8 +123,7 @@ class OpenAIEmbedder:
         if batch_size < 1:
             raise EmbeddingError(f"batch_size must be >= 1, got {batch_size}")
         if client is None:
-            import openai
-
+            openai = require("openai", extra="llm", feature="OpenAIEmbedder")
             client = openai.OpenAI(
                 base_url=base_url,
                 api_key=api_key or "unused",
@@ -144,8 +143,7 @@ class OpenAIEmbedder:
         return self._dim
 
     def embed(self, texts: Sequence[str]) -> F32:
-        import openai
-
+        openai = require("openai", extra="llm", feature="OpenAIEmbedder")
         items = _check_texts(texts)
         rows: list[list[float]] = []
         for lo in range(0, len(items), self.batch_size):
@@ -180,13 +178,9 @@ class SentenceTransformerEmbedder:
     def __init__(
         self, model: str = "all-MiniLM-L6-v2", *, device: str = "cpu", batch_size: int = 64
     ) -> None:
-        try:  # optional extra: imported by name so type checkers need not have it
-            st: Any = importlib.import_module("sentence_transformers")
-        except ImportError as exc:
-            raise ImportError(
-                "SentenceTransformerEmbedder needs sentence-transformers: "
-                "pip install 'agent-engine[embeddings]'"
-            ) from exc
+        st: Any = require(
+            "sentence_transformers", extra="embeddings", feature="SentenceTransformerEmbedder"
+        )
         self._model = st.SentenceTransformer(model, device=device)
         self.batch_size = batch_size
         get_dim = self._model.get_sentence_embedding_dimension

@@ -12,7 +12,7 @@ from engine._lazy import lazy
 
 if TYPE_CHECKING:
     from engine.observe.audit import AuditLog
-    from engine.observe.logs import configure_logging, log_context
+    from engine.observe.logs import RedactingFilter, configure_logging, log_context
     from engine.observe.metrics import Metrics, default_metrics
     from engine.observe.sampler import Profile, Sampler, profile_for
     from engine.observe.server import ObserveServer
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # public name -> the module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
     "AuditLog": "engine.observe.audit",
+    "RedactingFilter": "engine.observe.logs",
     "configure_logging": "engine.observe.logs",
     "log_context": "engine.observe.logs",
     "Metrics": "engine.observe.metrics",
@@ -46,6 +47,7 @@ __all__ = [
     "Metrics",
     "ObserveServer",
     "Profile",
+    "RedactingFilter",
     "Sampler",
     "Tracer",
     "configure_logging",

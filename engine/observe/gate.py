@@ -3,12 +3,17 @@
 Head is the working tree as it is; base is ``REF`` exported with ``git archive`` into a
 temporary directory, its compiled modules copied from head when every build input is
 byte-identical (the common case) and built with ``setup.py build_ext --inplace`` otherwise.
-Both sides run head's benchmark files, each side importing its own ``engine`` (the tree root
-is the child's working directory and first ``PYTHONPATH`` entry; checked before measuring).
+Both sides run head's benchmark files, each side importing its own copy of the package under
+test (``engine`` here, a user's package in their repository: the tree root, and ``src/``
+when there is one, are the child's working directory and first ``PYTHONPATH`` entries;
+checked before measuring and after every round).
 
 Timing mode keeps one pytest process per side alive and runs pytest-benchmark in each
-``rounds`` times, alternating (base, head, head, base, ...) every fraction of a second, so
-the load of a shared machine hits both alike. Each round pairs base's and head's statistic
+up to ``rounds`` times, alternating (base, head, head, base, ...) every fraction of a second,
+so the load of a shared machine hits both alike. With ``settle_after`` it stops once every
+benchmark's ratio is clearly within the threshold (after at least that many rounds), or when
+the next round would overrun ``budget`` seconds: quiet benchmarks take few rounds, noisy
+ones more. Each round pairs base's and head's statistic
 (``min`` by default); the ratio is the median of the per-round ratios ``head / base`` and the
 noise the standard error of that median, estimated from their median absolute deviation.
 A benchmark regresses when ``ratio - noise > 1 + threshold``.
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -51,6 +57,7 @@ __all__ = [
     "compare_instructions",
     "compare_timing",
     "resolve_ref",
+    "settled",
 ]
 
 DEFAULT_THRESHOLD: Final = 0.10
@@ -214,28 +221,34 @@ def base_tree(repo: Path, ref: str, head: Path, *, keep: bool = False) -> Iterat
 
 def child_env(side: Side, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    own = [str(side.root)]
+    if (side.root / "src").is_dir():  # a src layout: the package lives one level down
+        own.append(str(side.root / "src"))
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(side.root), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        [*own, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     )
     env.pop("PYTHONSTARTUP", None)
     env.update(extra or {})
     return env
 
 
-def check_imports(side: Side) -> None:
-    """Fail unless a child started for ``side`` imports ``engine`` from ``side.root``."""
+def check_imports(side: Side, package: str | None = "engine") -> None:
+    """Fail unless a child started for ``side`` imports ``package`` from ``side.root``."""
+    if package is None:
+        return
+    code = f"import {package} as p, sys; sys.stdout.write(p.__file__)"
     proc = subprocess.run(
-        [sys.executable, "-c", "import engine, sys; sys.stdout.write(engine.__file__)"],
+        [sys.executable, "-c", code],
         cwd=side.root,
         env=child_env(side),
         capture_output=True,
         timeout=120,
     )
     if proc.returncode != 0:
-        raise GateError(f"{side.name}: `import engine` failed:\n{proc.stderr.decode()[-2000:]}")
+        raise GateError(f"{side.name}: `import {package}` failed:\n{proc.stderr.decode()[-2000:]}")
     where = Path(proc.stdout.decode()).resolve()
     if not where.is_relative_to(side.root.resolve()):
-        raise GateError(f"{side.name}: engine imported from {where}, not from {side.root}")
+        raise GateError(f"{side.name}: {package} imported from {where}, not from {side.root}")
 
 
 # -- timing mode ------------------------------------------------------------------------
@@ -244,9 +257,11 @@ def check_imports(side: Side) -> None:
 #: A long-lived pytest process for one side: each stdin line is a JSON path to write; it
 #: answers with pytest's exit code on stdout (pytest's own output goes to stderr).
 _WORKER: Final = r"""
-import contextlib, sys
-import engine  # pinned now, from this side's tree (cwd); pytest's `pythonpath` ini option
-import pytest  # may put head's root first on sys.path later, which must not switch sides
+import contextlib, importlib, os, sys
+package = os.environ.pop("ENGINE_GATE_PACKAGE", "")
+if package:  # pinned now, from this side's tree (cwd); pytest's `pythonpath` ini option
+    importlib.import_module(package)  # may put head's root first on sys.path later
+import pytest
 args = sys.argv[1:]
 for line in sys.stdin:
     out = line.strip()
@@ -254,8 +269,8 @@ for line in sys.stdin:
         break
     with contextlib.redirect_stdout(sys.stderr):
         code = pytest.main([*args, "--benchmark-json=" + out])
-    mods = [m.__file__ for n, m in list(sys.modules.items())
-            if (n == "engine" or n.startswith("engine.")) and getattr(m, "__file__", None)]
+    mods = [m.__file__ for n, m in list(sys.modules.items()) if package
+            and (n == package or n.startswith(package + ".")) and getattr(m, "__file__", None)]
     sys.stdout.write(f"{int(code)}\t{chr(31).join(mods)}\n")
     sys.stdout.flush()
 """
@@ -277,8 +292,11 @@ class _Worker:
         select: str | None,
         max_time: float,
         min_rounds: int,
+        marker: str | None = None,
+        package: str | None = "engine",
     ) -> None:
         self.side = side
+        self.package = package
         self.log_path = log_path
         args = [
             *map(str, paths),
@@ -300,11 +318,13 @@ class _Worker:
         ]
         if select:
             args += ["-k", select]
+        if marker:
+            args += ["-m", marker]
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER, *args],
             cwd=side.root,
-            env=child_env(side),
+            env=child_env(side, {"ENGINE_GATE_PACKAGE": package or ""}),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -332,8 +352,8 @@ class _Worker:
         if strays:
             self.close()
             raise GateError(
-                f"{self.side.name}: benchmarks imported engine modules from outside its tree: "
-                + ", ".join(strays[:3])
+                f"{self.side.name}: benchmarks imported {self.package} modules from outside "
+                "its tree: " + ", ".join(strays[:3])
             )
         # 1: some benchmark failed or did not import; 5: none ran (no JSON is written then)
         if code not in (0, 1, 5):
@@ -376,22 +396,31 @@ def _mad_noise(ratios: list[float]) -> float:
 
 
 def judge(result: BenchResult, threshold: float, *, paired: bool = True) -> BenchResult:
-    """Fill ratio, noise and verdict of ``result`` from its per-round values."""
+    """Fill ratio, noise and verdict of ``result`` from its per-round values.
+
+    A regression also needs the best head round slower than the best base round by the
+    threshold (an improvement the reverse): load only adds time, so on a busy machine a few
+    rounds can skew the paired median while the minima stay put (an unchanged tree failed
+    1 run in 2 so at a load of 5 on 2 cores, per-round ratios 0.5-2.3); a real slowdown
+    moves both."""
     if not result.head:
         result.verdict = "missing"
         return result
     if not result.base:
         result.verdict = "new"
         return result
+    floor = 1.0
     if paired and len(result.base) == len(result.head):
         ratios = [h / b for h, b in zip(result.head, result.base, strict=True)]
         result.ratio = statistics.median(ratios)
         result.noise = _mad_noise(ratios)
+        floor = min(result.head) / min(result.base)
     else:
         result.ratio = statistics.median(result.head) / statistics.median(result.base)
-    if result.ratio - result.noise > 1 + threshold:
+        floor = result.ratio
+    if result.ratio - result.noise > 1 + threshold and floor > 1 + threshold:
         result.verdict = "regressed"
-    elif result.ratio + result.noise < 1 - threshold:
+    elif result.ratio + result.noise < 1 - threshold and floor < 1 - threshold:
         result.verdict = "improved"
     else:
         result.verdict = "ok"
@@ -409,21 +438,31 @@ def compare_timing(
     max_time: float = 0.05,
     min_rounds: int = 5,
     stat: str = "min",
+    marker: str | None = None,
+    settle_after: int | None = None,
+    budget: float | None = None,
+    package: str | None = "engine",
     log: Any = print,
 ) -> GateReport:
     """Run the benchmarks of ``paths`` on both sides, interleaved, and judge each one.
 
     One long-lived pytest process per side; a first unrecorded round warms both up, then
-    ``rounds`` rounds alternate base/head, head/base, ...
+    up to ``rounds`` rounds alternate base/head, head/base, ... ``marker`` selects
+    benchmarks (``-m``). With ``settle_after=N`` the comparison stops after N or more rounds
+    once every benchmark has :func:`settled`, and before a round that would end past
+    ``budget`` seconds (counted from the first measured round).
     """
     if rounds < 1:
         raise GateError("rounds must be >= 1")
     if not 0 < threshold < 10:
         raise GateError("threshold must be a fraction in (0, 10)")
+    if settle_after is not None and not 1 <= settle_after <= rounds:
+        raise GateError(f"settle_after must be in [1, rounds], got {settle_after}")
     for side in (base, head):
-        check_imports(side)
+        check_imports(side, package)
     values: dict[str, dict[str, list[float]]] = {}
     errors: list[str] = []
+    done = 0
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, contextlib.ExitStack() as st:
         workers = {}
         for side in (base, head):
@@ -434,10 +473,14 @@ def compare_timing(
                 select=select,
                 max_time=max_time,
                 min_rounds=min_rounds,
+                marker=marker,
+                package=package,
             )
             st.callback(w.close)
             workers[side.name] = w
+        started = 0.0
         for i in range(rounds + 1):
+            t0 = time.monotonic()
             order = (base, head) if i % 2 == 0 else (head, base)
             for side in order:
                 out = Path(tmp) / f"{side.name}-{i}.json"
@@ -450,8 +493,20 @@ def compare_timing(
                     values.setdefault(name, {"base": [], "head": []})[side.name].append(
                         float(stats[stat])
                     )
-            if i:
-                log(f"round {i}/{rounds} done")
+            if i == 0:
+                started = time.monotonic()
+                continue
+            done = i
+            log(f"round {i}/{rounds} done")
+            if settle_after is None or i < settle_after or i == rounds:
+                continue
+            if all(settled(v["base"], v["head"], threshold) for v in values.values()):
+                log(f"every benchmark settled after {i} rounds")
+                break
+            took = time.monotonic() - t0
+            if budget is not None and time.monotonic() - started + took > budget:
+                log(f"stopping after {i} rounds: the next would pass the {budget:g} s budget")
+                break
         if errors:
             errors.append(workers["head"].log_path.read_bytes()[-2000:].decode(errors="replace"))
     results = [
@@ -463,9 +518,20 @@ def compare_timing(
     for r in results:
         if r.verdict == "missing":
             errors.append(f"{r.name}: ran on base but not on head")
-        elif r.verdict != "new" and (len(r.head) != rounds or len(r.base) != rounds):
+        elif r.verdict != "new" and (len(r.head) != done or len(r.base) != done):
             errors.append(f"{r.name}: failed in some rounds")
     return GateReport("time", base.label, head.label, threshold, results, errors)
+
+
+def settled(base: Sequence[float], head: Sequence[float], threshold: float) -> bool:
+    """Whether more rounds would not change a benchmark's verdict: its paired ratio is
+    clearly inside the threshold (``ratio + 2 * noise < 1 + threshold``). A possible
+    regression never settles early: it gets every round there is, to be confirmed or not."""
+    if not base or len(base) != len(head):
+        return True  # new or broken: more rounds will not help
+    ratios = [h / b for h, b in zip(head, base, strict=True)]
+    ratio = statistics.median(ratios)
+    return ratio + 2 * _mad_noise(ratios) < 1 + threshold
 
 
 # -- instruction mode -------------------------------------------------------------------

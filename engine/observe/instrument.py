@@ -12,10 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
+from engine.observe.health import broker_checks, node_checks, runtime_checks
 from engine.observe.metrics import Metrics
 from engine.observe.server import ObserveServer
 
-__all__ = ["ALL_TYPES", "instrument_broker", "instrument_node", "instrument_runtime", "serve"]
+__all__ = [
+    "ALL_TYPES",
+    "instrument_broker",
+    "instrument_cache",
+    "instrument_node",
+    "instrument_runtime",
+    "serve",
+]
 
 #: ``agent_type`` label of gauges a source only knows in total.
 ALL_TYPES = "(all)"
@@ -162,6 +170,32 @@ def instrument_node(node: _PeerLike, metrics: Metrics | None = None) -> Metrics:
     return m
 
 
+class _CacheLike(Protocol):
+    hits: int
+    misses: int
+
+
+def instrument_cache(cache: _CacheLike, metrics: Metrics | None = None) -> Metrics:
+    """Export a cache's lookups (``hits``/``misses``, e.g. a
+    :class:`~engine.memory.SemanticCache`) as ``engine_cache_requests_total{result}``: the
+    increase since the previous scrape is added then, so lookups cost nothing extra."""
+    m = metrics if metrics is not None else Metrics()
+    seen = {"hit": cache.hits, "miss": cache.misses}
+    for result in seen:
+        m.cache_requests.labels(result)  # both series exist from the first scrape
+    m.cache_requests.labels("hit").inc(seen["hit"])
+    m.cache_requests.labels("miss").inc(seen["miss"])
+
+    def refresh() -> None:
+        for result, now in (("hit", cache.hits), ("miss", cache.misses)):
+            if now > seen[result]:
+                m.cache_requests.labels(result).inc(now - seen[result])
+            seen[result] = now
+
+    m.on_collect(refresh)
+    return m
+
+
 def serve(
     source: _RuntimeLike | _BrokerLike | _PeerLike,
     port: int,
@@ -169,11 +203,15 @@ def serve(
     host: str = "127.0.0.1",
     metrics: Metrics | None = None,
 ) -> ObserveServer:
-    """Instrument a runtime, broker or node; serve ``/metrics`` + ``/debug/profile`` on ``port``."""
+    """Instrument a runtime, broker or node; serve ``/metrics``, ``/debug/profile``,
+    ``/healthz`` and ``/readyz`` (the source's readiness checks) on ``port``."""
     if hasattr(source, "peers"):
         m = instrument_broker(cast(_BrokerLike, source), metrics)
+        checks = broker_checks(source)
     elif isinstance(getattr(source, "stats", None), Mapping):
         m = instrument_node(cast(_PeerLike, source), metrics)
+        checks = node_checks(source)
     else:
         m = instrument_runtime(cast(_RuntimeLike, source), metrics)
-    return ObserveServer(m, host=host, port=port).start()
+        checks = runtime_checks(source)
+    return ObserveServer(m, host=host, port=port, checks=checks).start()

@@ -6,6 +6,10 @@ root logger). Fields come from three places, later ones winning: the ambient
 the call. Secrets are redacted from the message and from every field: values of keys that
 name a secret (``api_key``, ``token``, ``password``, ``authorization``, ...) and anything
 shaped like a key (``sk-...``, ``Bearer ...``, JWTs, GitHub and AWS tokens).
+
+The redaction also stands alone, for applications with their own formatters and pipelines:
+:class:`RedactingFilter` is a ``logging.Filter`` (attach it to your handler), and
+:func:`redact_event` a structlog processor (put it before the renderer).
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from typing import IO, Any, Final
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure_logging", "log_context", "redact"]
+__all__ = [
+    "JsonFormatter",
+    "RedactingFilter",
+    "configure_logging",
+    "log_context",
+    "redact",
+    "redact_event",
+]
 
 REDACTED: Final = "[REDACTED]"
 
@@ -77,6 +88,38 @@ def _clean(key: str, value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     return redact(str(value))
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts secrets from each record in place, for any formatter: the message (its
+    arguments merged in), fields given with ``extra=``, the exception and stack text.
+
+    Attach it to a handler (``handler.addFilter(RedactingFilter())``) to cover every record
+    that handler writes; a logger's own filters do not see records of its child loggers.
+    It never drops a record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and not key.startswith("_"):
+                setattr(record, key, _clean(key, value))
+        if record.exc_info and not record.exc_text:  # formatters use exc_text when set
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def redact_event(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: secrets redacted from the event and every field
+    (``structlog.configure(processors=[..., redact_event, JSONRenderer()])``)."""
+    return {k: _clean(k, v) for k, v in event_dict.items()}
 
 
 @contextmanager

@@ -5,7 +5,9 @@
 * ``GET /metrics`` Prometheus text exposition of the engine's registry;
 * ``GET /debug/profile?seconds=N[&hz=H][&format=speedscope|folded]`` samples the process
   for N seconds with :class:`engine.observe.sampler.Sampler` (speedscope JSON by default);
-* ``GET /healthz`` ``ok``.
+* ``GET /healthz`` liveness: ``ok`` whenever the process answers;
+* ``GET /readyz`` readiness: 200 and ``ready`` when every check passes, else 503 with one
+  line per check (``broker: broker silent for 2.1s ...``); see :mod:`engine.observe.health`.
 
 It binds 127.0.0.1 unless told otherwise: profiles expose code paths, keep them private.
 """
@@ -13,6 +15,7 @@ It binds 127.0.0.1 unless told otherwise: profiles expose code paths, keep them 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from engine.observe.health import Check, run_checks
 from engine.observe.metrics import Metrics, default_metrics
 from engine.observe.sampler import MAX_HZ, MAX_SECONDS, profile_for
 
@@ -55,12 +59,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, CONTENT_TYPE_LATEST, self.server.metrics.exposition())
             elif url.path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
+            elif url.path == "/readyz":
+                self._ready()
             elif url.path == "/debug/profile":
                 self._profile(parse_qs(url.query))
             else:
                 self._send(404, "text/plain; charset=utf-8", f"no such path: {url.path}\n".encode())
         except _BadRequest as exc:
             self._send(400, "text/plain; charset=utf-8", f"{exc}\n".encode())
+
+    def _ready(self) -> None:
+        results = run_checks(dict(self.server.checks))
+        lines = [f"{name}: {why or 'ok'}" for name, why in sorted(results.items())]
+        failed = any(why is not None for why in results.values())
+        head = "not ready" if failed else "ready"
+        body = "\n".join([head, *lines]) + "\n"
+        self._send(503 if failed else 200, "text/plain; charset=utf-8", body.encode())
 
     def _profile(self, query: dict[str, list[str]]) -> None:
         seconds = _number(query, "seconds", 10.0, self.server.max_profile_seconds)
@@ -89,15 +103,20 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], metrics: Metrics, max_seconds: float) -> None:
+    def __init__(
+        self, addr: tuple[str, int], metrics: Metrics, max_seconds: float, checks: dict[str, Check]
+    ) -> None:
         self.metrics = metrics
+        self.checks = checks
         self.max_profile_seconds = max_seconds
         self.profile_lock = threading.Lock()
         super().__init__(addr, _Handler)
 
 
 class ObserveServer:
-    """``/metrics``, ``/debug/profile`` and ``/healthz`` on ``host:port`` (0 = any free port)."""
+    """``/metrics``, ``/debug/profile``, ``/healthz`` and ``/readyz`` on ``host:port`` (0 = any
+    free port). ``checks`` (name -> check, see :mod:`engine.observe.health`) decide ``/readyz``;
+    :meth:`add_check` adds one later."""
 
     def __init__(
         self,
@@ -106,6 +125,7 @@ class ObserveServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_profile_seconds: float = 60.0,
+        checks: Mapping[str, Check] | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {port!r}")
@@ -114,8 +134,15 @@ class ObserveServer:
         self.metrics = metrics if metrics is not None else default_metrics()
         self._addr = (host, port)
         self._max = max_profile_seconds
+        self.checks: dict[str, Check] = dict(checks or {})
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def add_check(self, name: str, check: Check) -> None:
+        """Make ``/readyz`` also depend on ``check`` (None when ready, else the reason)."""
+        if not callable(check):
+            raise TypeError(f"check {name!r} must be callable, got {type(check).__name__}")
+        self.checks[name] = check
 
     @property
     def port(self) -> int:
@@ -136,7 +163,7 @@ class ObserveServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         try:
-            self._server = _Server(self._addr, self.metrics, self._max)
+            self._server = _Server(self._addr, self.metrics, self._max, self.checks)
         except OSError as exc:
             host, port = self._addr
             msg = f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"

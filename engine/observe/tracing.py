@@ -1,12 +1,15 @@
-"""W3C trace context for envelopes, and spans through OpenTelemetry when it is installed.
+"""W3C trace context for envelopes, and spans through the OpenTelemetry API when installed.
 
 The ``traceparent`` helpers are pure Python and always available: every envelope carries
 one (``Envelope.traceparent``), each hop makes a child of the one it received.
 
-:class:`Tracer` opens spans (task, subtask, handler, tool call, LLM call, message hop). With
-the ``otel`` extra installed it records them on the engine's **own** ``TracerProvider``
-(never the global one) and exports only to the exporters you pass: nothing is sent anywhere
-unless you configure it. Without OpenTelemetry the same calls still produce correct child
+:class:`Tracer` opens spans (task, subtask, handler, tool call, LLM call, message hop) the
+way a library should: through the OpenTelemetry **API** only (the ``otel`` extra), on the
+application's global tracer provider or on the one passed in (``tracer_provider=``). So the
+engine's spans land in the application's own traces and exporters (Logfire, Langfuse,
+Datadog, OTLP, auto-instrumentation), nested under whatever span is current. The engine
+never sets the global provider, never configures an exporter and never sends anything
+anywhere by itself. Without OpenTelemetry the same calls still produce correct child
 ``traceparent`` values, so propagation never depends on the extra.
 """
 
@@ -17,6 +20,7 @@ import functools
 import importlib.util
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 from engine.errors import TraceContextError
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import TracerProvider
 
 __all__ = [
     "HAS_OTEL",
@@ -43,8 +47,8 @@ __all__ = [
 
 @functools.cache
 def _has_otel() -> bool:
-    try:  # the optional extra; found without importing it (importing costs ~40 ms)
-        return importlib.util.find_spec("opentelemetry.sdk") is not None
+    try:  # the optional extra (the API); found without importing it
+        return importlib.util.find_spec("opentelemetry.trace") is not None
     except ModuleNotFoundError:  # pragma: no cover - exercised where the extra is absent
         return False
 
@@ -146,18 +150,40 @@ _current: contextvars.ContextVar[str] = contextvars.ContextVar("engine_tracepare
 
 
 def current_traceparent() -> str:
-    """The ``traceparent`` to put into envelopes sent from here ("" when no span is open)."""
-    return _current.get()
+    """The ``traceparent`` to put into envelopes sent from here: the innermost engine span,
+    else the application's current OpenTelemetry span, else "" (no span is open)."""
+    tp = _current.get()
+    if tp:
+        return tp
+    otel = sys.modules.get("opentelemetry.trace")  # loaded only if the application uses it
+    if otel is None:
+        return ""
+    sc = otel.get_current_span().get_span_context()
+    if not sc.is_valid:
+        return ""
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags) & 0xFF:02x}"
 
 
-def _restore(token: contextvars.Token[str]) -> None:
+def _restore(token: contextvars.Token[str], otel: tuple[object, Any] | None = None) -> None:
+    """End a span's hold on the current context (ours, and OpenTelemetry's when given as
+    ``(token, context before)``)."""
     try:
         _current.reset(token)
+        same = True
     except ValueError:
         # The span ended in another context than it began in (a coroutine whose first step
         # ran in its caller's context, then resumed in a task): put the old value back here.
+        same = False
         old = token.old_value
         _current.set("" if old is contextvars.Token.MISSING else old)
+    if otel is not None:
+        from opentelemetry import context as otel_context
+
+        otel_token, before = otel
+        if same:
+            otel_context.detach(otel_token)  # type: ignore[arg-type]
+        else:  # detach would fail (and log): set the previous context back, here
+            otel_context.attach(before)
 
 
 class Span:
@@ -195,17 +221,27 @@ SPAN_KINDS: Final = ("task", "subtask", "handler", "tool", "llm", "hop")
 
 
 class Tracer:
-    """Opens spans parented on a ``traceparent``; OpenTelemetry-backed when available.
+    """Opens spans parented on a ``traceparent`` (or the current span); OpenTelemetry-backed.
 
-    ``exporters`` are OpenTelemetry ``SpanExporter`` objects (e.g. an in-memory one in tests,
-    OTLP in production); each gets a ``SimpleSpanProcessor`` unless ``batch=True``.
-    ``enabled=False`` (or no OpenTelemetry) keeps only the pure-Python context propagation.
+    Which provider records the spans:
+
+    - ``tracer_provider=`` given: that one (an application's SDK provider, a test's);
+    - ``exporters=`` given: a provider of the tracer's own, built with the OpenTelemetry
+      **SDK** and exporting only to those (``SimpleSpanProcessor`` each, or batched with
+      ``batch=True``); for scripts and tests that have no provider of their own;
+    - neither: the application's global provider (``opentelemetry.trace.get_tracer``),
+      followed even when the application sets it after this tracer was made. With no
+      provider set, OpenTelemetry records nothing and only the propagation remains.
+
+    ``enabled=False`` (or no ``opentelemetry-api`` installed) keeps only the pure-Python
+    context propagation.
     """
 
     def __init__(
         self,
         service_name: str = "agent-engine",
         *,
+        tracer_provider: TracerProvider | None = None,
         exporters: Sequence[SpanExporter] = (),
         batch: bool = False,
         enabled: bool = True,
@@ -213,18 +249,22 @@ class Tracer:
     ) -> None:
         self.service_name = service_name
         self.provider: TracerProvider | None = None
+        self._own = False  # the provider is ours to shut down (built from ``exporters``)
         self._tracer: Any = None
-        if enabled and _has_otel():
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        if not (enabled and _has_otel()):
+            return
+        from opentelemetry import trace
 
-            resource = Resource.create({"service.name": service_name, **(attributes or {})})
-            self.provider = TracerProvider(resource=resource)  # ours; never set globally
-            for exporter in exporters:
-                proc = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
-                self.provider.add_span_processor(proc)
-            self._tracer = self.provider.get_tracer("engine")
+        from engine import __version__
+
+        if tracer_provider is None and exporters:
+            tracer_provider = _own_provider(service_name, exporters, batch, attributes)
+            self._own = True
+        self.provider = tracer_provider
+        if tracer_provider is not None:
+            self._tracer = tracer_provider.get_tracer("engine", __version__)
+        else:  # a proxy: follows the global provider, also when it is set later
+            self._tracer = trace.get_tracer("engine", __version__)
 
     @contextmanager
     def span(
@@ -235,7 +275,9 @@ class Tracer:
         kind: str = "handler",
         attributes: Mapping[str, str | int | float | bool] | None = None,
     ) -> Iterator[Span]:
-        """Open a span as a child of ``parent`` (a traceparent; ``None``/``""`` starts a trace).
+        """Open a span as a child of ``parent`` (a traceparent, e.g. an envelope's); with no
+        parent (``None`` or ``""``) as a child of the current span, the engine's or the
+        application's, or as the root of a new trace when none is open.
 
         An exception inside the block is recorded on the span and re-raised.
         """
@@ -246,17 +288,16 @@ class Tracer:
         else:
             parent_ctx = parent
         if self._tracer is None:
-            ctx = parent_ctx.child() if parent_ctx else parse_traceparent(make_traceparent())
-            token = _current.set(str(ctx))
-            try:
-                yield Span(name, ctx)
-            finally:
-                _restore(token)
+            with _pure_span(name, parent_ctx or _ambient()) as span:
+                yield span
             return
         from opentelemetry import trace
-        from opentelemetry.context import Context
 
-        otel_parent = Context()  # no parent given: a new trace, whatever is ambient
+        if parent_ctx is None and _current.get():
+            ours = parse_traceparent(_current.get())
+            if ours.trace_id != f"{trace.get_current_span().get_span_context().trace_id:032x}":
+                parent_ctx = ours  # an engine span OpenTelemetry does not hold (pure Python)
+        otel_parent = None  # the current context: nests under the application's span
         if parent_ctx is not None:
             remote = trace.SpanContext(
                 int(parent_ctx.trace_id, 16),
@@ -266,26 +307,76 @@ class Tracer:
             )
             otel_parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
         attrs: dict[str, Any] = {"engine.span_kind": kind, **(attributes or {})}
-        with self._tracer.start_as_current_span(
-            name,
-            context=otel_parent,
-            kind=_otel_kind(kind),
-            attributes=attrs,
-            record_exception=True,
-            set_status_on_exception=True,
-        ) as otel_span:
-            sc = otel_span.get_span_context()
-            ctx = TraceContext(f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags))
-            token = _current.set(str(ctx))
-            try:
-                yield Span(name, ctx, otel_span)
-            finally:
-                _restore(token)
+        otel_span = self._tracer.start_span(
+            name, context=otel_parent, kind=_otel_kind(kind), attributes=attrs
+        )
+        sc = otel_span.get_span_context()
+        above = trace.get_current_span(otel_parent).get_span_context()
+        if not sc.is_valid or sc.span_id == above.span_id:
+            # no provider: the API's no-op tracer hands back the parent; propagate in Python
+            with _pure_span(name, parent_ctx or _ambient()) as span:
+                yield span
+            return
+        from opentelemetry import context as otel_context
+
+        before = otel_context.get_current()
+        otel_token = otel_context.attach(trace.set_span_in_context(otel_span))
+        ctx = TraceContext(f"{sc.trace_id:032x}", f"{sc.span_id:016x}", int(sc.trace_flags))
+        token = _current.set(str(ctx))
+        span = Span(name, ctx, otel_span)
+        try:
+            yield span
+        except Exception as exc:  # not cancellation or exit: those are no errors
+            span.record_exception(exc)
+            raise
+        finally:
+            _restore(token, (otel_token, before))
+            otel_span.end()
 
     def shutdown(self) -> None:
-        """Flush and close the exporters."""
-        if self.provider is not None:
-            self.provider.shutdown()
+        """Flush and close the exporters of a provider this tracer built (``exporters=``);
+        a provider passed in or the global one belongs to the application."""
+        if self._own and self.provider is not None:
+            self.provider.shutdown()  # type: ignore[attr-defined]
+
+
+def _ambient() -> TraceContext | None:
+    tp = current_traceparent()
+    return parse_traceparent(tp) if tp else None
+
+
+@contextmanager
+def _pure_span(name: str, parent: TraceContext | None) -> Iterator[Span]:
+    ctx = parent.child() if parent else parse_traceparent(make_traceparent())
+    token = _current.set(str(ctx))
+    try:
+        yield Span(name, ctx)
+    finally:
+        _restore(token)
+
+
+def _own_provider(
+    service_name: str,
+    exporters: Sequence[SpanExporter],
+    batch: bool,
+    attributes: Mapping[str, str] | None,
+) -> TracerProvider:
+    """A provider with the OpenTelemetry SDK (not an extra: the engine needs only the API)."""
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            "Tracer(exporters=...) builds its own provider with the OpenTelemetry SDK: "
+            "pip install opentelemetry-sdk, or pass your application's tracer_provider="
+        ) from exc
+    resource = Resource.create({"service.name": service_name, **(attributes or {})})
+    provider = SdkProvider(resource=resource)  # never set globally
+    for exporter in exporters:
+        proc = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        provider.add_span_processor(proc)
+    return provider
 
 
 def _otel_kind(kind: str) -> Any:
@@ -299,16 +390,17 @@ def _otel_kind(kind: str) -> Any:
 
 
 def llm_attributes(
-    system: str,
+    provider: str,
     model: str,
     *,
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     operation: str = "chat",
 ) -> dict[str, str | int]:
-    """OpenTelemetry GenAI semantic-convention attributes (``gen_ai.*``) for an LLM span."""
+    """OpenTelemetry GenAI semantic-convention attributes (``gen_ai.*``) for an LLM span:
+    ``gen_ai.provider.name`` (e.g. ``"openai"``), not the deprecated ``gen_ai.system``."""
     return {
-        "gen_ai.provider.name": system,  # semconv 1.37+: gen_ai.system is deprecated
+        "gen_ai.provider.name": provider,
         "gen_ai.operation.name": operation,
         "gen_ai.request.model": model,
         "gen_ai.usage.input_tokens": prompt_tokens,

@@ -46,6 +46,8 @@ from engine.runtime._subscriptions import KeyFn, Subscription, Subscriptions
 from engine.runtime._transport import Transport
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from engine._native._router import Router as _RouterC
     from engine.observe.metrics import Metrics
     from engine.observe.server import ObserveServer
@@ -109,6 +111,11 @@ class Runtime:
     gauges, read at scrape time only (no per-message cost); ``metrics_port`` serves
     ``/metrics`` and ``/debug/profile`` on 127.0.0.1 from :meth:`start` to :meth:`stop`
     (a fresh ``Metrics`` when none is given; 0 picks a free port, see ``metrics_url``).
+
+    ``tracer_provider`` (an OpenTelemetry ``TracerProvider``) gives every handler and tool
+    call a span on it; by default the application's global provider is used when it has set
+    one by the time the runtime is made. With neither, no span is opened and handlers are
+    called directly. Pass ``opentelemetry.trace.NoOpTracerProvider()`` to turn tracing off.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class Runtime:
         mesh: str | None = None,
         metrics: Metrics | None = None,
         metrics_port: int | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         _check_mailbox(mailbox, policy)
         if mesh is not None:  # Runtime(mesh="tcp://HOST:5555"): the ZeroMQ mesh transport
@@ -172,9 +180,15 @@ class Runtime:
         self._observe: ObserveServer | None = None
         if metrics is not None or metrics_port is not None:
             self._instrument(metrics, metrics_port)
+        from engine.runtime._tracing import runtime_tracer, tracing_middleware
+
+        self.tracer = runtime_tracer(tracer_provider)  # None: tracing off
+        if self.tracer is not None:
+            self.use(tracing_middleware(self.tracer))
 
     def _instrument(self, metrics: Metrics | None, port: int | None) -> None:
         """Attach metrics (read on scrape only) and prepare the HTTP endpoint."""
+        from engine.observe.health import runtime_checks
         from engine.observe.instrument import instrument_runtime
         from engine.observe.metrics import Metrics
         from engine.observe.server import ObserveServer
@@ -185,7 +199,8 @@ class Runtime:
         if port is not None:
             if not isinstance(port, int) or isinstance(port, bool):
                 raise TypeError(f"metrics_port must be an int, got {port!r}")
-            self._observe = ObserveServer(metrics, port=port)  # ValueError out of range
+            checks = runtime_checks(self)  # /readyz
+            self._observe = ObserveServer(metrics, port=port, checks=checks)  # ValueError: range
         self.metrics = instrument_runtime(self, metrics, derive_replies=True)
 
     @property
@@ -834,6 +849,8 @@ class Runtime:
                 raise
 
     def _push(self, agent: Agent, ctx: Context) -> None:
+        if self.tracer is not None and not ctx.traceparent:  # runs later, in another task
+            ctx.traceparent = current_traceparent()
         mb = agent._mb
         if mb is None:
             mb = agent._mb = deque()
@@ -996,6 +1013,8 @@ class Runtime:
             raise TypeError(f"topic must be a str or TopicId, got {type(topic).__name__}")
         if self._closed:
             raise UndeliverableError("runtime is stopped")
+        if self.tracer is not None and not traceparent:  # handlers run later, in other tasks
+            traceparent = current_traceparent()
         self._seq = seq = self._seq + 1
         delivered = 0
         if subs:

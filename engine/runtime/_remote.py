@@ -36,6 +36,8 @@ __all__ = ["Remote"]
 
 log = logging.getLogger("engine.runtime")
 _NIL = encode_payload(None)
+#: One request in this many through the transport has its round trip timed (with metrics).
+LATENCY_SAMPLE = 16
 
 
 class Remote:
@@ -78,17 +80,23 @@ class Remote:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[seq] = fut
         rt._active += 1
+        # engine_message_latency_seconds: request to reply, 1 request in LATENCY_SAMPLE
+        t0 = time.perf_counter() if rt.metrics is not None and not seq % LATENCY_SAMPLE else 0.0
         try:
             transport.send(env)
             if timeout is None:
-                return await fut
-            try:
-                async with asyncio.timeout(timeout):
-                    return await fut
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"{to} did not reply to {type(message).__name__} within {timeout}s"
-                ) from None
+                reply = await fut
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        reply = await fut
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"{to} did not reply to {type(message).__name__} within {timeout}s"
+                    ) from None
+            if t0 and rt.metrics is not None:
+                rt.metrics.message_latency(time.perf_counter() - t0)
+            return reply
         except asyncio.CancelledError:
             if not rt._closed:
                 # An empty Raw would encode to nothing (invalid msgpack): send nil.

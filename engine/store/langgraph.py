@@ -3,7 +3,7 @@
 Swap one line: ``graph.compile(checkpointer=EngineSaver("sqlite:///graph.db"))`` (or
 ``postgresql://...``, or an open :class:`~engine.store.Store`) and the graph's checkpoints
 get the store's group commit, deltas, retention and PostgreSQL support. Needs the
-``langgraph`` extra: ``pip install 'agent-engine[langgraph]'``.
+``langgraph`` extra: ``pip install 'agent-engine-runtime[langgraph]'``.
 
 How LangGraph's records map onto the store:
 

@@ -4,7 +4,7 @@ An async connection pool (``psycopg_pool``). Writes go through the write queue: 
 is one transaction sent in pipeline mode, so statements whose results are not needed at
 once cost no round trip each. Reads take a pool connection of their own. ``claim_job``
 uses ``FOR UPDATE SKIP LOCKED``, so concurrent runners never block on one another.
-Needs the ``postgres`` extra: ``pip install 'agent-engine[postgres]'``.
+Needs the ``postgres`` extra: ``pip install 'agent-engine-runtime[postgres]'``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class PostgresStore(SQLStore):
             from psycopg_pool import AsyncConnectionPool
         except ImportError:
             raise StoreError(
-                "postgresql:// stores need psycopg: pip install 'agent-engine[postgres]'"
+                "postgresql:// stores need psycopg: pip install 'agent-engine-runtime[postgres]'"
             ) from None
         shown = mask(url.target)
         try:  # one plain connection first: a clear error instead of a pool timeout

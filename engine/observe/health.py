@@ -1,0 +1,134 @@
+"""Readiness checks behind ``/readyz`` (``/healthz`` is liveness: the process answers).
+
+A check is a function returning ``None`` when its part is ready, or a short reason when it
+is not (an exception counts as not ready, its text the reason). Checks run in the HTTP
+server's thread at probe time, so they only read state the owner keeps anyway (sizes,
+timestamps) or open their own connection; none runs per message.
+
+What each component reports (see docs/operations/README.md):
+
+- a runtime: ``mailboxes`` (no agent's mailbox at its bound) and, with a mesh transport,
+  ``broker`` (heard from within three heartbeats);
+- a broker: ``loop`` (its thread runs), ``queue`` (messages held below ``max_queued``),
+  ``store`` (its SQLite file accepts a write transaction);
+- a node: ``broker`` (heard from within three heartbeats).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = [
+    "Check",
+    "broker_checks",
+    "node_checks",
+    "peer_reachable",
+    "run_checks",
+    "runtime_checks",
+    "sqlite_writable",
+]
+
+Check = Callable[[], str | None]
+
+
+def run_checks(checks: Mapping[str, Check]) -> dict[str, str | None]:
+    """Run every check; name -> None (ready) or why not."""
+    out: dict[str, str | None] = {}
+    for name, check in checks.items():
+        try:
+            out[name] = check()
+        except Exception as exc:  # a broken check means "not ready", never a 500
+            out[name] = f"check failed: {type(exc).__name__}: {exc}"
+    return out
+
+
+def peer_reachable(peer: Any) -> str | None:
+    """A mesh peer (node, client, runtime transport) has heard from its broker lately."""
+    reachable = getattr(peer, "broker_reachable", None)
+    if isinstance(reachable, bool):
+        return None if reachable else "broker unreachable"
+    last = getattr(peer, "_last_heard", None)  # monotonic time of the last broker frame
+    beat = float(getattr(peer, "heartbeat", 0.5))
+    if not last:
+        return "not connected to the broker yet"
+    silent = time.monotonic() - last
+    if silent > 3 * beat:
+        return f"broker silent for {silent:.1f}s (heartbeat {beat:g}s)"
+    return None
+
+
+def sqlite_writable(path: str) -> str | None:
+    """``path`` accepts a write transaction (taken and rolled back: nothing changes)."""
+    try:
+        db = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        return f"store {path}: {exc}"
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return f"store {path} is not writable: {exc}"
+    finally:
+        db.close()
+    return None
+
+
+def runtime_checks(rt: Any) -> dict[str, Check]:
+    """Checks of an in-process :class:`engine.Runtime`."""
+
+    def mailboxes() -> str | None:
+        full = [
+            str(agent.id)
+            for t in list(rt._types.values())
+            for agent in list(t.instances.values())
+            if agent._mb is not None and len(agent._mb) >= t.capacity
+        ]
+        if full:
+            return f"{len(full)} mailboxes full: {', '.join(full[:5])}"
+        return None
+
+    checks: dict[str, Check] = {"mailboxes": mailboxes}
+    peer = getattr(getattr(rt, "_transport", None), "peer", None)
+    if peer is not None:
+        checks["broker"] = lambda: peer_reachable(peer)
+    return checks
+
+
+def broker_checks(broker: Any) -> dict[str, Check]:
+    """Checks of a mesh :class:`~engine.mesh.Broker`."""
+
+    def loop() -> str | None:
+        thread = getattr(broker, "_thread", None)
+        return None if thread is not None and thread.is_alive() else "broker loop not running"
+
+    def queue() -> str | None:
+        held, bound = broker.queued, broker.max_queued
+        return None if held < bound else f"queue at its bound ({held}/{bound} messages)"
+
+    checks: dict[str, Check] = {"loop": loop, "queue": queue}
+    path = _sqlite_path(getattr(broker, "store", None))
+    if path is not None:
+        checks["store"] = lambda: sqlite_writable(path)
+    return checks
+
+
+def node_checks(node: Any) -> dict[str, Check]:
+    """Checks of a mesh node (a :class:`~engine.mesh.MeshPeer` hosting agents)."""
+    return {"broker": lambda: peer_reachable(node)}
+
+
+def _sqlite_path(store: Any) -> str | None:
+    db = getattr(store, "_db", None)
+    if not isinstance(db, sqlite3.Connection):
+        return None
+    try:  # read once, here: the checks open their own connection to this file
+        rows = db.execute("PRAGMA database_list").fetchall()
+    except sqlite3.Error:  # closed: the owner has stopped
+        return None
+    for _, name, file in rows:
+        if name == "main" and file:
+            return str(file)
+    return None
