@@ -266,6 +266,7 @@ def test_chaos_kills_a_node_and_loses_no_job(tmp_path: Path) -> None:
     assert r["chaos"]["killed"] == "node-1" and r["chaos"]["restarted"] == "node-1r"
     rows = {row["name"]: row for row in r["processes"]}
     assert rows["node-1"]["killed"] and not rows["node-1r"]["killed"]
+    assert r["chaos"]["new_slots"] == 8  # the killed node's share of 16 slots per capability
     _gone(tmp_path, r)
 
 
@@ -280,6 +281,9 @@ def test_chaos_loses_no_job_10_times(tmp_path: Path) -> None:
         assert p.returncode == 0, stderr[-3000:]
         r = _summary(run / "out")
         _check_report(r, 200)
+        # the replacement took load back through the slots offered for it
+        replacement = next(row for row in r["processes"] if row["name"] == "node-1r")
+        assert replacement["executed"] > 0
         _gone(run, r)
 
 

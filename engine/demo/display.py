@@ -251,8 +251,13 @@ def summary_table(r: Report) -> RenderableType:
         t.add_row(
             "chaos",
             f"SIGKILL {r.chaos.get('killed')} (pid {r.chaos.get('pid')}) after "
-            f"{r.chaos.get('after_jobs')} jobs; {r.chaos.get('restarted', 'no')} restarted; "
-            f"{r.lost} jobs lost",
+            f"{r.chaos.get('after_jobs')} jobs; {r.chaos.get('restarted', 'no')} restarted"
+            + (
+                f" with {r.chaos['new_slots']} new slots per capability"
+                if r.chaos.get("new_slots")
+                else ""
+            )
+            + f"; {r.lost} jobs lost",
         )
     if r.store:
         t.add_row(

@@ -127,6 +127,7 @@ class Demo:
         self.interrupted = False
         self.error = ""
         self.runtime_url: str | None = None
+        self.orch: Any = None
 
     # -- the run -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -202,6 +203,7 @@ class Demo:
                 metrics=self.metrics,
                 audit=audit,
             )
+            self.orch = orch
             try:
                 self._add_workers(orch)
                 progress.started = time.monotonic()  # the jobs' time, after the set-up
@@ -231,11 +233,23 @@ class Demo:
             for cls in workers.WORKERS:
                 orch.add_worker(cls, concurrency=self.opts.concurrency, description=cls.role.about)
             return
+        self._offer_remote(orch, self.opts.concurrency)
+
+    def _offer_remote(self, orch: Any, slots: int) -> None:
+        """``slots`` more subtasks at once per capability, for the workers on the nodes.
+
+        Each slot is a worker key; the broker places a key on the least busy node when it
+        first sees it and keeps it there (moving it only when that node dies). So new
+        slots are how a node that joins later gets work: the keys of a killed node have
+        moved to the survivors for good.
+        """
+        from engine.demo import workers
+
         for cls, role in zip(workers.WORKERS, ROLES, strict=True):
             orch.add_worker(
                 cls.type_name,
                 capabilities=[role.capability],
-                concurrency=self.opts.concurrency,
+                concurrency=slots,
                 description=role.about,
             )
 
@@ -324,7 +338,13 @@ class Demo:
         child = await self.procs.start_node(name, {})
         self.remote[name] = (child, None, None)
         self.chaos["restarted"] = name
-        self.progress.event(f"chaos: {name} (pid {child.pid}) took its place")
+        # The killed node's share of the slots, as new keys: they land on the replacement
+        # (least busy), which takes load back; the moved keys stay on the survivors.
+        share = max(1, self.opts.concurrency // self.opts.nodes)
+        if self.orch is not None:
+            self._offer_remote(self.orch, share)
+            self.chaos["new_slots"] = share
+        self.progress.event(f"chaos: {name} (pid {child.pid}) took its place, {share} new slots")
 
     async def _scrape(self, child: Child) -> None:
         demo_s, node_s = self.remote.get(child.name, (child, None, None))[1:]
