@@ -240,7 +240,7 @@ def _gone(tmp_path: Path, r: dict[str, Any], crashed: str = "") -> None:
 
 
 def test_demo_on_a_broker_and_two_nodes(tmp_path: Path) -> None:
-    p = _demo(tmp_path, "--jobs", "24", "--in-flight", "6", "--no-live")
+    p = _demo(tmp_path, "--quick", "--in-flight", "6", "--no-live")  # 24 jobs
     stdout, stderr = p.communicate(timeout=110)
     assert p.returncode == 0, stderr[-3000:]
     assert "agent-engine demo: summary" in stdout and "0 lost" in stdout
