@@ -16,11 +16,10 @@ import msgspec
 import zmq
 from mesh_bench_agents import Bench, Ping, PlainBench
 
-from engine.mesh import MeshClient, Node
+from engine.mesh import BrokerConfig, BrokerCore, MeshClient, Node
 from engine.mesh import protocol as P
 from engine.mesh._frames_py import FrameSocketPy
 from engine.mesh._io import FrameSocketC
-from engine.mesh.broker import Broker
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload, wire_name
 
 BLOB = b"x" * 64
@@ -98,9 +97,8 @@ class _FakeIO:
 
 
 def broker_cost(n: int = 20000) -> float:
-    """us of broker Python per round trip: a SEND in and out, its REPLY in and out."""
-    b = Broker("tcp://127.0.0.1:1")
-    io = _FakeIO()
+    """us of broker-core Python per round trip: a SEND in and out, its REPLY in and out."""
+    core = BrokerCore(BrokerConfig(), now=0.0)
     for ident, name, types in (
         (b"C", "client", []),
         (b"N1", "n1", ["bench"]),
@@ -109,9 +107,8 @@ def broker_cost(n: int = 20000) -> float:
         reg = P.Register(
             name=name, role=P.Role.ORCHESTRATOR, types=types, origins=[name], credit=128
         )
-        b._on_message([ident, P.header(P.FrameKind.REGISTER), P.encode(reg)])
-    b._dispatch()
-    b._flush(io)
+        core.receive(ident, [P.header(P.FrameKind.REGISTER), P.encode(reg)], 0.0)
+    core.output()
     codec, cids, nids = Codec(), MessageIds("client"), MessageIds("n1")
     reqs, reps = [], []
     for i in range(n):
@@ -121,26 +118,22 @@ def broker_cost(n: int = 20000) -> float:
         reps.append(
             codec.encode(Envelope(nids.next(), Kind.REPLY, correlation=req.id, payload=payload))
         )
+    receive, output = core.receive, core.output
     t = time.perf_counter()
     for i in range(n):
-        b._on_message([b"C", DELIVER, reqs[i]])  # the client's request...
-        if b._dirty:
-            b._dispatch()
-        if b._out:
-            b._flush(io)
-        b._on_message([io.sent[-1][0] or b"", REPLY, reps[i]])  # ...answered by its node
-        if b._dirty:
-            b._dispatch()
-        if b._out:
-            b._flush(io)
+        receive(b"C", [DELIVER, reqs[i]], 1.0)  # the client's request...
+        node = output().messages[-1][0]
+        receive(node, [REPLY, reps[i]], 1.0)  # ...answered by its node
+        output()
     dt = time.perf_counter() - t
-    assert b.stats["replies"] == n, b.stats
+    assert core.stats["replies"] == n, core.stats
     return dt / n * 1e6
 
 
 async def _node_cost(cls: type, n: int) -> float:
     node = Node("tcp://127.0.0.1:1", {"bench": cls})
-    node._loop = asyncio.get_running_loop()
+    node._loop = node._slots.loop = asyncio.get_running_loop()
+    node.core.registered = True
     io = _FakeIO()
     node._io = io
     codec, ids = Codec(), MessageIds()
@@ -160,7 +153,7 @@ async def _node_cost(cls: type, n: int) -> float:
     for body in bodies:
         io.inbox.append([DELIVER, body])
         node._drain()
-        while node._running:  # the delivery's task (Runtime host) runs in the loop
+        while node.core.running:  # the delivery's task (Runtime host) runs in the loop
             await asyncio.sleep(0)
     dt = time.perf_counter() - t
     assert len(io.sent) == n
@@ -171,7 +164,7 @@ async def _client_cost(n: int) -> float:
     c = MeshClient("tcp://127.0.0.1:1")
     loop = asyncio.get_running_loop()
     c._loop = loop
-    c._window = 1024
+    c.core.window, c.core.registered = 1024, True
     c._registered.set()
     codec, ids = Codec(), MessageIds()
 

@@ -38,6 +38,7 @@ __all__ = [
     "ProviderError",
     "QueryCancelled",
     "RecordTooLarge",
+    "RegistrationRefused",
     "RemoteError",
     "RoutingError",
     "SchedulerError",
@@ -233,6 +234,15 @@ class EmbeddingError(VectorStoreError):
 
 class ProtocolError(EngineError, ValueError):
     """A mesh frame broke the wire protocol (bad signature, version, kind, body or MAC)."""
+
+
+class RegistrationRefused(EngineError):
+    """The mesh broker refused this peer's REGISTER for good (role not allowed for its
+    key, a name or field over the protocol's limits); ``code`` is the DISCONNECT code."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 # --- Observability and tooling (engine.observe, engine.cli)

@@ -122,6 +122,7 @@ def node(
     *extra: str,
     agents: str = "mesh_agents:Echo",
     prefix: Sequence[str] = (),
+    exec_log: Path | None = None,
 ) -> Proc:
     return Proc(
         [
@@ -138,7 +139,7 @@ def node(
         ],
         "serving",
         prefix=prefix,
-        extra_env={"MESH_NODE_NAME": name},
+        extra_env={"MESH_NODE_NAME": name, "MESH_EXEC_LOG": str(exec_log or "")},
     )
 
 

@@ -115,3 +115,31 @@ def test_malformed_agents_is_bad_input(spec: str) -> None:
     code, err = engine("node", "--connect", "tcp://127.0.0.1:1", "--agents", spec)
     assert code == 2
     one_line(err, "node", "--agents")
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("no_such_module_for_engine:Echo", "no_such_module_for_engine"),  # not importable
+        ("mesh_agents:NoSuchClass", "NoSuchClass"),  # importable, no such class
+        ("broken_at_import:Agent", "ZeroDivisionError"),  # its import raises
+    ],
+)
+def test_unloadable_agents_is_bad_input(spec: str, needle: str, tmp_path: Path) -> None:
+    """A well-formed ``--agents`` whose class cannot be loaded: exit 2, one line naming it,
+    before any connection is tried (nothing listens on port 1)."""
+    (tmp_path / "broken_at_import.py").write_text("1 / 0\n")
+    app_dir = str(tmp_path) if spec.startswith("broken") else "."  # "." holds mesh_agents
+    code, err = engine(
+        "node", "--connect", "tcp://127.0.0.1:1", "--agents", spec, "--app-dir", app_dir
+    )
+    assert code == 2
+    one_line(err, "node", "--agents", needle)
+
+
+def test_store_that_cannot_open_is_bad_input(tmp_path: Path) -> None:
+    """A well-formed ``--store`` URL whose file cannot be opened: exit 2, one line."""
+    url = f"sqlite:///{tmp_path}/no/such/folder/mesh.db"
+    code, err = engine("broker", "--store", url)
+    assert code == 2
+    one_line(err, "broker", "mesh.db")

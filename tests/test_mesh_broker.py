@@ -21,7 +21,7 @@ from engine import Agent, Context, cli, handler
 from engine.errors import EncodeError, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
-from engine.mesh.peer import MeshPeer
+from engine.mesh._serving import Slots
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
 from tests._wait import until
 
@@ -258,7 +258,10 @@ def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -
         raw.setsockopt(zmq.LINGER, 1000)
         raw.connect(ep)
         raw.send_multipart(
-            P.frames(P.FrameKind.REGISTER, P.encode(P.Register("once", role=P.Role.ORCHESTRATOR)))
+            P.frames(
+                P.FrameKind.REGISTER,
+                P.encode(P.Register("once", role=P.Role.ORCHESTRATOR, origins=["once"])),
+            )
         )
         raw.send_multipart(
             P.frames(
@@ -416,31 +419,31 @@ def test_node_runs_at_most_concurrency_deliveries(broker: Broker) -> None:
             )
             assert [r.n for r in replies] == list(range(12))
             assert Gate.peak == 2
-            assert node._free_slots == 2 and not node._slot_waiters  # every slot came back
+            assert node._slots.free == 2 and not node._slots.waiters  # every slot came back
 
     run(main())
 
 
 def test_node_slot_waiters_are_fifo_and_cancellation_never_leaks_a_slot() -> None:
     async def main() -> None:
-        peer = MeshPeer("tcp://127.0.0.1:1", concurrency=1)
-        peer._loop = asyncio.get_running_loop()
-        peer._free_slots = 0  # the one slot is taken
-        first = asyncio.create_task(peer._wait_slot())
-        second = asyncio.create_task(peer._wait_slot())
+        slots = Slots(1)
+        slots.loop = asyncio.get_running_loop()
+        slots.free = 0  # the one slot is taken
+        first = asyncio.create_task(slots.wait())
+        second = asyncio.create_task(slots.wait())
         await asyncio.sleep(0)
         first.cancel()  # cancelled while waiting: skipped
         await asyncio.sleep(0)
-        peer._release_slot()  # the holder finishes
+        slots.release()  # the holder finishes
         await asyncio.wait_for(second, 1)  # the slot went to the next waiter
-        assert peer._free_slots == 0
-        third = asyncio.create_task(peer._wait_slot())
+        assert slots.free == 0
+        third = asyncio.create_task(slots.wait())
         await asyncio.sleep(0)
-        peer._release_slot()  # `second` finishes: its slot is handed to `third`...
+        slots.release()  # `second` finishes: its slot is handed to `third`...
         third.cancel()  # ...which is cancelled before it resumes: the slot is passed on
         with pytest.raises(asyncio.CancelledError):
             await third
-        assert peer._free_slots == 1 and not peer._slot_waiters  # all of concurrency=1 free
+        assert slots.free == 1 and not slots.waiters  # all of concurrency=1 free
 
     run(main())
 
@@ -453,3 +456,36 @@ def test_a_send_refused_after_its_first_part_does_not_stop_the_broker() -> None:
             raise zmq.Again()  # what FrameSocket raises when a later part is refused
 
     assert b._send(Refusing(), b"peer", [b"AEM\x01\x03", b"body"]) is False  # type: ignore[arg-type]
+
+
+def test_broker_spans_go_to_the_tracer_provider_given() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, tracer_provider=provider)
+    assert Broker("tcp://127.0.0.1:0").tracer is None  # no provider set: no per-message spans
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        async with Node(ep, {"echo": Echo}, heartbeat=HB), MeshClient(ep, heartbeat=HB) as c:
+            await c.send(Ping(1), to=AgentId("echo", "x"), timeout=5)
+
+    try:
+        run(main())
+    finally:
+        b.stop()
+    assert [s.name for s in exporter.get_finished_spans()] == ["hop echo/x"]
+
+
+def test_join_and_running_follow_the_loop() -> None:
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB)
+    assert not b.running and b.join(0)  # never started
+    b.start()
+    assert b.running and not b.join(0.01)
+    b.stop(timeout=0)
+    assert b.join(5) and not b.running and b.crashed is None

@@ -55,7 +55,8 @@ class Recorder:
 def _client(loop: asyncio.AbstractEventLoop) -> tuple[MeshClient, Recorder]:
     c = MeshClient("tcp://127.0.0.1:1")
     io = Recorder()
-    c._loop, c._io, c._window = loop, io, 1024
+    c._loop, c._io = loop, io
+    c.core.window, c.core.registered = 1024, True
     c._registered.set()
     return c, io
 
@@ -102,7 +103,8 @@ def test_requests_in_flight_together_share_one_message() -> None:
 def _node(loop: asyncio.AbstractEventLoop, concurrency: int = 64) -> tuple[Node, Recorder]:
     node = Node("tcp://127.0.0.1:1", {"echo": Echo}, concurrency=concurrency)
     io = Recorder()
-    node._loop, node._io = loop, io
+    node._loop, node._io, node._slots.loop = loop, io, loop
+    node.core.registered = True
     return node, io
 
 
@@ -204,6 +206,8 @@ def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) 
         node = MeshPeer("tcp://127.0.0.1:1", host=_SleepHost(eager), concurrency=1)
         io = Recorder()
         node._loop, node._io = asyncio.get_running_loop(), io
+        node._slots.loop = node._loop
+        node.core.registered = True
         ids = MessageIds()
         bodies = [_delivery(ids, Sleep(0.05, i)) for i in range(4)]
         io.inbox.append([DELIVER, *bodies])
@@ -224,8 +228,8 @@ def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) 
             assert env.kind is Kind.ERROR
             assert b"cancelled by the sender" in bytes(env.payload)
         assert [replies[want[i]].kind for i in (0, 3)] == [Kind.REPLY, Kind.REPLY]
-        assert not node._running  # redeliveries are not dropped as duplicates
-        assert node._free_slots == 1 and not node._slot_waiters
+        assert not node.core.running  # redeliveries are not dropped as duplicates
+        assert node._slots.free == 1 and not node._slots.waiters
 
     asyncio.run(main())
 
@@ -271,9 +275,9 @@ def test_a_send_refused_after_its_first_part_is_requeued_not_lost() -> None:
 
         io.send = send  # type: ignore[method-assign]
         ack = MessageIds().next()
-        node._out.acks.append(ack)
+        node.core.out.acks.append(ack)
         node._flush()  # must not raise: the ACK stays queued
-        assert not io.sent and node._out
+        assert not io.sent and node.core.out
         node._flush()  # the retry (the ticker's) sends it
         assert [m[0] for m in io.sent] == [P.header(P.FrameKind.ACK)]
         assert P.decode_ids(io.sent[0][1:]) == [ack]

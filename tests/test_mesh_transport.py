@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from mesh_agents import Boom, Echo, Ping, Pong
+from mesh_agents import Boom, Echo, Ping, Pong, Recorder, Sleep
 
 from engine import Agent, Context, Runtime, handler
-from engine.errors import RemoteError, UndeliverableError
+from engine.errors import DeadlineExceeded, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, MeshTransport, Node
 from engine.messages import (
     AgentId,
@@ -137,3 +138,91 @@ def test_runtime_with_mesh_reaches_nodes_and_serves_mesh_traffic(broker: Broker)
 def test_runtime_rejects_mesh_and_transport_together() -> None:
     with pytest.raises(ValueError, match="either mesh= or transport="):
         Runtime(mesh="tcp://127.0.0.1:1", transport=MeshTransport("tcp://127.0.0.1:1"))
+
+
+class Raiser(Agent):
+    """Raises what the message names."""
+
+    @handler
+    async def on_boom(self, msg: Boom, ctx: Context) -> Pong:
+        errors: dict[str, Exception] = {
+            "undeliverable": UndeliverableError("gone"),
+            "deadline": DeadlineExceeded("late"),
+            "value": ValueError("bad"),
+        }
+        raise errors[msg.text]
+
+
+def test_meshclient_and_runtime_raise_the_same_classes(broker: Broker) -> None:
+    """One mapping of errors to and from the wire (engine.runtime._wire) serves both."""
+    ep = broker.endpoints[0]
+
+    async def main() -> None:
+        async with (
+            Node(ep, {"raiser": Raiser}, name="r", heartbeat=HB),
+            MeshClient(ep, heartbeat=HB) as client,
+            Runtime(mesh=ep) as rt,
+        ):
+            to = AgentId("raiser", "k")
+            cases: list[tuple[Any, AgentId, type[Exception]]] = [
+                (Boom("undeliverable"), to, UndeliverableError),
+                (Boom("deadline"), to, DeadlineExceeded),
+                (Boom("value"), to, RemoteError),
+                (Ping(1), AgentId("ghost", "k"), UndeliverableError),  # a NACK, not a reply
+            ]
+            for msg, target, cls in cases:
+                seen = []
+                for send in (client.send, rt.send):
+                    with pytest.raises(cls) as info:
+                        await send(msg, to=target, timeout=5)
+                    seen.append((type(info.value), str(info.value)))
+                assert seen[0] == seen[1], seen
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_runtime_acknowledges_a_tell_once_handled(broker: Broker) -> None:
+    """``Runtime(mesh=...)`` serving mesh traffic: a one-way message stays the broker's
+    (redelivered if this runtime dies) until its handler ran."""
+    ep = broker.endpoints[0]
+    Recorder.DONE.clear()
+
+    async def main() -> None:
+        async with Runtime(mesh=ep) as rt, MeshClient(ep, heartbeat=HB) as c:
+            rt.register("recorder", Recorder)
+            name = rt._transport.peer.name  # type: ignore[union-attr]
+            await until(lambda: "recorder" in broker.peers().get(name, {}).get("types", []))
+            await c.tell(Sleep(0.3, 1), to=AgentId("recorder", "r"))
+            assert broker.peers()[name]["inflight"] == 1
+            await until(lambda: broker.peers()[name]["inflight"] == 0)
+            assert Recorder.DONE == [1]
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_runtime_announcing_types_under_hmac_keeps_serving() -> None:
+    """Registering an agent after start sends REGISTER again; under HMAC that moves the
+    connection to a new session without dropping it."""
+    b = Broker("tcp://127.0.0.1:0", heartbeat=HB, hmac_key=b"k")
+    b.start()
+    ep = b.endpoints[0]
+
+    async def main() -> None:
+        transport = MeshTransport(ep, heartbeat=HB, hmac_key=b"k")
+        async with (
+            Runtime(transport=transport) as rt,
+            MeshClient(ep, heartbeat=HB, hmac_key=b"k") as c,
+        ):
+            rt.register("doubler", Doubler)  # after start: announced by a new REGISTER
+            name = transport.peer.name
+            await until(lambda: "doubler" in b.peers().get(name, {}).get("types", []))
+            replies = [
+                await c.send(Ping(i), to=AgentId("doubler", "z"), timeout=10) for i in range(5)
+            ]
+            assert [r.n for r in replies] == [0, 2, 4, 6, 8]
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        b.stop()
+    assert b.stats["malformed"] == 0

@@ -5,6 +5,7 @@ the Grafana dashboard and alert rules in docs/operations/ querying only metrics 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -18,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import engine
 from engine import Agent, AgentId, Message, Runtime, handler
-from engine.mesh import Broker, Node
+from engine.mesh import Broker, MeshClient, Node
 from engine.mesh._metrics import MeshCollector
 from engine.observe import Metrics
 from engine.observe.health import broker_checks, node_checks
 from engine.observe.instrument import instrument_cache, serve
+from tests._wait import until
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "docs" / "operations"
@@ -108,12 +110,31 @@ def test_broker_readiness_checks_loop_queue_and_store(tmp_path: Path) -> None:
             blocker.execute("ROLLBACK")
             blocker.close()
         assert code == 503 and "store: store " in body and "not writable" in body
-        b.max_queued = 0  # what a full queue looks like to the check
-        assert broker_checks(b)["queue"]() == "queue at its bound (0/0 messages)"
     finally:
         srv.close()
         b.stop()
     assert broker_checks(b)["loop"]() == "broker loop not running"
+
+
+def test_broker_not_ready_at_its_queue_bound() -> None:
+    """A real message held for a type no node serves fills a broker that holds one."""
+    b = Broker("tcp://127.0.0.1:0", heartbeat=0.1, max_queued=1)
+    b.start()
+
+    async def main() -> None:
+        async with MeshClient(b.endpoints[0], name="ops-c") as client:
+            assert broker_checks(b)["queue"]() is None
+            waiting = asyncio.ensure_future(client.send(OpsPing(1), AgentId("nobody", "*")))
+            await until(lambda: b.queued == 1)
+            assert broker_checks(b)["queue"]() == "queue at its bound (1/1 messages)"
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+
+    try:
+        asyncio.run(main())
+    finally:
+        b.stop()
 
 
 def test_node_not_ready_when_the_broker_goes_silent() -> None:
@@ -127,7 +148,7 @@ def test_node_not_ready_when_the_broker_goes_silent() -> None:
                 await eventually(srv.url + "/readyz", 200)
                 await asyncio.to_thread(b.stop)
                 body = await eventually(srv.url + "/readyz", 503)
-                assert "broker: broker silent for" in body
+                assert "broker: broker unreachable: " in body and "silent for" in body
                 assert node_checks(node)["broker"]() is not None
             finally:
                 srv.close()

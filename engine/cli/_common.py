@@ -31,11 +31,6 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
     return result
 
 
-def hmac_key(value: str | None) -> bytes | None:
-    """The HMAC key given on the command line, as bytes."""
-    return value.encode() if value else None
-
-
 _SCHEMES = ("tcp://", "ipc://", "inproc://", "ws://", "wss://")
 
 

@@ -3,45 +3,95 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import signal
 from typing import Any
 
-from engine.cli._common import hmac_key, setup_logging
+from engine.cli import CommandError
+from engine.cli._common import setup_logging
+from engine.cli._mesh import add_hmac_arguments, hmac_keys
 
-__all__ = ["register", "run"]
+__all__ = ["DEFAULT_BIND", "register", "run"]
 
-DEFAULT_BIND = "tcp://0.0.0.0:5555"
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+log = logging.getLogger("engine.cli.broker")
+
+
+def exposed(endpoint: str) -> bool:
+    """Whether ``endpoint`` listens beyond this host (not loopback, ipc or inproc)."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", ""):
+        return host == ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # an interface or host name: assume reachable from outside
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.errors import EngineError
     from engine.mesh.broker import Broker
 
     setup_logging(args.verbose)
-    broker = Broker(
-        args.bind or [DEFAULT_BIND],
-        curve_dir=args.curve_dir,
-        store=args.store,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        heartbeat=args.heartbeat,
-        max_attempts=args.max_attempts,
-        hmac_key=hmac_key(args.hmac_key),
-        policy=args.policy,
-        route_timeout=args.route_timeout,
-        audit=args.audit,
-    )
+    binds = args.bind or [DEFAULT_BIND]
+    open_to = [b for b in binds if exposed(b)]
+    if open_to and args.curve_dir is None:
+        if not args.insecure:
+            raise CommandError(
+                f"{', '.join(open_to)} is reachable from other hosts, and without --curve-dir "
+                "anyone there can join, read and forge traffic; add --curve-dir DIR, or "
+                "--insecure to accept that",
+                2,
+            )
+        logging.getLogger("engine.mesh.broker").warning(
+            "INSECURE: plaintext and unauthenticated on %s (no --curve-dir)", ", ".join(open_to)
+        )
+    weights: dict[str, int] = {}
+    for item in args.tenant_weight or ():
+        tenant, _, weight = item.rpartition("=")
+        if not tenant or not weight.isdigit():
+            raise CommandError(f"--tenant-weight expects TENANT=WEIGHT, got {item!r}", 2)
+        weights[tenant] = int(weight)
+    try:
+        broker = Broker(
+            binds,
+            curve_dir=args.curve_dir,
+            store=args.store,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            hmac_key=hmac_keys(args),
+            audit=args.audit,
+            heartbeat=args.heartbeat,
+            max_attempts=args.max_attempts,
+            policy=args.policy,
+            route_timeout=args.route_timeout,
+            delivery_timeout=args.delivery_timeout,
+            client_rate=args.client_rate,
+            client_burst=args.client_burst,
+            tenant_weights=weights,
+        )
+    except (EngineError, ValueError) as exc:
+        raise CommandError(str(exc), 2) from None
 
     def stop(signum: int, frame: Any) -> None:
         broker.stop(timeout=0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    broker.start()
+    try:
+        broker.start()
+    except OSError as exc:  # e.g. the port is taken (zmq.ZMQError is an OSError)
+        raise CommandError(f"cannot start the broker: {exc}") from None
     print(f"broker listening on {' '.join(broker.endpoints)}", flush=True)
     if broker.observe is not None:
         print(f"metrics on {broker.observe.url}/metrics", flush=True)
-    while broker._thread is not None and broker._thread.is_alive():
-        broker._thread.join(0.2)
+    while not broker.join(0.2):
+        pass
+    if broker.crashed is not None:
+        raise CommandError(f"the broker crashed: {broker.crashed!r}")
     return 0
 
 
@@ -50,7 +100,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "broker",
         help="run the mesh broker (ZeroMQ ROUTER)",
         description="Run the mesh broker: nodes and clients connect to it; it routes, acks, "
-        "redelivers and dead-letters their messages.",
+        "redelivers and dead-letters their messages. It listens on 127.0.0.1 unless told; "
+        "a non-loopback --bind needs --curve-dir (or --insecure).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -60,6 +111,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"endpoint to bind (repeatable); default {DEFAULT_BIND}",
     )
     p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --bind without --curve-dir (plaintext, no authentication)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -67,6 +123,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (engine keys generate DIR)")
+    add_hmac_arguments(p)
     p.add_argument("--store", default=None, help="persistence, e.g. sqlite:///mesh.db")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (dead after 3)")
     p.add_argument("--max-attempts", type=int, default=5, help="deliveries before the DLQ")
@@ -77,12 +134,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds a message waits for a node of its type",
     )
     p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a node may hold a delivery unanswered before it goes to another node",
+    )
+    p.add_argument(
         "--policy",
         default="least_outstanding",
         choices=["least_outstanding", "round_robin"],
         help="how a message for an agent type picks a node",
     )
-    p.add_argument("--hmac-key", default=None, help="require HMAC-SHA256 signed frames")
+    p.add_argument(
+        "--client-rate",
+        type=float,
+        default=None,
+        help="submissions per second per peer (token bucket; over it: NACK BUSY with a hint)",
+    )
+    p.add_argument("--client-burst", type=float, default=None, help="token bucket size")
+    p.add_argument(
+        "--tenant-weight",
+        action="append",
+        default=None,
+        metavar="TENANT=WEIGHT",
+        help="fair-share weight of a tenant (repeatable; default 1 each)",
+    )
     p.add_argument(
         "--audit",
         default=None,

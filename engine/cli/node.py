@@ -6,38 +6,58 @@ import argparse
 import asyncio
 import signal
 
-from engine.cli._common import hmac_key, run_coro, setup_logging
+from engine.cli import CommandError
+from engine.cli._common import run_coro, setup_logging
+from engine.cli._mesh import add_hmac_arguments, hmac_keys
 
 __all__ = ["register", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.errors import EngineError, RegistrationRefused
+    from engine.mesh import load_agent_classes
     from engine.mesh.node import Node
 
     setup_logging(args.verbose)
+    keys = hmac_keys(args)
+
+    try:
+        agents = load_agent_classes(args.agents)
+    except EngineError as exc:
+        raise CommandError(f"--agents: {exc}", 2) from None
 
     async def main() -> None:
         node = Node(
             args.connect,
-            args.agents,
+            agents,
             name=args.name,
             concurrency=args.concurrency,
             curve_dir=args.curve_dir,
             curve_key=args.curve_key,
             heartbeat=args.heartbeat,
-            hmac_key=hmac_key(args.hmac_key),
+            hmac_key=keys,
         )
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopped.set)
-        await node.start(timeout=args.connect_timeout)
+        try:
+            await node.start(timeout=args.connect_timeout)
+        except TimeoutError as exc:
+            raise CommandError(str(exc)) from None
+        except RegistrationRefused as exc:
+            raise CommandError(str(exc), 2) from None
         srv = None
         try:
             if args.metrics_port is not None:
                 from engine.observe.instrument import serve
+                from engine.observe.metrics import default_metrics
 
-                srv = serve(node, args.metrics_port, host=args.metrics_host)
+                # the process-wide metrics: the hosted agents' LLM, cache and tool metrics
+                # go there, the node's counters are added to them
+                srv = serve(
+                    node, args.metrics_port, host=args.metrics_host, metrics=default_metrics()
+                )
             print(
                 f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
                 f"via {args.connect}",
@@ -75,12 +95,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to wait for the broker"
     )
-    p.add_argument("--hmac-key", default=None, help="sign frames with HMAC-SHA256")
+    add_hmac_arguments(p)
     p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
-        help="serve /metrics and /debug/profile on this port",
+        help="serve /metrics (the node's counters and its agents' LLM, cache and tool "
+        "metrics), /debug/profile, /healthz and /readyz on this port",
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO, tracebacks")

@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 
 from engine.errors import DecodeError, EngineError, RoutingError
-from engine.mesh._routing import make_router
 from engine.mesh.peer import error_reply
 from engine.messages import (
     AgentId,
@@ -34,6 +33,7 @@ from engine.messages import (
     decode_payload,
     wire_name,
 )
+from engine.routing import Router
 
 __all__ = ["AgentHost", "MeshContext", "load_agent_classes", "type_name_of"]
 
@@ -69,9 +69,15 @@ def load_agent_classes(spec: str) -> dict[str, type]:
         if not sep or not module_name or not attr:
             raise EngineError(f"bad agent spec {item!r}: expected pkg.module:AgentClass")
         try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise EngineError(f"cannot load agent class {target!r}: {exc}") from None
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # missing, or its import fails: whatever it raises
+            raise EngineError(
+                f"cannot import {module_name!r} for {target!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            cls = getattr(module, attr)
+        except AttributeError:
+            raise EngineError(f"cannot load agent class {target!r}: no {attr!r} in it") from None
         if not isinstance(cls, type):
             raise EngineError(f"{target!r} is not a class")
         out[explicit or type_name_of(cls)] = cls
@@ -122,7 +128,7 @@ class AgentHost:
         self._instances: OrderedDict[AgentId, tuple[Any, asyncio.Lock]] = OrderedDict()
         self._max = max_instances
         self._ids = MessageIds()
-        self._router = make_router()
+        self._router = Router()
         self._sub_types: list[str] = []
         self._patterns: list[str] = []
         for t, cls in classes.items():

@@ -13,8 +13,10 @@ the broker binds that role to the key, so a worker key cannot act as an orchestr
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,27 +38,36 @@ _ROLE_RX = re.compile(rb'^\s*role\s*=\s*"?([a-z]+)"?', re.M)
 def generate_keys(directory: str | Path, names: tuple[str, ...] = DEFAULT_NAMES) -> list[Path]:
     """Create the broker pair plus one pair per name (role = the name when it is a role).
 
-    Existing pairs are kept, so the command is safe to rerun. Returns the files written.
+    Existing pairs are kept, so the command is safe to rerun; a public key is added to
+    ``authorized/`` only when its pair is created here, so deleting ``authorized/NAME.key``
+    (revoking it) stays in force on a rerun. Secret files are written inside a private
+    (0700) folder and are 0600 before they appear in ``directory``. Returns the files
+    written.
     """
     root = Path(directory)
     (root / "authorized").mkdir(parents=True, exist_ok=True)
+    for name in ("broker", *names):
+        if "/" in name or not name or name.startswith("."):
+            raise EngineError(f"invalid key name {name!r}")
     written: list[Path] = []
     for name in ("broker", *names):
-        if "/" in name or not name:
-            raise EngineError(f"invalid key name {name!r}")
         public = root / f"{name}.key"
-        if not public.exists():
-            role = name if name in {r.value for r in Role} else Role.WORKER.value
-            meta = {} if name == "broker" else {"role": role}
-            pub, sec = zmq.auth.create_certificates(str(root), name, metadata=meta)
+        if public.exists():
+            continue
+        role = name if name in {r.value for r in Role} else Role.WORKER.value
+        meta = {} if name == "broker" else {"role": role}
+        with tempfile.TemporaryDirectory(dir=root, prefix=".keys-") as tmp:  # mode 0700
+            pub, sec = (Path(p) for p in zmq.auth.create_certificates(tmp, name, metadata=meta))
+            sec.chmod(0o600)
             if meta:  # pyzmq writes metadata to the secret file only; the broker reads public
-                text = Path(pub).read_text()
-                line = f'    role = "{role}"\n'
-                Path(pub).write_text(text.replace("metadata\n", "metadata\n" + line, 1))
-            written += [Path(pub), Path(sec)]
-            Path(sec).chmod(0o600)
+                text = pub.read_text()
+                pub.write_text(text.replace("metadata\n", f'metadata\n    role = "{role}"\n', 1))
+            os.replace(sec, root / sec.name)
+            os.replace(pub, public)
+        written += [public, root / sec.name]
         if name != "broker":
             shutil.copyfile(public, root / "authorized" / public.name)
+            written.append(root / "authorized" / public.name)
     return written
 
 

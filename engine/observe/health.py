@@ -46,18 +46,17 @@ def run_checks(checks: Mapping[str, Check]) -> dict[str, str | None]:
 
 
 def peer_reachable(peer: Any) -> str | None:
-    """A mesh peer (node, client, runtime transport) has heard from its broker lately."""
-    reachable = getattr(peer, "broker_reachable", None)
-    if isinstance(reachable, bool):
-        return None if reachable else "broker unreachable"
-    last = getattr(peer, "_last_heard", None)  # monotonic time of the last broker frame
-    beat = float(getattr(peer, "heartbeat", 0.5))
-    if not last:
-        return "not connected to the broker yet"
-    silent = time.monotonic() - last
-    if silent > 3 * beat:
-        return f"broker silent for {silent:.1f}s (heartbeat {beat:g}s)"
-    return None
+    """A mesh peer (node, client, runtime transport) has heard from its broker lately
+    (:attr:`engine.mesh.MeshPeer.broker_reachable`: registered, and heard from within three
+    heartbeats); why not, from its :class:`~engine.mesh.PeerCore`."""
+    if peer.broker_reachable:
+        return None
+    core = peer.core
+    if not core.last_heard:
+        return "broker unreachable: never heard from it"
+    silent = time.monotonic() - core.last_heard
+    state = "registered" if core.registered else "not registered"
+    return f"broker unreachable: {state}, silent for {silent:.1f}s (heartbeat {core.heartbeat:g}s)"
 
 
 def sqlite_writable(path: str) -> str | None:
@@ -101,34 +100,19 @@ def broker_checks(broker: Any) -> dict[str, Check]:
     """Checks of a mesh :class:`~engine.mesh.Broker`."""
 
     def loop() -> str | None:
-        thread = getattr(broker, "_thread", None)
-        return None if thread is not None and thread.is_alive() else "broker loop not running"
+        return None if broker.running else "broker loop not running"
 
     def queue() -> str | None:
         held, bound = broker.queued, broker.max_queued
         return None if held < bound else f"queue at its bound ({held}/{bound} messages)"
 
     checks: dict[str, Check] = {"loop": loop, "queue": queue}
-    path = _sqlite_path(getattr(broker, "store", None))
+    path = broker.store.path  # the SQLite file, None for an in-memory store
     if path is not None:
-        checks["store"] = lambda: sqlite_writable(path)
+        checks["store"] = lambda: sqlite_writable(str(path))
     return checks
 
 
 def node_checks(node: Any) -> dict[str, Check]:
     """Checks of a mesh node (a :class:`~engine.mesh.MeshPeer` hosting agents)."""
     return {"broker": lambda: peer_reachable(node)}
-
-
-def _sqlite_path(store: Any) -> str | None:
-    db = getattr(store, "_db", None)
-    if not isinstance(db, sqlite3.Connection):
-        return None
-    try:  # read once, here: the checks open their own connection to this file
-        rows = db.execute("PRAGMA database_list").fetchall()
-    except sqlite3.Error:  # closed: the owner has stopped
-        return None
-    for _, name, file in rows:
-        if name == "main" and file:
-            return str(file)
-    return None

@@ -87,10 +87,13 @@ class Remote:
             if timeout is None:
                 reply = await fut
             else:
+                timer = asyncio.timeout(timeout)
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with timer:
                         reply = await fut
                 except TimeoutError:
+                    if not timer.expired():  # the remote side's own DeadlineExceeded: keep it
+                        raise
                     raise DeadlineExceeded(
                         f"{to} did not reply to {type(message).__name__} within {timeout}s"
                     ) from None

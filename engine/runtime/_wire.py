@@ -1,5 +1,10 @@
 """What the runtime needs at its transport boundary: message classes by wire name, errors.
 
+This is the one place errors cross the wire, both ways: :func:`error_info` turns an
+exception into the ERROR envelope's payload, :func:`error_from_info` turns that payload back
+into the exception a sender raises. ``Runtime(mesh=...)`` and ``engine.mesh.MeshClient`` both
+use it, so the same ERROR reply raises the same class in either.
+
 A :class:`~engine.messages.Message` travels as ``payload_type`` (its wire name: the msgspec
 tag, the class name by default) plus the encoded payload. :class:`MessageTypes` maps names
 back to classes: the message classes of the runtime's registered agents first, then the one
@@ -15,6 +20,7 @@ from engine.errors import (
     EngineError,
     MailboxFull,
     MessageTypeConflict,
+    ProtocolError,
     RemoteError,
     UndeliverableError,
 )
@@ -75,10 +81,9 @@ class MessageTypes:
         return decode_payload(env.payload, cls)
 
 
+#: Engine errors that keep their class across the wire (each takes one message argument).
 _ERRORS: Final[dict[str, type[EngineError]]] = {
-    "UndeliverableError": UndeliverableError,
-    "MailboxFull": MailboxFull,
-    "DeadlineExceeded": DeadlineExceeded,
+    cls.__name__: cls for cls in (UndeliverableError, MailboxFull, DeadlineExceeded, ProtocolError)
 }
 
 

@@ -14,12 +14,14 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mesh_agents import Ping, Pong, Sleep
 from mesh_procs import broker, node, processes
 
 from engine.mesh import MeshClient
+from engine.mesh.security import generate_keys
 from engine.messages import AgentId
 
 pytestmark = [
@@ -82,17 +84,21 @@ def hosts() -> Iterator[Hosts]:
     assert not any(ns in listed for ns in h.ns.values()), "namespaces left behind"
 
 
-def test_broker_and_nodes_on_separate_hosts(hosts: Hosts) -> None:
+def test_broker_and_nodes_on_separate_hosts(hosts: Hosts, tmp_path: Path) -> None:
+    """Across hosts the broker needs CURVE (a plaintext non-loopback bind is refused)."""
     port = 5555
     ep = f"tcp://{hosts.addr['broker']}:{port}"
+    keys = str(tmp_path / "keys")
+    generate_keys(keys)
+    curve = ("--curve-dir", keys)
     with processes() as procs:
-        procs.append(broker(port, host="0.0.0.0", prefix=hosts.prefix("broker")))
-        victim = node(ep, "node1", prefix=hosts.prefix("node1"))
+        procs.append(broker(port, *curve, host="0.0.0.0", prefix=hosts.prefix("broker")))
+        victim = node(ep, "node1", *curve, prefix=hosts.prefix("node1"))
         procs.append(victim)
-        procs.append(node(ep, "node2", prefix=hosts.prefix("node2")))
+        procs.append(node(ep, "node2", *curve, prefix=hosts.prefix("node2")))
 
         async def main() -> None:
-            async with MeshClient(ep, heartbeat=0.2) as c:
+            async with MeshClient(ep, heartbeat=0.2, curve_dir=keys) as c:
                 first = await asyncio.gather(
                     *(c.send(Ping(i), to=AgentId("echo", f"k{i}"), timeout=10) for i in range(60))
                 )
