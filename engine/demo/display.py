@@ -85,17 +85,18 @@ class Report(msgspec.Struct, kw_only=True):
         for q in demo.questions:
             kinds[q.kind] = kinds.get(q.kind, 0) + 1
         rows = []
-        for child, demo_s, node_s in demo.remote.values():
+        for child, s in demo.remote.values():
             from engine.demo.stats import executed, llm_figures
 
-            fig = llm_figures(demo_s) if demo_s is not None else None
+            node = s is not None and child.role == "node"
+            fig = llm_figures(s) if node else None
             rows.append(
                 Row(
                     child.name,
                     child.role,
                     child.pid,
                     child.killed,
-                    executed(node_s) if node_s is not None and child.role == "node" else None,
+                    executed(s) if node else None,
                     fig.calls if fig is not None else None,
                     fig.exact + fig.semantic if fig is not None else None,
                 )

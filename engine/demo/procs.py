@@ -34,7 +34,7 @@ __all__ = ["AGENTS", "Child", "ChildError", "Processes"]
 AGENTS: Final = ",".join(
     f"engine.demo.workers:{name}" for name in ("Researcher", "Analyst", "Writer", "Reviewer")
 )
-_URL = re.compile(r"^(demo metrics|metrics) on (http://\S+)$", re.M)
+_URL = re.compile(r"^metrics on (http://\S+)$", re.M)
 _ENDPOINT = re.compile(r"^broker listening on (tcp://\S+)", re.M)
 
 
@@ -67,8 +67,7 @@ class Child:
         self.log = log
         self.pid = popen.pid
         self.endpoint = ""
-        self.metrics_url = ""  # the command's own /metrics
-        self.demo_url = ""  # a demo node's process metrics (its model calls)
+        self.metrics_url = ""  # its /metrics (a node's: its agents' model calls too)
         self.killed = False
         self.started = time.monotonic()
 
@@ -185,12 +184,9 @@ class Processes:
 
     @staticmethod
     def _urls(child: Child, text: str) -> None:
-        for what, url in _URL.findall(text):
-            url = url.removesuffix("/metrics")
-            if what == "demo metrics":
-                child.demo_url = url
-            else:
-                child.metrics_url = url
+        m = _URL.search(text)
+        if m is not None:
+            child.metrics_url = m.group(1).removesuffix("/metrics")
 
     def kill(self, child: Child) -> None:
         """SIGKILL ``child`` (chaos) and reap it."""

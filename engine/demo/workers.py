@@ -14,11 +14,11 @@ hosts them on a mesh node; the orchestrator reaches them by type name. Each is a
 
 What a worker needs is set up once per process (:func:`state`): the corpus (read from the
 file ``ENGINE_DEMO_CORPUS`` names, else from the sources), its retriever and the model
-(:func:`engine.demo.model.demo_model`, configured from the environment). The demo process
-installs its own with :func:`install`. With ``ENGINE_DEMO_NODE`` set (the demo sets it on
-the nodes it starts), importing this module starts that set-up in a thread and serves the
-process's metrics (its model calls, cache, retries) on 127.0.0.1, printing
-``demo metrics on URL`` — ``engine node --metrics-port`` serves the node's messages only.
+(:func:`engine.demo.model.demo_model`, configured from the environment, its metrics on the
+process's :func:`~engine.observe.metrics.default_metrics`, which ``engine node
+--metrics-port`` serves). The demo process installs its own with :func:`install`. With
+``ENGINE_DEMO_NODE`` set (the demo sets it on the nodes it starts), importing this module
+starts that set-up in a thread, so the first subtask does not wait for it.
 """
 
 from __future__ import annotations
@@ -200,15 +200,10 @@ class Reviewer(_Worker):
 WORKERS: Sequence[type[_Worker]] = (Researcher, Analyst, Writer, Reviewer)
 
 
-def _serve_node_metrics() -> None:
-    """On a demo node: set up in the background, serve this process's metrics."""
-    from engine.observe.metrics import default_metrics
-    from engine.observe.server import ObserveServer
-
+def _warm_up() -> None:
+    """On a demo node: set up in the background while the node connects."""
     threading.Thread(target=state, name="demo-setup", daemon=True).start()
-    srv = ObserveServer(default_metrics(), host="127.0.0.1", port=0).start()
-    print(f"demo metrics on {srv.url}/metrics", flush=True)
 
 
 if os.environ.get("ENGINE_DEMO_NODE"):
-    _serve_node_metrics()
+    _warm_up()

@@ -118,7 +118,7 @@ class Demo:
         self.progress: Progress | None = None
         self.metrics: Any = None
         self.model: Any = None
-        self.remote: dict[str, tuple[Child, Any, Any]] = {}  # name -> (child, demo, node)
+        self.remote: dict[str, tuple[Child, Any]] = {}  # name -> (child, its last metrics)
         self.chaos: dict[str, Any] = {}
         self._chaos: asyncio.Future[None] | None = None
         self.store_counts: dict[str, int] = {}
@@ -182,7 +182,7 @@ class Demo:
         names = [f"node-{i + 1}" for i in range(self.opts.nodes)]
         await asyncio.gather(*(procs.start_node(n, {}) for n in names))
         for c in procs.children:
-            self.remote[c.name] = (c, None, None)
+            self.remote[c.name] = (c, None)
 
     async def _orchestrate(self, store: Any, audit: Any) -> None:
         from engine.orchestration import Orchestrator, RetryPolicy
@@ -336,7 +336,7 @@ class Demo:
         self.progress.event(f"chaos: SIGKILL {victim.name} (pid {victim.pid}) after {at} jobs")
         name = f"{victim.name}r"
         child = await self.procs.start_node(name, {})
-        self.remote[name] = (child, None, None)
+        self.remote[name] = (child, None)
         self.chaos["restarted"] = name
         # The killed node's share of the slots, as new keys: they land on the replacement
         # (least busy), which takes load back; the moved keys stay on the survivors.
@@ -347,27 +347,22 @@ class Demo:
         self.progress.event(f"chaos: {name} (pid {child.pid}) took its place, {share} new slots")
 
     async def _scrape(self, child: Child) -> None:
-        demo_s, node_s = self.remote.get(child.name, (child, None, None))[1:]
-        if child.alive:
-            if child.demo_url:
-                with contextlib.suppress(Exception):
-                    demo_s = samples(await asyncio.to_thread(scrape, child.demo_url, 3.0))
-            if child.metrics_url:
-                with contextlib.suppress(Exception):
-                    node_s = samples(await asyncio.to_thread(scrape, child.metrics_url, 3.0))
-        self.remote[child.name] = (child, demo_s, node_s)
+        s = self.remote.get(child.name, (child, None))[1]
+        if child.alive and child.metrics_url:
+            with contextlib.suppress(Exception):
+                s = samples(await asyncio.to_thread(scrape, child.metrics_url, 3.0))
+        self.remote[child.name] = (child, s)
 
     async def _scrape_all(self) -> None:
-        await asyncio.gather(*(self._scrape(c) for c, _, _ in list(self.remote.values())))
+        await asyncio.gather(*(self._scrape(c) for c, _ in list(self.remote.values())))
         progress = self.progress
         if progress is None:
             return
         total = self._local_llm()
-        for child, demo_s, node_s in self.remote.values():
-            if demo_s is not None:
-                total = total + llm_figures(demo_s)
-            if node_s is not None and child.role == "node":
-                progress.nodes[child.name] = executed(node_s)
+        for child, s in self.remote.values():
+            if s is not None and child.role == "node":  # its agents' model calls, its work
+                total = total + llm_figures(s)
+                progress.nodes[child.name] = executed(s)
         progress.llm = total
 
     def _local_llm(self) -> LLMFigures:
@@ -423,20 +418,17 @@ class Demo:
             from prometheus_client import generate_latest
 
             (self.out.metrics / "demo.prom").write_bytes(generate_latest(self.metrics.registry))
-        for child, demo_s, node_s in self.remote.values():
-            for label, s in (("", node_s), ("-process", demo_s)):
-                if s is not None:
-                    lines = [f"{_name(n, lb)} {v}" for (n, lb), v in sorted(s.items(), key=str)]
-                    (self.out.metrics / f"{child.name}{label}.prom").write_text(
-                        "\n".join(lines) + "\n"
-                    )
+        for child, s in self.remote.values():
+            if s is not None:
+                lines = [f"{_name(n, lb)} {v}" for (n, lb), v in sorted(s.items(), key=str)]
+                (self.out.metrics / f"{child.name}.prom").write_text("\n".join(lines) + "\n")
 
     # -- the report ----------------------------------------------------------------------
     def endpoints(self) -> list[str]:
         """Every address the run listened on (all 127.0.0.1)."""
         out = [self.runtime_url] if self.runtime_url else []
-        for child, _, _ in self.remote.values():
-            out += [u for u in (child.endpoint, child.metrics_url, child.demo_url) if u]
+        for child, _ in self.remote.values():
+            out += [u for u in (child.endpoint, child.metrics_url) if u]
         return out
 
     def report(self) -> Any:
