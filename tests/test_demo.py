@@ -341,6 +341,33 @@ def test_a_dying_broker_stops_the_run_with_an_error(tmp_path: Path) -> None:
     _gone(tmp_path, r, crashed="mesh.db")
 
 
+def test_a_node_that_cannot_start_stops_the_run_with_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo in this process, its nodes hosting a class that does not exist: both exit
+    before they serve; the demo says which and stops the broker it started."""
+    import engine.demo.procs
+
+    monkeypatch.setattr(engine.demo.procs, "AGENTS", "engine.demo.workers:NoSuchWorker")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--no-live", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "engine demo: error: node node-" in err and "before it was ready" in err
+    r = _summary(out)
+    assert r["completed"] == 0 and r["lost"] == 0 and r["unfinished"] == 24
+    assert "before it was ready" in r["error"]
+    roles = sorted(row["role"] for row in r["processes"])
+    assert roles == ["broker", "node", "node"]
+    assert _leftovers(str(out)) == []
+    for row in r["processes"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(row["pid"], 0)
+    assert r["endpoints"] and all(_refused(e) for e in r["endpoints"])
+    assert not (out / "corpus.json").exists()
+
+
 def _model_that_ignores_response_format(body: dict[str, Any]) -> ServerReply:
     """The demo's scripted answers, from a server that never enforces a JSON schema: its
     structured replies come as prose around a fenced JSON block."""

@@ -157,6 +157,9 @@ class Demo:
         except asyncio.CancelledError:
             self.interrupted = True
             raise
+        except ChildError as exc:  # a start failed (a death midway sets it in _watch)
+            self.error = self.error or str(exc)
+            raise
         finally:
             progress.ended = progress.ended or time.monotonic()
             with contextlib.suppress(Exception):
@@ -178,11 +181,18 @@ class Demo:
             "ENGINE_MODEL": model_name(self.opts.model),
         }
         self.procs = procs = Processes(self.out.logs, env={**os.environ, **env})
-        await procs.start_broker(f"sqlite:///{self.out.mesh}", self.out.broker_audit)
-        names = [f"node-{i + 1}" for i in range(self.opts.nodes)]
-        await asyncio.gather(*(procs.start_node(n, {}) for n in names))
-        for c in procs.children:
-            self.remote[c.name] = (c, None)
+        try:
+            await procs.start_broker(f"sqlite:///{self.out.mesh}", self.out.broker_audit)
+            names = [f"node-{i + 1}" for i in range(self.opts.nodes)]
+            started = await asyncio.gather(
+                *(procs.start_node(n, {}) for n in names), return_exceptions=True
+            )  # every start ends (ready or failed) before the run goes on or stops them all
+        finally:
+            for c in procs.children:  # reported even when a start failed
+                self.remote[c.name] = (c, None)
+        for r in started:
+            if isinstance(r, BaseException):
+                raise r
 
     async def _orchestrate(self, store: Any, audit: Any) -> None:
         from engine.orchestration import Orchestrator, RetryPolicy
