@@ -156,11 +156,12 @@ def _count_lines(fn: Callable[[], Any]) -> int:
             count += 1
         return tracer
 
+    before = sys.gettrace()  # coverage's tracer under `make test`: put it back afterwards
     sys.settrace(tracer)
     try:
         fn()
     finally:
-        sys.settrace(None)
+        sys.settrace(before)
     return count
 
 

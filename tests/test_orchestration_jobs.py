@@ -396,3 +396,14 @@ async def test_one_thousand_concurrent_jobs_replanning_do_not_deadlock() -> None
         assert all(r.ok and r.replans == 1 for r in results)
         assert len(orch.dispatcher.sched) == 0 and orch.dispatcher.running == 0
         assert not orch.jobs
+
+
+@uv
+async def test_a_lease_beat_racing_a_job_s_end_never_fails_the_finished_job() -> None:
+    """The lease beat (every lease/3) can land between a job's lease release and its result;
+    a job that is ending is not "lost to another orchestrator" (a short lease makes the
+    beats frequent enough to hit that window many times)."""
+    async with orchestrator(scripted(chain(2)), EchoWorker, lease=0.03) as orch:
+        jobs = [await orch.submit(f"job {i}") for i in range(150)]
+        results = await asyncio.wait_for(asyncio.gather(*(j.result() for j in jobs)), 120)
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * len(jobs)

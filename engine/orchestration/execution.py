@@ -99,6 +99,7 @@ class JobRun:
         self.verdict: Verdict | None = None
         self.satisfied = False
         self.paused = False
+        self.ending = False  # its lease is being released: the lease beat leaves it alone
         self.cancelled = False
         self.error: BaseException | None = None
         self.step = checkpoint.step if checkpoint else 0
@@ -533,6 +534,7 @@ class JobRun:
         # The last step: its records, the final status and result, the lease released.
         # They are queued in this order and the store's group commit usually takes all.
         persist = self.s.persist
+        self.ending = True
         await asyncio.gather(self.record(), persist.finish(job.id, result), persist.release(job.id))
         job._finish(result)
         return result

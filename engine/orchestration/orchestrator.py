@@ -390,9 +390,13 @@ class Orchestrator:
             await asyncio.sleep(self.lease / 3)
             persist = self.s.persist
             for job_id, run in list(self._runs.items()):
+                if run.ending:
+                    continue
                 try:
                     await persist.heartbeat(job_id)
                 except (LeaseLost, JobNotFound) as exc:
+                    if run.ending:  # released while the beat was on its way: not lost
+                        continue
                     log.warning("job %s: lease lost (%s); stopping it here", job_id, exc)
                     q = run.job.query
                     if q is not None and not q.state.terminal:
