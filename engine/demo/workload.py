@@ -32,11 +32,6 @@ TENANTS: Final = ("docs-team", "support")
 JOB_TIMEOUT: Final = 300.0
 #: Chaos: the first node is killed once this share of the jobs finished.
 KILL_AT: Final = 0.4
-#: The orchestrator's job lease (s). Its heartbeat (every lease/3) can land between a
-#: job's lease release and its result, and then fails the finished job as "lease lost"
-#: (with ``lease=0.3``: 55 of 120 jobs; reported to the orchestration owner). One
-#: orchestrator runs every job here, so no lease needs renewing within a run.
-LEASE: Final = 3600.0
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -209,7 +204,6 @@ class Demo:
                 rt,
                 store=store,
                 retry=retry,
-                lease=LEASE,
                 metrics=self.metrics,
                 audit=audit,
             )
