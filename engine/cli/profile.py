@@ -157,7 +157,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("scenario", nargs="?", help="scenario name (file stem)")
     p.add_argument("--list", action="store_true", help="list the scenarios")
-    p.add_argument("--seconds", type=float, default=3.0, help="how much CPU time the scenario works")
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="how much CPU time the scenario works"
+    )
     p.add_argument("--top", type=int, default=10, help="lines in the text summary")
     p.add_argument("--memory", action="store_true", help="profile memory too (slower)")
     p.add_argument("--out", help="report directory (default: profiles/reports)")
