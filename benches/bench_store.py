@@ -6,7 +6,12 @@ checkpointers, in the same run, at the same durability (a commit per checkpoint)
 
 The workload (issue 15): a job whose ledger grows by one entry per step (20 fields, a few
 hundred bytes), 1,000 steps, a checkpoint after every step holding the whole state. Every
-contender is handed the same Python objects and serializes them itself.
+contender is handed the same Python objects and serializes them itself, inside the timing:
+the engine rows encode the whole state with msgspec every step, as LangGraph's savers do
+with their serializer. One row more per database shows what the engine's bytes API allows
+on top: the same whole-state checkpoints built from entries encoded once (``msgspec.Raw``;
+identical bytes), labelled "entries encoded once" and never used for the like-for-like
+ratios.
 
 - SQLite contenders all run WAL with ``synchronous=NORMAL`` (a commit survives a process
   crash; LangGraph's ``SqliteSaver`` is given the same PRAGMA), each in its own file.
@@ -14,10 +19,16 @@ contender is handed the same Python objects and serializes them itself.
   ``fsync=off`` unless ``ENGINE_BENCH_PG_FSYNC=1``: every contender commits per checkpoint
   either way, but with fsync on a WAL flush (~9 ms on the 2-core development VM) bounds them
   all near the disk's rate and the ratio measures the disk, not the code.
-- Every contender runs ``ENGINE_BENCH_STORE_REPS`` times (3), interleaved with the others;
-  the best run counts (the machine is shared and noisy).
+- Every contender runs ``ENGINE_BENCH_STORE_REPS`` times (5), interleaved with the others;
+  the table shows each one's best run (the machine is shared and noisy), and each ratio is
+  given twice: between the best runs, and as the median (with the range) of the ratios
+  taken inside each repetition, where both sides ran minutes apart at most under the same
+  load. A lucky quiet minute for one side moves the first, not the second.
 - The LangGraph graph part runs one graph (a node appending to the ledger, 1,000 steps) with
   each saver at ``durability="sync"``; ``InMemorySaver`` shows what the graph alone allows.
+  Every saver is set up (tables created, store opened) before the timing. ``PostgresSaver``
+  also runs on a connection pool, as ``EngineSaver`` uses two connections (its pending
+  writes commit beside the checkpoints); the ratio is taken against the faster of the two.
 
 Needs the ``compare`` extra (langgraph, langgraph-checkpoint-sqlite/postgres).
 """
@@ -46,7 +57,7 @@ from engine.store import LedgerEntry
 from tests.store.pg_server import PgServer, find_pg_bin
 
 STEPS = int(os.environ.get("ENGINE_BENCH_STORE_STEPS", "1000"))
-REPS = int(os.environ.get("ENGINE_BENCH_STORE_REPS", "3"))
+REPS = int(os.environ.get("ENGINE_BENCH_STORE_REPS", "5"))
 PG_FSYNC = os.environ.get("ENGINE_BENCH_PG_FSYNC") == "1"
 _REP = [0]  # suffix of databases created in the current repetition
 GRAPH_STEPS = int(os.environ.get("ENGINE_BENCH_STORE_GRAPH_STEPS", "1000"))
@@ -124,7 +135,7 @@ def _pg_bytes(url: str, sql: str) -> int:
 ENGINE_BYTES = "SELECT sum(length(data) + length(meta)) FROM engine_checkpoints"
 
 
-async def _engine(url: str, idiomatic: bool = False, **options: Any) -> float:
+async def _engine(url: str, idiomatic: bool = False, parts: bool = False, **options: Any) -> float:
     async with engine.store.open(url, keep_checkpoints=None, **options) as s:
         t0 = time.perf_counter()
         if idiomatic:  # the entry goes to the ledger, atomically with a small checkpoint
@@ -132,6 +143,11 @@ async def _engine(url: str, idiomatic: bool = False, **options: Any) -> float:
                 entry = LedgerEntry(id=str(i), data=_enc.encode(ENTRIES[i - 1]))
                 small = _enc.encode({"step": i, "ledger_seq": i})
                 await s.put_checkpoint("bench", i, small, ledger=[entry])
+        elif parts:  # the whole state each step, from entries encoded once (msgspec.Raw)
+            encoded: list[msgspec.Raw] = []
+            for i in range(1, STEPS + 1):
+                encoded.append(msgspec.Raw(_enc.encode(ENTRIES[i - 1])))
+                await s.put_checkpoint("bench", i, _enc.encode({"step": i, "ledger": encoded}))
         else:
             for i in range(1, STEPS + 1):
                 await s.put_checkpoint("bench", i, _enc.encode(state(i)))
@@ -201,8 +217,9 @@ def sqlite_contenders(tmp: Path) -> list[Result]:
         ("engine sqlite (delta)", {}),
         ("engine sqlite (full)", {"checkpoint_delta": False}),
         ("engine sqlite (ledger + small checkpoint)", {"idiomatic": True}),
+        ("engine sqlite (delta, entries encoded once)", {"parts": True}),
     ]:
-        path = tmp / f"{name.split('(')[1][:-1].replace(' ', '_')}.db"
+        path = tmp / f"{name.split('(')[1][:-1].replace(' ', '_').replace(',', '')}.db"
         out.append(
             engine_run(
                 name, f"sqlite:///{path}", lambda p=path: _sqlite_bytes(p, ENGINE_BYTES), **kw
@@ -270,6 +287,7 @@ def pg_contenders(pg: PgServer) -> list[Result]:
         ("engine postgres (delta)", {}),
         ("engine postgres (full)", {"checkpoint_delta": False}),
         ("engine postgres (ledger + small checkpoint)", {"idiomatic": True}),
+        ("engine postgres (delta, entries encoded once)", {"parts": True}),
     ]:
         url = _db(pg, "e" + str(len(out)))
         out.append(
@@ -398,10 +416,13 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
     out.append(graph_sync("graph: SqliteSaver", saver))
     conn.close()
     with EngineSaver(f"sqlite:///{tmp / 'g_engine.db'}", keep_checkpoints=None) as es:
+        es.setup()  # opened outside the timing, as the LangGraph savers' setup() is
         out.append(graph_sync("graph: EngineSaver sqlite (sync graph)", es))
 
     async def open_engine(url: str) -> Any:
-        return EngineSaver(url, keep_checkpoints=None)
+        saver = EngineSaver(url, keep_checkpoints=None)
+        await saver.asetup()
+        return saver
 
     async def close_engine(s: Any) -> None:
         await s.aclose()
@@ -421,6 +442,7 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
         import psycopg
         from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
 
         out.append(asyncio.run(_graph_async_pg(_db(pg, "g_lg_async"))))
 
@@ -429,7 +451,14 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
             ps = PostgresSaver(c)  # type: ignore[arg-type]
             ps.setup()
             out.append(graph_sync("graph: PostgresSaver", ps))
+        # on a pool, as EngineSaver's two connections: its writes and puts run side by side
+        kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        with ConnectionPool(_db(pg, "g_lg_pool"), kwargs=kwargs, min_size=2, max_size=4) as p:
+            ps = PostgresSaver(p)  # type: ignore[arg-type]
+            ps.setup()
+            out.append(graph_sync("graph: PostgresSaver (pool)", ps))
         with EngineSaver(_db(pg, "g_engine"), keep_checkpoints=None) as es:
+            es.setup()
             out.append(graph_sync("graph: EngineSaver postgres (sync graph)", es))
         eurl = _db(pg, "g_engine_async")
         out.append(
@@ -447,11 +476,15 @@ def graph_contenders(tmp: Path, pg: PgServer | None) -> list[Result]:
 # -- running it all --------------------------------------------------------------------
 
 
+REPETITIONS: list[dict[str, Result]] = []  # every repetition's results (``run_all`` fills it)
+
+
 def run_all() -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="engine-bench-store-"))
     bindir = find_pg_bin()
     pg = PgServer(bindir, fsync=PG_FSYNC) if bindir is not None else None
     best: dict[str, Result] = {}
+    REPETITIONS.clear()
     try:
         for rep in range(REPS):
             _REP[0] = rep
@@ -461,6 +494,7 @@ def run_all() -> list[Result]:
             if pg is not None:
                 results += pg_contenders(pg)
             results += graph_contenders(tmp, pg)
+            REPETITIONS.append(by_name(results))
             for r in results:
                 if r.name not in best or r.rate > best[r.name].rate:
                     best[r.name] = r
@@ -487,6 +521,21 @@ def by_name(results: list[Result]) -> dict[str, Result]:
     return {r.name: r for r in results}
 
 
+def paired(ours: str, theirs: list[str]) -> str:
+    """The median (and range) over the repetitions of ours / the fastest of theirs."""
+    got = []
+    for rep in REPETITIONS:
+        present = [rep[t].rate for t in theirs if t in rep]
+        if ours in rep and present:
+            got.append(rep[ours].rate / max(present))
+    if not got:
+        return ""
+    got.sort()
+    mid = len(got) // 2
+    median = got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
+    return f"; per repetition: median {median:.2f}x ({got[0]:.2f}-{got[-1]:.2f}, n={len(got)})"
+
+
 def ratios(results: list[Result]) -> list[str]:
     r = by_name(results)
     out = []
@@ -498,6 +547,7 @@ def ratios(results: list[Result]) -> list[str]:
             out.append(
                 f"{label}: {r[ours].rate / r[best].rate:.2f}x {best} "
                 f"(bytes {r[ours].bytes_per / max(r[best].bytes_per, 1):.3f}x)"
+                + paired(ours, theirs)
             )
 
     line(
@@ -510,14 +560,44 @@ def ratios(results: list[Result]) -> list[str]:
         "engine postgres (delta)",
         ["langgraph PostgresSaver", "langgraph AsyncPostgresSaver"],
     )
-    for ours, theirs in [
-        ("graph: EngineSaver sqlite (async graph)", "graph: AsyncSqliteSaver (async graph)"),
-        ("graph: EngineSaver postgres (async graph)", "graph: AsyncPostgresSaver (async graph)"),
-        ("graph: EngineSaver sqlite (sync graph)", "graph: SqliteSaver"),
-        ("graph: EngineSaver postgres (sync graph)", "graph: PostgresSaver"),
+    for ours, rivals in [
+        ("graph: EngineSaver sqlite (async graph)", ["graph: AsyncSqliteSaver (async graph)"]),
+        (
+            "graph: EngineSaver postgres (async graph)",
+            ["graph: AsyncPostgresSaver (async graph)"],
+        ),
+        ("graph: EngineSaver sqlite (sync graph)", ["graph: SqliteSaver"]),
+        (
+            "graph: EngineSaver postgres (sync graph)",
+            ["graph: PostgresSaver", "graph: PostgresSaver (pool)"],
+        ),
     ]:
-        if ours in r and theirs in r:
-            out.append(f"{ours} vs {theirs}: {r[ours].rate / r[theirs].rate:.2f}x")
+        present = [t for t in rivals if t in r]
+        if ours in r and present:
+            theirs = max(present, key=lambda t: r[t].rate)
+            out.append(
+                f"{ours} vs {theirs}: {r[ours].rate / r[theirs].rate:.2f}x" + paired(ours, rivals)
+            )
+    line(
+        "engine sqlite, entries encoded once, vs LangGraph SQLite",
+        "engine sqlite (delta, entries encoded once)",
+        ["langgraph SqliteSaver", "langgraph AsyncSqliteSaver"],
+    )
+    line(
+        "engine postgres, entries encoded once, vs LangGraph PostgreSQL",
+        "engine postgres (delta, entries encoded once)",
+        ["langgraph PostgresSaver", "langgraph AsyncPostgresSaver"],
+    )
+    line(
+        "engine sqlite ledger layout vs LangGraph SQLite",
+        "engine sqlite (ledger + small checkpoint)",
+        ["langgraph SqliteSaver", "langgraph AsyncSqliteSaver"],
+    )
+    line(
+        "engine postgres ledger layout vs LangGraph PostgreSQL",
+        "engine postgres (ledger + small checkpoint)",
+        ["langgraph PostgresSaver", "langgraph AsyncPostgresSaver"],
+    )
     return out
 
 
@@ -528,8 +608,9 @@ def results() -> Iterator[list[Result]]:
     yield run_all()
 
 
-# The gates hold what is reached (docs/performance.md "store"), below issue 15's targets
-# (5x SQLite, 3x PostgreSQL, 1.5x in the graph), which this machine did not reach.
+# The gates hold what every run on the loaded 2-core machine reached (docs/performance.md
+# "store"), below issue 15's targets (5x SQLite, 3x PostgreSQL, 1.5x in the graph), which
+# quiet runs reach and loaded ones not always.
 def test_store_checkpoint_table(results: list[Result], bench_report: list[str]) -> None:
     bench_report += [
         "store: checkpoint writes, same run, commit per checkpoint",
@@ -538,18 +619,27 @@ def test_store_checkpoint_table(results: list[Result], bench_report: list[str]) 
     ]
     r = by_name(results)
     lg = max(r["langgraph SqliteSaver"].rate, r["langgraph AsyncSqliteSaver"].rate)
-    assert r["engine sqlite (delta)"].rate >= 2 * lg
+    assert r["engine sqlite (delta)"].rate >= 2.5 * lg
     assert r["engine sqlite (ledger + small checkpoint)"].rate >= 5 * lg
     assert r["engine sqlite (delta)"].bytes_per <= r["langgraph SqliteSaver"].bytes_per
     if "engine postgres (delta)" in r:
         lgp = max(r["langgraph PostgresSaver"].rate, r["langgraph AsyncPostgresSaver"].rate)
-        assert r["engine postgres (delta)"].rate >= 1.2 * lgp
+        assert r["engine postgres (delta)"].rate >= 2 * lgp
+        assert r["engine postgres (ledger + small checkpoint)"].rate >= 3 * lgp
         assert r["engine postgres (delta)"].bytes_per <= r["langgraph PostgresSaver"].bytes_per
+
+
+def test_entries_encoded_once_make_the_same_bytes() -> None:
+    encoded = [msgspec.Raw(_enc.encode(e)) for e in ENTRIES[:50]]
+    assert _enc.encode({"step": 50, "ledger": encoded}) == _enc.encode(state(50))
 
 
 def test_engine_saver_in_the_same_graph(results: list[Result]) -> None:
     r = by_name(results)
     assert r["graph: EngineSaver sqlite (sync graph)"].rate >= r["graph: SqliteSaver"].rate
+    if "graph: PostgresSaver" in r:
+        best = max(r["graph: PostgresSaver"].rate, r["graph: PostgresSaver (pool)"].rate)
+        assert r["graph: EngineSaver postgres (sync graph)"].rate >= best
 
 
 if __name__ == "__main__":

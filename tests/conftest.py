@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests._clock import FakeClock
+from tests.store.pg_server import PgServer, pg_server_or_skip
 
 if TYPE_CHECKING:
     from engine.mesh import Broker
@@ -72,3 +75,24 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeClock]:
         return clock
 
     return install
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the session (tests/store/pg_server.py: stopped at
+    the end, at interpreter exit, or by its watchdog if this process dies); skipped without
+    PostgreSQL binaries, except under CI."""
+    yield from pg_server_or_skip()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ``engine.store`` URL: a new SQLite file, or a new database on the test
+    PostgreSQL server (what ``--store`` takes)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: PgServer = request.getfixturevalue("pg")
+    return server.fresh_database_url(f"store_{os.getpid()}_{next(_databases)}")

@@ -7,9 +7,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine.llm import LLMCache, ModelRouter, OpenAIProvider, Reply, ScriptedProvider
+from engine.llm import Budget, LLMCache, ModelRouter, OpenAIProvider, Reply, ScriptedProvider
 from engine.llm.cache import cache_key
 from engine.llm.request import make_request
+from engine.memory.embedders import HashingEmbedder
 from engine.tools import tool
 from tests.agents_for_tests import uv
 from tests.llm_support import FakeClock
@@ -91,6 +92,41 @@ async def test_on_by_default_only_for_deterministic_calls() -> None:
     assert (await llm.chat("c", temperature=0.7)).cached is None
     assert (await llm.chat("b", seed=3, cache=False)).cached is None  # opt-out
     assert len(llm.calls) == 6  # a, a, b, c, c sampled, b opted out
+
+
+class CountingEmbedder(HashingEmbedder):
+    """The default embedder, counting the texts it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Any) -> Any:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+@uv
+async def test_a_missed_call_is_embedded_once_and_an_exact_hit_not_at_all() -> None:
+    emb = CountingEmbedder()
+    llm = ScriptedProvider(default="x", cache=LLMCache(embedder=emb))
+    await llm.chat("first question", temperature=0)  # miss: embedded for the put only
+    assert emb.texts == ["first question"]
+    await llm.chat("another question", temperature=0)  # miss: searched and put, one vector
+    assert emb.texts == ["first question", "another question"]
+    assert (await llm.chat("another question", temperature=0)).cached == "exact"
+    assert len(emb.texts) == 2  # an exact hit embeds nothing
+    assert len(llm.calls) == 2
+
+
+@uv
+async def test_a_budgeted_call_without_max_tokens_is_found_again() -> None:
+    # the reservation fills in max_tokens; the entry is stored under the request as asked
+    llm = ScriptedProvider(default="x", cache=LLMCache())
+    budget = Budget(tokens=100_000)
+    await llm.chat("hello", temperature=0, budget=budget)
+    assert (await llm.chat("hello", temperature=0, budget=budget)).cached == "exact"
+    assert len(llm.calls) == 1
 
 
 @uv

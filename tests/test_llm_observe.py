@@ -194,3 +194,102 @@ def _status_error(status: int, message: str) -> Exception:
                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
     resp = httpx2.Response(status, request=req, json={"error": {"message": message}})
     return openai.AuthenticationError(message, response=resp, body={"error": {"message": message}})
+
+
+def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+@uv
+async def test_answered_calls_are_tallied_and_folded_into_metrics_at_scrape_time() -> None:
+    from engine.llm import Reply, ScriptedProvider, Usage
+
+    metrics = Metrics()
+    one = ScriptedProvider(default=Reply("ok", usage=Usage(7, 3)), metrics=metrics)
+    two = ScriptedProvider(default=Reply("ok", usage=Usage(1, 1)), metrics=metrics)
+    for _ in range(300):
+        await one.chat("hi", kind="act")
+    await two.chat("hi", kind="plan")
+    ok = {"provider": "scripted", "model": "scripted", "status": "ok"}
+    assert _sample(metrics, "engine_llm_calls_total", {**ok, "kind": "act"}) == 300
+    assert _sample(metrics, "engine_llm_calls_total", {**ok, "kind": "plan"}) == 1
+    tokens = {"model": "scripted", "kind": "prompt"}
+    assert _sample(metrics, "engine_llm_tokens_total", tokens) == 7 * 300 + 1
+    count = {"model": "scripted"}
+    assert _sample(metrics, "engine_llm_call_duration_seconds_count", count) == 301
+    inf = {"model": "scripted", "le": "+Inf"}
+    assert _sample(metrics, "engine_llm_call_duration_seconds_bucket", inf) == 301
+    # every latency lands in some bucket: the buckets are cumulative up to the count (which
+    # bucket depends on the machine's speed, so no bound is asserted here)
+    buckets = [
+        s.value
+        for fam in metrics.registry.collect()
+        if fam.name == "engine_llm_call_duration_seconds"
+        for s in fam.samples
+        if s.name.endswith("_bucket") and s.labels.get("model") == "scripted"
+    ]
+    assert buckets == sorted(buckets) and buckets[-1] == 301
+    # a second scrape adds only what came since the first
+    await one.chat("hi", kind="act")
+    assert _sample(metrics, "engine_llm_calls_total", {**ok, "kind": "act"}) == 301
+    assert _sample(metrics, "engine_llm_call_duration_seconds_count", count) == 302
+    text = metrics.exposition().decode()
+    assert (
+        'engine_llm_calls_total{kind="act",model="scripted",provider="scripted",status="ok"}'
+        " 301.0" in text
+    )
+
+
+@uv
+async def test_no_span_work_while_the_tracer_records_nothing(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from engine.llm import ScriptedProvider
+
+    quiet = ScriptedProvider(default="ok", tracer_provider=NoOpTracerProvider())
+    assert not quiet.telemetry.tracing
+    await quiet.chat("hi")
+    tp, exporter = spans
+    traced = ScriptedProvider(default="ok", tracer_provider=tp)
+    assert traced.telemetry.tracing
+    await traced.chat("hi", kind="act")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat scripted"
+    assert dict(span.attributes or {})["engine.llm.kind"] == "act"
+    assert not ScriptedProvider(default="ok", spans=False).telemetry.tracing
+
+
+@uv
+async def test_a_cancelled_call_is_no_failed_call() -> None:
+    import asyncio
+
+    from engine.llm import ScriptedProvider
+    from engine.llm.base import ChatResult
+    from engine.llm.request import ChatRequest
+
+    class Slow(ScriptedProvider):
+        """Answers only when released (a call in flight when its job is cancelled)."""
+
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(default="late", **kw)
+            self.started = asyncio.Event()
+
+        async def _complete(self, req: ChatRequest) -> ChatResult:
+            self.started.set()
+            await asyncio.Event().wait()  # never set: only a cancellation ends it
+            raise AssertionError("unreachable")
+
+    metrics = Metrics()
+    budget = Budget(tokens=10_000)
+    llm = Slow(metrics=metrics)
+    call = asyncio.ensure_future(llm.chat("hi", kind="act", budget=budget))
+    await asyncio.wait_for(llm.started.wait(), 10)
+    assert budget.reserved_tokens > 0
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    labels = {"provider": "scripted", "model": "scripted", "kind": "act", "status": "error"}
+    assert metrics.registry.get_sample_value("engine_llm_calls_total", labels) is None
+    assert budget.reserved_tokens == 0  # the reservation went back

@@ -123,6 +123,23 @@ async def test_json_in_text_when_the_server_refuses_json_schema(
 
 
 @uv
+async def test_concurrent_structured_calls_all_fall_back_to_text(
+    openai_server: OpenAIServer,
+) -> None:
+    # every call in flight when the server first refuses json_schema is asked again in
+    # text, not only the one whose refusal flipped the provider's flag
+    openai_server.always = Fault.reject_json_schema()
+    openai_server.reply = lambda body: ServerReply('{"name": "Oslo", "population": 700000}')
+    async with provider(openai_server) as p:
+        results = await asyncio.gather(
+            *(p.chat(f"city {i}", response_format=City) for i in range(8))
+        )
+    assert all(r.parsed == City("Oslo", 700_000) for r in results)
+    with_schema = [b for b in openai_server.bodies if "response_format" in b]
+    assert len(with_schema) >= 1 and openai_server.requests == 8 + len(with_schema)
+
+
+@uv
 async def test_invalid_structured_reply_repairs_then_raises(openai_server: OpenAIServer) -> None:
     openai_server.reply = lambda body: ServerReply('{"name": "X", "population": "many"}')
     async with provider(openai_server) as p:

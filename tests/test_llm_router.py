@@ -231,6 +231,31 @@ def test_fallback_happens_within_two_seconds_of_the_primary_failing(
     assert openai_server.requests >= 2 and backup_server.requests == 1
 
 
+def test_retries_and_fallbacks_are_counted_in_metrics(
+    openai_server: OpenAIServer, backup_server: OpenAIServer
+) -> None:
+    from engine.observe.metrics import Metrics
+
+    openai_server.always = Fault.http(503)
+    clock = FakeClock()
+    metrics = Metrics()
+
+    @uv
+    async def run() -> str:
+        async with router(
+            openai_server, backup_server, clock=clock, metrics=metrics,
+            retry=RetryPolicy(attempts=3),
+        ) as r:  # fmt: skip
+            assert (await r.chat("x")).model == "backup"
+            return r.providers[0].name
+
+    primary = run()
+    value = metrics.registry.get_sample_value
+    assert value("engine_llm_retries_total", {"provider": primary}) == len(clock.sleeps) >= 1
+    assert value("engine_llm_fallbacks_total", {"from": primary}) == 1
+    assert openai_server.requests == len(clock.sleeps) + 1 and backup_server.requests == 1
+
+
 @REPEAT
 def test_open_breaker_falls_back_at_once_and_probes_after_cooldown(
     rep: int, openai_server: OpenAIServer, backup_server: OpenAIServer

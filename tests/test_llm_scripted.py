@@ -246,3 +246,16 @@ async def test_budget_applies_to_scripted_calls_and_attribution() -> None:
 def test_tool_validation_error_type_is_exported() -> None:
     with pytest.raises(ToolValidationError):
         get_weather.validate({"city": 3})
+
+
+@uv
+async def test_usage_ledger_totals_across_alternating_attributions_and_models() -> None:
+    a = ScriptedProvider(default=Reply("ok", usage=Usage(2, 1)), model="m-a")
+    b = ScriptedProvider(default=Reply("ok", usage=Usage(4, 1)), model="m-b", ledger=a.ledger)
+    for i in range(6):
+        llm = a if i % 3 else b
+        await llm.chat("x", agent=f"agent{i % 2}")
+    ledger = a.ledger
+    assert ledger.total.calls == 6 and ledger.total.prompt_tokens == 2 * 4 + 4 * 2
+    assert ledger.of(agent="agent0").calls == 3 and ledger.of(agent="agent1").calls == 3
+    assert ledger.by_model()["m-a"].calls == 4 and ledger.by_model()["m-b"].calls == 2

@@ -8,7 +8,6 @@ import os
 import random
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -205,9 +204,9 @@ class _Rejecter:
 
 
 def test_dead_letters_are_listed_and_replayed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'mesh.db'}"
+    url = store_url  # SQLite and PostgreSQL
     b = Broker("tcp://127.0.0.1:0", heartbeat=HB, store=url, max_attempts=3)
     b.start()
     ep = b.endpoints[0]
@@ -246,8 +245,8 @@ def test_dead_letters_are_listed_and_replayed(
         b.stop()
 
 
-def test_store_keeps_accepted_messages_across_a_broker_restart(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'mesh.db'}"
+def test_store_keeps_accepted_messages_across_a_broker_restart(store_url: str) -> None:
+    url = store_url  # SQLite and PostgreSQL
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
     first = Broker(ep, heartbeat=HB, store=url, startup_grace=30)
@@ -331,8 +330,8 @@ def test_bad_arguments_are_typed_errors() -> None:
         "echo": Echo,
         "lst": Listener,
     }
-    with pytest.raises(EngineError, match="unsupported store URL"):
-        Broker(store="postgres://x")
+    with pytest.raises(EngineError, match="unsupported store URL scheme 'mysql'"):
+        Broker(store="mysql://x")
     with pytest.raises(ValueError, match="concurrency"):
         MeshClient("tcp://127.0.0.1:1", concurrency=0)
 

@@ -200,6 +200,24 @@ async def test_a_failed_subtask_is_retried_then_replanned_keeping_completed_work
 
 
 @uv
+async def test_a_replan_may_build_on_a_completed_subtask_of_the_earlier_plan() -> None:
+    first = Plan(
+        subtasks=[
+            Subtask(id="a", description="fine a", capability="work"),
+            Subtask(id="b", description="fail b", capability="work", depends_on=["a"]),
+        ]
+    )
+    second = Plan(subtasks=[Subtask(id="c", description="c", capability="work", depends_on=["a"])])
+    plans = iter([first, second])
+    llm = scripted(lambda call: Reply(parsed=next(plans)))
+    async with orchestrator(llm, FailWorker, retry=RetryPolicy(attempts=1)) as orch:
+        result = await (await orch.submit("build on a")).result()
+    assert result.ok and result.replans == 1, result.reason
+    status = {o.id: o.status for o in result.subtasks}
+    assert status == {"a": "completed", "b": "failed", "c": "completed"}
+
+
+@uv
 async def test_failures_past_max_replans_fail_the_job_with_the_reason() -> None:
     llm = scripted(
         unique_plans(
@@ -270,6 +288,21 @@ async def test_a_budget_refusal_mid_job_fails_it_and_no_call_goes_past_the_limit
     done = [o for o in result.subtasks if o.status == "completed"]
     assert 0 < len(done) < 30  # it ran, then stopped mid-job
     assert sum(llm.used) <= limit and budget.used_tokens == sum(llm.used)
+    assert budget.reserved_tokens == 0
+
+
+def test_a_remote_grant_leaves_the_orchestrator_its_share() -> None:
+    from engine.orchestration._budget import grant_for
+
+    budget = Budget(tokens=1_000, calls=10)
+    grant, hold = grant_for(budget, 1)  # the last subtask: it and the orchestrator's calls
+    assert (grant.tokens, grant.calls) == (500, 5)
+    assert budget.remaining()["tokens"] == 500  # the progress/summarize calls can still run
+    hold.settle(100, 0.0, 1)
+    assert budget.used_tokens == 100 and budget.remaining()["tokens"] == 900
+    grant, hold = grant_for(budget, 3)
+    assert grant.tokens == 900 // 4
+    hold.release()
     assert budget.reserved_tokens == 0
 
 

@@ -9,8 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.llm import LLMCache, ScriptedProvider
 from engine.orchestration import Plan, PlanError, Subtask, plan_schema, plan_type, validate_plan
-from engine.orchestration.plans import layers
+from engine.orchestration.plans import checked_levels, layers
+from engine.orchestration.prompts import Prompts
+from tests.agents_for_tests import uv
 
 
 def s(id: str, *deps: str, cap: str = "a") -> Subtask:
@@ -112,6 +115,12 @@ def test_layers_respect_every_dependency(plan: Plan) -> None:
             assert level[sub.id] == 0
 
 
+@given(dags())
+def test_checked_levels_are_the_layers_the_plan_is_scheduled_by(plan: Plan) -> None:
+    levels = checked_levels(plan, ["a"])
+    assert [[plan.subtasks[i] for i in level] for level in levels] == layers(plan)
+
+
 @given(dags(), st.data())
 def test_a_back_edge_is_always_found_as_a_cycle(plan: Plan, data: st.DataObject) -> None:
     chained = [sub for sub in plan.subtasks if sub.depends_on]
@@ -134,3 +143,21 @@ def test_a_back_edge_is_always_found_as_a_cycle(plan: Plan, data: st.DataObject)
     deps = {x.id: set(x.depends_on) for x in subs}
     for a, b in itertools.pairwise(cycle):
         assert b in deps[a]  # every hop of the reported cycle is a real dependency
+
+
+@uv
+async def test_plan_prompts_of_different_tasks_share_no_cached_plan() -> None:
+    # The template (capabilities, instructions) is in the system message, matched exactly;
+    # only the task is compared by meaning. Whole prompts were mostly template: two
+    # unrelated questions' plan prompts sat at cosine ~0.996, above the 0.95 threshold.
+    llm = ScriptedProvider(default="plan", cache=LLMCache())
+    caps = {f"cap{i}": "finds, reads and summarises sources for a question " * 3 for i in range(8)}
+    prompts = Prompts()
+    france = prompts.plan("What is the capital of France?", caps, max_subtasks=20)
+    jupiter = prompts.plan("How many moons does Jupiter have?", caps, max_subtasks=20)
+    await llm.chat(france, temperature=0, kind="plan")
+    assert (await llm.chat(jupiter, temperature=0, kind="plan")).cached is None
+    assert (await llm.chat(france, temperature=0, kind="plan")).cached == "exact"
+    near = prompts.plan("what is the capital of france", caps, max_subtasks=20)
+    assert (await llm.chat(near, temperature=0, kind="plan")).cached == "semantic"
+    assert len(llm.calls) == 2

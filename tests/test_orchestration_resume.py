@@ -25,6 +25,7 @@ from engine import QueryCancelled, Runtime
 from engine.orchestration import OrchestrationError, Orchestrator, set_default_llm
 from engine.orchestration.ledgers import StepEntry
 from engine.store import open as open_store
+from engine.store.base import LedgerEntry
 from tests.agents_for_tests import uv
 from tests.mesh_procs import ROOT, die_with_parent, env
 from tests.orch_agents import GateWorker, PlainWorker, chain, layered, scripted
@@ -297,3 +298,41 @@ async def test_a_damaged_ledger_is_a_clear_error_on_resume() -> None:
             await orch.resume("bad")
         assert isinstance(orch.s.persist, Persist)
     await store.close()
+
+
+@uv
+async def test_a_steps_subtask_records_are_one_store_entry_read_back_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.orchestration import persist as persist_mod
+    from engine.orchestration.ledgers import LedgerRecord, ProgressEntry
+    from engine.orchestration.persist import Persist
+    from engine.orchestration.state import JobCheckpoint
+
+    def ck(step: int) -> JobCheckpoint:
+        zero = dict.fromkeys(("replans", "stalls", "completed", "failed", "progress_calls"), 0)
+        return JobCheckpoint(
+            step=step, status="running", gen=0, tokens=0, cost=0.0, calls=0, **zero
+        )
+
+    def rec(i: int) -> LedgerRecord:
+        body = StepEntry(0, f"s{i}", "work", "completed", f"output {i} " * 20)
+        return LedgerRecord("w", "subtask", "in", "out", 1.0, 2.0, 3, 0.0, body)
+
+    progress = ProgressEntry(0, ["0:s0"], False, False, True)
+    note = LedgerRecord("orchestrator", "progress", "", "", 1.0, 1.0, 0, 0.0, progress)
+    async with open_store(f"sqlite:///{tmp_path / 'l.db'}") as store:
+        p = Persist(store, "test", 60.0)
+        step1 = [note, *(rec(i) for i in range(40))]
+        await p.step("j", step1, ck(1))
+        assert [e.id for e in await store.read_ledger("j")] == ["progress:0", "steps:1"]
+        monkeypatch.setattr(persist_mod, "STEP_ENTRY_BYTES", 1_000)  # split a big step
+        step2 = [rec(i) for i in range(40, 50)]
+        await p.step("j", step2, ck(2))
+        ids = [e.id for e in await store.read_ledger("j")]
+        assert ids[:3] == ["progress:0", "steps:1", "steps:2"] and len(ids) > 3
+        assert all(i.startswith("steps:2.") for i in ids[3:])
+        assert await p.records("j") == [*step1, *step2]  # every record, in append order
+        await store.append_ledger("j", [LedgerEntry(id="steps:9", data=b"\xc1", ledger="x")])
+        with pytest.raises(OrchestrationError, match="steps:9"):
+            await p.records("j")

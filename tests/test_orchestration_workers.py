@@ -106,6 +106,7 @@ def test_transcript_lines_of_a_tool_loop() -> None:
 async def test_retrieval_tool_over_a_hybrid_retriever_and_a_vector_store() -> None:
     hybrid = RetrievalTool(_docs(), k=2)
     assert hybrid.tool.name == "retrieve"
+    assert hybrid.tool.cacheable  # no side effects: a ReAct call offering it may be cached
     found = await hybrid.tool("capital of France")
     assert found[0].id == 1 and "Paris" in found[0].text and len(found) == 2
 

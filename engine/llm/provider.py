@@ -85,6 +85,8 @@ class Provider(BaseLLM):
 
     async def _send(self, req: ChatRequest, span: CallSpan) -> ChatResult:
         try:
+            if not self.uses_io and self.limits.unlimited:
+                return await self._complete(req)  # attempt() without its coroutine frame
             return await self.attempt(req)
         except ProviderError as exc:
             self.telemetry.failed(self.provider_name, self.model, req.kind, exc)

@@ -171,6 +171,7 @@ class ModelRouter(BaseLLM):
         delay = state.next_delay(exc, self._clock(), self._rng)
         if delay is None or br.state != "closed":
             return False
+        self.telemetry.retried(p.name)
         span.event(
             "retry",
             {"provider": p.name, "error.type": error_class(exc), "delay": delay,
@@ -185,6 +186,7 @@ class ModelRouter(BaseLLM):
     ) -> None:  # fmt: skip
         errors.append((p.name, exc))
         if not last:
+            self.telemetry.fell_back(p.name)
             span.event("fallback", {"from": p.name, "error.type": error_class(exc)})
 
     async def _send(self, req: ChatRequest, span: CallSpan) -> ChatResult:

@@ -33,6 +33,7 @@ from engine.llm.structured import json_schema, prompt_messages
 __all__ = ["Reply", "Rule", "ScriptedCall", "ScriptedProvider"]
 
 _CHUNK: Final = 8  # characters per streamed text delta
+_NO_TOOLS: Final[list[str]] = []  # shared by recorded calls offering no tools (never mutated)
 
 
 class Reply:
@@ -81,8 +82,10 @@ class Reply:
         return f"Reply({', '.join(what)})"
 
 
-class ScriptedCall(msgspec.Struct, frozen=True):
+class ScriptedCall(msgspec.Struct, frozen=True, gc=False):
     """One call the provider received, as recorded."""
+
+    # gc=False: up to max_calls of them are kept, none refers back to anything holding it
 
     kind: str
     messages: list[Message]
@@ -130,7 +133,7 @@ class Rule:
     ) -> None:
         if times is not None and times < 1:
             raise ValueError(f"times must be a positive int or None, got {times!r}")
-        self.reply = reply
+        self.reply = Reply(reply) if isinstance(reply, str) else reply
         self.kind = kind
         self.contains = contains
         self.pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
@@ -162,8 +165,16 @@ class Rule:
 
     def answer(self, call: ScriptedCall) -> Reply:
         self.used += 1
-        r = self.reply(call) if callable(self.reply) else self.reply
-        return Reply(r) if isinstance(r, str) else r
+        return _reply(self.reply, call)
+
+
+def _reply(answer: Answer, call: ScriptedCall) -> Reply:
+    """A rule's (or the default's) answer to ``call`` as a Reply (str replies are made into
+    Replies once, when the rule is built)."""
+    if isinstance(answer, Reply):
+        return answer
+    r = answer(call) if callable(answer) else answer
+    return Reply(r) if isinstance(r, str) else r
 
 
 class ScriptedProvider(Provider):
@@ -192,6 +203,7 @@ class ScriptedProvider(Provider):
             if not isinstance(r, Rule):
                 raise TypeError(f"rules must be Rule objects, got {r!r}")
         self.default = default
+        self._default = Reply(default) if isinstance(default, str) else default
         self.calls: deque[ScriptedCall] = deque(maxlen=max_calls)
 
     def add(self, reply: Answer, **conditions: Any) -> Rule:
@@ -206,22 +218,22 @@ class ScriptedProvider(Provider):
             json_schema(req.response_format)
             if not self.supports_json_schema:
                 messages = prompt_messages(req)
+        tools = req.tools
         call = ScriptedCall(
-            kind=req.kind,
-            messages=list(messages),
-            tools=[t["function"]["name"] for t in req.tools or ()],
-            response_format=req.response_format,
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            stream=stream,
+            req.kind,
+            list(messages),
+            [t["function"]["name"] for t in tools] if tools else _NO_TOOLS,
+            req.response_format,
+            req.max_tokens,
+            req.temperature,
+            stream,
         )
         self.calls.append(call)
         for rule in self.rules:
             if rule.matches(call):
                 return call, rule.answer(call)
-        if self.default is not None:
-            r = self.default(call) if callable(self.default) else self.default
-            return call, Reply(r) if isinstance(r, str) else r
+        if self._default is not None:
+            return call, _reply(self._default, call)
         raise ScriptError(
             f"{self.name}: no rule matches a {req.kind!r} call whose last message is "
             f"{call.last[:200]!r}"
@@ -229,12 +241,15 @@ class ScriptedProvider(Provider):
 
     def _result(self, req: ChatRequest, reply: Reply) -> ChatResult:
         usage = reply.usage
+        calls = reply.tool_calls
         if usage is None:
-            chars = len(reply.text) + sum(len(c.name) + len(c.arguments) for c in reply.tool_calls)
+            chars = len(reply.text)
+            if calls:
+                chars += sum(len(c.name) + len(c.arguments) for c in calls)
             usage = Usage(estimate_tokens(req), -(-chars // 4))
         return ChatResult(
             text=reply.text,
-            tool_calls=list(reply.tool_calls),
+            tool_calls=list(calls) if calls else [],
             usage=usage,
             model=self.model,
             provider=self.provider_name,

@@ -17,6 +17,7 @@ through the same ``finally``. A cached result replays as deltas.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
@@ -132,8 +133,9 @@ class ChatStream:
         llm, req, ctx = self._llm, self._req, self._ctx
         t0 = now()
         cache = llm._use_cache(req, ctx)
+        probe = None
         if cache is not None:
-            hit = llm._cache_get(req, cache, t0)
+            hit, probe = llm._cache_get(req, cache, t0)
             if hit is not None:
                 llm.ledger.record(ctx.who, hit.model, hit.usage, 0.0, cached=True)
                 self.result = hit
@@ -168,7 +170,8 @@ class ChatStream:
                 llm.ledger.record(ctx.who, model, used, cost)
             else:
                 held.release()
-            llm.telemetry.call_failed(provider, model, req.kind)
+            if not isinstance(exc, asyncio.CancelledError | GeneratorExit):  # not failures
+                llm.telemetry.call_failed(provider, model, req.kind)
             span.fail(exc)
             raise
         finally:
@@ -178,6 +181,6 @@ class ChatStream:
         final.latency = now() - t0
         span.finish(final, req.kind)
         llm.telemetry.ok(final, req.kind, final.latency)
-        if cache is not None and final.finish_reason != "length":
-            cache.put(req, llm._scope(req.kind), msgspec.structs.replace(final))
+        if probe is not None and cache is not None and final.finish_reason != "length":
+            cache.fill(probe, msgspec.structs.replace(final))
         self.result = final

@@ -1,4 +1,4 @@
-"""Broker persistence (``--store sqlite:///path``): accepted-but-unfinished messages and the DLQ.
+"""Broker persistence (``--store URL``): accepted-but-unfinished messages and the DLQ.
 
 The broker core never touches a database: each loop iteration it hands the shell one
 :class:`MeshWrites` batch, which the shell applies in one transaction **before** it sends
@@ -12,29 +12,44 @@ anything that depends on it (write-ahead). The interface the broker uses is exac
 - ``dead_letters(limit) -> list[DeadLetter]``, ``remove_dead_letters(ids) -> int``: the
   DLQ, for ``engine dlq``;
 - ``close()``;
-- ``path``: the SQLite file, ``None`` for an in-memory store (``/readyz`` checks that the
-  file accepts a write: ``engine.observe.health.broker_checks``).
+- ``path``: the SQLite file, ``None`` for an in-memory or PostgreSQL store (``/readyz``
+  checks that the file accepts a write: ``engine.observe.health.broker_checks``).
 
-The names match ``engine.store``'s mesh part (``Store.mesh_apply``, ``Store.mesh_pending``,
-``Store.dead_letters``, ``Store.remove_dead_letters``, ``MeshWrites``, ``PendingMessage``,
-``DeadLetter``), so moving the broker onto that store is a rename. A pending key is
-``"origin:seq"`` of the envelope id; only the peer that registered an origin may submit
-under it, so one client cannot overwrite another's pending message.
+With a URL (``sqlite:///path``, ``postgresql://...``) these are
+:meth:`engine.store.Store.mesh_apply`, ``mesh_pending``, ``dead_letters`` and
+``remove_dead_letters`` of the store :func:`engine.store.open` opens there, always at
+``durability="commit"``. A pending key is ``"origin:seq"`` of the envelope id; only the
+peer that registered an origin may submit under it, so one client cannot overwrite
+another's pending message.
+
+The broker's loop is a thread, not a coroutine: each call runs the store's coroutine to its
+end in the calling thread, on an event loop private to this store (``engine.store._lane``;
+a SQLite write completes without suspending, so it costs no loop iteration). A call made
+in a thread that runs an event loop of its own (a broker built inside async code) runs in a
+helper thread instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from engine.errors import EngineError
+from engine.errors import StoreError
 from engine.messages import MessageId
+from engine.store import base as stored
+from engine.store._lane import Lane
+from engine.store._url import parse_url
 
 __all__ = [
     "DeadLetter",
+    "DurableStore",
     "MemoryStore",
     "MeshWrites",
     "PendingMessage",
@@ -43,17 +58,7 @@ __all__ = [
     "pending_key",
 ]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mesh_pending (key TEXT PRIMARY KEY, envelope BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS mesh_dead (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    envelope BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    at REAL NOT NULL
-);
-"""
+T = TypeVar("T")
 
 
 def pending_key(mid: MessageId) -> str:
@@ -95,7 +100,7 @@ class MeshWrites:
 class MemoryStore:
     """No persistence of pending messages; a bounded in-memory dead-letter queue."""
 
-    #: The database file, None when nothing is persisted.
+    #: The database file, None when nothing is persisted in a file.
     path: Path | None = None
 
     def __init__(self, max_dead: int = 10_000) -> None:
@@ -130,77 +135,129 @@ class MemoryStore:
         pass
 
 
-class SqliteStore(MemoryStore):
-    """SQLite (WAL) persistence of pending messages and dead letters."""
+async def _opened(store: stored.Store) -> None:
+    """Nothing to do: reaching here opened the store."""
 
-    def __init__(self, path: str | Path, max_dead: int = 100_000) -> None:
-        super().__init__(max_dead)
-        self.path = Path(path)
+
+# The tables of the broker's own SQLite store before it moved onto engine.store.
+_LEGACY = ("mesh_pending", "mesh_dead")
+_IMPORT_LEGACY = """
+BEGIN IMMEDIATE;
+INSERT INTO engine_mesh_pending (broker, key, envelope)
+    SELECT '', key, envelope FROM mesh_pending ORDER BY rowid
+    ON CONFLICT (broker, key) DO UPDATE SET envelope = excluded.envelope;
+INSERT INTO engine_mesh_dead (broker, key, envelope, reason, attempts, at)
+    SELECT '', key, envelope, reason, attempts, at FROM mesh_dead ORDER BY id;
+DROP TABLE mesh_pending;
+DROP TABLE mesh_dead;
+COMMIT;
+"""
+
+
+def _legacy_tables(path: Path) -> bool:
+    """Whether the SQLite file holds the tables of the broker's earlier store."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return False  # not SQLite: engine.store says what is wrong with it
+    return set(_LEGACY) <= {r[0] for r in rows}
+
+
+def _import_legacy(path: Path) -> None:
+    """Move the earlier store's messages into the engine tables, in one transaction."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10.0)) as db:
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            db.executescript(_IMPORT_LEGACY)
         except sqlite3.Error as exc:
-            raise EngineError(f"cannot open store {path}: {exc}") from None
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(
+                f"cannot import the broker's earlier tables in {path}: {exc}"
+            ) from None
+
+
+class DurableStore(MemoryStore):
+    """Pending messages and dead letters in an :mod:`engine.store` store (SQLite or
+    PostgreSQL). ``create=False`` opens an existing store only (``engine dlq``)."""
+
+    def __init__(self, url: str, *, create: bool = True, max_dead: int = 100_000) -> None:
+        super().__init__(max_dead)
+        parsed = parse_url(url)  # StoreURLError (an EngineError) names what is wrong
+        self.url = url
+        self.path = Path(parsed.target) if parsed.kind == "sqlite" else None
+        # a broker store written before the move: its messages are imported, never dropped
+        legacy = self.path is not None and _legacy_tables(self.path)
+        options: dict[str, Any] = {
+            "create": create or legacy,
+            "durability": "commit",
+            "max_dead_letters": max_dead,
+        }
+        self._lane = Lane(url, None, options)
+        try:
+            self._call(self._lane.sync, _opened)  # a store that cannot open fails here
+            if legacy and self.path is not None:
+                _import_legacy(self.path)
+        except BaseException:
+            self._call(self._lane.close)  # the lane's private event loop
+            raise
+
+    @staticmethod
+    def _call(fn: Callable[..., T], *args: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args)
+        with ThreadPoolExecutor(1, thread_name_prefix="engine-mesh-store") as helper:
+            return helper.submit(fn, *args).result()
+
+    def _run(self, op: Callable[[stored.Store], Awaitable[T]]) -> T:
+        result: T = self._call(self._lane.sync, op)
+        return result
 
     def apply(self, writes: MeshWrites) -> None:
         if not writes:
             return
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            if writes.put:
-                db.executemany(
-                    "INSERT OR REPLACE INTO mesh_pending (key, envelope) VALUES (?, ?)",
-                    [(p.key, p.envelope) for p in writes.put],
+        batch = stored.MeshWrites(
+            put=[stored.PendingMessage(p.key, p.envelope) for p in writes.put],
+            remove=list(writes.remove),
+            dead=[
+                stored.DeadLetter(
+                    key=d.key, envelope=d.envelope, reason=d.reason, attempts=d.attempts, at=d.at
                 )
-            if writes.remove:
-                db.executemany(
-                    "DELETE FROM mesh_pending WHERE key = ?", [(k,) for k in writes.remove]
-                )
-            if writes.dead:
-                db.executemany(
-                    "INSERT INTO mesh_dead (key, envelope, reason, attempts, at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (d.key, d.envelope, d.reason, d.attempts, d.at or time.time())
-                        for d in writes.dead
-                    ],
-                )
-                db.execute(
-                    "DELETE FROM mesh_dead WHERE id <= (SELECT MAX(id) FROM mesh_dead) - ?",
-                    (self.max_dead,),
-                )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+                for d in writes.dead
+            ],
+        )
+        self._run(lambda s: s.mesh_apply(batch))
 
     def pending(self) -> list[PendingMessage]:
-        rows = self._db.execute("SELECT key, envelope FROM mesh_pending ORDER BY rowid").fetchall()
-        return [PendingMessage(k, bytes(e)) for k, e in rows]
+        return [PendingMessage(p.key, p.envelope) for p in self._run(lambda s: s.mesh_pending())]
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        rows = self._db.execute(
-            "SELECT key, envelope, reason, attempts, at, id FROM mesh_dead ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [DeadLetter(k, bytes(e), r, a, t, i) for k, e, r, a, t, i in rows]
+        return [
+            DeadLetter(d.key, d.envelope, d.reason, d.attempts, d.at, d.id)
+            for d in self._run(lambda s: s.dead_letters(limit=limit))
+        ]
 
     def remove_dead_letters(self, ids: Sequence[int]) -> int:
-        cur = self._db.executemany("DELETE FROM mesh_dead WHERE id = ?", [(i,) for i in ids])
-        return max(0, cur.rowcount)
+        return self._run(lambda s: s.remove_dead_letters(list(ids)))
 
     def close(self) -> None:
-        self._db.close()
+        self._call(self._lane.close)
 
 
-def open_store(url: str | None) -> MemoryStore:
-    """``None`` -> in-memory; ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``."""
+class SqliteStore(DurableStore):
+    """A :class:`DurableStore` on the SQLite file ``path``."""
+
+    def __init__(self, path: str | Path, max_dead: int = 100_000) -> None:
+        super().__init__(f"sqlite:///{Path(path)}", max_dead=max_dead)
+
+
+def open_store(url: str | None, *, create: bool = True) -> MemoryStore:
+    """``None`` (or empty): in memory; otherwise an :func:`engine.store.open` URL
+    (``sqlite:///relative.db``, ``sqlite:////abs/path.db``, ``postgresql://...``)."""
     if not url:
         return MemoryStore()
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
-        raise EngineError(f"unsupported store URL {url!r}: expected sqlite:///PATH")
-    return SqliteStore(url[len(prefix) :])
+    return DurableStore(url, create=create)

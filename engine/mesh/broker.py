@@ -48,8 +48,9 @@ class Broker:
     """The ROUTER broker. ``run()`` blocks; ``start()`` runs it in a daemon thread.
 
     ``bind`` endpoint(s) (default 127.0.0.1 only), optional ``curve_dir`` (CURVE keys and
-    the allow-list), ``store`` URL (``sqlite:///path``), ``hmac_key`` (bytes, str, a list
-    of keys — the first signs — or :class:`engine.mesh._signing.Keys`).
+    the allow-list), ``store`` URL (``sqlite:///path`` or ``postgresql://...``, an
+    :mod:`engine.store`), ``hmac_key`` (bytes, str, a list of keys — the first signs — or
+    :class:`engine.mesh._signing.Keys`).
 
     Every other keyword is a :class:`~engine.mesh.BrokerConfig` field (``heartbeat``,
     ``max_attempts``, ``client_credit``, ``max_frame``, ``max_queued``,

@@ -5,7 +5,9 @@ before the call. A worker in this process does exactly that: its request carries
 and :meth:`SubtaskRequest.budget` returns the job's own budget (looked up here by job id).
 A worker on a mesh node cannot reach that object, so the orchestrator carves a **grant**
 out of the job's budget before dispatch, an equal share of what is left among the
-subtasks not finished yet, and the worker enforces it with a budget of its own. When the
+subtasks not finished yet and the orchestrator itself (its progress and summarize calls
+need their share too: the last subtask must not take everything), and the worker enforces
+it with a budget of its own. When the
 subtask reports, the grant is settled with what the worker says it spent and the rest goes
 back to the job. No call goes out past the job's limit either way.
 """
@@ -20,7 +22,7 @@ import msgspec
 if TYPE_CHECKING:
     from engine.llm import Budget
 
-__all__ = ["BudgetGrant", "Hold", "carve", "grant_budget", "job_budget", "share"]
+__all__ = ["BudgetGrant", "Hold", "carve", "grant_budget", "grant_for", "job_budget", "share"]
 
 
 class BudgetGrant(msgspec.Struct, frozen=True, array_like=True):
@@ -80,6 +82,12 @@ class Hold:
 
     def release(self) -> None:
         self.reservation.release()
+
+
+def grant_for(budget: Budget, live_runs: int) -> tuple[BudgetGrant, Hold]:
+    """A remote subtask's grant: an equal share among the ``live_runs`` subtasks not
+    finished yet and the orchestrator's own calls (one more party)."""
+    return carve(budget, max(0, live_runs) + 1)
 
 
 def carve(budget: Budget, ways: int) -> tuple[BudgetGrant, Hold]:

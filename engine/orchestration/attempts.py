@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 
+_NONE: list[str] = []  # no transcript
+
+
 class Finished:
     """A finished attempt waiting to be settled."""
 
@@ -65,48 +68,59 @@ class Finished:
         self.tokens = 0
         self.cost = 0.0
         self.calls = 0
-        self.transcript: list[str] = []
+        self.transcript: list[str] = _NONE  # shared, never mutated: fill() assigns anew
 
 
 async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
     """Run ``run`` on ``worker`` with retries; queue the outcome on ``jr.finished``."""
     st = run.subtask
+    if jr.runs.get(st.id) is not run:
+        return  # cancelled (replan, stop) after it was popped
+    if jr.paused:
+        jr._park([run])
+        return
     s = jr.s
+    job = jr.job
     attempt = jr.attempts.get(st.id, 0) + 1
     if attempt == 1:
         verdict = jr.detector.delegated(st.capability, st.description)
         if verdict.action != "continue" and jr.verdict is None:
             jr.verdict = verdict
-    inputs = {d: jr.outputs[d] for d in st.depends_on if d in jr.outputs}
+    outputs = jr.outputs
+    inputs = {d: outputs[d] for d in st.depends_on if d in outputs}
     remote = worker.type not in s.local_types
     started = time.time()
-    agent = str(worker)
-    jr.job.emit("subtask.started", st.id, {"agent": agent, "attempt": attempt})
+    agent = run.agent or str(worker)
+    job.emit("subtask.started", st.id, {"agent": agent, "attempt": attempt})
     if s.audit is not None:
         s.audit.append(
             "task.assigned",
-            {"job": jr.job.id, "subtask": st.id, "agent": agent, "attempt": attempt},
+            {"job": job.id, "subtask": st.id, "agent": agent, "attempt": attempt},
         )
+    runtime = s.runtime
+    timeout = s.retry.timeout
     while True:
         jr.attempts[st.id] = attempt
         hold = None
         grant = None
         if remote and jr.budget is not None:
-            grant, hold = _budget.carve(jr.budget, max(1, len(jr.runs)))
+            grant, hold = _budget.grant_for(jr.budget, len(jr.runs))
         req = SubtaskRequest(
-            job=jr.job.id,
+            job=job.id,
             subtask=st.id,
             description=st.description,
             capability=st.capability,
-            task=jr.job.task,
+            task=job.task,
             inputs=inputs,
             attempt=attempt,
-            tenant=jr.job.tenant,
+            tenant=job.tenant,
             grant=grant,
         )
-        done = Finished(run, agent, started, attempt)
         try:
-            reply = await _send(jr, req, worker)
+            if s.tracer is None:  # PERF: no _send() frame on the untraced path
+                reply = await runtime.send(req, to=worker, timeout=timeout)
+            else:
+                reply = await _send(jr, req, worker)
         except asyncio.CancelledError:
             if hold is not None:
                 hold.release()
@@ -114,8 +128,8 @@ async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
         except Exception as exc:
             if hold is not None:
                 hold.release()
+            done = Finished(run, agent, started, attempt)
             budget = budget_error(exc)
-            done.finished = time.time()
             done.error = describe(exc)
             if budget is not None:
                 done.budget_error = budget
@@ -125,8 +139,8 @@ async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
                 continue
             jr.finished.append(done)
             return
+        done = Finished(run, agent, started, attempt)
         fill(done, reply)
-        done.finished = time.time()
         if hold is not None:
             hold.settle(done.tokens, done.cost, done.calls)
         jr.finished.append(done)
@@ -134,10 +148,9 @@ async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
 
 
 async def _send(jr: JobRun, req: SubtaskRequest, worker: AgentId) -> Any:
+    """``runtime.send`` inside the subtask's span (parented on the job's)."""
     s = jr.s
-    timeout = s.retry.timeout
-    if s.tracer is None:
-        return await s.runtime.send(req, to=worker, timeout=timeout)
+    assert s.tracer is not None
     with s.tracer.span(
         f"subtask {req.subtask}",
         jr.traceparent,
@@ -148,7 +161,9 @@ async def _send(jr: JobRun, req: SubtaskRequest, worker: AgentId) -> Any:
             "engine.agent": str(worker),
         },
     ) as span:
-        return await s.runtime.send(req, to=worker, timeout=timeout, traceparent=span.traceparent)
+        return await s.runtime.send(
+            req, to=worker, timeout=s.retry.timeout, traceparent=span.traceparent
+        )
 
 
 def fill(done: Finished, reply: Any) -> None:
@@ -159,7 +174,8 @@ def fill(done: Finished, reply: Any) -> None:
         cost = reply.cost
         done.cost = cost if isinstance(cost, float) and math.isfinite(cost) and cost > 0 else 0.0
         done.calls = reply.calls if reply.calls > 0 else 0
-        done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
+        if reply.transcript:
+            done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
     elif isinstance(reply, str):
         output = reply
     else:
@@ -202,15 +218,15 @@ def step_record(run: Run, done: Finished, status: str) -> LedgerRecord:
         done.transcript,
     )
     return LedgerRecord(
-        agent=done.agent,
-        action="subtask",
-        input_digest=digest(st.description),
-        result_digest=digest(done.output or done.error),
-        started=done.started,
-        finished=done.finished,
-        tokens=done.tokens,
-        cost=done.cost,
-        body=body,
+        done.agent,
+        "subtask",
+        digest(st.description),
+        digest(done.output or done.error),
+        done.started,
+        done.finished,
+        done.tokens,
+        done.cost,
+        body,
     )
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import PlanError, StructuredOutputError
 from engine.orchestration.ledgers import LedgerRecord, PlanEntry, ProgressEntry, digest
-from engine.orchestration.plans import Plan, plan_type, validate_plan
-from engine.orchestration.progress import ProgressReport
+from engine.orchestration.plans import Plan, checked_levels, plan_type
+from engine.orchestration.progress import CONTINUE, ProgressReport, Verdict
 
 if TYPE_CHECKING:
     from engine.orchestration.execution import JobRun
@@ -117,7 +117,8 @@ async def plan(run: JobRun, gen: int, why: str) -> Plan:
         try:
             if not isinstance(candidate, Plan):
                 raise PlanError(f"the model returned no plan (got {type(candidate).__name__})")
-            validate_plan(candidate, caps, max_subtasks=s.max_subtasks, done=done.keys())
+            levels = checked_levels(candidate, caps, max_subtasks=s.max_subtasks, done=done.keys())
+            run.plan_levels = (candidate, levels)  # _push_pending orders by them
             errors = []
         except PlanError as exc:
             errors = exc.errors
@@ -160,8 +161,9 @@ async def summarize(run: JobRun, results: Mapping[str, str]) -> Answer:
     return await call(run, "summarize", messages)
 
 
-async def progress_step(jr: JobRun, keys: list[str]) -> None:
-    """One progress evaluation over the step ``keys``; record it, fold in its verdict."""
+async def progress_step(jr: JobRun, keys: list[str], epoch: int) -> None:
+    """One progress evaluation over the step ``keys``; record it, fold in its verdict
+    unless a replan started since it was asked for (``jr.epoch`` moved past ``epoch``)."""
     n = jr.progress_n
     jr.progress_n += 1
     try:
@@ -174,11 +176,13 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
             )
         pending = len(jr.runs)
         rep, ans, err = await progress(jr, steps, pending)
+        # a report on steps of a generation replaced meanwhile is recorded, not folded in
+        fold = jr.detector.report if jr.epoch == epoch else _ignore
         if rep is None:
-            verdict = jr.detector.report(_unreadable(err))
+            verdict = fold(_unreadable(err))
             entry = ProgressEntry(n, keys, False, False, False, reason=f"unreadable: {err}")
         else:
-            verdict = jr.detector.report(rep)
+            verdict = fold(rep)
             entry = ProgressEntry(
                 n,
                 keys,
@@ -189,7 +193,7 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
                 rep.instruction,
                 rep.reason,
             )
-            if rep.is_request_satisfied:
+            if rep.is_request_satisfied and jr.epoch == epoch:
                 jr.satisfied = True
         rec = (
             ans.record("progress", entry, ans.text)
@@ -218,6 +222,10 @@ async def progress_step(jr: JobRun, keys: list[str]) -> None:
     finally:
         jr.progress_task = None
         jr.wake()
+
+
+def _ignore(rep: ProgressReport) -> Verdict:
+    return CONTINUE
 
 
 def _unreadable(err: str) -> ProgressReport:

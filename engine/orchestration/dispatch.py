@@ -35,6 +35,12 @@ __all__ = ["Dispatcher", "Owner", "Run"]
 _JOB_PRIORITY: Final = 1_000
 _SCALE: Final = 2_000_001  # > the span of subtask priorities (-1e6..1e6)
 _POP: Final = 1_024
+_I32_MIN: Final = -(2**31)
+_I32_MAX: Final = 2**31 - 1
+#: Up to this many finished runs are completed one call each, more in one batch call (its
+#: argument checks cost ~1 us: 0.4 vs 1.0 us for one run, 0.9 vs 1.2 us for ten, 3.7 vs
+#: 2.3 us for sixty; best of 200 timings each).
+_ONE_BY_ONE: Final = 16
 
 
 class Owner(Protocol):
@@ -44,8 +50,13 @@ class Owner(Protocol):
         """Run ``run`` on ``worker`` and report the outcome; must not raise."""
         ...
 
-    def lost(self, run: Run, exc: BaseException) -> None:
-        """``execute`` raised anyway (a bug): settle the run as failed."""
+    def started(self, run: Run, task: asyncio.Task[None]) -> None:
+        """``run``'s task was created (it may be cancelled before it ever runs)."""
+        ...
+
+    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        """``run``'s task is done, however it ended (``execute`` raising is a bug: the
+        owner settles the run as failed)."""
         ...
 
     @property
@@ -55,7 +66,10 @@ class Owner(Protocol):
 class Run:
     """One subtask of one job on the scheduler (task id ``tid``)."""
 
-    __slots__ = ("capability", "deps", "gen", "owner", "pool", "priority", "subtask", "tid")
+    __slots__ = (
+        "agent", "capability", "d", "deps", "gen", "owner", "pool", "priority", "subtask", "tid",
+        "worker",
+    )  # fmt: skip
 
     def __init__(
         self, owner: Owner, subtask: Any, gen: int, capability: str, priority: int
@@ -67,19 +81,35 @@ class Run:
         self.priority = priority
         self.tid = -1
         self.pool = -1
-        self.deps: list[int] = []
+        self.deps: tuple[int, ...] = ()  # a tuple of ints: not tracked by the collector
+        self.d: Dispatcher | None = None  # while dispatched: its worker key is out
+        self.worker: AgentId | None = None
+        self.agent = ""  # str(worker)
 
     def __repr__(self) -> str:
         return f"<Run {self.tid} {self.capability}>"
 
+    def __call__(self, task: asyncio.Task[None]) -> None:
+        """Done callback of the run's task: the worker key goes back, the owner hears.
+
+        A done callback, not a ``finally``: a task cancelled before its first step never
+        runs its coroutine's body.
+        """
+        d, worker = self.d, self.worker
+        if d is not None and worker is not None:
+            self.d = None
+            d._released(d._by_id[self.pool], worker)
+        self.owner.ended(self, task)
+
 
 class _Pool:
-    __slots__ = ("backlog", "free", "id", "keys", "live", "name")
+    __slots__ = ("backlog", "free", "id", "keys", "live", "name", "names")
 
     def __init__(self, pool_id: int, name: str) -> None:
         self.id = pool_id
         self.name = name
         self.keys: list[AgentId] = []
+        self.names: dict[AgentId, str] = {}  # str(key), made once
         self.free: list[AgentId] = []
         self.live = 0  # runs pushed and not finished (waiting, ready or running)
         # Popped while every key was still out (a cancelled run's task not yet unwound).
@@ -118,6 +148,7 @@ class Dispatcher:
             start = len(pool.keys)
             new = [AgentId(worker_type, f"{cap}.{start + i}") for i in range(concurrency)]
             pool.keys.extend(new)
+            pool.names.update((k, str(k)) for k in new)
             pool.free.extend(reversed(new))
             self.sched.set_pool(pool.id, slots=len(pool.keys))
 
@@ -138,36 +169,38 @@ class Dispatcher:
         if not runs:
             return
         jp = max(-_JOB_PRIORITY, min(_JOB_PRIORITY, job_priority))
+        base = jp * _SCALE
         n = len(runs)
-        ids = np.empty(n, dtype=np.int64)
-        prio = np.empty(n, dtype=np.int64)
-        pools = np.empty(n, dtype=np.int64)
-        counts = np.empty(n, dtype=np.int64)
+        first = self._next
+        pools_by_cap = self._pools
+        by_id = self._by_id
+        prio: list[int] = []
+        pools: list[int] = []
+        counts: list[int] = []
         deps: list[int] = []
-        for i, run in enumerate(runs):
-            pool = self._pools.get(run.capability)
+        # PERF: Python lists converted once, not element-wise numpy stores (4 per run):
+        # 1,000 runs pushed in ~0.32 ms instead of ~0.39 ms (thread time, best of 30)
+        for tid, run in enumerate(runs, first):
+            pool = pools_by_cap.get(run.capability)
             if pool is None:
                 raise OrchestrationError(f"no worker offers capability {run.capability!r}")
-            run.tid = tid = self._next + i
-            run.pool = pool.id
-            ids[i] = tid
-            prio[i] = jp * _SCALE + run.priority
-            pools[i] = pool.id
-            counts[i] = len(run.deps)
+            run.tid = tid
+            run.pool = pid = pool.id
+            key = base + run.priority  # int32: clamped (the job's priority dominates)
+            prio.append(_I32_MAX if key > _I32_MAX else _I32_MIN if key < _I32_MIN else key)
+            pools.append(pid)
+            counts.append(len(run.deps))
             deps.extend(run.deps)
-        # int32 priorities: clamp the combined key (job priority dominates; rarely clipped)
-        np.clip(prio, -(2**31), 2**31 - 1, out=prio)
         self.sched.push_many(
-            ids,
-            prio.astype(np.int32),
+            np.arange(first, first + n, dtype=np.int64),
+            np.array(prio, dtype=np.int32),
             None,
             tenants=np.full(n, self.tenant(tenant), dtype=np.int64),
-            pools=pools,
-            dep_counts=counts,
-            deps=np.asarray(deps, dtype=np.int64),
+            pools=np.array(pools, dtype=np.int64),
+            dep_counts=np.array(counts, dtype=np.int64),
+            deps=np.array(deps, dtype=np.int64),
         )
         self._next += n
-        by_id = self._by_id
         for run in runs:
             self._runs[run.tid] = run
             by_id[run.pool].live += 1
@@ -182,7 +215,12 @@ class Dispatcher:
     def complete(self, runs: Sequence[Run]) -> None:
         """Mark finished (running) runs completed; their dependents may become ready."""
         if runs:
-            self.sched.complete_many(np.fromiter((r.tid for r in runs), np.int64, len(runs)))
+            if len(runs) <= _ONE_BY_ONE:
+                complete = self.sched.complete
+                for r in runs:
+                    complete(r.tid)
+            else:
+                self.sched.complete_many(np.fromiter((r.tid for r in runs), np.int64, len(runs)))
             for r in runs:
                 self._forget(r.tid)
             self.wake()
@@ -212,6 +250,11 @@ class Dispatcher:
 
     def live(self, run: Run) -> bool:
         return run.tid in self._runs
+
+    @property
+    def live_runs(self) -> dict[int, Run]:
+        """Runs pushed and not finished, by task id (read-only for callers)."""
+        return self._runs
 
     def queued(self) -> dict[str, int]:
         """Subtasks not yet running per capability (the ``engine_tasks_queued`` gauge)."""
@@ -252,8 +295,13 @@ class Dispatcher:
         assert loop is not None
         self.running += 1
         self.dispatched += 1
-        task = loop.create_task(run.owner.execute(run, worker), context=run.owner.context)
-        task.add_done_callback(_Release(self, run, pool, worker))
+        run.d = self
+        run.worker = worker
+        run.agent = pool.names[worker]
+        owner = run.owner
+        task = loop.create_task(owner.execute(run, worker), context=owner.context)
+        owner.started(run, task)
+        task.add_done_callback(run)
 
     def _released(self, pool: _Pool, worker: AgentId) -> None:
         self.running -= 1
@@ -263,22 +311,3 @@ class Dispatcher:
                 self._start(run, pool, worker)
                 return
         pool.free.append(worker)
-
-
-class _Release:
-    """Done callback of a run's task: its worker key goes back to the pool."""
-
-    __slots__ = ("d", "pool", "run", "worker")
-
-    def __init__(self, d: Dispatcher, run: Run, pool: _Pool, worker: AgentId) -> None:
-        self.d = d
-        self.run = run
-        self.pool = pool
-        self.worker = worker
-
-    def __call__(self, task: asyncio.Task[None]) -> None:
-        self.d._released(self.pool, self.worker)
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None:  # execute() must not raise: settle the run anyway
-                self.run.owner.lost(self.run, exc)

@@ -20,8 +20,8 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
     BudgetExceeded,
@@ -82,10 +82,12 @@ class JobRun:
         )
         self.gen = -1
         self.plan: Plan | None = None
+        # the levels the plan call computed while validating ``plan`` (used once)
+        self.plan_levels: tuple[Plan, list[list[int]]] | None = None
         self.facts: list[str] = []
         self.subtasks: dict[str, Subtask] = {}
         self.runs: dict[str, Run] = {}  # live in the scheduler (current gen)
-        self.tasks: dict[int, asyncio.Task[None]] = {}  # running attempts by task id
+        self.tasks: dict[Run, asyncio.Task[None]] = {}  # dispatched runs' tasks
         self.outputs: dict[str, str] = self.restored.outputs()
         self.failures: dict[str, SubtaskOutcome] = {}  # current gen, failed for good
         self.outcomes: dict[str, SubtaskOutcome] = {}
@@ -97,6 +99,10 @@ class JobRun:
         self.progress_n = 1 + max((p.n for p in self.restored.progress), default=-1)
         self.progress_task: asyncio.Task[None] | None = None
         self.verdict: Verdict | None = None
+        # +1 when a replan starts: a progress report begun before it judged steps of the
+        # old generation, so its verdict must not stall (or replan) the new one
+        self.epoch = 0
+        self.replanning = False
         self.satisfied = False
         self.paused = False
         self.ending = False  # its lease is being released: the lease beat leaves it alone
@@ -135,10 +141,11 @@ class JobRun:
         self.wake()
 
     def _checkpoint(self) -> JobCheckpoint:
+        runs = self.runs
         running = {
             r.subtask.id: self.attempts.get(r.subtask.id, 1)
-            for r in self.runs.values()
-            if r.tid in self.tasks
+            for r in self.tasks
+            if runs.get(r.subtask.id) is r
         }
         return JobCheckpoint(
             step=self.step,
@@ -266,15 +273,20 @@ class JobRun:
         self._push_pending()
 
     async def _replan(self, why: str) -> None:
-        self._stop_runs()
-        while self.finished or self.tasks:  # settle what finished before the stop
-            if self.finished:
-                await self._settle()
-            else:
-                self._wake.clear()
-                await self._wake.wait()
-        self.detector.replanned()
-        await self._new_plan(self.gen + 1, why)
+        self.epoch += 1
+        self.replanning = True  # what settles now is judged after the replan, not during it
+        try:
+            self._stop_runs()
+            while self.finished or self.tasks:  # settle what finished before the stop
+                if self.finished:
+                    await self._settle()
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+            self.detector.replanned()
+            await self._new_plan(self.gen + 1, why)
+        finally:
+            self.replanning = False
 
     def _pending(self) -> list[Subtask]:
         """Subtasks of the plan neither settled nor live in the scheduler."""
@@ -296,31 +308,47 @@ class JobRun:
         if not pending:
             self.wake()
             return
-        ids = {st.id for st in pending}
-        met = set(self.subtasks) - ids
-        order = [st for layer in layers(Plan(subtasks=pending), done=met) for st in layer]
+        known, self.plan_levels = self.plan_levels, None
+        if known is not None and known[0] is self.plan and len(pending) == len(self.subtasks):
+            subs = known[0].subtasks  # a new plan, nothing of it settled: as validated
+            order = [subs[i] for level in known[1] for i in level]
+        else:
+            ids = {st.id for st in pending}
+            met = set(self.subtasks) - ids
+            order = [st for layer in layers(Plan(subtasks=pending), done=met) for st in layer]
         d = self.s.dispatcher
         base = d.next_id
         index: dict[str, int] = {}
         batch: list[Run] = []
+        gen = self.gen
+        failures = self.failures
+        live = self.runs
         for st in order:
-            bad = next((dep for dep in st.depends_on if dep in self.failures), None)
-            if bad is not None:
-                run = Run(self, st, self.gen, st.capability, st.priority)
-                done = Finished(run, "", time.time(), 0)
-                done.error = f"dependency {bad} failed"
-                self.failures[st.id] = SubtaskOutcome(
-                    st.id, st.capability, "failed", error=done.error
-                )
-                self.finished.append(done)
-                continue
-            run = Run(self, st, self.gen, st.capability, st.priority)
+            deps = st.depends_on
+            if failures and deps:
+                bad = next((dep for dep in deps if dep in failures), None)
+                if bad is not None:
+                    run = Run(self, st, gen, st.capability, st.priority)
+                    done = Finished(run, "", time.time(), 0)
+                    done.error = f"dependency {bad} failed"
+                    failures[st.id] = SubtaskOutcome(
+                        st.id, st.capability, "failed", error=done.error
+                    )
+                    self.finished.append(done)
+                    continue
+            run = Run(self, st, gen, st.capability, st.priority)
             index[st.id] = base + len(batch)
-            run.deps = [
-                index[dep] if dep in index else self.runs[dep].tid
-                for dep in st.depends_on
-                if dep in index or dep in self.runs
-            ]
+            if deps:
+                tids: list[int] = []
+                for dep in deps:  # PERF: a loop, not a generator per subtask
+                    i = index.get(dep)
+                    if i is None:
+                        other = live.get(dep)
+                        if other is None:
+                            continue  # completed: met
+                        i = other.tid
+                    tids.append(i)
+                run.deps = tuple(tids)
             batch.append(run)
         for run in batch:
             self.runs[run.subtask.id] = run
@@ -358,7 +386,7 @@ class JobRun:
                 q.pause()
             self.paused = True
             self.job.status = JobStatus.PAUSED
-            self._park([r for r in self.runs.values() if r.tid not in self.tasks])
+            self._park([r for r in self.runs.values() if r not in self.tasks])
             self.job.emit("paused")
         elif action == "resume":
             if q is not None:
@@ -377,20 +405,19 @@ class JobRun:
         self.wake()
 
     # -- running one subtask (the dispatcher calls this in a task) ---------------------
-    async def execute(self, run: Run, worker: AgentId) -> None:
-        if self.runs.get(run.subtask.id) is not run:
-            return  # cancelled (replan, stop) after it was popped
-        if self.paused:
-            self._park([run])
-            return
-        me = asyncio.current_task()
-        assert me is not None
-        self.tasks[run.tid] = me
-        try:
-            await attempts(self, run, worker)
-        finally:
-            self.tasks.pop(run.tid, None)
-            self.wake()
+    def execute(self, run: Run, worker: AgentId) -> Coroutine[Any, Any, None]:
+        return attempts(self, run, worker)  # no coroutine frame of its own
+
+    def started(self, run: Run, task: asyncio.Task[None]) -> None:
+        self.tasks[run] = task
+
+    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(run, None)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:  # attempts() must not raise: settle the run anyway
+                self.lost(run, exc)
+        self.wake()
 
     def lost(self, run: Run, exc: BaseException) -> None:
         done = Finished(run, "", time.time(), self.attempts.get(run.subtask.id, 1))
@@ -405,79 +432,92 @@ class JobRun:
         ok: list[Run] = []
         records: list[LedgerRecord] = []
         events: list[tuple[str, SubtaskOutcome, float]] = []
+        gen = self.gen
+        runs, outputs, outcomes = self.runs, self.outputs, self.outcomes
+        attempts, uncovered = self.attempts, self.uncovered
+        live_runs = d.live_runs
+        tokens, cost, failed = 0, 0.0, 0
         for done in batch:
             run = done.run
             st = run.subtask
-            live = d.live(run)
-            current = run.gen == self.gen and self.runs.get(st.id) is run
-            self.attempts.pop(st.id, None)
+            sid = st.id
+            live = run.tid in live_runs
+            attempts.pop(sid, None)
             if done.budget_error is not None and self.error is None:
                 self.error = done.budget_error
-            status = "failed" if done.error else "completed"
+            error = done.error
+            status = "failed" if error else "completed"
             outcome = SubtaskOutcome(
-                st.id,
+                sid,
                 st.capability,
                 status,
                 done.output,
-                done.error,
+                error,
                 done.agent,
                 done.attempts,
                 done.tokens,
                 done.cost,
             )
             records.append(step_record(run, done, status))
-            self.outcomes[st.id] = outcome
-            self.failed_count += status == "failed"
-            events.append((st.id, outcome, max(0.0, done.finished - done.started)))
-            self.spent(done.tokens, done.cost, 0)
-            self.uncovered.append(f"{run.gen}:{st.id}")
-            if status == "completed":
-                self.outputs[st.id] = done.output
+            outcomes[sid] = outcome
+            events.append((sid, outcome, done.finished - done.started))
+            tokens += done.tokens
+            cost += done.cost
+            uncovered.append(f"{run.gen}:{sid}")
+            if not error:
+                outputs[sid] = done.output
                 if live:
                     ok.append(run)
-            elif live:
-                for dropped in d.fail(run):
-                    ds = dropped.subtask
-                    self.runs.pop(ds.id, None)
-                    miss = SubtaskOutcome(
-                        ds.id, ds.capability, "failed", error=f"dependency {st.id} failed"
-                    )
-                    self.outcomes[ds.id] = miss
-                    self.failed_count += 1
-                    if dropped.gen == self.gen:
-                        self.failures[ds.id] = miss
-                    records.append(dropped_record(dropped, st.id))
-            if current:
-                del self.runs[st.id]
-            if status == "failed" and run.gen == self.gen:
-                self.failures[st.id] = outcome
-        # The step's write goes out first; dependents start while it is in flight. Writes
-        # are ordered (one step at a time), so a dependent's record can never be durable
-        # before the records it built on.
-        write = asyncio.ensure_future(self.record(records))
+            else:
+                failed += 1
+                if live:
+                    for dropped in d.fail(run):
+                        ds = dropped.subtask
+                        runs.pop(ds.id, None)
+                        miss = SubtaskOutcome(
+                            ds.id, ds.capability, "failed", error=f"dependency {sid} failed"
+                        )
+                        outcomes[ds.id] = miss
+                        failed += 1
+                        if dropped.gen == gen:
+                            self.failures[ds.id] = miss
+                        records.append(dropped_record(dropped, sid))
+                if run.gen == gen:
+                    self.failures[sid] = outcome
+            if run.gen == gen and runs.get(sid) is run:
+                del runs[sid]
+        self.failed_count += failed
+        self.spent(tokens, cost, 0)
+        # Dependents become ready now and start while the step's write is in flight (the
+        # scheduler pops them at the loop's next turn; the write is issued before this task
+        # yields). Writes are ordered (one step at a time), so a dependent's record can
+        # never be durable before the records it built on.
         d.complete(ok)
-        await write
+        await self.record(records)
         self._after_step(events)  # "subtask.finished" means recorded
 
     def _after_step(self, events: list[tuple[str, SubtaskOutcome, float]]) -> None:
         s = self.s
         job = self.job
+        audit = s.audit
+        emit = job.emit
         for sid, o, _ in events:
-            job.emit(
+            emit(
                 "subtask.finished",
                 sid,
                 {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error},
             )
-            if s.audit is not None:
-                s.audit.append(
+            if audit is not None:
+                audit.append(
                     "task.completed",
                     {"job": job.id, "subtask": sid, "status": o.status, "agent": o.agent},
                 )
         if s.metrics is not None:
             for _sid, o, seconds in events:
-                s.metrics.task_finished("ok" if o.status == "completed" else "error", seconds)
-        job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
-        if len(self.uncovered) and self.progress_task is None:
+                status = "ok" if o.status == "completed" else "error"
+                s.metrics.task_finished(status, max(0.0, seconds))
+        emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
+        if self.uncovered and self.progress_task is None and not self.replanning:
             self._start_progress()
 
     # -- progress ----------------------------------------------------------------------
@@ -485,7 +525,7 @@ class JobRun:
         keys = self.uncovered[: self.s.progress_batch]
         del self.uncovered[: len(keys)]
         self.progress_task = asyncio.get_running_loop().create_task(
-            calls.progress_step(self, keys), context=self.context
+            calls.progress_step(self, keys, self.epoch), context=self.context
         )
 
     # -- the end -----------------------------------------------------------------------

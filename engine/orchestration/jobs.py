@@ -69,9 +69,13 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class JobEvent(msgspec.Struct, frozen=True):
+class JobEvent(msgspec.Struct, frozen=True, gc=False):
     """One step of a job's progress: ``kind`` (one of :data:`EVENT_KINDS`), when (UNIX
     time), the ``subtask`` it concerns (or ""), and kind-specific ``data``."""
+
+    # gc=False: kept in every job's history and holding no cycles (``data`` is built by
+    # the orchestrator from scalars), so the collector need not track it (PERF: see
+    # docs/performance.md, orchestration, garbage collection)
 
     kind: str
     job: str

@@ -10,8 +10,10 @@ looping? progress being made? who acts next, with what instruction?), and the fi
 Every entry carries the acting agent, the action, digests of its input and result,
 start/finish timestamps, tokens and cost. Entry ids are deterministic (``step:2:s7``,
 ``progress:4``), so appending the same entry twice (a retried write, a resumed job) is a
-no-op in the store. Each model call the orchestrator makes is recorded with its result
-in one of these entries, which is how a resumed job knows not to repeat it.
+no-op in the store (a step's ``StepEntry`` records are stored together, under the step's
+id: :meth:`engine.orchestration.persist.Persist.step`). Each model call the orchestrator
+makes is recorded with its result in one of these entries, which is how a resumed job
+knows not to repeat it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ TASK: Final = "task"
 PROGRESS: Final = "progress"
 
 
-class PlanEntry(msgspec.Struct, tag="plan", frozen=True):
+# Entries and records are gc=False: a step holds one per finished subtask until it is
+# written, and none can be part of a reference cycle (scalars, strings, lists of strings,
+# a Plan).
+
+
+class PlanEntry(msgspec.Struct, tag="plan", frozen=True, gc=False):
     """A plan call's outcome: ``gen`` (0 first, +1 per replan), ``attempt`` (1, or 2 for
     the repair round), the plan, and the validation ``errors`` if it was refused."""
 
@@ -56,7 +63,7 @@ class PlanEntry(msgspec.Struct, tag="plan", frozen=True):
     reason: str = ""  # why this generation was planned ("" for the first)
 
 
-class StepEntry(msgspec.Struct, tag="step", frozen=True):
+class StepEntry(msgspec.Struct, tag="step", frozen=True, gc=False):
     """A subtask that ended: ``status`` completed / failed / cancelled."""
 
     gen: int
@@ -70,7 +77,7 @@ class StepEntry(msgspec.Struct, tag="step", frozen=True):
     transcript: list[str] = []
 
 
-class ProgressEntry(msgspec.Struct, tag="progress", frozen=True):
+class ProgressEntry(msgspec.Struct, tag="progress", frozen=True, gc=False):
     """A progress evaluation (model call kind ``progress``) over the steps in ``covers``."""
 
     n: int
@@ -83,14 +90,14 @@ class ProgressEntry(msgspec.Struct, tag="progress", frozen=True):
     reason: str = ""
 
 
-class AnswerEntry(msgspec.Struct, tag="answer", frozen=True):
+class AnswerEntry(msgspec.Struct, tag="answer", frozen=True, gc=False):
     """The ``summarize`` call's answer."""
 
     gen: int
     answer: str
 
 
-class EndEntry(msgspec.Struct, tag="end", frozen=True):
+class EndEntry(msgspec.Struct, tag="end", frozen=True, gc=False):
     """A job that ended without an answer: ``status`` failed / cancelled and why."""
 
     status: str
@@ -101,7 +108,7 @@ class EndEntry(msgspec.Struct, tag="end", frozen=True):
 Entry = PlanEntry | StepEntry | ProgressEntry | AnswerEntry | EndEntry
 
 
-class LedgerRecord(msgspec.Struct, frozen=True, array_like=True):
+class LedgerRecord(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One ledger record: who did what, digests, timestamps, tokens, cost, and the body.
 
     The store keeps it as the ``data`` of an ``engine.store.LedgerEntry`` whose ``id`` is
@@ -121,6 +128,8 @@ class LedgerRecord(msgspec.Struct, frozen=True, array_like=True):
 
 def entry_id(body: Entry) -> str:
     """The deterministic id of an entry (what makes appending it twice a no-op)."""
+    if type(body) is StepEntry:  # the common one first, without isinstance's MRO walk
+        return f"step:{body.gen}:{body.subtask}"
     if isinstance(body, StepEntry):
         return f"step:{body.gen}:{body.subtask}"
     if isinstance(body, ProgressEntry):
@@ -150,7 +159,13 @@ def decode_entry(data: bytes) -> LedgerRecord:
     return _dec.decode(data)
 
 
+_BLAKE2B_128: Final = hashlib.blake2b(digest_size=16)
+
+
 def digest(data: str | bytes) -> str:
     """A short content digest (BLAKE2b-128, hex) of an input or result."""
-    raw = data.encode() if isinstance(data, str) else data
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    # PERF: copying a primed hash object skips blake2b()'s keyword parsing and parameter
+    # block setup: ~0.36 us against ~0.62 us per digest, two per subtask (timeit, 100k).
+    h = _BLAKE2B_128.copy()
+    h.update(data.encode() if isinstance(data, str) else data)
+    return h.hexdigest()

@@ -52,13 +52,19 @@ class Prompts:
             f"- {name}: {about}" if about else f"- {name}"
             for name, about in sorted(capabilities.items())
         )
-        lines = [
-            f"Task: {task}",
-            f"Workers offer these capabilities:\n{caps}",
+        # What is the same for every task (the capabilities, the instructions) goes into
+        # the system message and what varies (the task, a replan's news) into the user
+        # message: an LLM cache matches the former exactly and the latter by meaning, so
+        # two different tasks never share a plan because their prompts are mostly the same
+        # template (HashingEmbedder put whole plan prompts of unrelated questions at
+        # cosine 0.996).
+        system = (
+            f"{_SYSTEM}\n\nWorkers offer these capabilities:\n{caps}\n\n"
             "Reply with a plan: the facts you work from, and subtasks (id, description, "
             "capability, depends_on, priority; lower priority runs first). "
-            f"At most {max_subtasks} subtasks; a subtask may depend on earlier ones.",
-        ]
+            f"At most {max_subtasks} subtasks; a subtask may depend on earlier ones."
+        )
+        lines = [f"Task: {task}"]
         if facts:
             lines.append("Known facts:\n" + "\n".join(f"- {f}" for f in facts))
         if why:
@@ -71,7 +77,7 @@ class Prompts:
             if failed:
                 lines.append("Failed subtasks:\n" + self._results(failed))
         return [
-            {"role": "system", "content": _SYSTEM},
+            {"role": "system", "content": system},
             {"role": "user", "content": "\n\n".join(lines)},
         ]
 

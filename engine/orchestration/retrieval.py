@@ -75,7 +75,8 @@ class RetrievalTool:
 
         retrieve.__name__ = name
         retrieve.__doc__ = description
-        self.tool: Tool = tool(retrieve)
+        # a search has no side effects: model replies that offered it may be cached
+        self.tool: Tool = tool(cacheable=True)(retrieve)
 
     def search(self, query: str, k: int | None = None) -> list[Passage]:
         """The passages for ``query``, best first (``k`` capped at 50)."""

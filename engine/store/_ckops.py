@@ -16,7 +16,15 @@ from typing import Any
 
 from engine.errors import StoreConflict, StoreError
 from engine.store._delta import apply_delta
-from engine.store._sqlops import Dialect, Later, Op, Q, X, append_ledger
+from engine.store._sqlops import (
+    Dialect,
+    Later,
+    Op,
+    Q,
+    X,
+    append_ledger,
+    ledger_rows,
+)
 from engine.store.base import Checkpoint, LedgerEntry
 
 __all__ = [
@@ -60,17 +68,63 @@ _UNNEEDED = (
 )
 
 
-def _insert(sql: str, params: tuple[Any, ...], now: bool) -> Op:
-    """Run an insert; with ``now`` learn at once whether it went in (bool), else get a
-    handle whose row count is read after the batch (pipelined on PostgreSQL)."""
-    if now:
-        rows = yield Q(sql + " RETURNING version", params)
-        return bool(rows)
-    return (yield X(sql, params))
+def _retention_cte(keep: int) -> str:
+    """PostgreSQL: ``_keep_last`` inside the insert's statement (CTEs ``cut`` .. ``hid``).
+
+    Every part of one statement sees the rows as they were before it, so the new row (its
+    version and chain start ``floor``, from ``ck``) is counted in by hand: the cut is the
+    (keep-1)-th newest older visible row (the new row itself when keep is 1); rows before
+    the oldest chain start still needed go, the rest before the cut are hidden (disjoint
+    sets: one statement must not change a row twice). Nothing happens when the insert did
+    not go in (``ck`` is then empty).
+    """
+    cut = "ck.version" if keep == 1 else f"{_CUT.replace('OFFSET ?', f'OFFSET {keep - 2}')}"
+    return (
+        f", cut AS (SELECT {cut} AS v, ck.floor FROM ck), "
+        "lo AS (SELECT least(cut.floor, (SELECT min(CASE WHEN base > 0 THEN base ELSE version "
+        "END) FROM engine_checkpoints WHERE job_id = ? AND version >= cut.v)) AS v FROM cut "
+        "WHERE cut.v IS NOT NULL), "
+        "gone AS (DELETE FROM engine_checkpoints WHERE job_id = ? "
+        "AND version < (SELECT v FROM lo)), "
+        "hid AS (UPDATE engine_checkpoints SET hidden = 1 WHERE job_id = ? AND hidden = 0 "
+        "AND version >= (SELECT v FROM lo) AND version < (SELECT v FROM cut))"
+    )
 
 
-def _went_in(h: Any) -> bool:
-    return h is not None and (h if isinstance(h, bool) else h.rowcount == 1)
+def _statement(
+    d: Dialect,
+    sql: str,
+    params: tuple[Any, ...],
+    ck: Checkpoint,
+    keep: int | None,
+    ledger: list[LedgerEntry],
+) -> tuple[str, tuple[Any, ...]]:
+    """The checkpoint insert; on PostgreSQL with the step's ledger entries (only if the
+    checkpoint went in) and the retention, all in one statement.
+
+    PERF: one statement alone in its transaction is one round trip (libpq trace: one
+    Parse/Bind/Execute/Sync exchange). The old batch (psycopg's transaction() in a pipeline,
+    the insert with its ledger and retention as separate statements) synced 3 times per
+    put, and each pipelined statement cost a send of its own.
+    """
+    if d.counts_now or (not ledger and keep is None):
+        return sql + " RETURNING version", params
+    text = (
+        f"WITH ck AS ({sql} RETURNING version, "
+        "CASE WHEN base > 0 THEN base ELSE version END AS floor)"
+    )
+    extra: tuple[Any, ...] = ()
+    if ledger:
+        rows, led_params = ledger_rows(ck.job_id, ledger)
+        text += (
+            f", led AS (INSERT INTO engine_ledger (job_id, id, ledger, data, at) {rows} "
+            "WHERE EXISTS (SELECT 1 FROM ck) ORDER BY e.n ON CONFLICT (job_id, id) DO NOTHING)"
+        )
+        extra += led_params
+    if keep is not None:
+        text += _retention_cte(keep)
+        extra += (ck.job_id,) * (3 if keep == 1 else 4)
+    return text + " SELECT version FROM ck", (*params, *extra)
 
 
 def put_checkpoint(
@@ -84,51 +138,61 @@ def put_checkpoint(
 ) -> Op:
     """Insert ``delta`` (against ``prev``, chain from ``base``) while ``prev`` is still the
     latest row, else the whole state; then the ``ledger`` entries, only if the checkpoint
-    went in (one transaction). The Later's result is True when the state went in whole."""
-    now = d.counts_now or bool(ledger)
-    head = (ck.job_id, ck.version)
+    went in, and the retention (one transaction). The result is True when the state went
+    in whole.
+
+    On PostgreSQL the insert carries the ledger entries and the retention (one statement);
+    on SQLite they follow it. Either way, a put with nothing after its insert may commit
+    each insert on its own: a delta that did not go in changed nothing, and the whole
+    state then stands alone.
+    """
+    one = not d.counts_now or (not ledger and keep is None)
     cols = (ck.meta, ck.name, ck.created)
     name: tuple[Any, ...] = (ck.job_id, ck.name) if ck.name else ()
     free = _NAME_FREE if ck.name else ""
-    as_delta = as_full = None
+    went_in = whole = False
     if delta is not None:
-        as_delta = yield from _insert(
-            _INSERT_DELTA + free,
-            (*head, base, delta, *cols, ck.version, prev, ck.job_id, prev, ck.job_id, prev, *name),
-            now,
-        )
-    if as_delta is None or not now or as_delta is False:
-        as_full = yield from _insert(_INSERT + free, (*head, 0, ck.state, *cols, *head, *name), now)
-    if ledger and (_went_in(as_delta) or _went_in(as_full)):
-        yield from append_ledger(d, ck.job_id, ledger)
-    if keep is not None:
-        yield from _keep_last(ck.job_id, keep)
-
-    def result() -> bool:
-        if _went_in(as_full):
-            return True
-        if _went_in(as_delta):
-            return False
+        params = (ck.job_id, ck.version, base, delta, *cols, ck.version, prev, ck.job_id, prev,
+                  ck.job_id, prev, *name)  # fmt: skip
+        sql, params = _statement(d, _INSERT_DELTA + free, params, ck, keep, ledger)
+        went_in = bool((yield Q(sql, params, autocommit=one)))
+    if not went_in:
+        params = (ck.job_id, ck.version, 0, ck.state, *cols, ck.job_id, ck.version, *name)
+        sql, params = _statement(d, _INSERT + free, params, ck, keep, ledger)
+        went_in = whole = bool((yield Q(sql, params, autocommit=one)))
+    if not went_in:
         raise StoreConflict(
             f"checkpoint version {ck.version} of job {ck.job_id!r} is not above its latest"
             + (f", or its name {ck.name!r} exists" if ck.name else "")
         )
-
-    return Later(result)
+    if d.counts_now:
+        if ledger:
+            yield from append_ledger(d, ck.job_id, ledger)
+        if keep is not None:
+            yield from _keep_last(ck.job_id, keep)
+    return whole
 
 
 def _keep_last(job_id: str, keep: int) -> Op:
-    """Hide all but the last ``keep`` visible versions; delete what no kept chain needs."""
+    """Hide all but the last ``keep`` visible versions; delete what no kept chain needs.
+
+    PERF: the cut is read first, so a job holding ``keep`` checkpoints or fewer costs one
+    short index walk instead of two statements that each look it up (an orchestrator step
+    on SQLite: 5 statements -> 4, thread CPU time per step in docs/performance.md).
+    """
+    rows = yield Q(_CUT[1:-1], (job_id, keep - 1))
+    if not rows:
+        return
+    cut = rows[0][0]
     yield X(
-        f"DELETE FROM engine_checkpoints WHERE job_id = ? AND version < (SELECT "
+        "DELETE FROM engine_checkpoints WHERE job_id = ? AND version < (SELECT "
         "min(CASE WHEN base > 0 THEN base ELSE version END) FROM engine_checkpoints "
-        f"WHERE job_id = ? AND version >= {_CUT})",
-        (job_id, job_id, job_id, keep - 1),
+        "WHERE job_id = ? AND version >= ?)",
+        (job_id, job_id, cut),
     )
     yield X(
-        f"UPDATE engine_checkpoints SET hidden = 1 WHERE job_id = ? AND hidden = 0 "
-        f"AND version < {_CUT}",
-        (job_id, job_id, keep - 1),
+        "UPDATE engine_checkpoints SET hidden = 1 WHERE job_id = ? AND hidden = 0 AND version < ?",
+        (job_id, cut),
     )
 
 

@@ -68,14 +68,33 @@ def make_delta(base: bytes, new: bytes, limit: int) -> bytes | None:
                 j += k
                 lit_start = i
                 continue
-        if i + ANCHOR > n or j >= m:
-            break  # too little left to anchor, or the base is used up: the rest is literal
-        hit = base.find(mnew[i : i + ANCHOR], max(0, j - BEHIND), min(m, j + WINDOW + ANCHOR))
-        if hit < 0:
+        # Re-align after a mismatch at (i, j): the base's next bytes found a little further
+        # on in the new state mean bytes were inserted there; the new state's next bytes
+        # found near j in the base mean bytes were deleted (or moved); neither, bytes were
+        # replaced: step over them in both. PERF: one pair of lookups per change instead of
+        # one lookup and one prefix compare per 16 bytes of it (a ledger entry inserted
+        # before the state's tail, as in LangGraph's checkpoints: 530 -> 70 us per put).
+        ahead = WINDOW  # a deletion shows at the first lookup; after it, look only close by
+        while True:
+            if i + ANCHOR > n or j >= m:
+                hit = -1
+                break
+            ins = -1
+            if j + ANCHOR <= m:
+                ins = new.find(mbase[j : j + ANCHOR], i, min(n, i + WINDOW + ANCHOR))
+            hit = base.find(mnew[i : i + ANCHOR], max(0, j - BEHIND), min(m, j + ahead + ANCHOR))
+            if hit >= 0 and (ins < 0 or abs(hit - j) <= ins - i):
+                break
+            if ins >= 0:
+                i, hit = ins, j
+                break
             i += STEP
+            j += STEP
+            ahead = STEP
             if literal + i - lit_start > limit:
                 return None
-            continue
+        if hit < 0:
+            break  # too little left to anchor, or the base is used up: the rest is literal
         back = 0  # extend the match backwards over bytes a coarse step skipped
         while i - back > lit_start and hit - back > 0 and new[i - back - 1] == base[hit - back - 1]:
             back += 1

@@ -16,20 +16,20 @@ How LangGraph's records map onto the store:
 Both the async methods and the sync ones work: the async ones run on the event loop that
 first uses the saver (direct calls, no thread hop); sync calls from another thread hop onto
 that loop; a saver first used synchronously runs a private event loop in the calling
-thread, one call at a time.
+thread, one call at a time (``engine.store._lane``). A saver opened from a SQLite or
+PostgreSQL URL commits pending writes through a second store on the same URL (its own
+connection), so a step's checkpoint never waits behind the writes LangGraph saves beside it.
 Implemented: every base capability plus ``copy_thread`` and ``prune``. Not implemented:
 ``delete_for_runs`` and ``list(None)`` (listing across all threads).
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -47,10 +47,10 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-import engine.store
-from engine.errors import StoreClosed, StoreConflict
+from engine.errors import StoreConflict
 from engine.store import Checkpoint as StoredCheckpoint
 from engine.store import LedgerEntry, Store
+from engine.store._lane import Lane
 from engine.store._url import parse_url
 
 __all__ = ["EngineSaver"]
@@ -79,6 +79,16 @@ class _Write(msgspec.Struct, array_like=True, gc=False):
     value: bytes
 
 
+class _Put(msgspec.Struct, gc=False):
+    """A checkpoint serialized for the store."""
+
+    thread: str
+    ns: str
+    checkpoint_id: str
+    blob: bytes
+    meta: bytes
+
+
 _enc = msgspec.msgpack.Encoder()
 _meta_dec = msgspec.msgpack.Decoder(_Meta)
 _write_dec = msgspec.msgpack.Decoder(_Write)
@@ -93,44 +103,8 @@ def _conf(config: RunnableConfig) -> tuple[str, str, str | None]:
     return str(c["thread_id"]), str(c.get("checkpoint_ns", "")), c.get("checkpoint_id")
 
 
-def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on the saver's private loop in this thread.
-
-    PERF: a SQLite operation completes without suspending, so the coroutine is first
-    stepped directly with ``loop`` set as the running loop: ``run_until_complete`` costs
-    ~0.1 ms per call (a task and a loop iteration), as much as the operation itself
-    (benches/bench_store.py, the sync graph). When the coroutine does suspend (PostgreSQL,
-    a busy queue), the loop finishes it.
-    """
-    asyncio.events._set_running_loop(loop)
-    try:
-        try:
-            waiting = coro.send(None)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-    finally:
-        asyncio.events._set_running_loop(None)
-    return loop.run_until_complete(_resume(coro, waiting))
-
-
-async def _resume(coro: Coroutine[Any, Any, T], waiting: Any) -> T:
-    """Step a coroutine that suspended on ``waiting`` (a future, or None) to its end."""
-    while True:
-        error: BaseException | None = None
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:  # what a task does with a yielded future: take over its blocking flag
-                waiting._asyncio_future_blocking = False
-                await waiting
-        except BaseException as exc:  # handed to the coroutine, as a task would
-            error = exc
-        try:
-            waiting = coro.send(None) if error is None else coro.throw(error)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+async def _opened(store: Store) -> None:
+    """Nothing to do: reaching here opened the store."""
 
 
 class EngineSaver(BaseCheckpointSaver[str]):
@@ -150,121 +124,50 @@ class EngineSaver(BaseCheckpointSaver[str]):
     ) -> None:
         super().__init__(serde=serde)
         if isinstance(store, str):
-            parse_url(store)  # a bad URL fails here, not at the first checkpoint
-            self._url: str | None = store
-            self._store: Store | None = None
+            url = parse_url(store)  # a bad URL fails here, not at the first checkpoint
+            self._lane = Lane(store, None, options)
+            # PERF: a task's pending writes commit on a connection of their own (a second
+            # store on the same URL), so the step's checkpoint, which LangGraph waits for,
+            # no longer queues behind them: the sync graph on PostgreSQL went from 351-437
+            # to 469-480 checkpoints/s (best of 4 interleaved runs of benches/bench_store.py's
+            # graph at a load of 6; PostgresSaver 187-211). Two memory:// stores share
+            # nothing, so there one store serves both.
+            self._writes_lane = self._lane if url.kind == "memory" else Lane(store, None, options)
         else:
-            self._url = None
-            self._store = store
-        self._options = options
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Future[Store] | None = None
-        self._private = False  # the loop is the saver's own (first use was synchronous)
-        self._lock = threading.Lock()
-        self._sync_lock = threading.Lock()  # one synchronous call at a time on that loop
+            self._lane = self._writes_lane = Lane(None, store, options)
         self._versions: OrderedDict[str, int] = OrderedDict()
 
-    # -- where the store lives -----------------------------------------------------------
-
-    async def _bound(self) -> Store:
-        """The store, opened on the running loop (the loop this saver is bound to)."""
-        if self._store is not None:
-            return self._store
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_future()
-            try:
-                assert self._url is not None
-                store = await engine.store.open(self._url, **self._options)
-            except BaseException as exc:
-                self._opening.set_exception(exc)
-                self._opening = None
-                raise
-            self._store = store
-            self._opening.set_result(store)
-            return store
-        return await asyncio.shield(self._opening)
-
-    async def _run(self, fn: Callable[[Store], Awaitable[T]]) -> T:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._loop is None:
-                self._loop = loop
-        if self._loop is loop:
-            return await fn(await self._bound())
-        home = self._loop
-        if not home.is_running():
-            raise StoreClosed("EngineSaver: the event loop its store lives on has stopped")
-        inner = asyncio.run_coroutine_threadsafe(self._on_home(fn), home)
-        return await asyncio.wrap_future(inner)
-
-    async def _on_home(self, fn: Callable[[Store], Awaitable[T]]) -> T:
-        return await fn(await self._bound())
+    def _run(self, fn: Callable[[Store], Awaitable[T]]) -> Awaitable[T]:
+        return self._lane.run(fn)
 
     def _sync(self, fn: Callable[[Store], Awaitable[T]]) -> T:
-        with self._lock:
-            if self._loop is None:  # first used synchronously: a private loop, run per call
-                self._loop = asyncio.new_event_loop()
-                self._private = True
-        home = self._loop
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is home:
-            raise RuntimeError(
-                "EngineSaver: called synchronously inside the event loop that owns its store; "
-                "use the async API there (ainvoke/astream, aget_tuple...)"
-            )
-        if self._private:
-            if running is not None:
-                raise RuntimeError(
-                    "EngineSaver: a saver first used synchronously cannot be called "
-                    "synchronously from inside another event loop; use one saver per loop"
-                )
-            with self._sync_lock:
-                return _run_here(home, self._on_home(fn))
-        if not home.is_running():
-            raise StoreClosed("EngineSaver: the event loop its store lives on has stopped")
-        return asyncio.run_coroutine_threadsafe(self._on_home(fn), home).result()
+        return self._lane.sync(fn)
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Open the store now (creating or migrating its schema), as LangGraph's own savers'
+        ``setup()`` does; optional: otherwise the first call opens it."""
+        self._sync(_opened)
+        self._writes_lane.sync(_opened)
+
+    async def asetup(self) -> None:
+        """``setup()`` for async code."""
+        await self._run(_opened)
+        await self._writes_lane.run(_opened)
 
     async def aclose(self) -> None:
         """Commit and close the store this saver opened (an open ``Store`` given to it is
         left to its owner)."""
-        if self._loop is None:
-            return
-        if self._private:
-            self.close()  # its private loop is not running: close synchronously
-            return
-        store, self._store = (self._store, None) if self._url is not None else (None, None)
-        if store is not None:
-            if self._loop is asyncio.get_running_loop():
-                await store.close()
-            elif self._loop.is_running():
-                await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(store.close(), self._loop)
-                )
-        self._loop = None
-        self._opening = None
+        if self._writes_lane is not self._lane:
+            await self._writes_lane.aclose()
+        await self._lane.aclose()
 
     def close(self) -> None:
         """``aclose()`` for sync code."""
-        loop = self._loop
-        if loop is None:
-            return
-        store, self._store = (self._store, None) if self._url is not None else (None, None)
-        if self._private:
-            with self._sync_lock:
-                if store is not None:
-                    loop.run_until_complete(store.close())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-        elif store is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(store.close(), loop).result()
-        self._loop = None
-        self._private = False
-        self._opening = None
+        if self._writes_lane is not self._lane:
+            self._writes_lane.close()
+        self._lane.close()
 
     def __enter__(self) -> EngineSaver:
         return self
@@ -306,7 +209,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await self._run(lambda s: self._put(s, config, checkpoint, metadata))
+        put = self._encode_put(config, checkpoint, metadata)
+        return await self._run(lambda s: self._put(s, put))
 
     async def aput_writes(
         self,
@@ -315,7 +219,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self._run(lambda s: self._put_writes(s, config, writes, task_id, task_path))
+        job, entries = self._encode_writes(config, writes, task_id, task_path)
+        await self._writes_lane.run(lambda s: s.append_ledger(job, entries))
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._run(lambda s: self._delete_thread(s, str(thread_id)))
@@ -348,7 +253,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self._sync(lambda s: self._put(s, config, checkpoint, metadata))
+        put = self._encode_put(config, checkpoint, metadata)
+        return self._sync(lambda s: self._put(s, put))
 
     def put_writes(
         self,
@@ -357,7 +263,8 @@ class EngineSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self._sync(lambda s: self._put_writes(s, config, writes, task_id, task_path))
+        job, entries = self._encode_writes(config, writes, task_id, task_path)
+        self._writes_lane.sync(lambda s: s.append_ledger(job, entries))
 
     def delete_thread(self, thread_id: str) -> None:
         self._sync(lambda s: self._delete_thread(s, str(thread_id)))
@@ -379,15 +286,13 @@ class EngineSaver(BaseCheckpointSaver[str]):
             self._versions.popitem(last=False)
         return version
 
-    async def _put(
-        self,
-        store: Store,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-    ) -> RunnableConfig:
+    def _encode_put(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> _Put:
+        """Serialize a checkpoint (pure CPU, in the caller's thread: PERF, a sync put's
+        serialization then overlaps the store's round trip for the step's put_writes
+        instead of queueing behind it, benches/bench_store.py's sync graph)."""
         thread, ns, parent = _conf(config)
-        job = PREFIX + thread
         type_, blob = self.serde.dumps_typed(checkpoint)
         md = orjson.dumps(
             get_checkpoint_metadata(config, metadata),
@@ -395,10 +300,16 @@ class EngineSaver(BaseCheckpointSaver[str]):
             option=orjson.OPT_NON_STR_KEYS,
         )
         meta = _enc.encode(_Meta(ns, checkpoint["id"], parent, type_, md))
-        name = _name(ns, checkpoint["id"])
+        return _Put(thread, ns, checkpoint["id"], blob, meta)
+
+    async def _put(self, store: Store, put: _Put) -> RunnableConfig:
+        job = PREFIX + put.thread
+        name = _name(put.ns, put.checkpoint_id)
         for attempt in range(3):
             try:
-                await store.put_checkpoint(job, self._next_version(job), blob, meta=meta, name=name)
+                await store.put_checkpoint(
+                    job, self._next_version(job), put.blob, meta=put.meta, name=name
+                )
                 break
             except StoreConflict:
                 if attempt == 2:
@@ -408,17 +319,17 @@ class EngineSaver(BaseCheckpointSaver[str]):
                     await store.delete_checkpoints(job, [old.version])
                 latest = await store.list_checkpoints(job, limit=1)
                 self._next_version(job, latest[0].version + 1 if latest else 0)
-        return {"configurable": {"thread_id": thread, "checkpoint_ns": ns,
-                                 "checkpoint_id": checkpoint["id"]}}  # fmt: skip
+        return {"configurable": {"thread_id": put.thread, "checkpoint_ns": put.ns,
+                                 "checkpoint_id": put.checkpoint_id}}  # fmt: skip
 
-    async def _put_writes(
+    def _encode_writes(
         self,
-        store: Store,
         config: RunnableConfig,
         writes: Sequence[tuple[str, Any]],
         task_id: str,
         task_path: str,
-    ) -> None:
+    ) -> tuple[str, builtins.list[LedgerEntry]]:
+        """A task's writes as ledger entries of the thread's job (pure CPU)."""
         thread, ns, checkpoint_id = _conf(config)
         if checkpoint_id is None:
             raise ValueError("put_writes needs a config with a checkpoint_id")
@@ -435,7 +346,7 @@ class EngineSaver(BaseCheckpointSaver[str]):
                     data=_enc.encode(_Write(task_id, task_path, i, channel, type_, blob)),
                 )
             )
-        await store.append_ledger(PREFIX + thread, entries)
+        return PREFIX + thread, entries
 
     async def _writes(
         self, store: Store, job: str, name: str

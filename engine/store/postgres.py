@@ -48,8 +48,11 @@ class PostgresStore(SQLStore):
         super().__init__(url, options, clock)
         self._pool: AsyncConnectionPool[Any] = pool
         # PERF: the writer keeps one connection rather than taking one from the pool per
-        # batch (benches/bench_store.py: a pool round per batch cost more than the batch)
+        # batch (benches/bench_store.py: a pool round per batch cost more than the batch),
+        # and one cursor on it: a cursor per statement cost ~9 of ~50 us of client CPU per
+        # lone insert (3,000 async inserts of 400 bytes, thread CPU time)
         self._writer: psycopg.AsyncConnection[Any] | None = None
+        self._cursor: psycopg.AsyncCursor[Any] | None = None
 
     @classmethod
     async def connect(
@@ -99,40 +102,72 @@ class PostgresStore(SQLStore):
 
     # -- driving operations ------------------------------------------------------------
 
-    async def _drive(self, conn: psycopg.AsyncConnection[Any], factory: Factory) -> Any:
-        gen = factory()
-        value: Any = None
-        while True:
-            try:
-                stmt = gen.send(value)
-            except StopIteration as stop:
-                return stop.value
-            except StoreError as exc:
-                return exc
-            if type(stmt) is ops.XM:
+    async def _drive(
+        self, conn: psycopg.AsyncConnection[Any], op: ops.Started, kept: Any = None
+    ) -> Any:
+        """Run ``op``'s statements on ``conn``; queries on the ``kept`` cursor if given (its
+        rows are read at once), statements each on a cursor of their own (a handle whose
+        row count an operation reads after the batch, in pipeline mode)."""
+        while op.stmt is not None:
+            stmt = op.stmt
+            if isinstance(stmt, ops.XM):
                 cur = conn.cursor()
                 await cur.executemany(_pg(stmt.sql), stmt.rows)
-                value = cur
+                value: Any = cur
+            elif type(stmt) is ops.Q and kept is not None:
+                await kept.execute(_pg(stmt.sql), stmt.params)
+                value = await kept.fetchall()
             else:
                 cur = await conn.execute(_pg(stmt.sql), stmt.params)
                 value = await cur.fetchall() if type(stmt) is ops.Q else cur
+            op = ops.step(op.gen, value)
+        return op.result
 
     async def _run_batch(self, factories: list[Factory]) -> list[Any]:
+        """One transaction. The writer's connection is in autocommit mode: a lone
+        operation that allows it runs statement by statement (each its own transaction:
+        one round trip for the usual one-statement write); otherwise the batch runs in
+        pipeline mode, which PostgreSQL runs as one implicit transaction ended by the
+        pipeline's single Sync (committed, or rolled back after an error).
+
+        PERF: psycopg's ``transaction()`` inside the pipeline (the first version) syncs
+        after BEGIN and after COMMIT, and every pipelined statement is a send of its own;
+        a libpq trace showed 3 Syncs per checkpoint put, now 1 (see ``_ckops``).
+        """
         import psycopg
 
-        conn = self._writer
-        if conn is None or conn.closed:
+        conn, kept = self._writer, self._cursor
+        if conn is None or conn.closed or kept is None:
             conn = self._writer = await self._pool.getconn()
+            kept = self._cursor = conn.cursor()
+        started = [ops.start(f) for f in factories]
         try:
-            async with conn.pipeline(), conn.transaction():
-                results = [await self._drive(conn, f) for f in factories]
+            if ops.lone_autocommit(started):
+                results = [await self._drive(conn, started[0], kept)]
+            else:
+                async with conn.pipeline():
+                    try:
+                        results = [await self._drive(conn, op, kept) for op in started]
+                    except BaseException as exc:
+                        if getattr(exc, "sqlstate", None) is None:
+                            # Not an error of the server (which then aborts the
+                            # transaction): a client-side failure or a cancellation. The
+                            # pipeline's Sync would commit what was sent; closing the
+                            # connection rolls it back instead.
+                            await conn.close()
+                        raise
         except psycopg.Error as exc:
             if conn.closed or isinstance(exc, psycopg.OperationalError):
-                self._writer = None  # broken: back to the pool (which discards it)
+                self._writer = self._cursor = None  # broken: back to the pool (it discards it)
                 await self._pool.putconn(conn)
-            if len(factories) > 1:  # find the one that failed: each alone
+            if len(factories) > 1:  # find the one that failed: each alone, in order
                 return [(await self._run_batch([f]))[0] for f in factories]
             return [_translate(exc)]
+        except BaseException:
+            if conn.closed:
+                self._writer = self._cursor = None
+                await self._pool.putconn(conn)
+            raise
         return [ops.resolve(r) for r in results]
 
     async def _run_read(self, factory: Factory) -> Any:
@@ -140,12 +175,12 @@ class PostgresStore(SQLStore):
 
         try:
             async with self._pool.connection() as conn:
-                return ops.resolve(await self._drive(conn, factory))
+                return ops.resolve(await self._drive(conn, ops.start(factory)))
         except psycopg.Error as exc:
             return _translate(exc)
 
     async def _close_driver(self) -> None:
-        conn, self._writer = self._writer, None
+        conn, self._writer, self._cursor = self._writer, None, None
         if conn is not None:
             await self._pool.putconn(conn)
         await self._pool.close()

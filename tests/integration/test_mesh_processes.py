@@ -113,10 +113,12 @@ def check_kill_node_run(log: Path, n: int = 300) -> None:
         assert victim_at >= killed_at - KILL_WINDOW, (i, r, killed_at)
 
 
-def check_restart_broker_run(log: Path, n: int = 300, store: Path | None = None) -> None:
+def check_restart_broker_run(log: Path, n: int = 300, store: str | None = None) -> None:
+    """SIGKILL the broker mid-run and start a new one (on the same ``--store`` URL if given):
+    every task completes, none runs twice."""
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
-    extra = ["--store", f"sqlite:///{store}"] if store is not None else []
+    extra = ["--store", store] if store is not None else []
     with processes() as procs:
         first = broker(port, *extra)
         procs.append(first)
@@ -152,14 +154,14 @@ def test_broker_restart_mid_run_runs_no_task_twice(tmp_path: Path) -> None:
     check_restart_broker_run(tmp_path / "runs.log")
 
 
-def test_broker_restart_with_a_store_runs_no_task_twice(tmp_path: Path) -> None:
-    check_restart_broker_run(tmp_path / "runs.log", store=tmp_path / "mesh.db")
+def test_broker_restart_with_a_store_runs_no_task_twice(tmp_path: Path, store_url: str) -> None:
+    check_restart_broker_run(tmp_path / "runs.log", store=store_url)  # SQLite and PostgreSQL
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("round_", range(20))
-def test_kill_and_restart_20x(round_: int, tmp_path: Path) -> None:
+def test_kill_and_restart_20x(round_: int, tmp_path: Path, store_url: str) -> None:
     check_kill_node_run(tmp_path / "kill.log")
     check_restart_broker_run(tmp_path / "restart.log")
-    check_restart_broker_run(tmp_path / "store.log", store=tmp_path / "mesh.db")
+    check_restart_broker_run(tmp_path / "store.log", store=store_url)

@@ -2,14 +2,14 @@
 
 ``backend`` is parametrised over the three implementations and hands each test a fresh,
 empty store location plus a fake clock (TTLs and leases are driven by it, never by sleeping).
-The PostgreSQL half starts a real server (``tests/store/pg_server.py``) once per session; it
-is skipped with the reason when the machine has no PostgreSQL binaries, except under CI.
+The PostgreSQL half starts a real server (``tests/store/pg_server.py``, the ``pg`` fixture of
+``tests/conftest.py``) once per session; it is skipped with the reason when the machine has
+no PostgreSQL binaries, except under CI.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 
 import engine.store
 from engine.store import Store
-from tests.store.pg_server import PgServer, pg_server_or_skip
+from tests.store.pg_server import PgServer
 
 KINDS = ["memory", "sqlite", "postgres"]
 _schemas = itertools.count(1)
@@ -51,11 +51,6 @@ class Backend:
     async def opened(self, **options: Any) -> Store:
         store: Store = await self.open(**options)
         return store
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PgServer]:
-    yield from pg_server_or_skip()
 
 
 def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:

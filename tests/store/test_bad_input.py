@@ -51,6 +51,21 @@ async def test_bad_ids_and_types(backend: Backend) -> None:
             await s.kv_put("ns", "k", b"", ttl=float("nan"))
         with pytest.raises(StoreInputError, match="entries"):
             await s.append_ledger("j", [b"raw"])  # type: ignore[list-item]
+        with pytest.raises(StoreInputError, match="entries"):
+            await s.append_ledger("j", iter([LedgerEntry(id="a", data=b"")]))  # type: ignore[arg-type]
+        for bad_entry in [
+            *(LedgerEntry(id=bad, data=b"") for bad in BAD_IDS),
+            LedgerEntry(id="a", data="text"),  # type: ignore[arg-type]
+            LedgerEntry(id="a", data=b"", ledger="p\x00"),
+            LedgerEntry(id="a", data=b"", ledger=7),  # type: ignore[arg-type]
+            LedgerEntry(id="a", data=b"", at=float("nan")),
+            LedgerEntry(id="a", data=b"", at=float("inf")),
+            LedgerEntry(id="a", data=b"", at="now"),  # type: ignore[arg-type]
+        ]:
+            with pytest.raises(StoreInputError, match="entry"):  # checked before any write
+                await s.put_checkpoint(
+                    "j", 1, b"s", ledger=[LedgerEntry(id="ok", data=b""), bad_entry]
+                )
         with pytest.raises(StoreInputError, match="limit"):
             await s.list_jobs(limit=0)
         with pytest.raises(StoreInputError, match="cursor"):
@@ -67,6 +82,7 @@ async def test_bad_ids_and_types(backend: Backend) -> None:
         assert (await s.list_jobs()).items == []
         assert await s.kv_scan("ns") == []
         assert await s.read_ledger("j") == []
+        assert await s.get_checkpoint("j") is None
 
 
 @uv

@@ -99,7 +99,7 @@ def test_bad_url_fails_at_construction() -> None:
 def test_private_loop_runs_coroutines_that_suspend_or_fail() -> None:
     import asyncio
 
-    from engine.store.langgraph import _run_here
+    from engine.store._lane import _run_here
 
     loop = asyncio.new_event_loop()
 
@@ -127,3 +127,34 @@ def test_private_loop_runs_coroutines_that_suspend_or_fail() -> None:
         assert _run_here(loop, no_wait()) == 1  # the loop is fine afterwards
     finally:
         loop.close()
+
+
+def test_writes_and_checkpoints_from_threads_at_once(sql_backend: Backend) -> None:
+    """LangGraph's sync loop saves a step's checkpoint and the tasks' pending writes from
+    different executor threads at the same time; a URL-opened saver commits the writes on
+    a store of their own, and nothing is lost or mixed up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    with (
+        EngineSaver(sql_backend.url, keep_checkpoints=None) as saver,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        assert saver._writes_lane is not saver._lane  # two connections
+        config: Any = {"configurable": {"thread_id": "th", "checkpoint_ns": ""}}
+        ids = []
+        for i in range(20):
+            ck = empty_checkpoint()
+            ids.append(ck["id"])
+            put = pool.submit(saver.put, config, ck, {"step": i}, {})
+            if i:  # the previous checkpoint's writes, beside this checkpoint's put
+                prev = {"configurable": {**config["configurable"], "checkpoint_id": ids[i - 1]}}
+                writes = pool.submit(saver.put_writes, prev, [("ch", i - 1)], f"task{i - 1}")
+                writes.result()
+            config = put.result()
+        thread = {"configurable": {"thread_id": "th"}}
+        listed = {t.config["configurable"]["checkpoint_id"]: t for t in saver.list(thread)}
+        assert len(listed) == 20
+        for i, cid in enumerate(ids[:-1]):
+            assert listed[cid].pending_writes == [(f"task{i}", "ch", i)]
