@@ -79,7 +79,7 @@ def answer(messages: Sequence[Mapping[str, Any]], tools: Sequence[str] = ()) -> 
     first = users[0] if users else ""
     last = messages[-1] if messages else {}
     if system.startswith("You are the orchestrator"):
-        if "Reply with a plan" in first:
+        if "Reply with a plan" in system or "Reply with a plan" in first:
             return Said(_plan(first))
         if "Answer: is the request satisfied" in first:
             return Said(_progress(first))
