@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from benches.hotpath import PROBES
+from benches.hotpath import PROBES, close_runtimes
 
 pytestmark = pytest.mark.quick
 
@@ -20,4 +20,7 @@ pytestmark = pytest.mark.quick
 def test_probe(benchmark: Any, name: str) -> None:
     run = PROBES[name]()
     benchmark.group = "hotpath"
-    benchmark(run, 1)
+    try:
+        benchmark(run, 1)
+    finally:
+        close_runtimes()

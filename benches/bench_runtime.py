@@ -22,6 +22,13 @@ from typing import Any
 
 import pytest
 import uvloop
+
+import engine
+from engine import Agent, AgentId, Message, Runtime, handler
+
+pytest.importorskip(
+    "autogen_core", reason="the peer of these benchmarks: pip install -e '.[compare]'"
+)
 from autogen_core import (
     AgentId as AgAgentId,
 )
@@ -33,9 +40,6 @@ from autogen_core import (
     TypeSubscription,
     message_handler,
 )
-
-import engine
-from engine import Agent, AgentId, Message, Runtime, handler
 
 # --------------------------------------------------------------------------- engine side
 

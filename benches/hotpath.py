@@ -89,9 +89,23 @@ class _Echo(Agent):
 Batch = Callable[[Runtime], Awaitable[None]]
 
 
+_open: list[tuple[asyncio.AbstractEventLoop, Runtime]] = []
+
+
+def close_runtimes() -> None:
+    """Stop the runtimes the ``runtime.*`` probes made and close their loops (a leaked
+    loop is a ResourceWarning, which pytest's ``filterwarnings = error`` turns into a
+    failure)."""
+    while _open:
+        loop, rt = _open.pop()
+        loop.run_until_complete(rt.stop())
+        loop.close()
+
+
 def _loop_run(batch: Batch) -> Run:
     loop = asyncio.new_event_loop()  # asyncio's own loop: its Python code is counted alike
     rt = Runtime()
+    _open.append((loop, rt))
     rt.register("echo", _Echo)
     for i in range(10):
         rt.subscribe("echo", topic="pings", key=f"s{i}")
