@@ -67,3 +67,18 @@ def test_the_broker_core_survives_hostile_peers(quiet: None, untraced: None) -> 
 def test_the_broker_core_survives_hostile_peers_10_6(quiet: None, untraced: None) -> None:
     for _ in range(100):  # each run draws its own random examples
         run_state_machine_as_test(BrokerMachine, settings=_FAST)
+
+
+def test_a_cancel_after_a_publish_fanned_out_leaks_no_copy(quiet: None) -> None:
+    """Found by the 10^6 run: CANCEL of a topic publish whose first copy had ended (its
+    subscriber left) ended that copy a second time, so the message left the broker's table
+    while another copy stayed queued in the scheduler for good."""
+    m = BrokerMachine()
+    m.hostile_traffic(data=b"\x00" * 13 + b"\x01\xd0\x01\xbf")  # a hostile subscriber
+    m.honest_traffic(data=b"\x02\x00\x02\x00\x00\x00\x00\x00\x06\x00\x07\x00\x00\x19")
+    m.never_raised_and_bounded()
+    m.honest_traffic(data=b"\x06\x00\x07")  # the client cancels it, a node answers its copy
+    m.never_raised_and_bounded()
+    live = m.core.live
+    assert all(d.mid in live for d in m.core.dispatch.tasks.values())  # no orphaned copy
+    m.teardown()

@@ -187,8 +187,8 @@ class Flow(CoreBase):
             self.stats["unauthorized"] += 1
             return
         d = self.live.get(target)
-        if d is None or d.settled:
-            return
+        if d is None or d.settled or d.group is not None:
+            return  # a publish handed out to its subscribers' copies is past cancelling
         self.stats["cancelled"] += 1
         held = self.recovery.pop(target, None)
         if held is not None:
