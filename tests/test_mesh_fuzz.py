@@ -82,3 +82,27 @@ def test_a_cancel_after_a_publish_fanned_out_leaks_no_copy(quiet: None) -> None:
     live = m.core.live
     assert all(d.mid in live for d in m.core.dispatch.tasks.values())  # no orphaned copy
     m.teardown()
+
+
+def test_a_newcomer_on_a_departed_client_s_origin_gets_none_of_its_answers(quiet: None) -> None:
+    """Found by the 10^6 run: a client left with a request at a node; an unauthenticated
+    peer registered its origin and received the node's reply. Answers go to the peer that
+    submitted (or the same process reconnected), never to a newcomer on its origin."""
+    m = BrokerMachine()
+    m.honest_traffic(data=b"\x02")  # c0 sends a request; a node holds it
+    m.honest_traffic(data=b"\x0f")  # c0 leaves
+    m.honest_traffic(data=b"\x02")  # c1 sends one
+    m.hostile_traffic(data=b"\x00\x01\x00\xb0\xe4\x00\x00\x00\x00\x01")  # x0 registers as c0
+    m.never_raised_and_bounded()
+    m.teardown()  # the nodes answer: every REPLY must reach the peer that asked
+
+
+def test_a_newcomer_after_a_client_timed_out_gets_none_of_its_answers(quiet: None) -> None:
+    m = BrokerMachine()
+    m.honest_traffic(data=b"\x02")
+    m.time_passes(beat=False, dt=1.0)  # c0 falls silent
+    m.time_passes(beat=False, dt=0.1)
+    m.hostile_traffic(data=b"\x00\x01\x00\x03\xed\x00\x00\x01")
+    m.never_raised_and_bounded()
+    m.time_passes(beat=False, dt=0.3)
+    m.teardown()

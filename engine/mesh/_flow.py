@@ -302,7 +302,7 @@ class Flow(CoreBase):
                 if owner is not None:
                     owner.owned -= 1
                     owner.owned_bytes -= d.size
-                dest = self.origins.get(corr.origin)
+                dest = self._submitter(d)
                 if dest is not None:
                     stats["replies"] += 1
                     self._out_for(dest.ident).reply.append(body)
@@ -400,7 +400,7 @@ class Flow(CoreBase):
             return
         d.settled = True
         self._release(d)
-        owner = self.origins.get(d.mid.origin)
+        owner = self._submitter(d)
         if owner is not None:
             self._ack(owner.ident, d.mid)
 
@@ -410,9 +410,18 @@ class Flow(CoreBase):
             return
         d.settled = True
         self._release(d)
-        owner = self.origins.get(d.mid.origin)
+        owner = self._submitter(d)
         if owner is not None:
             self._nack(owner.ident, d.mid, code, reason)
+
+    def _submitter(self, d: Delivery) -> Peer | None:
+        """The peer to answer ``d``: the one that submitted it (or the same process
+        reconnected), never a newcomer that registered its origin after it left. A message
+        recovered from the store has no submitter: its origin's holder gets the answer."""
+        dest = self.origins.get(d.mid.origin)
+        if dest is None or (d.owner is not None and dest is not d.owner):
+            return None
+        return dest
 
     def _final(self, d: Delivery, code: NackCode, reason: str) -> None:
         """End ``d`` (this copy) without a node's answer; its submitter gets ``code``."""
