@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.cli import _callgrind, main
+from engine.cli import _callgrind, _gate_timing, main
 from engine.cli import _gate as gate
 
 pytestmark = pytest.mark.timeout(600)  # callgrind on a busy box: a generous bound
@@ -181,6 +181,63 @@ def test_judge_rules() -> None:
     assert gate.judge(gate.BenchResult("z", [], [1.0]), 0.1).verdict == "new"
     assert gate.judge(gate.BenchResult("w", [1.0], []), 0.1).verdict == "missing"
     assert gate.judge(gate.BenchResult("v", [1.0], [0.5]), 0.1).verdict == "improved"
+
+
+class _ScriptedWorker:
+    """Stands in for the gate's pytest process: the head side of benchmark ``a`` is 1.5x
+    slower in the first pass (the whole selection); run alone (node ids), it is as
+    ``alone_ratio`` says. ``b`` never changes."""
+
+    alone_ratio = 1.0
+    started: list[list[str]] = []
+
+    def __init__(self, side: gate.Side, paths: list[Path], log_path: Path, **_: object) -> None:
+        self.side, self.log_path = side, log_path
+        self.alone = all("::" in str(p) for p in paths)
+        self.nodeids: dict[str, str] = {}
+        _ScriptedWorker.started.append([str(p) for p in paths])
+
+    def run(self, out: Path) -> tuple[dict[str, dict[str, float]], bool]:
+        ratio = self.alone_ratio if self.alone else 1.5
+        a = ratio if self.side.name == "head" else 1.0
+        self.nodeids = {"a[py]": "benches/bench_x.py::a[py]", "b": "benches/bench_x.py::b"}
+        return {"a[py]": {"min": a}, "b": {"min": 1.0}}, False
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("alone_ratio", "verdict"), [(1.0, "ok"), (1.5, "regressed")])
+def test_a_suspect_is_judged_again_on_rounds_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone_ratio: float, verdict: str
+) -> None:
+    """A burst of load that made one benchmark look slower passes once the benchmark runs
+    again alone; a benchmark that is slower alone too fails. No time is measured here."""
+    monkeypatch.setattr(_ScriptedWorker, "alone_ratio", alone_ratio)
+    monkeypatch.setattr(_ScriptedWorker, "started", [])
+    monkeypatch.setattr(_gate_timing, "_Worker", _ScriptedWorker)
+    sides = [gate.Side(name, tmp_path, name) for name in ("base", "head")]
+    report = _gate_timing.compare_timing(
+        *sides, [tmp_path], rounds=5, package=None, confirm=3, log=lambda _: None
+    )
+    a, b = report.results
+    assert (a.name, a.verdict, a.suspected) == ("a[py]", verdict, 1.5)
+    assert len(a.base) == len(a.head) == 3 and a.ratio == alone_ratio  # the second pass
+    assert (b.verdict, len(b.base)) == ("ok", 5) and b.suspected != b.suspected  # nan
+    assert report.failed == (verdict == "regressed") and not report.errors
+    # two workers for the whole selection, then two for the suspect alone, by node id
+    assert _ScriptedWorker.started[2:] == [["benches/bench_x.py::a[py]"]] * 2
+
+
+def test_no_second_pass_when_confirm_is_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ScriptedWorker, "started", [])
+    monkeypatch.setattr(_gate_timing, "_Worker", _ScriptedWorker)
+    sides = [gate.Side(name, tmp_path, name) for name in ("base", "head")]
+    report = _gate_timing.compare_timing(
+        *sides, [tmp_path], rounds=5, package=None, confirm=0, log=lambda _: None
+    )
+    assert [r.verdict for r in report.results] == ["regressed", "ok"]
+    assert len(_ScriptedWorker.started) == 2
 
 
 def test_build_inputs_comparison(tmp_path: Path) -> None:

@@ -57,16 +57,34 @@ def untraced() -> Iterator[None]:
             cov.start()
 
 
+class CountedMachine(BrokerMachine):
+    """Counts the examples whose teardown checks (every undisturbed submission answered
+    exactly once, no internal error, every table bounded) all held."""
+
+    held = 0
+
+    def teardown(self) -> None:
+        super().teardown()
+        CountedMachine.held += 1
+
+
+def _explore() -> int:
+    """One hypothesis run of the machine: how many examples held to the end."""
+    CountedMachine.held = 0
+    run_state_machine_as_test(CountedMachine, settings=_FAST)
+    return CountedMachine.held
+
+
 @pytest.mark.timeout(600)
 def test_the_broker_core_survives_hostile_peers(quiet: None, untraced: None) -> None:
-    run_state_machine_as_test(BrokerMachine, settings=_FAST)
+    assert _explore() >= 1_000
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(8 * 3600)
 def test_the_broker_core_survives_hostile_peers_10_6(quiet: None, untraced: None) -> None:
-    for _ in range(100):  # each run draws its own random examples
-        run_state_machine_as_test(BrokerMachine, settings=_FAST)
+    for i in range(100):  # each run draws its own random examples
+        assert _explore() >= 1_000, i
 
 
 def test_a_cancel_after_a_publish_fanned_out_leaks_no_copy(quiet: None) -> None:
@@ -95,6 +113,8 @@ def test_a_newcomer_on_a_departed_client_s_origin_gets_none_of_its_answers(quiet
     m.hostile_traffic(data=b"\x00\x01\x00\xb0\xe4\x00\x00\x00\x00\x01")  # x0 registers as c0
     m.never_raised_and_bounded()
     m.teardown()  # the nodes answer: every REPLY must reach the peer that asked
+    asked = [mid for mid, client in m.accepted.items() if client not in m.disturbed]
+    assert asked and all(m.answers[mid] == 1 for mid in asked)
 
 
 def test_a_newcomer_after_a_client_timed_out_gets_none_of_its_answers(quiet: None) -> None:
@@ -106,3 +126,5 @@ def test_a_newcomer_after_a_client_timed_out_gets_none_of_its_answers(quiet: Non
     m.never_raised_and_bounded()
     m.time_passes(beat=False, dt=0.3)
     m.teardown()
+    assert m.core.stats["internal_errors"] == 0
+    assert all(m.answers[mid] <= 1 for mid in m.accepted)

@@ -18,7 +18,7 @@ import pytest
 
 from engine import Runtime
 from engine.llm import Budget
-from engine.orchestration import Orchestrator, RetryPolicy
+from engine.orchestration import JobResult, Orchestrator, RetryPolicy
 from tests.agents_for_tests import uv
 from tests.mesh_procs import broker, free_port, node, processes
 from tests.orch_agents import layered, scripted
@@ -35,7 +35,7 @@ def _execs(log: Path) -> list[tuple[str, int]]:
     return out
 
 
-async def _job_with_a_node_killed(tmp: Path) -> None:
+async def _job_with_a_node_killed(tmp: Path) -> JobResult:
     import asyncio
 
     log = tmp / "mesh.log"
@@ -71,6 +71,7 @@ async def _job_with_a_node_killed(tmp: Path) -> None:
     assert killed not in survivors  # the last layer ran on the node that stayed
     assert any("grant=BudgetGrant(tokens=" in o.output for o in result.subtasks)
     assert 0 < budget.used_tokens <= 1_000_000 and budget.reserved_tokens == 0
+    return result
 
 
 def test_a_node_killed_mid_job_does_not_stop_it(
@@ -78,7 +79,8 @@ def test_a_node_killed_mid_job_does_not_stop_it(
 ) -> None:
     monkeypatch.setenv("ORCH_LOG", "")
     monkeypatch.setenv("ORCH_DELAY", "0.01")
-    uv(_job_with_a_node_killed)(tmp_path)
+    result = uv(_job_with_a_node_killed)(tmp_path)
+    assert result.ok and len(result.subtasks) == 120
 
 
 @pytest.mark.slow
@@ -89,7 +91,8 @@ def test_a_node_killed_mid_job_20_times(tmp_path: Path, monkeypatch: pytest.Monk
     for i in range(20):
         run = tmp_path / f"run{i}"
         run.mkdir()
-        uv(_job_with_a_node_killed)(run)
+        result = uv(_job_with_a_node_killed)(run)
+        assert result.ok and len(result.subtasks) == 120, i
 
 
 @uv

@@ -184,7 +184,8 @@ async def _ledger(url: str, job_id: str) -> list[Any]:
         return await Persist(store, "test", 1.0).records(job_id)
 
 
-def _kill_and_resume(tmp: Path) -> None:
+def _kill_and_resume(tmp: Path) -> tuple[int, list[str], list[tuple[str, str]]]:
+    """Kill ``engine run`` mid-job, resume it: (subtasks done before, redone, calls repeated)."""
     db = tmp / "jobs.db"
     log = tmp / "calls.log"
     url = f"sqlite:///{db}"
@@ -253,17 +254,18 @@ def _kill_and_resume(tmp: Path) -> None:
         f"L{layer}.{i}" for layer in range(6) for i in range(10)
     }
     counts = _count(log)
-    for sid in done_before:  # 0 completed subtasks redone, 0 of their model calls repeated
-        assert counts[f"exec {sid}"] == 1, sid
-        assert counts[f"call act {sid}"] == 1, sid
-    kind = {"plan": "plan", "progress": "progress", "summarize": "summarize"}
-    for action, dig in recorded:  # 0 recorded orchestrator calls repeated
-        assert counts[f"call {kind[action]} {dig}"] == 1, (action, dig)
     assert counts[f"call plan {next(d for a, d in recorded if a == 'plan')}"] == 1
+    # completed subtasks redone (or their model calls repeated), recorded calls repeated
+    redone = sorted(
+        sid for sid in done_before if (counts[f"exec {sid}"], counts[f"call act {sid}"]) != (1, 1)
+    )
+    repeated = sorted((a, d) for a, d in recorded if counts[f"call {a} {d}"] != 1)
+    return len(done_before), redone, repeated
 
 
 def test_sigkill_then_engine_resume_redoes_nothing(tmp_path: Path) -> None:
-    _kill_and_resume(tmp_path)
+    done_before, redone, repeated = _kill_and_resume(tmp_path)
+    assert done_before > 0 and redone == [] and repeated == []
 
 
 @pytest.mark.slow
@@ -272,7 +274,8 @@ def test_sigkill_then_engine_resume_20_times(tmp_path: Path) -> None:
     for i in range(20):
         run = tmp_path / f"run{i}"
         run.mkdir()
-        _kill_and_resume(run)
+        done_before, redone, repeated = _kill_and_resume(run)
+        assert done_before > 0 and redone == [] and repeated == [], i
 
 
 @uv

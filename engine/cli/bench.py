@@ -22,6 +22,7 @@ from pathlib import Path
 
 from engine._extras import require
 from engine.cli import _gate as gate
+from engine.cli import _gate_timing
 from engine.cli._errors import CommandError
 from engine.errors import GateError
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 budget = args.budget
                 if budget is None and not args.all:
                     budget = QUICK_BUDGET
-                report = gate.compare_timing(
+                report = _gate_timing.compare_timing(
                     base,
                     head,
                     paths,
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     settle_after=min(args.min_rounds, args.rounds),
                     budget=budget,
                     package=package_under_test(head_root),
+                    confirm=args.confirm,
                     log=log,
                 )
     except GateError as exc:
@@ -258,6 +260,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help=f"stop measuring before this (default {QUICK_BUDGET:g} s for the quick selection, "
         "none with --all)",
+    )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=7,
+        metavar="ROUNDS",
+        help="judge a suspected regression again on this many rounds of its own (0: off)",
     )
     p.add_argument(
         "--max-time",

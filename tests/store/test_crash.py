@@ -102,18 +102,20 @@ async def _check(backend: Backend, acked: dict[str, int]) -> None:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-def _crash_once(backend: Backend, seed: int) -> None:
+def _crash_once(backend: Backend, seed: int) -> int:
+    """Kill a writer after 40 to 400 acknowledged writes; check them all; return how many."""
     acks = random.Random(seed).randint(40, 400)
     acked = _run_and_kill(backend.url, acks)
     assert sum(acked.values()) >= acks
     uv(_check)(backend, acked)
+    return sum(acked.values())
 
 
 def test_sigkill_mid_stream_loses_no_acknowledged_write(sql_backend: Backend) -> None:
-    _crash_once(sql_backend, 1)
+    assert _crash_once(sql_backend, 1) >= 40
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(20))
 def test_sigkill_mid_stream_20_runs(sql_backend: Backend, run: int) -> None:
-    _crash_once(sql_backend, 100 + run)
+    assert _crash_once(sql_backend, 100 + run) >= 40
