@@ -7,6 +7,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -440,3 +441,34 @@ async def test_a_lease_beat_racing_a_job_s_end_never_fails_the_finished_job() ->
         jobs = [await orch.submit(f"job {i}") for i in range(150)]
         results = await asyncio.wait_for(asyncio.gather(*(j.result() for j in jobs)), 120)
     assert [r.status for r in results] == [JobStatus.COMPLETED] * len(jobs)
+
+
+@uv
+async def test_a_job_writes_one_transaction_per_step_and_one_to_end(tmp_path: Path) -> None:
+    """Counted on a real SQLite file: the job's creation, one commit per step (checkpoint
+    and ledger records together), and one for its last step, result and lease release."""
+    async with orchestrator(
+        scripted(chain(5)), EchoWorker, store=f"sqlite:///{tmp_path / 'jobs.db'}"
+    ) as orch:
+        store = orch.store
+        assert store is not None
+        calls: dict[str, int] = {}
+        for name in ("create_job", "put_checkpoint", "finish_job", "update_job", "release_job"):
+            method = getattr(store, name)
+
+            def counted(*a: Any, _m: Any = method, _n: str = name, **k: Any) -> Any:
+                calls[_n] = calls.get(_n, 0) + 1
+                return _m(*a, **k)
+
+            setattr(store, name, counted)
+        commits = store._queue.batches  # type: ignore[attr-defined]
+        result = await (await orch.submit("count to five")).result()
+        assert result.ok
+        # a chain finishes one subtask per step: 5 steps, then the end
+        assert calls == {"create_job": 1, "put_checkpoint": 5, "finish_job": 1}
+        assert store._queue.batches - commits == 7  # type: ignore[attr-defined]
+        record = await store.get_job(result.job)
+        assert record is not None and (record.status, record.owner) == ("completed", "")
+        last = await store.get_checkpoint(result.job)
+        assert last is not None and last.version == 6
+        assert isinstance((await ledger(orch, result.job))[-1], AnswerEntry)

@@ -124,8 +124,11 @@ class JobRun:
         self.cost += cost
         self.calls += calls
 
-    async def record(self, records: Sequence[LedgerRecord] = ()) -> None:
-        """Append ``records`` (and the noted ones) and write the next checkpoint: one step.
+    async def record(
+        self, records: Sequence[LedgerRecord] = (), end: JobResult | None = None
+    ) -> None:
+        """Append ``records`` (and the noted ones) and write the next checkpoint: one step;
+        with ``end``, the job's last one, committed with its result and lease release.
 
         Only the driver calls this, one step at a time, so the store sees the job's
         writes in order.
@@ -133,7 +136,10 @@ class JobRun:
         batch = [*self.noted, *records]
         self.noted = []
         self.step += 1
-        await self.s.persist.step(self.job.id, batch, self._checkpoint())
+        if end is None:
+            await self.s.persist.step(self.job.id, batch, self._checkpoint())
+        else:
+            await self.s.persist.end(self.job.id, batch, self._checkpoint(), end)
 
     def note(self, records: Sequence[LedgerRecord]) -> None:
         """Queue records for the driver's next step (progress calls finish off the driver)."""
@@ -571,11 +577,10 @@ class JobRun:
             error=error,
             replans=self.detector.replans,
         )
-        # The last step: its records, the final status and result, the lease released.
-        # They are queued in this order and the store's group commit usually takes all.
-        persist = self.s.persist
+        # The last step: its records, the final status and result, the lease released,
+        # in one transaction.
         self.ending = True
-        await asyncio.gather(self.record(), persist.finish(job.id, result), persist.release(job.id))
+        await self.record(end=result)
         job._finish(result)
         return result
 

@@ -14,21 +14,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import StoreConflict, StoreError
+from engine.errors import LeaseLost, StoreConflict, StoreError
 from engine.store._delta import apply_delta
+from engine.store._front import JobChanges
 from engine.store._sqlops import (
+    JOB_COLS,
     Dialect,
     Later,
     Op,
     Q,
     X,
     append_ledger,
+    job_or_missing,
     ledger_rows,
+    to_job,
 )
 from engine.store.base import Checkpoint, LedgerEntry
 
 __all__ = [
     "delete_checkpoints",
+    "finish_job",
     "get_checkpoint",
     "list_checkpoints",
     "put_checkpoint",
@@ -146,6 +151,10 @@ def put_checkpoint(
     each insert on its own: a delta that did not go in changed nothing, and the whole
     state then stands alone.
     """
+    if keep is not None and ck.version <= keep:
+        # PERF: versions are distinct ints >= 1, so the job holds at most ``version`` rows:
+        # nothing to cut (an orchestrator step on SQLite: one SELECT less, ~9 us of ~150)
+        keep = None
     one = not d.counts_now or (not ledger and keep is None)
     cols = (ck.meta, ck.name, ck.created)
     name: tuple[Any, ...] = (ck.job_id, ck.name) if ck.name else ()
@@ -171,6 +180,44 @@ def put_checkpoint(
         if keep is not None:
             yield from _keep_last(ck.job_id, keep)
     return whole
+
+
+def finish_job(
+    d: Dialect,
+    job_id: str,
+    owner: str,
+    changes: JobChanges,
+    now: float,
+    ck: Checkpoint | None,
+    keep: int | None,
+    ledger: list[LedgerEntry],
+) -> Op:
+    """The job's end (``Store.finish_job``): its final fields and the lease dropped, in an
+    update that also checks the checkpoint's version is new, so that a failure raises
+    before anything changed; then the checkpoint (whole) and its ledger entries."""
+    params: list[Any] = [now, changes.status, changes.result, changes.error, job_id, owner]
+    new = ""
+    if ck is not None:
+        new = " AND NOT EXISTS (SELECT 1 FROM engine_checkpoints WHERE job_id = ? AND version >= ?)"
+        params += (job_id, ck.version)
+    rows = yield Q(
+        "UPDATE engine_jobs SET version = version + 1, updated = ?, status = ?, result = ?, "
+        f"error = ?, owner = '', lease_until = 0 WHERE id = ? AND owner = ?{new} "
+        f"RETURNING {JOB_COLS}",
+        params,
+    )
+    if not rows:
+        current = yield from job_or_missing(job_id)
+        if current.owner != owner:
+            raise LeaseLost(f"job {job_id!r} is not leased to {owner!r}", current)
+        raise StoreConflict(
+            f"checkpoint version {ck.version if ck else 0} of job {job_id!r} is not above "
+            "its latest",
+            current,
+        )
+    if ck is not None:
+        yield from put_checkpoint(d, ck, 0, 0, None, keep, ledger)
+    return to_job(rows[0])
 
 
 def _keep_last(job_id: str, keep: int) -> Op:

@@ -275,6 +275,32 @@ class StoreBase(abc.ABC):
         self._now()
         return await self._release_job(check_id("job_id", job_id), check_id("owner", owner))
 
+    async def finish_job(
+        self,
+        job_id: str,
+        owner: str,
+        *,
+        status: str,
+        result: bytes = b"",
+        error: str = "",
+        version: int | None = None,
+        state: bytes = b"",
+        ledger: Sequence[LedgerEntry] = (),
+    ) -> Job:
+        now = self._now()
+        opts = self._options
+        job_id = check_id("job_id", job_id)
+        ck = None
+        if version is not None:
+            v, state = check_int("version", version, 1), check_bytes("state", state, opts)
+            ck = Checkpoint(job_id=job_id, version=v, state=state, created=now)
+        elif ledger:
+            raise StoreInputError("finish_job: ledger entries need a checkpoint (give version)")
+        res, err = check_bytes("result", result, opts), check_text("error", error, limit=MAX_TEXT)
+        changes = JobChanges(check_id("status", status), None, res, err)
+        owner = check_id("owner", owner)
+        return await self._finish_job(job_id, owner, changes, ck, self._entries(ledger, now), now)
+
     # -- ledgers -----------------------------------------------------------------------
 
     async def append_ledger(self, job_id: str, entries: Sequence[LedgerEntry]) -> None:
@@ -522,6 +548,16 @@ class StoreBase(abc.ABC):
     async def _heartbeat_job(self, job_id: str, owner: str, until: float, now: float) -> Job: ...
     @abc.abstractmethod
     async def _release_job(self, job_id: str, owner: str) -> bool: ...
+    @abc.abstractmethod
+    async def _finish_job(
+        self,
+        job_id: str,
+        owner: str,
+        changes: JobChanges,
+        ck: Checkpoint | None,
+        ledger: list[LedgerEntry],
+        now: float,
+    ) -> Job: ...
     @abc.abstractmethod
     async def _append_ledger(self, job_id: str, entries: list[LedgerEntry]) -> None: ...
     @abc.abstractmethod

@@ -193,6 +193,21 @@ class SQLStore(StoreBase):
         done: bool = await self._write(ops.release_job, job_id, owner)
         return done
 
+    async def _finish_job(
+        self,
+        job_id: str,
+        owner: str,
+        changes: JobChanges,
+        ck: Checkpoint | None,
+        ledger: list[LedgerEntry],
+        now: float,
+    ) -> Job:
+        self._codec.forget(job_id)  # the last checkpoint goes in whole
+        keep = self._options.keep_checkpoints
+        op = ckops.finish_job
+        job: Job = await self._write(op, job_id, owner, changes, now, ck, keep, ledger)
+        return job
+
     # -- ledgers -----------------------------------------------------------------------
 
     async def _append_ledger(self, job_id: str, entries: list[LedgerEntry]) -> None:

@@ -169,7 +169,7 @@ def to_job(r: Sequence[Any]) -> Job:
     )
 
 
-def _job_or_missing(job_id: str) -> Op:
+def job_or_missing(job_id: str) -> Op:
     rows = yield Q(f"{SEL_JOB} WHERE id = ?", (job_id,))
     if not rows:
         raise JobNotFound(f"no job {job_id!r}")
@@ -191,7 +191,7 @@ def create_job(d: Dialect, job: Job) -> Op:
     )  # fmt: skip
     if rows:
         return job
-    current = yield from _job_or_missing(job.id)
+    current = yield from job_or_missing(job.id)
     raise StoreConflict(f"job {job.id!r} exists", current)
 
 
@@ -227,7 +227,7 @@ def update_job(d: Dialect, job_id: str, expect: JobExpect, changes: JobChanges, 
     )
     if rows:
         return to_job(rows[0])
-    current = yield from _job_or_missing(job_id)
+    current = yield from job_or_missing(job_id)
     raise StoreConflict(f"job {job_id!r} changed (version {current.version})", current)
 
 
@@ -285,7 +285,7 @@ def acquire_job(d: Dialect, job_id: str, owner: str, until: float, now: float) -
     )
     if rows:
         return to_job(rows[0])
-    yield from _job_or_missing(job_id)
+    yield from job_or_missing(job_id)
     return None
 
 
@@ -310,7 +310,7 @@ def heartbeat_job(d: Dialect, job_id: str, owner: str, until: float, now: float)
     )
     if rows:
         return to_job(rows[0])
-    current = yield from _job_or_missing(job_id)
+    current = yield from job_or_missing(job_id)
     raise LeaseLost(f"job {job_id!r} is held by {current.owner or 'nobody'}", current)
 
 

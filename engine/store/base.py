@@ -282,6 +282,26 @@ class Store(Protocol):
         """Drop ``owner``'s lease; False when ``owner`` did not hold it."""
         ...
 
+    async def finish_job(
+        self,
+        job_id: str,
+        owner: str,
+        *,
+        status: str,
+        result: bytes = b"",
+        error: str = "",
+        version: int | None = None,
+        state: bytes = b"",
+        ledger: Sequence[LedgerEntry] = (),
+    ) -> Job:
+        """End ``owner``'s job in one transaction: the checkpoint ``version`` (``state``,
+        when ``version`` is given) with its ``ledger`` entries, the final ``status``,
+        ``result`` and ``error`` (``version`` bumped), and the lease dropped. Returns the
+        job. Nothing is written unless ``owner`` holds the job (else ``LeaseLost``;
+        ``JobNotFound`` when it is gone) and ``version`` is above the job's checkpoints
+        (else ``StoreConflict``)."""
+        ...
+
     # -- ledgers -----------------------------------------------------------------------
 
     async def append_ledger(self, job_id: str, entries: Sequence[LedgerEntry]) -> None:

@@ -187,6 +187,24 @@ class MemoryStore(StoreBase):
         self._lease(job, "", 0.0)
         return True
 
+    async def _finish_job(
+        self,
+        job_id: str,
+        owner: str,
+        changes: JobChanges,
+        ck: Checkpoint | None,
+        ledger: list[LedgerEntry],
+        now: float,
+    ) -> Job:
+        job = self._job(job_id)
+        if job.owner != owner:
+            raise LeaseLost(f"job {job_id!r} is not leased to {owner!r}", job)
+        if ck is not None:
+            self._put(ck)  # a conflict raises before anything changed
+            if ledger:
+                await self._append_ledger(job_id, ledger)
+        return self._lease(apply_changes(job, changes, now), "", 0.0)
+
     # -- ledgers -----------------------------------------------------------------------
 
     async def _append_ledger(self, job_id: str, entries: list[LedgerEntry]) -> None:

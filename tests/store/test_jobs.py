@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from engine.store import Job, JobNotFound, LeaseLost, StoreConflict, StoreInputError
+from engine.store import (
+    Job,
+    JobNotFound,
+    LeaseLost,
+    LedgerEntry,
+    StoreConflict,
+    StoreInputError,
+)
 from tests.agents_for_tests import uv
 from tests.store.conftest import Backend
 
@@ -218,3 +225,49 @@ async def test_create_job_already_leased(backend: Backend) -> None:
             await s.create_job(Job(id="k"), owner="me")  # a lease needs its ttl
         plain = await s.create_job(Job(id="p", owner="ignored", lease_until=1e12))
         assert (plain.owner, plain.lease_until) == ("", 0.0)
+
+
+@uv
+async def test_finish_job_is_one_transaction_or_nothing(backend: Backend) -> None:
+    """finish_job: the last checkpoint, its ledger entries, the final fields and the lease
+    drop go in together; a lost lease, an old version or a missing job change nothing."""
+    async with backend.open() as s:
+        await s.create_job(Job(id="j", status="running"), owner="me", lease_ttl=30)
+        base = bytes(range(256)) * 16  # large enough to be stored as deltas
+        await s.put_checkpoint("j", 1, base)
+        await s.put_checkpoint("j", 2, base[:-1] + b"\x01")  # a delta of version 1
+        before = await s.get_job("j")
+        entry = LedgerEntry(id="answer", data=b"42", ledger="progress")
+        with pytest.raises(LeaseLost):
+            await s.finish_job("j", "other", status="completed", version=3, ledger=[entry])
+        with pytest.raises(StoreConflict):
+            await s.finish_job("j", "me", status="completed", version=2, ledger=[entry])
+        with pytest.raises(JobNotFound):
+            await s.finish_job("nope", "me", status="completed")
+        with pytest.raises(StoreInputError):
+            await s.finish_job("j", "me", status="completed", ledger=[entry])  # no version
+        assert await s.get_job("j") == before
+        assert await s.read_ledger("j") == []
+        latest = await s.get_checkpoint("j")
+        assert latest is not None and latest.version == 2
+        backend.clock.advance(1)
+        done = await s.finish_job(
+            "j", "me", status="completed", result=b"r", version=3, state=base + b"!",
+            ledger=[entry],
+        )  # fmt: skip
+        assert before is not None
+        assert (done.status, done.result, done.error, done.version, done.owner) == (
+            "completed", b"r", "", before.version + 1, "",
+        )  # fmt: skip
+        assert (done.lease_until, done.updated) == (0.0, backend.clock.t)
+        assert await s.get_job("j") == done
+        assert [e.id for e in await s.read_ledger("j")] == ["answer"]
+        for version, state in ((2, base[:-1] + b"\x01"), (3, base + b"!")):
+            ck = await s.get_checkpoint("j", version)
+            assert ck is not None and ck.state == state
+        with pytest.raises(LeaseLost):  # released: a second end is refused
+            await s.finish_job("j", "me", status="failed")
+        await s.create_job(Job(id="k", status="running"), owner="me", lease_ttl=30)
+        k = await s.finish_job("k", "me", status="failed", error="why")  # no checkpoint
+        assert (k.status, k.error, k.owner) == ("failed", "why", "")
+        assert await s.get_checkpoint("k") is None

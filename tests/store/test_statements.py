@@ -57,14 +57,22 @@ async def test_sqlite_lone_writes_are_one_statement(tmp_path: Path) -> None:
         seen = []
         s._conn.set_trace_callback(seen.append)  # type: ignore[attr-defined]
         await s.put_checkpoint("j", 1, _state(1))
-        # the retention looks up the cut; below it nothing to hide or delete
-        assert _first_words(seen) == ["BEGIN", "INSERT", "SELECT", "COMMIT"]
         await s.put_checkpoint("j", 2, _state(2))
+        # versions up to keep: the job cannot hold more rows than that, no retention
+        assert _first_words(seen) == ["INSERT", "INSERT"]
         seen.clear()
         await s.put_checkpoint("j", 3, _state(3))
         assert _first_words(seen) == ["BEGIN", "INSERT", "SELECT", "DELETE", "UPDATE", "COMMIT"]
+        await s.put_checkpoint("j", 4, _state(4))
+        seen.clear()
+        await s.create_job(engine.store.Job(id="j", status="running"), owner="me", lease_ttl=9)
+        await s.finish_job("j", "me", status="completed", version=5, state=_state(5),
+                           ledger=_entries("z"))  # fmt: skip
+        # the end of a job: its fields and lease, checkpoint, ledger entry in one commit
+        assert _first_words(seen) == ["INSERT", "BEGIN", "UPDATE", "INSERT", "INSERT", "SELECT",
+                                      "DELETE", "UPDATE", "COMMIT"]  # fmt: skip
         s._conn.set_trace_callback(None)  # type: ignore[attr-defined]
-        assert [c.version for c in await s.list_checkpoints("j")] == [3, 2]
+        assert [c.version for c in await s.list_checkpoints("j")] == [5, 4]
 
 
 def _trace(tmp_path: Path, conn: Any) -> Iterator[list[str]]:
