@@ -19,6 +19,7 @@ from engine.mesh.peer import MeshPeer, Sink
 from engine.mesh.protocol import Role
 from engine.mesh.security import CurveClient
 from engine.messages import Envelope
+from engine.observe.tracing import Tracer
 
 __all__ = ["MeshTransport"]
 
@@ -45,10 +46,28 @@ class MeshTransport:
         self.connect_timeout = connect_timeout
         self._started = False
 
+    @classmethod
+    def over(cls, peer: MeshPeer, connect_timeout: float = 10.0) -> MeshTransport:
+        """The transport of an existing peer (an :class:`engine.mesh.Node` is its own)."""
+        self = cls.__new__(cls)
+        self.peer = peer
+        self.connect_timeout = connect_timeout
+        self._started = False
+        return self
+
     async def start(self, host: Sink) -> None:
         self.peer.attach(host)
-        await self.peer.start(timeout=self.connect_timeout)
+        await self.peer.join(timeout=self.connect_timeout)
         self._started = True
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The peer's tracer: the runtime opens a ``handler`` span per delivery on it."""
+        return self.peer.tracer
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
 
     def send(self, envelope: Envelope) -> None:
         self.peer.post(envelope)

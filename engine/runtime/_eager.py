@@ -1,0 +1,122 @@
+"""Eager first steps: run a coroutine at once, and make a task only if it suspends.
+
+PERF: most deliveries from a transport finish without suspending (an idle agent's handler
+that returns at once), so :func:`start_eager` runs the first step in the caller and skips
+``create_task``, its ``call_soon`` and a loop iteration per delivery (benches/bench_mesh.py,
+benches/mesh_seq_profile.py --python). Python 3.12's eager task factory does the same;
+this is its 3.11 equivalent.
+
+During the first step :func:`asyncio.current_task` is a :class:`_FirstStep` standing in for
+the task: ``asyncio.timeout``, the runtime's deadlines and whatever else needs the current
+task get one, and its ``cancel``/``uncancel``/``cancelling`` reach the real task once the
+coroutine has suspended and been handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["resume", "start_eager"]
+
+log = logging.getLogger("engine.runtime")
+# asyncio's own bookkeeping of the current task (C); typed for Tasks, given a stand-in here
+_enter_task: Any = asyncio.tasks._enter_task
+_leave_task: Any = asyncio.tasks._leave_task
+
+
+class _FirstStep:
+    """The current task of an eager first step; forwards to the real task when it exists."""
+
+    __slots__ = ("cancels", "message", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.cancels = 0
+        self.message: Any = None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.task is not None:
+            return self.task.cancel(msg)
+        self.cancels += 1  # delivered to the task once the coroutine suspends
+        self.message = msg
+        return True
+
+    def uncancel(self) -> int:
+        if self.task is not None:
+            return self.task.uncancel()
+        if self.cancels:
+            self.cancels -= 1
+        return self.cancels
+
+    def cancelling(self) -> int:
+        return self.task.cancelling() if self.task is not None else self.cancels
+
+    def done(self) -> bool:
+        return self.task.done() if self.task is not None else False
+
+    def get_name(self) -> str:
+        return self.task.get_name() if self.task is not None else "eager-first-step"
+
+
+def start_eager(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None] | None:
+    """Run ``coro``'s first step now; return the task continuing it, or None if it finished.
+
+    The first step runs in a copy of the current context, which the task then keeps:
+    context variables the coroutine sets (the current span, a log context) stay with it.
+    Called inside a running task (a caller's own ``await``), it makes a task at once. An
+    exception is logged, as a task would.
+    """
+    first = _FirstStep()
+    try:
+        _enter_task(loop, first)
+    except RuntimeError:  # a task is running: its context is not ours to step in
+        return loop.create_task(coro)
+    ctx = contextvars.copy_context()
+    try:
+        yielded = ctx.run(coro.send, None)
+    except StopIteration:
+        return None
+    except BaseException:
+        log.exception("a delivery failed")
+        return None
+    finally:
+        _leave_task(loop, first)
+    task = loop.create_task(resume(coro, yielded), context=ctx)
+    first.task = task
+    if first.cancels:
+        task.cancel(first.message)
+    return task
+
+
+async def resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Continue a coroutine that suspended on ``yielded`` during an eager first step.
+
+    This is what ``asyncio.Task.__step`` does: wait for the future the coroutine yielded
+    (``None`` = a bare yield), then send into it again; cancellation is thrown into it.
+    """
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                yielded._asyncio_future_blocking = False  # the Task protocol's handshake
+                await yielded
+        except asyncio.CancelledError:
+            if yielded is None or not yielded.done():  # this task is cancelled
+                try:
+                    yielded = coro.throw(asyncio.CancelledError())
+                except StopIteration:
+                    return
+                continue
+        except BaseException:  # the future failed: the coroutine sees it on send()
+            pass
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
