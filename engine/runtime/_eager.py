@@ -15,12 +15,13 @@ coroutine has suspended and been handed to it.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextvars
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ["resume", "start_eager"]
+__all__ = ["start_eager"]
 
 log = logging.getLogger("engine.runtime")
 # asyncio's own bookkeeping of the current task (C); typed for Tasks, given a stand-in here
@@ -87,36 +88,45 @@ def start_eager(
         return None
     finally:
         _leave_task(loop, first)
-    task = loop.create_task(resume(coro, yielded), context=ctx)
+    task = loop.create_task(_Continue(coro, yielded), context=ctx)
     first.task = task
     if first.cancels:
         task.cancel(first.message)
     return task
 
 
-async def resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    """Continue a coroutine that suspended on ``yielded`` during an eager first step.
+class _Continue(collections.abc.Coroutine[Any, Any, None]):
+    """A coroutine suspended in an eager first step, handed to a task to drive on.
 
-    This is what ``asyncio.Task.__step`` does: wait for the future the coroutine yielded
-    (``None`` = a bare yield), then send into it again; cancellation is thrown into it.
+    The task's first ``send`` gets back what the coroutine yielded (the future it waits
+    on, or None for a bare yield), which the task then waits for, as if it had run that
+    step itself; every later ``send``/``throw`` goes straight to the coroutine — so a task
+    cancelled before its first step throws the cancellation into the coroutine too.
     """
-    while True:
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                yielded._asyncio_future_blocking = False  # the Task protocol's handshake
-                await yielded
-        except asyncio.CancelledError:
-            if yielded is None or not yielded.done():  # this task is cancelled
-                try:
-                    yielded = coro.throw(asyncio.CancelledError())
-                except StopIteration:
-                    return
-                continue
-        except BaseException:  # the future failed: the coroutine sees it on send()
-            pass
-        try:
-            yielded = coro.send(None)
-        except StopIteration:
-            return
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded: Any = (yielded,)
+
+    def send(self, value: Any) -> Any:
+        pending = self.yielded
+        if pending is not None:
+            self.yielded = None
+            return pending[0]
+        return self.coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        pending, self.yielded = self.yielded, None
+        if pending is not None and pending[0] is not None:
+            pending[0].cancel()  # what a task cancelled while waiting on it does
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def __await__(self) -> Generator[Any, None, None]:  # the ABC's; tasks use send/throw
+        return self.coro.__await__()
