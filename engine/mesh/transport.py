@@ -4,10 +4,12 @@ Importing this module registers it as the ``"mesh"`` transport (``engine._transp
 which is how ``Runtime(mesh=...)`` finds it: the runtime imports nothing from the mesh.
 
 It implements the runtime's ``Transport`` protocol (``start(host)``, ``send``,
-``announce``, ``subscribe``, ``close``) on a :class:`~engine.mesh.peer.MeshPeer` in
-transport mode: outbound envelopes are queued without blocking (the window and a backlog
-are the flow control), inbound ones go to ``host.deliver``. Agent types the runtime
-registers are announced to the broker, so its local agents serve mesh traffic too.
+``announce``, ``subscribe``, ``close``) on a :class:`~engine.mesh.peer.MeshPeer` the
+runtime is attached to: outbound envelopes are queued without blocking (the window and a
+backlog are the flow control), inbound ones go to ``host.deliver`` (the one entry point).
+Agent types the runtime registers are announced to the broker, so its local agents serve
+mesh traffic too; an :class:`engine.mesh.Node` is this, with a peer of its own
+(:meth:`MeshTransport.over`). A peer's ``tracer`` becomes the runtime's span per delivery.
 """
 
 from __future__ import annotations
