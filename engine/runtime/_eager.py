@@ -18,15 +18,16 @@ import asyncio
 import collections.abc
 import contextvars
 import logging
+
+# asyncio's own bookkeeping of the current task (its C accelerator's when built), what
+# Python 3.12's eager tasks use too; typed for Tasks, given the stand-in here
+from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
 __all__ = ["start_eager"]
 
 log = logging.getLogger("engine.runtime")
-# asyncio's own bookkeeping of the current task (C); typed for Tasks, given a stand-in here
-_enter_task: Any = asyncio.tasks._enter_task
-_leave_task: Any = asyncio.tasks._leave_task
 
 
 class _FirstStep:
@@ -75,7 +76,7 @@ def start_eager(
     """
     first = _FirstStep()
     try:
-        _enter_task(loop, first)
+        _enter_task(loop, first)  # type: ignore[arg-type]
     except RuntimeError:  # a task is running: its context is not ours to step in
         return loop.create_task(coro)
     ctx = contextvars.copy_context()
@@ -87,7 +88,7 @@ def start_eager(
         log.exception("a delivery failed")
         return None
     finally:
-        _leave_task(loop, first)
+        _leave_task(loop, first)  # type: ignore[arg-type]
     task = loop.create_task(_Continue(coro, yielded), context=ctx)
     first.task = task
     if first.cancels:
