@@ -50,7 +50,7 @@ ONEWAY_N = int(os.environ.get("MESH_BENCH_ONEWAY", "100000"))
 SEQ_N = int(os.environ.get("MESH_BENCH_SEQ", "3000"))
 INFLIGHT_N = int(os.environ.get("MESH_BENCH_INFLIGHT", "30000"))
 BLOB = b"x" * 64
-#: ``mesh_bench_agents:PlainBench`` measures the node without the Runtime.
+#: the agent class(es) the nodes host (``engine node --agents``)
 AGENTS = os.environ.get("MESH_BENCH_AGENTS", "mesh_bench_agents:Bench")
 
 

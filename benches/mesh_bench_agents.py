@@ -1,7 +1,6 @@
 """Agents for benches/bench_mesh.py (imported by `engine node` subprocesses).
 
-``Bench`` is an ``engine.Agent`` (hosted on the node's in-process Runtime, the default
-path); ``PlainBench`` is the same as a plain class (hosted by ``AgentHost``).
+``Bench`` is an ``engine.Agent``, hosted on the node's Runtime (a node hosts nothing else).
 """
 
 from __future__ import annotations
@@ -31,14 +30,4 @@ class Bench(Agent):
 
     @handler
     async def on_tick(self, msg: Tick, ctx: Context) -> None:
-        return None
-
-
-class PlainBench:
-    type_name = "bench"
-
-    async def on_ping(self, msg: Ping) -> Ping:
-        return msg
-
-    async def on_tick(self, msg: Tick) -> None:
         return None

@@ -31,6 +31,7 @@ __all__ = [
     "MissingExtraError",
     "NativeFallbackWarning",
     "NativeUnavailable",
+    "NotAnAgentError",
     "OrchestrationError",
     "PlanError",
     "PriceUnknown",
@@ -243,6 +244,10 @@ class RegistrationRefused(EngineError):
     def __init__(self, message: str, code: int = 0) -> None:
         self.code = code
         super().__init__(message)
+
+
+class NotAnAgentError(EngineError, TypeError):
+    """A node was given a class that is not an ``engine.Agent`` subclass to host."""
 
 
 # --- Observability and tooling (engine.observe, engine.cli)

@@ -1,7 +1,7 @@
 """Agents shared by the mesh tests (importable by node subprocesses as ``mesh_agents``).
 
 ``Echo`` and ``Listener`` are ``engine.Agent`` subclasses, so nodes run them on the
-in-process Runtime; ``PlainEcho`` is a plain class (served by ``AgentHost``).
+in-process Runtime; ``PlainEcho`` is a plain class, which a node refuses.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Listener(Agent):
 
 
 class PlainEcho:
-    """Not an engine Agent: typed async methods, served by ``AgentHost``."""
+    """Not an engine Agent: a node refuses to host it (NotAnAgentError)."""
 
     async def on_ping(self, msg: Ping, ctx: object) -> Pong:
         return Pong(msg.n + 1, node="plain")

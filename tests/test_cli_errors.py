@@ -123,6 +123,7 @@ def test_malformed_agents_is_bad_input(spec: str) -> None:
         ("no_such_module_for_engine:Echo", "no_such_module_for_engine"),  # not importable
         ("mesh_agents:NoSuchClass", "NoSuchClass"),  # importable, no such class
         ("broken_at_import:Agent", "ZeroDivisionError"),  # its import raises
+        ("mesh_agents:PlainEcho", "PlainEcho (agent type 'plainecho') must subclass engine.Agent"),
     ],
 )
 def test_unloadable_agents_is_bad_input(spec: str, needle: str, tmp_path: Path) -> None:

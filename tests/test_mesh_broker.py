@@ -20,7 +20,6 @@ from engine import Agent, Context, cli, handler
 from engine.errors import EncodeError, RemoteError, UndeliverableError
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh import protocol as P
-from engine.mesh._serving import Slots
 from engine.messages import AgentId, Envelope, Kind, MessageId, encode, encode_payload
 from tests._wait import until
 
@@ -336,26 +335,18 @@ def test_bad_arguments_are_typed_errors() -> None:
         MeshClient("tcp://127.0.0.1:1", concurrency=0)
 
 
-def test_plain_classes_are_hosted_without_the_runtime(broker: Broker) -> None:
+def test_a_node_refuses_a_class_that_is_not_an_agent() -> None:
     from mesh_agents import PlainEcho
 
-    from engine.mesh import AgentHost
+    from engine.errors import NotAnAgentError
 
-    ep = broker.endpoints[0]
-
-    async def main() -> None:
-        async with (
-            Node(ep, {"plain": PlainEcho}, name="p", heartbeat=HB) as node,
-            MeshClient(ep, heartbeat=HB) as c,
-        ):
-            assert isinstance(node.host, AgentHost)
-            assert await c.send(Ping(1), to=AgentId("plain", "x"), timeout=5) == Pong(2, "plain")
-            with pytest.raises(RemoteError, match="ValueError: bad"):
-                await c.send(Boom("bad"), to=AgentId("plain", "x"), timeout=5)
-            with pytest.raises(RemoteError, match="no handler for 'Sleep'"):
-                await c.send(Sleep(0.0), to=AgentId("plain", "x"), timeout=5)
-
-    run(main())
+    msg = r"mesh_agents:PlainEcho \(agent type 'plain'\) must subclass engine.Agent"
+    with pytest.raises(NotAnAgentError, match=msg):
+        Node("tcp://127.0.0.1:1", {"plain": PlainEcho})
+    with pytest.raises(NotAnAgentError, match=r"PlainEcho .*must subclass engine\.Agent"):
+        Node("tcp://127.0.0.1:1", "mesh_agents:Echo,mesh_agents:PlainEcho")
+    with pytest.raises(NotAnAgentError, match=r"Ping\(n=1\) \(agent type 'ping'\) must"):
+        Node("tcp://127.0.0.1:1", {"ping": Ping(1)})  # type: ignore[dict-item]
 
 
 def test_oversized_messages_are_cut_off_and_the_broker_keeps_serving() -> None:
@@ -418,31 +409,7 @@ def test_node_runs_at_most_concurrency_deliveries(broker: Broker) -> None:
             )
             assert [r.n for r in replies] == list(range(12))
             assert Gate.peak == 2
-            assert node._slots.free == 2 and not node._slots.waiters  # every slot came back
-
-    run(main())
-
-
-def test_node_slot_waiters_are_fifo_and_cancellation_never_leaks_a_slot() -> None:
-    async def main() -> None:
-        slots = Slots(1)
-        slots.loop = asyncio.get_running_loop()
-        slots.free = 0  # the one slot is taken
-        first = asyncio.create_task(slots.wait())
-        second = asyncio.create_task(slots.wait())
-        await asyncio.sleep(0)
-        first.cancel()  # cancelled while waiting: skipped
-        await asyncio.sleep(0)
-        slots.release()  # the holder finishes
-        await asyncio.wait_for(second, 1)  # the slot went to the next waiter
-        assert slots.free == 0
-        third = asyncio.create_task(slots.wait())
-        await asyncio.sleep(0)
-        slots.release()  # `second` finishes: its slot is handed to `third`...
-        third.cancel()  # ...which is cancelled before it resumes: the slot is passed on
-        with pytest.raises(asyncio.CancelledError):
-            await third
-        assert slots.free == 1 and not slots.waiters  # all of concurrency=1 free
+            assert not node._active and not node._waiting  # every place came back
 
     run(main())
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 from mesh_agents import Echo, Ping, Pong, Sleep
 
-from engine.mesh import MeshClient, MeshPeer, Node
+from engine.mesh import MeshClient, Node
 from engine.mesh import protocol as P
 from engine.messages import AgentId, Codec, Envelope, Kind, MessageIds, encode_payload
 from tests._wait import until
@@ -103,7 +103,8 @@ def test_requests_in_flight_together_share_one_message() -> None:
 def _node(loop: asyncio.AbstractEventLoop, concurrency: int = 64) -> tuple[Node, Recorder]:
     node = Node("tcp://127.0.0.1:1", {"echo": Echo}, concurrency=concurrency)
     io = Recorder()
-    node._loop, node._io, node._slots.loop = loop, io, loop
+    node._loop, node._io = loop, io
+    node.attach(node.runtime)  # what the runtime's start does, without connecting
     node.core.registered = True
     return node, io
 
@@ -124,7 +125,7 @@ def test_a_node_answers_the_last_running_delivery_at_once() -> None:
         node, io = _node(asyncio.get_running_loop())
         io.inbox.append([DELIVER, _delivery(MessageIds(), Ping(1))])
         node._drain()
-        for _ in range(20):  # the Runtime runs the delivery in a task
+        for _ in range(20):  # drained inside a task, the delivery runs in a task too
             if io.sent:
                 break
             await asyncio.sleep(0)
@@ -132,7 +133,7 @@ def test_a_node_answers_the_last_running_delivery_at_once() -> None:
         assert node._flush_scheduled is False  # no extra flush queued behind it
         reply = codec.decode(io.sent[0][1])
         assert msgspec.msgpack.decode(reply.payload, type=Pong).n == 2
-        await node.host.stop()  # type: ignore[union-attr]
+        await node.runtime.stop()
 
     asyncio.run(main())
 
@@ -148,7 +149,7 @@ def test_a_node_batches_replies_while_others_run() -> None:
         bodies = [len(m) - 1 for m in io.sent]
         assert sum(bodies) == 7 and all(m[0] == REPLY for m in io.sent)
         assert bodies[0] == 4  # the four pings answered while the sleeps ran: one message
-        await node.host.stop()  # type: ignore[union-attr]
+        await node.runtime.stop()
 
     asyncio.run(main())
 
@@ -172,53 +173,40 @@ def test_a_failing_message_does_not_drop_the_rest_of_its_batch(
             await asyncio.sleep(0)
         assert [m[0] for m in io.sent] == [REPLY]
         assert msgspec.msgpack.decode(codec.decode(io.sent[0][1]).payload, type=Pong).n == 6
-        await node.host.stop()  # type: ignore[union-attr]
+        await node.runtime.stop()
 
     asyncio.run(main())
     assert "bug in the ACK path" in caplog.text
 
 
-class _SleepHost:
-    """A minimal Host: each delivery sleeps ``Sleep.seconds``, then answers Pong(n)."""
-
-    types = ("echo",)
-    subscriptions = ()
-
-    def __init__(self, eager: bool) -> None:
-        self.eager = eager
-
-    async def handle(self, envelope: Envelope) -> Envelope | None:
-        msg = msgspec.msgpack.decode(envelope.payload, type=Sleep)
-        await asyncio.sleep(msg.seconds)
-        return msgspec.structs.replace(
-            envelope,
-            id=MessageIds().next(),
-            kind=Kind.REPLY,
-            correlation=envelope.id,
-            payload_type="Pong",
-            payload=msgspec.Raw(encode_payload(Pong(msg.n))),
-        )
-
-
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "task"])
-def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) -> None:
+def test_a_delivery_cancelled_while_waiting_for_its_turn_is_answered(eager: bool) -> None:
+    """concurrency=1: the 2nd..4th delivery wait on the node; two of them are cancelled
+    there, before they start. Drained from a loop callback (as the socket's reader is) the
+    first step of each runs eagerly; drained inside a task, each runs in a task."""
+
     async def main() -> None:
-        node = MeshPeer("tcp://127.0.0.1:1", host=_SleepHost(eager), concurrency=1)
-        io = Recorder()
-        node._loop, node._io = asyncio.get_running_loop(), io
-        node._slots.loop = node._loop
-        node.core.registered = True
+        loop = asyncio.get_running_loop()
+        node, io = _node(loop, concurrency=1)
+
+        async def drain() -> None:
+            if eager:
+                loop.call_soon(node._drain)
+            else:
+                node._drain()
+            await asyncio.sleep(0)
+
         ids = MessageIds()
         bodies = [_delivery(ids, Sleep(0.05, i)) for i in range(4)]
         io.inbox.append([DELIVER, *bodies])
-        node._drain()
-        await asyncio.sleep(0)  # the 2nd..4th now wait for the one slot
+        await drain()  # the 2nd..4th now wait for the first to finish
+        assert len(node._active) == 1 and len(node._waiting) == 3
         cancels = [
             codec.encode(Envelope(ids.next(), Kind.CANCEL, correlation=codec.decode(b).id))
             for b in bodies[1:3]
         ]
         io.inbox.append([DELIVER, *cancels])
-        node._drain()
+        await drain()
         await until(lambda: sum(len(m) - 1 for m in io.sent) == 4)
         replies = {(env := codec.decode(b)).correlation: env for m in io.sent for b in m[1:]}
         want = [codec.decode(b).id for b in bodies]
@@ -229,7 +217,8 @@ def test_a_delivery_cancelled_while_waiting_for_a_slot_is_answered(eager: bool) 
             assert b"cancelled by the sender" in bytes(env.payload)
         assert [replies[want[i]].kind for i in (0, 3)] == [Kind.REPLY, Kind.REPLY]
         assert not node.core.running  # redeliveries are not dropped as duplicates
-        assert node._slots.free == 1 and not node._slots.waiters
+        assert not node._active and not node._waiting
+        await node.runtime.stop()
 
     asyncio.run(main())
 
@@ -281,6 +270,6 @@ def test_a_send_refused_after_its_first_part_is_requeued_not_lost() -> None:
         node._flush()  # the retry (the ticker's) sends it
         assert [m[0] for m in io.sent] == [P.header(P.FrameKind.ACK)]
         assert P.decode_ids(io.sent[0][1:]) == [ack]
-        await node.host.stop()  # type: ignore[union-attr]
+        await node.runtime.stop()
 
     asyncio.run(main())

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import Agent, AgentId, Message, Runtime, handler
+from engine import Agent, AgentId, Context, Message, Runtime, handler
 from engine.observe import Metrics
 from engine.observe.instrument import ALL_TYPES, instrument_runtime, serve
 from engine.observe.top import fetch
@@ -129,13 +129,15 @@ class ObsPong(Message):
     n: int
 
 
-class MeshEcho:
-    async def on_ping(self, msg: ObsPing) -> ObsPong:
+class MeshEcho(Agent):
+    @handler
+    async def on_ping(self, msg: ObsPing, ctx: Context) -> ObsPong:
         return ObsPong(msg.n + 1)
 
 
-class Planner:
-    async def on_ping(self, msg: ObsPing) -> ObsPong:
+class Planner(Agent):
+    @handler
+    async def on_ping(self, msg: ObsPing, ctx: Context) -> ObsPong:
         return ObsPong(-msg.n)
 
 

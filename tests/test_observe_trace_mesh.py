@@ -21,7 +21,7 @@ import time
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from engine import Agent, Context, handler
-from engine.mesh import Broker, MeshClient, MeshContext, Node, decode_reply
+from engine.mesh import Broker, MeshClient, Node, decode_reply
 from engine.messages import AgentId, Envelope, Kind, Message, encode_payload
 from engine.observe import Tracer, current_traceparent, parse_traceparent
 
@@ -68,10 +68,11 @@ async def traced_send(
         return done
 
 
-class Planner:
-    async def on_job(self, msg: ObsJob, ctx: MeshContext) -> ObsDone:
+class Planner(Agent):
+    @handler
+    async def on_job(self, msg: ObsJob, ctx: Context) -> ObsDone:
         tracer = TRACERS["node-a"]
-        with tracer.span("plan", ctx.envelope.traceparent, kind="handler") as span:
+        with tracer.span("plan", ctx.traceparent, kind="handler") as span:
             done = await traced_send(
                 OUTBOX["a"],
                 tracer,
@@ -84,9 +85,10 @@ class Planner:
             return ObsDone(done.n * 10)
 
 
-class Worker:
-    async def on_sub(self, msg: ObsSub, ctx: MeshContext) -> ObsDone:
-        with TRACERS["node-b"].span("work", ctx.envelope.traceparent, kind="handler"):
+class Worker(Agent):
+    @handler
+    async def on_sub(self, msg: ObsSub, ctx: Context) -> ObsDone:
+        with TRACERS["node-b"].span("work", ctx.traceparent, kind="handler"):
             return ObsDone(msg.n * 2)
 
 
@@ -149,17 +151,18 @@ class TrDone(Message):
     n: int
 
 
-class WiredPlanner:  # plain class (AgentHost): sends with the ambient handler span
-    async def on_job(self, msg: TrJob, ctx: MeshContext) -> TrDone:
+class WiredPlanner(Agent):  # sends through another peer, with the ambient handler span
+    @handler
+    async def on_job(self, msg: TrJob, ctx: Context) -> TrDone:
         SEEN["planner"].append(current_traceparent())
-        assert ctx.envelope.traceparent == current_traceparent()
+        assert ctx.traceparent == current_traceparent()
         done: TrDone = await WIRED_OUT["a"].send(
             TrSub(msg.n + 1), to=AgentId("worker", "*"), timeout=20
         )
         return TrDone(done.n * 10)
 
 
-class WiredWorker(Agent):  # engine.Agent (Runtime host): ctx.traceparent is the span's
+class WiredWorker(Agent):  # ctx.traceparent is the span's
     @handler
     async def on_sub(self, msg: TrSub, ctx: Context) -> TrDone:
         SEEN["worker"].append(ctx.traceparent)

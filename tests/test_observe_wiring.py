@@ -11,7 +11,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import Agent, AgentId, Message, Runtime, handler
+from engine import Agent, AgentId, Context, Message, Runtime, handler
 from engine.observe import Metrics
 
 
@@ -182,10 +182,12 @@ class LeakSeen(Message):
     after: int
 
 
-class ContextSetter:
-    """Plain class (served eagerly by AgentHost): reports what it saw, then sets the var."""
+class ContextSetter(Agent):
+    """Run eagerly on its node (no task until it suspends): reports what it saw, then sets
+    the var."""
 
-    async def on_probe(self, msg: LeakProbe) -> LeakSeen:
+    @handler
+    async def on_probe(self, msg: LeakProbe, ctx: Context) -> LeakSeen:
         before = _LEAK.get()
         _LEAK.set(msg.n)
         if msg.suspend:
@@ -194,17 +196,16 @@ class ContextSetter:
 
 
 def test_mesh_handler_context_does_not_leak_into_the_next_handler() -> None:
-    from engine.mesh import AgentHost, Broker, MeshClient, Node
+    from engine.mesh import Broker, MeshClient, Node
 
     b = Broker("tcp://127.0.0.1:0", heartbeat=0.5)
     b.start()
 
     async def main() -> list[LeakSeen]:
         async with (
-            Node(b.endpoints[0], {"probe": ContextSetter}, name="ctx", heartbeat=0.5) as n,
+            Node(b.endpoints[0], {"probe": ContextSetter}, name="ctx", heartbeat=0.5),
             MeshClient(b.endpoints[0], heartbeat=0.5) as c,
         ):
-            assert isinstance(n.host, AgentHost) and n.host.eager  # the eager first step
             seen = []
             for i, suspend in ((1, False), (2, True), (3, False), (4, False)):
                 to = AgentId("probe", f"k{i}")

@@ -749,7 +749,7 @@ def test_run_uses_uvloop() -> None:
     assert engine.run(which()).startswith("uvloop")
 
 
-# -- one-way post and the mesh Host protocol -------------------------------------
+# -- one-way post and the transport's entry point --------------------------------
 
 
 @uv
@@ -773,11 +773,30 @@ async def test_post_is_one_way_and_ordered() -> None:
 
 
 @uv
-async def test_runtime_as_mesh_host_handles_envelopes() -> None:
+async def test_inbound_envelopes_are_run_and_each_is_answered_through_the_transport() -> None:
     from engine.messages import Envelope, ErrorInfo, Kind, MessageId, decode_payload, wire_name
     from engine.messages import encode_payload as enc
 
-    rt = Runtime(origin="host")
+    class Capture:
+        """A transport that keeps what the runtime sends (the answers to deliveries)."""
+
+        def __init__(self) -> None:
+            self.sent: dict[MessageId, Envelope] = {}
+
+        async def start(self, host: Any) -> None: ...
+
+        def send(self, envelope: Envelope) -> None:
+            assert envelope.correlation is not None
+            self.sent[envelope.correlation] = envelope
+
+        def announce(self, agent_type: str) -> None: ...
+
+        def subscribe(self, pattern: str) -> None: ...
+
+        async def close(self) -> None: ...
+
+    out = Capture()
+    rt = Runtime(origin="host", transport=out)
     rt.register("echo", Echo)
     rt.register("rec", Recorder)
     rt.subscribe("rec", topic="news.*")
@@ -796,17 +815,23 @@ async def test_runtime_as_mesh_host_handles_envelopes() -> None:
             **kw,
         )
 
-    reply = await rt.handle(env(Kind.SEND, Ping(1), 1, recipient=AgentId("echo", "x")))
-    assert reply is not None and reply.kind is Kind.REPLY
+    async def handle(envelope: Envelope) -> Envelope:
+        """Deliver as a transport does (from a loop callback), wait for the answer."""
+        asyncio.get_running_loop().call_soon(rt.deliver, envelope)
+        await until(lambda: envelope.id in out.sent)
+        return out.sent[envelope.id]
+
+    reply = await handle(env(Kind.SEND, Ping(1), 1, recipient=AgentId("echo", "x")))
+    assert reply.kind is Kind.REPLY
     assert reply.correlation == MessageId("peer", 1) and reply.recipient == client
     assert reply.payload_type == "rt.Pong" and decode_payload(reply.payload, Pong) == Pong(2)
 
-    error = await rt.handle(env(Kind.SEND, Boom("no"), 2, recipient=AgentId("echo")))
-    assert error is not None and error.kind is Kind.ERROR
+    error = await handle(env(Kind.SEND, Boom("no"), 2, recipient=AgentId("echo")))
+    assert error.kind is Kind.ERROR
     assert decode_payload(error.payload, ErrorInfo) == ErrorInfo("ValueError", "no")
 
-    missing = await rt.handle(env(Kind.SEND, Ping(1), 3, recipient=AgentId("ghost")))
-    assert missing is not None and missing.kind is Kind.ERROR
+    missing = await handle(env(Kind.SEND, Ping(1), 3, recipient=AgentId("ghost")))
+    assert missing.kind is Kind.ERROR
     assert decode_payload(missing.payload, ErrorInfo).type_name == "UndeliverableError"
 
     bogus = Envelope(
@@ -816,14 +841,19 @@ async def test_runtime_as_mesh_host_handles_envelopes() -> None:
         payload_type="NoSuchMessage",
         payload=enc(Ping(1)),
     )
-    failed = await rt.handle(bogus)
-    assert failed is not None
+    failed = await handle(bogus)
+    assert failed.kind is Kind.ERROR
     assert (
         "unknown message type 'NoSuchMessage'" in decode_payload(failed.payload, ErrorInfo).message
     )
 
-    assert await rt.handle(env(Kind.PUBLISH, Note("hi"), 5, topic=TopicId("news.eu", "s"))) is None
-    assert await rt.handle(env(Kind.PUBLISH, Note("one"), 6, recipient=AgentId("rec", "d"))) is None
+    # a PUBLISH is answered by an empty REPLY once handed to its agents here
+    for published in (
+        env(Kind.PUBLISH, Note("hi"), 5, topic=TopicId("news.eu", "s")),
+        env(Kind.PUBLISH, Note("one"), 6, recipient=AgentId("rec", "d")),
+    ):
+        answer = await handle(published)
+        assert answer.kind is Kind.REPLY and answer.recipient == client
     await rt.idle()
     got = sorted((str(e[1][0]), e[1][1].text) for e in Recorder.journal if e[0] == "msg")
     assert got == [("rec/again", "hi"), ("rec/d", "one"), ("rec/s", "hi")]

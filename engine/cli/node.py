@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
                     node, args.metrics_port, host=args.metrics_host, metrics=default_metrics()
                 )
             print(
-                f"node {node.name} serving {', '.join(node.host.types)} "  # type: ignore[union-attr]
-                f"via {args.connect}",
+                f"node {node.name} serving {', '.join(node.types)} via {args.connect}",
                 flush=True,
             )
             if srv is not None:

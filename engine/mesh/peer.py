@@ -6,8 +6,9 @@ node runs. I/O is batched: the socket's file descriptor wakes the loop, which dr
 every waiting message with NOBLOCK; what a loop iteration produces (submissions, replies,
 acks) leaves as one multipart message per kind, flushed once via ``call_soon``.
 
-:class:`engine.mesh.MeshClient` and :class:`engine.mesh.Node` are this class with other
-defaults; ``Runtime(mesh=...)`` uses it with the runtime as a sink (transport mode).
+:class:`engine.mesh.MeshClient` is this class with other defaults. A peer that serves
+agents carries a runtime (``Runtime(mesh=...)``, :class:`engine.mesh.Node`): it hands every
+delivery to the runtime (:meth:`attach`) and queues the runtime's envelopes (:meth:`post`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +28,8 @@ import zmq
 from engine.errors import DecodeError, EncodeError, EngineError, ProtocolError, UndeliverableError
 from engine.mesh import protocol as P
 from engine.mesh._io import FrameIO, frame_socket
-from engine.mesh._node_side import Host, NodeSide, Sink
-from engine.mesh._serving import Slots, decode_reply, error_reply
+from engine.mesh._node_side import NodeSide, Sink
+from engine.mesh._replies import decode_reply
 from engine.mesh._signing import Keys, as_keys
 from engine.mesh.peer_core import (
     Accepted,
@@ -55,7 +57,7 @@ from engine.messages import (
 from engine.observe.tracing import Tracer, current_traceparent
 from engine.runtime._wire import error_info
 
-__all__ = ["Host", "MeshPeer", "Sink", "decode_reply", "error_reply"]
+__all__ = ["MeshPeer", "Sink", "decode_reply"]
 
 log = logging.getLogger("engine.mesh.peer")
 
@@ -64,11 +66,13 @@ class MeshPeer(NodeSide):
     """A peer of the mesh. ``await start()`` connects and registers; ``await close()`` leaves.
 
     As a client: :meth:`send` (request/reply), :meth:`publish`, :meth:`request` (raw
-    envelopes). As a node: pass ``host``; deliveries run on it with at most
-    ``concurrency`` at a time, and the broker never has more than ``2 * concurrency``
-    outstanding here. A delivery already executed here (same envelope id) is answered
-    from a cache bounded by ``idempotency_cache`` entries and ``idempotency_bytes``
-    instead of running again. A one-way message (``tell``) is acknowledged once handled.
+    envelopes). Serving agents (a runtime :meth:`attach`-ed): at most ``concurrency``
+    deliveries run at once, and the broker never has more than ``2 * concurrency``
+    outstanding here. A delivery already executed here
+    (same envelope id) is answered from a cache bounded by ``idempotency_cache`` entries
+    and ``idempotency_bytes`` instead of running again. A one-way message (``tell``) is
+    acknowledged once handled. ``tracer`` opens a ``handler`` span around each delivery
+    the attached runtime runs.
     """
 
     def __init__(
@@ -77,7 +81,6 @@ class MeshPeer(NodeSide):
         *,
         name: str | None = None,
         role: Role | str = Role.ORCHESTRATOR,
-        host: Host | None = None,
         concurrency: int = 64,
         heartbeat: float = 0.5,
         curve: CurveClient | None = None,
@@ -92,11 +95,10 @@ class MeshPeer(NodeSide):
         self.connect = connect
         self.name = name or f"peer-{os.urandom(4).hex()}"
         self.role = Role(role)
-        self.host = host
         self.concurrency = concurrency
         self.heartbeat = heartbeat
         self.curve = curve
-        self.tracer = tracer  # opens a "handler" span around each hosted delivery
+        self.tracer = tracer  # read by the attached runtime: a span per delivery
         self.ids = MessageIds()
         self.core = PeerCore(
             name=self.name,
@@ -117,15 +119,14 @@ class MeshPeer(NodeSide):
         self._last_register = 0.0
         self._tick_task: asyncio.Task[None] | None = None
         self._fatal: EngineError | None = None
-        self._closing = False
+        self._closing = False  # deliveries are refused from now on
+        self._closed = False
         self._window_free = asyncio.Event()
         self._requests: dict[MessageId, asyncio.Future[Envelope]] = {}
         self._publishes: dict[MessageId, asyncio.Future[None]] = {}
-        self._slots = Slots(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._serving: dict[MessageId, asyncio.Task[None]] = {}
-        self._eager = bool(getattr(host, "eager", False))
-        self._sink: Sink | None = None  # transport mode (Runtime(mesh=...))
+        self._sink: Sink | None = None  # the runtime deliveries go to (attach)
+        self._active: set[MessageId] = set()
+        self._waiting: deque[Envelope] = deque()
         self.announced: dict[str, None] = {}
         self.patterns: dict[str, None] = {}
 
@@ -145,8 +146,11 @@ class MeshPeer(NodeSide):
 
     async def start(self, timeout: float = 10.0) -> None:
         """Connect and register; raises ``TimeoutError`` if no broker answers in time."""
+        await self.join(timeout)
+
+    async def join(self, timeout: float = 10.0) -> None:
+        """What :meth:`start` does (a subclass's ``start`` may do more around it)."""
         self._loop = asyncio.get_running_loop()
-        self._slots.loop = self._loop
         self._open()
         self._tick_task = self._loop.create_task(self._ticker())
         try:
@@ -162,14 +166,14 @@ class MeshPeer(NodeSide):
             raise err
 
     async def close(self, graceful: bool = True, timeout: float = 5.0) -> None:
-        """Leave the mesh: finish running deliveries (when graceful), then DISCONNECT."""
-        if self._closing:
+        """Leave the mesh: refuse new deliveries, DISCONNECT (when graceful), close.
+
+        A node finishes its running deliveries first (:meth:`engine.mesh.Node.close`).
+        """
+        if self._closed:
             return
-        self._closing = True
-        if graceful and self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-        for task in list(self._tasks):
-            task.cancel()
+        self._closed = self._closing = True
+        self._refuse_waiting()
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -224,11 +228,8 @@ class MeshPeer(NodeSide):
 
     def _send_register(self) -> None:
         now = self._last_register = time.monotonic()
-        host = self.host
-        types = list(host.types) if host else list(self.announced)
-        subs = list(host.subscriptions) if host else list(self.patterns)
-        serving = host is not None or self._sink is not None
-        self.core.register(types, subs, 2 * self.concurrency if serving else 0, now)
+        credit = 2 * self.concurrency if self._sink is not None else 0
+        self.core.register(list(self.announced), list(self.patterns), credit, now)
         self._flush()
 
     async def _ticker(self) -> None:
@@ -520,50 +521,26 @@ class MeshPeer(NodeSide):
             core.submit(mid, data)
             self._schedule_flush()
 
-    # -- transport mode --------------------------------------------------------------
-
-    def attach(self, sink: Sink) -> None:
-        """Hand every inbound envelope to ``sink.deliver`` (a Runtime), before start()."""
-        self._sink = sink
-        self.ids = MessageIds(sink.origin)
-        self.core.origin = sink.origin
+    # -- serving a runtime -----------------------------------------------------------
 
     def post(self, envelope: Envelope) -> None:
-        """Queue an envelope without waiting (transport mode).
+        """Queue an envelope without waiting (the attached runtime's outbound traffic).
 
         REPLY/ERROR answer a delivery this peer received (cached for idempotency);
         SEND/PUBLISH/CANCEL are submitted within the window, the rest wait in a backlog.
         """
-        core = self.core
-        data = core.codec.encode(envelope)
         kind = envelope.kind
         if kind is Kind.REPLY or kind is Kind.ERROR:
-            corr = envelope.correlation
-            if corr is not None and corr in core.running:
-                if kind is Kind.ERROR and corr in core.tells:
-                    log.warning(
-                        "%s: one-way message %s failed: %s",
-                        self.name,
-                        corr,
-                        bytes(envelope.payload)[:200],
-                    )
-                core.answer(corr, data, time.monotonic())
-            else:
-                core.out.reply.append(data)
-            if core.running or self._flush_scheduled:
-                self._schedule_flush()
-            else:
-                self._flush()  # PERF: the last running delivery answers at once (as _execute)
+            self._answer(envelope)
             return
+        data = self.core.codec.encode(envelope)
         self._check_size(data)
-        self._submitted(core.submit(envelope.id, data, request=kind is Kind.SEND))
+        self._submitted(self.core.submit(envelope.id, data, request=kind is Kind.SEND))
 
     def reregister(self) -> None:
         """Send REGISTER again (announced types or subscriptions changed)."""
         if self._sock is not None:
             self._send_register()
-
-    # -- node side -------------------------------------------------------------------
 
     # -- output ----------------------------------------------------------------------
 

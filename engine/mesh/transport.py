@@ -4,10 +4,12 @@ Importing this module registers it as the ``"mesh"`` transport (``engine._transp
 which is how ``Runtime(mesh=...)`` finds it: the runtime imports nothing from the mesh.
 
 It implements the runtime's ``Transport`` protocol (``start(host)``, ``send``,
-``announce``, ``subscribe``, ``close``) on a :class:`~engine.mesh.peer.MeshPeer` in
-transport mode: outbound envelopes are queued without blocking (the window and a backlog
-are the flow control), inbound ones go to ``host.deliver``. Agent types the runtime
-registers are announced to the broker, so its local agents serve mesh traffic too.
+``announce``, ``subscribe``, ``close``) on a :class:`~engine.mesh.peer.MeshPeer` the
+runtime is attached to: outbound envelopes are queued without blocking (the window and a
+backlog are the flow control), inbound ones go to ``host.deliver`` (the one entry point).
+Agent types the runtime registers are announced to the broker, so its local agents serve
+mesh traffic too; an :class:`engine.mesh.Node` is this, with a peer of its own
+(:meth:`MeshTransport.over`). A peer's ``tracer`` becomes the runtime's span per delivery.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from engine.mesh.peer import MeshPeer, Sink
 from engine.mesh.protocol import Role
 from engine.mesh.security import CurveClient
 from engine.messages import Envelope
+from engine.observe.tracing import Tracer
 
 __all__ = ["MeshTransport"]
 
@@ -45,10 +48,28 @@ class MeshTransport:
         self.connect_timeout = connect_timeout
         self._started = False
 
+    @classmethod
+    def over(cls, peer: MeshPeer, connect_timeout: float = 10.0) -> MeshTransport:
+        """The transport of an existing peer (an :class:`engine.mesh.Node` is its own)."""
+        self = cls.__new__(cls)
+        self.peer = peer
+        self.connect_timeout = connect_timeout
+        self._started = False
+        return self
+
     async def start(self, host: Sink) -> None:
         self.peer.attach(host)
-        await self.peer.start(timeout=self.connect_timeout)
+        await self.peer.join(timeout=self.connect_timeout)
         self._started = True
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The peer's tracer: the runtime opens a ``handler`` span per delivery on it."""
+        return self.peer.tracer
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
 
     def send(self, envelope: Envelope) -> None:
         self.peer.post(envelope)

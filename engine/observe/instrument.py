@@ -158,8 +158,7 @@ def instrument_node(node: _PeerLike, metrics: Metrics | None = None) -> Metrics:
     resent, ...), ``engine_node_agents{node, agent_type}`` = 1 per hosted type.
     """
     m = metrics if metrics is not None else Metrics()
-    host = getattr(node, "host", None)
-    types = list(getattr(host, "types", ()) or ())
+    types = list(getattr(node, "types", ()) or ())  # a Node's hosted types; none for a client
     for t in types:
         m.node_agents.labels(node.name, t).set(1)
 

@@ -5,8 +5,9 @@ request with a deadline — calls its handler as ``await calls.start(ctx, messag
 turns a failure into what its sender sees with :meth:`Calls.failed`. ``start`` is chosen
 when hooks or middleware change: for a *plain* runtime (neither) and a message outside a
 query it returns the handler's own coroutine (no wrapper coroutine), else the coroutine of
-:meth:`Calls._call`. The idle fast path of ``send`` copies the plain case inline (marked
-``INLINE``); instruction counts in docs/performance.md (architecture).
+the call path built for its hooks and middleware (``_call_path``). The idle fast path of
+``send`` copies the plain case inline (marked ``INLINE``); instruction counts in
+docs/performance.md (architecture).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class Calls:
         self.err: tuple[Callable[..., Any], ...] = ()
         #: ``start(ctx, message)``: begin ``ctx``'s handler on ``message``; await the result
         #: for its reply. The handler's exception comes out as raised (the caller passes it
-        #: to :meth:`failed`). Plain: the handler's own coroutine, else :meth:`_call`'s.
-        self.start: Start = _plain_start(self._call)
+        #: to :meth:`failed`). Plain: the handler's own coroutine, else ``_call_path``'s.
+        self.start: Start = _plain_start(_call_path(self))
 
     def rebuild(self, middleware: tuple[Middleware, ...]) -> None:
         """Compose ``middleware`` once and take the current hooks (not per call)."""
@@ -75,41 +76,56 @@ class Calls:
         hooks = self.hooks
         self.pre, self.post, self.err = hooks.pre_handler, hooks.post_handler, hooks.on_error
         self.plain = not middleware and not self.pre and not self.post and not self.err
-        self.start = _plain_start(self._call) if self.plain else self._call
-
-    async def _call(self, ctx: Context, message: Any) -> Any:
-        """A call with query step checks, hooks or middleware."""
-        query = ctx.query
-        if query is not None:
-            if query.blocked:
-                await query.checkpoint()
-            query.steps += 1
-        route = ctx.route
-        post = self.post
-        try:
-            for hook in self.pre:
-                hook(ctx, message)
-            t0 = _clock() if post else 0.0
-            if self.middleware:
-                result = await self.chain(ctx, message)
-            elif route.is_async:
-                result = await route.fn(ctx.agent, message, ctx)
-            else:
-                result = route.fn(ctx.agent, message, ctx)
-            if post:
-                seconds = _clock() - t0
-                for hook in post:
-                    hook(ctx, message, result, seconds)
-        except Exception as exc:
-            if self.err:
-                self.hooks.call("on_error", ctx, message, exc)
-            raise
-        return result
+        call = _call_path(self)
+        self.start = _plain_start(call) if self.plain else call
 
     def failed(self, exc: BaseException) -> BaseException:
         """Count a handler failure; return what its sender sees."""
         self.books.counts["error"] += 1
         return remote_error(exc)
+
+
+def _call_path(calls: Calls) -> Start:
+    """The call with query step checks, hooks or middleware, for ``calls`` as they are now.
+
+    PERF: built when hooks or middleware change, with them bound as closure cells (no
+    attribute loads per call): ``runtime.send_hooks`` 2,627,000 -> 2,615,000 instructions
+    per batch of 200 (0.995; ``engine bench --compare main --instructions -k runtime``).
+    The rest of its cost over a plain send is this coroutine itself: only a second inline
+    copy on the idle fast path would save it (docs/performance.md, issue 18 phase 2).
+    """
+    pre, post, err, hooks = calls.pre, calls.post, calls.err, calls.hooks
+    chain = calls.chain if calls.middleware else None
+
+    async def call(ctx: Context, message: Any) -> Any:
+        query = ctx.query
+        if query is not None:
+            if query.blocked:
+                await query.checkpoint()
+            query.steps += 1
+        try:
+            for hook in pre:
+                hook(ctx, message)
+            t0 = _clock() if post else 0.0
+            if chain is not None:
+                result = await chain(ctx, message)
+            else:
+                route = ctx.route
+                if route.is_async:
+                    result = await route.fn(ctx.agent, message, ctx)
+                else:
+                    result = route.fn(ctx.agent, message, ctx)
+            if post:
+                seconds = _clock() - t0
+                for hook in post:
+                    hook(ctx, message, result, seconds)
+        except Exception as exc:
+            if err:
+                hooks.call("on_error", ctx, message, exc)
+            raise
+        return result
+
+    return call
 
 
 def _plain_start(call: Callable[[Context, Any], Awaitable[Any]]) -> Start:

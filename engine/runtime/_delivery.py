@@ -373,7 +373,6 @@ class Delivery:
         )
 
 
-
 def check_timeout(timeout: object) -> None:
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")

@@ -53,9 +53,7 @@ class Fanout:
         seq = books.next_id()
         books.counts["post"] += 1
         query = current_query.get()
-        ctx = Context(
-            self.owner, agent, route, message, sender, None, seq, query, 0.0, traceparent
-        )
+        ctx = Context(self.owner, agent, route, message, sender, None, seq, query, 0.0, traceparent)
         if route.concurrent:
             self.run_concurrent(ctx)
             return

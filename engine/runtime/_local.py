@@ -328,6 +328,7 @@ class Runtime(Delivery):
         transport, ``served`` inbound requests handled here, ``error`` handler failures.
         """
         return self._books.message_counts()
+
     # -- queries -------------------------------------------------------------------
     def start_query(
         self,
@@ -378,13 +379,6 @@ class Runtime(Delivery):
         """Transport entry point: accept one inbound envelope (never blocks)."""
         self._remote.deliver(envelope)
 
-    async def handle(self, envelope: Envelope) -> Envelope | None:
-        """Mesh ``Host`` entry point: run one delivered SEND/PUBLISH envelope here.
-
-        Returns the REPLY (or ERROR) envelope for a SEND, None for a PUBLISH.
-        """
-        return await self._remote.handle(envelope)
-
     @property
     def transport(self) -> Transport | None:
         """The transport connecting this runtime to others, if any."""
@@ -399,4 +393,3 @@ class Runtime(Delivery):
     def subscriptions(self) -> list[str]:
         """Distinct topic patterns this runtime subscribes to."""
         return list(dict.fromkeys(sub.pattern for sub in self._subs))
-

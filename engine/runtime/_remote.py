@@ -2,8 +2,13 @@
 
 :class:`Remote` keeps the requests waiting for a remote reply (keyed by sequence number:
 the correlation id of the reply) and the local handlers serving remote requests (keyed
-by the request id, so a CANCEL envelope can stop them). :meth:`Remote.handle` is also the
-``Host.handle`` a mesh peer calls: one delivered envelope in, the REPLY/ERROR out.
+by the request id, so a CANCEL envelope can stop them). :meth:`Remote.deliver` is the one
+entry point of an inbound envelope, in process (``LoopbackHub``) and on a mesh node alike:
+a SEND or PUBLISH runs eagerly (:mod:`._eager`: no task unless its handler suspends) and
+is always answered through the transport: a REPLY or ERROR for a SEND (an ERROR saying so
+when the sender cancelled it), an empty REPLY for a PUBLISH (the mesh settles the
+delivery on it). A transport with a ``tracer`` (an :class:`engine.observe.Tracer`) gets a
+``handle <type>`` span around each delivery, named after its ``name``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from engine.errors import DeadlineExceeded, EngineError, UndeliverableError
 from engine.messages import (
@@ -27,11 +34,13 @@ from engine.messages import (
     wire_name,
 )
 from engine.runtime._books import Books
+from engine.runtime._eager import start_eager
 from engine.runtime._transport import Transport
 from engine.runtime._wire import MessageTypes, error_from_info, error_info
 
 if TYPE_CHECKING:
     from engine.observe.metrics import Metrics
+    from engine.observe.tracing import Tracer
 
 __all__ = ["Local", "Remote"]
 
@@ -78,7 +87,7 @@ class Local(Protocol):
 class Remote:
     """Outbound/inbound envelope handling for one runtime (``local``), sharing its books."""
 
-    __slots__ = ("books", "local", "messages", "pending", "serving", "transport")
+    __slots__ = ("books", "local", "messages", "name", "pending", "serving", "tracer", "transport")
 
     def __init__(self, local: Local, books: Books, transport: Transport | None) -> None:
         self.local = local
@@ -87,6 +96,9 @@ class Remote:
         self.messages = MessageTypes()
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.serving: dict[tuple[str, int], asyncio.Task[Any]] = {}
+        #: a span per inbound delivery when the transport has a tracer (a mesh node's)
+        self.tracer: Tracer | None = getattr(transport, "tracer", None)
+        self.name: str = str(getattr(transport, "name", "") or local.origin)
 
     # -- outbound ------------------------------------------------------------------
     async def send(
@@ -193,15 +205,63 @@ class Remote:
             if serving is not None:
                 serving.cancel()
         else:
-            key = (envelope.id.origin, envelope.id.seq)
-            task = asyncio.get_running_loop().create_task(self._serve(envelope))
-            self.serving[key] = task
-            task.add_done_callback(lambda _t: self.serving.pop(key, None))
+            task = start_eager(asyncio.get_running_loop(), self._serve(envelope))
+            if task is not None:  # the handler suspended: a CANCEL may stop it
+                key = (envelope.id.origin, envelope.id.seq)
+                self.serving[key] = task
+                task.add_done_callback(lambda _t: self.serving.pop(key, None))
 
     async def _serve(self, envelope: Envelope) -> None:
-        reply = await self.handle(envelope)
-        if reply is not None and self.transport is not None:
-            self.transport.send(reply)
+        try:
+            if self.tracer is None:
+                reply = await self.handle(envelope)
+            else:
+                reply = await self._traced(envelope, self.tracer)
+        except asyncio.CancelledError:
+            if self.books.closed:
+                raise  # unanswered: the mesh hands it to another node
+            # cancelled by the sender's CANCEL: settle the delivery with an ERROR
+            reply = self._error(envelope, asyncio.CancelledError("cancelled by the sender"))
+        transport = self.transport
+        if transport is None:
+            return
+        if reply is None:  # a PUBLISH: the answer says it was handed to its agents here
+            reply = Envelope(
+                id=MessageId(self.local.origin, self.books.next_id()),
+                kind=Kind.REPLY,
+                recipient=envelope.sender,
+                correlation=envelope.id,
+                payload=_NIL,
+            )
+        transport.send(reply)
+
+    async def _traced(self, env: Envelope, tracer: Tracer) -> Envelope | None:
+        """:meth:`handle` in a ``handler`` span continuing the envelope's trace.
+
+        The handler sees the span's traceparent (``ctx.traceparent``), so what it sends is
+        parented on this span.
+        """
+        from engine.observe.tracing import parse_traceparent
+
+        target = env.recipient or env.topic
+        attrs: dict[str, str | int] = {
+            "engine.node": self.name,
+            "engine.message_type": env.payload_type,
+            "engine.attempt": env.attempt,
+        }
+        if target is not None:
+            attrs["engine.target"] = str(target)
+        parent: str | None = env.traceparent or None
+        if parent is not None:
+            try:
+                parse_traceparent(parent)
+            except EngineError:
+                log.warning("%s: bad traceparent %r: starting a new trace", self.name, parent)
+                parent = None
+        with tracer.span(
+            f"handle {env.payload_type}", parent, kind="handler", attributes=attrs
+        ) as span:
+            return await self.handle(msgspec.structs.replace(env, traceparent=span.traceparent))
 
     async def handle(self, envelope: Envelope) -> Envelope | None:
         """Run one inbound SEND/PUBLISH; return the REPLY or ERROR envelope for a SEND."""
@@ -250,16 +310,7 @@ class Remote:
             if kind is not Kind.SEND:
                 log.error("inbound %s %s failed", kind.name, envelope.id, exc_info=exc)
                 return None
-            return Envelope(
-                id=MessageId(local.origin, self.books.next_id()),
-                kind=Kind.ERROR,
-                sender=envelope.recipient,
-                recipient=envelope.sender,
-                correlation=envelope.id,
-                traceparent=envelope.traceparent,
-                payload_type="ErrorInfo",
-                payload=encode_payload(error_info(exc)),
-            )
+            return self._error(envelope, exc)
         return Envelope(
             id=MessageId(local.origin, self.books.next_id()),
             kind=Kind.REPLY,
@@ -269,4 +320,17 @@ class Remote:
             traceparent=envelope.traceparent,
             payload_type=wire_name(type(result)) if isinstance(result, Message) else "",
             payload=encode_payload(result),
+        )
+
+    def _error(self, envelope: Envelope, exc: BaseException) -> Envelope:
+        """The ERROR envelope answering ``envelope``, whose handling raised ``exc``."""
+        return Envelope(
+            id=MessageId(self.local.origin, self.books.next_id()),
+            kind=Kind.ERROR,
+            sender=envelope.recipient,
+            recipient=envelope.sender,
+            correlation=envelope.id,
+            traceparent=envelope.traceparent,
+            payload_type="ErrorInfo",
+            payload=encode_payload(error_info(exc)),
         )

@@ -17,6 +17,7 @@ if opts.check:
 import asyncio  # noqa: E402
 import time  # noqa: E402
 
+from engine import Agent, Context, handler  # noqa: E402
 from engine.mesh import Broker, MeshClient, Node  # noqa: E402
 from engine.messages import AgentId, Message  # noqa: E402
 
@@ -29,8 +30,9 @@ class Pong(Message, tag="profile.mesh.Pong"):
     n: int
 
 
-class Echo:
-    async def on_ping(self, msg: Ping, ctx: object) -> Pong:
+class Echo(Agent):
+    @handler
+    async def on_ping(self, msg: Ping, ctx: Context) -> Pong:
         return Pong(msg.n + 1)
 
 
