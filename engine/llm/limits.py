@@ -87,7 +87,6 @@ class Limits:
         self._queue = asyncio.Lock()  # FIFO: waiters are woken in arrival order
         self._sleep = sleep
 
-
     async def _rate(self, tokens: int) -> None:
         if self.requests is None and self.tokens is None:
             return
