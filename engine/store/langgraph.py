@@ -132,7 +132,9 @@ class EngineSaver(BaseCheckpointSaver[str]):
             # to 469-480 checkpoints/s (best of 4 interleaved runs of benches/bench_store.py's
             # graph at a load of 6; PostgresSaver 187-211). Two memory:// stores share
             # nothing, so there one store serves both.
-            self._writes_lane = self._lane if url.kind == "memory" else Lane(store, None, options)
+            self._writes_lane = (
+                Lane(store, None, options) if url.kind == "postgresql" else self._lane
+            )
         else:
             self._lane = self._writes_lane = Lane(None, store, options)
         self._versions: OrderedDict[str, int] = OrderedDict()
