@@ -27,8 +27,9 @@ ratios.
 - The LangGraph graph part runs one graph (a node appending to the ledger, 1,000 steps) with
   each saver at ``durability="sync"``; ``InMemorySaver`` shows what the graph alone allows.
   Every saver is set up (tables created, store opened) before the timing. ``PostgresSaver``
-  also runs on a connection pool, as ``EngineSaver`` uses two connections (its pending
-  writes commit beside the checkpoints); the ratio is taken against the faster of the two.
+  also runs on a connection pool, as ``EngineSaver`` uses two connections on PostgreSQL
+  (its pending writes commit beside the checkpoints); the ratio is taken against the faster
+  of the two. ``ENGINE_BENCH_STORE_ONLY=graph`` runs only this part.
 
 Needs the ``compare`` extra (langgraph, langgraph-checkpoint-sqlite/postgres).
 """
