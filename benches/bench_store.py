@@ -27,8 +27,9 @@ ratios.
 - The LangGraph graph part runs one graph (a node appending to the ledger, 1,000 steps) with
   each saver at ``durability="sync"``; ``InMemorySaver`` shows what the graph alone allows.
   Every saver is set up (tables created, store opened) before the timing. ``PostgresSaver``
-  also runs on a connection pool, as ``EngineSaver`` uses two connections (its pending
-  writes commit beside the checkpoints); the ratio is taken against the faster of the two.
+  also runs on a connection pool, as ``EngineSaver`` uses two connections on PostgreSQL
+  (its pending writes commit beside the checkpoints); the ratio is taken against the faster
+  of the two. ``ENGINE_BENCH_STORE_ONLY=graph`` runs only this part.
 
 Needs the ``compare`` extra (langgraph, langgraph-checkpoint-sqlite/postgres).
 """
@@ -61,6 +62,9 @@ REPS = int(os.environ.get("ENGINE_BENCH_STORE_REPS", "5"))
 PG_FSYNC = os.environ.get("ENGINE_BENCH_PG_FSYNC") == "1"
 _REP = [0]  # suffix of databases created in the current repetition
 GRAPH_STEPS = int(os.environ.get("ENGINE_BENCH_STORE_GRAPH_STEPS", "1000"))
+# ENGINE_BENCH_STORE_ONLY=graph runs only the LangGraph graph part (quick iterations on
+# EngineSaver); the gated test of the checkpoint table then skips.
+ONLY = os.environ.get("ENGINE_BENCH_STORE_ONLY", "")
 _enc = msgspec.msgpack.Encoder()
 
 
@@ -490,9 +494,11 @@ def run_all() -> list[Result]:
             _REP[0] = rep
             tmp = root / f"r{rep}"
             tmp.mkdir()
-            results = sqlite_contenders(tmp)
-            if pg is not None:
-                results += pg_contenders(pg)
+            results = []
+            if ONLY != "graph":
+                results = sqlite_contenders(tmp)
+                if pg is not None:
+                    results += pg_contenders(pg)
             results += graph_contenders(tmp, pg)
             REPETITIONS.append(by_name(results))
             for r in results:
@@ -612,6 +618,8 @@ def results() -> Iterator[list[Result]]:
 # "store"), below issue 15's targets (5x SQLite, 3x PostgreSQL, 1.5x in the graph), which
 # quiet runs reach and loaded ones not always.
 def test_store_checkpoint_table(results: list[Result], bench_report: list[str]) -> None:
+    if ONLY == "graph":
+        pytest.skip("ENGINE_BENCH_STORE_ONLY=graph: the checkpoint table was not run")
     bench_report += [
         "store: checkpoint writes, same run, commit per checkpoint",
         *table(results),
