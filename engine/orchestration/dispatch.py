@@ -289,7 +289,7 @@ class Dispatcher:
                 if free:
                     worker = free.pop()
                     if not self._start(run, pool, worker):
-                        free.append(worker)  # finished at once: the key is free again
+                        self._give(pool, worker)  # finished at once: the key is free again
                 else:
                     pool.backlog.append(run)
             if len(ids) < _POP:
@@ -324,6 +324,10 @@ class Dispatcher:
 
     def _released(self, pool: _Pool, worker: AgentId) -> None:
         self.running -= 1
+        self._give(pool, worker)
+
+    def _give(self, pool: _Pool, worker: AgentId) -> None:
+        """``worker``'s key is free: the next run waiting for one takes it, else it waits."""
         while pool.backlog:
             run = pool.backlog.popleft()
             # not cancelled while it waited for a key; one that finishes at once gives it
