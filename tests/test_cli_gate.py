@@ -85,7 +85,8 @@ def test_timing_mode_pairs_rounds_and_judges_them(repo: Path) -> None:
     """The timing gate's plumbing; its verdicts on real timings are ``slow`` tests below."""
     code, report = bench(repo, *TIMING)
     (result,) = report["results"]  # type: ignore[misc]
-    assert len(result["base"]) == len(result["head"]) == 5  # interleaved rounds
+    rounds = 5 if result["suspected"] is None else 7  # a suspect is judged again: --confirm
+    assert len(result["base"]) == len(result["head"]) == rounds  # interleaved rounds
     assert all(t > 0 for t in result["base"] + result["head"])
     again = gate.judge(gate.BenchResult("work", result["base"], result["head"]), 0.1)
     assert (again.ratio, again.noise, again.verdict) == (
@@ -101,7 +102,8 @@ def test_unchanged_tree_passes(repo: Path) -> None:
     code, report = bench(repo, *TIMING)
     (result,) = report["results"]  # type: ignore[misc]
     assert code == 0 and result["verdict"] == "ok"
-    assert len(result["base"]) == len(result["head"]) == 5  # interleaved rounds
+    rounds = 5 if result["suspected"] is None else 7  # a suspect is judged again: --confirm
+    assert len(result["base"]) == len(result["head"]) == rounds  # interleaved rounds
     assert 0.85 < result["ratio"] < 1.15
 
 

@@ -313,7 +313,12 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     p = _demo(tmp_path, "--jobs", "5000", "--no-live")
     _wait_for_work(tmp_path, p)
     p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=60)
+    try:
+        stdout, stderr = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, stderr = p.communicate()
+        pytest.fail(f"engine demo still ran 60 s after SIGINT; its stderr ends:\n{stderr[-3000:]}")
     assert p.returncode == 130, stderr[-3000:]
     assert "interrupted" in stdout
     r = _summary(tmp_path / "out")

@@ -126,3 +126,23 @@ def test_inside_a_running_task_it_makes_a_task_and_a_failure_is_logged(
         await until(lambda: "a delivery failed" in caplog.text)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_or_exit_in_a_first_step_is_not_swallowed(exc: type[BaseException]) -> None:
+    """A task re-raises KeyboardInterrupt and SystemExit; so does an eager first step (it
+    logged them as a failed delivery and carried on)."""
+
+    async def stops() -> None:
+        raise exc
+
+    def step() -> object:
+        try:
+            return start_eager(asyncio.get_running_loop(), stops())
+        except exc as caught:
+            return caught
+
+    async def main() -> object:
+        return await in_callback(step)
+
+    assert isinstance(asyncio.run(main()), exc)

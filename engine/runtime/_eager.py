@@ -84,6 +84,8 @@ def start_eager(
         yielded = ctx.run(coro.send, None)
     except StopIteration:
         return None
+    except (KeyboardInterrupt, SystemExit):
+        raise  # as a task re-raises them: a Ctrl-C in a handler stops the process
     except BaseException:
         log.exception("a delivery failed")
         return None
