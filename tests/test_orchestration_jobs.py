@@ -472,3 +472,32 @@ async def test_a_job_writes_one_transaction_per_step_and_one_to_end(tmp_path: Pa
         last = await store.get_checkpoint(result.job)
         assert last is not None and last.version == 6
         assert isinstance((await ledger(orch, result.job))[-1], AnswerEntry)
+
+
+@uv
+async def test_workers_that_answer_at_once_cost_no_task_per_subtask() -> None:
+    """A subtask's first step runs in the dispatcher: a worker that does not suspend needs
+    no asyncio task; a pool with fewer keys than a layer still runs every subtask (the
+    freed key serves the backlog), and every key is back when the job ends."""
+    llm = scripted(layered(40, 4))
+    async with orchestrator(llm, EchoWorker, concurrency=2) as orch:
+        loop = asyncio.get_running_loop()
+        made: list[str] = []
+        default = loop.get_task_factory()
+
+        def factory(lp: Any, coro: Any, **kw: Any) -> Any:
+            made.append(getattr(coro, "__qualname__", type(coro).__name__))
+            return default(lp, coro, **kw) if default else asyncio.Task(coro, loop=lp, **kw)
+
+        loop.set_task_factory(factory)
+        try:
+            result = await (await orch.submit("forty at once")).result(timeout=30)
+        finally:
+            loop.set_task_factory(default)
+        assert result.ok and len(result.subtasks) == 40
+        assert all(o.status == "completed" for o in result.subtasks)
+        assert kinds(llm)["act"] == 40
+        # the job's own tasks (its driver, one per progress call), none per subtask
+        assert "attempts" not in made and len(made) == 1 + kinds(llm)["progress"]
+        pool = orch.dispatcher._pools["work"]
+        assert orch.dispatcher.running == 0 and len(pool.free) == len(pool.keys) == 2

@@ -63,7 +63,7 @@ class TokenBucket:
 class Limits:
     """A provider's ``concurrency`` limit and ``rpm``/``tpm`` rate limits (None: none)."""
 
-    __slots__ = ("_gate", "_queue", "_sleep", "concurrency", "requests", "tokens")
+    __slots__ = ("_gate", "_queue", "_sleep", "concurrency", "requests", "tokens", "unlimited")
 
     def __init__(
         self,
@@ -82,12 +82,10 @@ class Limits:
         self._gate = asyncio.Semaphore(concurrency) if concurrency else None
         self.requests = TokenBucket(rpm, 60.0, clock) if rpm is not None else None
         self.tokens = TokenBucket(tpm, 60.0, clock) if tpm is not None else None
+        #: No concurrency, request or token limit: a call never waits here.
+        self.unlimited = self._gate is None and self.requests is None and self.tokens is None
         self._queue = asyncio.Lock()  # FIFO: waiters are woken in arrival order
         self._sleep = sleep
-
-    @property
-    def unlimited(self) -> bool:
-        return self._gate is None and self.requests is None and self.tokens is None
 
     async def _rate(self, tokens: int) -> None:
         if self.requests is None and self.tokens is None:

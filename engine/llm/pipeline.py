@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from time import perf_counter as _clock  # telemetry.now's clock, without its frame
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -319,7 +320,7 @@ class BaseLLM:
 
     async def _call(self, req: ChatRequest, ctx: CallContext) -> ChatResult:
         """One call through the whole pipeline (structured output and tool loops use it)."""
-        t0 = now()
+        t0 = _clock()
         cache = self._use_cache(req, ctx) if self.cache is not None else None
         probe = None
         if cache is not None:
@@ -354,7 +355,7 @@ class BaseLLM:
                 tel.call_failed(provider, model, req.kind)
             raise
         self._settle(req, ctx, held, result)
-        result.latency = now() - t0
+        result.latency = _clock() - t0
         if span is not _NO_SPAN:
             span.finish(result, req.kind)
         tel.ok(result, req.kind, result.latency)

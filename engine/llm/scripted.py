@@ -29,6 +29,7 @@ from engine.llm.base import ChatResult, Message, StreamDelta, ToolCallDelta, Too
 from engine.llm.provider import Provider
 from engine.llm.request import ChatRequest, estimate_tokens, text_of
 from engine.llm.structured import json_schema, prompt_messages
+from engine.llm.telemetry import CallSpan
 
 __all__ = ["Reply", "Rule", "ScriptedCall", "ScriptedProvider"]
 
@@ -205,6 +206,8 @@ class ScriptedProvider(Provider):
         self.default = default
         self._default = Reply(default) if isinstance(default, str) else default
         self.calls: deque[ScriptedCall] = deque(maxlen=max_calls)
+        # a subclass answering in its own _complete (e.g. one that waits) goes through it
+        self._direct = type(self)._complete is ScriptedProvider._complete
 
     def add(self, reply: Answer, **conditions: Any) -> Rule:
         """Append ``Rule(reply, **conditions)`` and return it."""
@@ -259,6 +262,15 @@ class ScriptedProvider(Provider):
     async def _complete(self, req: ChatRequest) -> ChatResult:
         _, reply = self._record(req, False)
         return self._result(req, reply)
+
+    async def _send(self, req: ChatRequest, span: CallSpan) -> ChatResult:
+        if self._direct and self.limits.unlimited:
+            # PERF: the reply at once, without the _complete() coroutine (no timeout to
+            # arm, no limit to wait for, ScriptError is no ProviderError to count): ~0.4 us
+            # of a ~4.7 us call (thread CPU time over 100,000 calls)
+            _, reply = self._record(req, False)
+            return self._result(req, reply)
+        return await super()._send(req, span)
 
     async def _stream_raw(self, req: ChatRequest) -> AsyncIterator[StreamDelta | ChatResult]:
         _, reply = self._record(req, True)

@@ -73,78 +73,81 @@ class Finished:
 
 async def attempts(jr: JobRun, run: Run, worker: AgentId) -> None:
     """Run ``run`` on ``worker`` with retries; queue the outcome on ``jr.finished``."""
-    st = run.subtask
-    if jr.runs.get(st.id) is not run:
-        return  # cancelled (replan, stop) after it was popped
-    if jr.paused:
-        jr._park([run])
-        return
-    s = jr.s
-    job = jr.job
-    attempt = jr.attempts.get(st.id, 0) + 1
-    if attempt == 1:
-        verdict = jr.detector.delegated(st.capability, st.description)
-        if verdict.action != "continue" and jr.verdict is None:
-            jr.verdict = verdict
-    outputs = jr.outputs
-    inputs = {d: outputs[d] for d in st.depends_on if d in outputs}
-    remote = worker.type not in s.local_types
-    started = time.time()
-    agent = run.agent or str(worker)
-    job.emit("subtask.started", st.id, {"agent": agent, "attempt": attempt})
-    if s.audit is not None:
-        s.audit.append(
-            "task.assigned",
-            {"job": job.id, "subtask": st.id, "agent": agent, "attempt": attempt},
-        )
-    runtime = s.runtime
-    timeout = s.retry.timeout
-    while True:
-        jr.attempts[st.id] = attempt
-        hold = None
-        grant = None
-        if remote and jr.budget is not None:
-            grant, hold = _budget.grant_for(jr.budget, len(jr.runs))
-        req = SubtaskRequest(
-            job=job.id,
-            subtask=st.id,
-            description=st.description,
-            capability=st.capability,
-            task=job.task,
-            inputs=inputs,
-            attempt=attempt,
-            tenant=job.tenant,
-            grant=grant,
-        )
-        try:
-            if s.tracer is None:  # PERF: no _send() frame on the untraced path
-                reply = await runtime.send(req, to=worker, timeout=timeout)
-            else:
-                reply = await _send(jr, req, worker)
-        except asyncio.CancelledError:
-            if hold is not None:
-                hold.release()
-            raise
-        except Exception as exc:
-            if hold is not None:
-                hold.release()
+    try:
+        st = run.subtask
+        if jr.runs.get(st.id) is not run:
+            return  # cancelled (replan, stop) after it was popped
+        if jr.paused:
+            jr._park([run])
+            return
+        s = jr.s
+        job = jr.job
+        attempt = jr.attempts.get(st.id, 0) + 1
+        if attempt == 1:
+            verdict = jr.detector.delegated(st.capability, st.description)
+            if verdict.action != "continue" and jr.verdict is None:
+                jr.verdict = verdict
+        outputs = jr.outputs
+        inputs = {d: outputs[d] for d in st.depends_on if d in outputs}
+        remote = worker.type not in s.local_types
+        started = time.time()
+        agent = run.agent or str(worker)
+        job.emit("subtask.started", st.id, {"agent": agent, "attempt": attempt})
+        if s.audit is not None:
+            s.audit.append(
+                "task.assigned",
+                {"job": job.id, "subtask": st.id, "agent": agent, "attempt": attempt},
+            )
+        runtime = s.runtime
+        timeout = s.retry.timeout
+        while True:
+            jr.attempts[st.id] = attempt
+            hold = None
+            grant = None
+            if remote and jr.budget is not None:
+                grant, hold = _budget.grant_for(jr.budget, len(jr.runs))
+            req = SubtaskRequest(
+                job=job.id,
+                subtask=st.id,
+                description=st.description,
+                capability=st.capability,
+                task=job.task,
+                inputs=inputs,
+                attempt=attempt,
+                tenant=job.tenant,
+                grant=grant,
+            )
+            try:
+                if s.tracer is None:  # PERF: no _send() frame on the untraced path
+                    reply = await runtime.send(req, to=worker, timeout=timeout)
+                else:
+                    reply = await _send(jr, req, worker)
+            except asyncio.CancelledError:
+                if hold is not None:
+                    hold.release()
+                raise
+            except Exception as exc:
+                if hold is not None:
+                    hold.release()
+                done = Finished(run, agent, started, attempt)
+                budget = budget_error(exc)
+                done.error = describe(exc)
+                if budget is not None:
+                    done.budget_error = budget
+                elif attempt < s.retry.attempts:
+                    attempt += 1
+                    await asyncio.sleep(s.retry.delay(attempt))
+                    continue
+                jr.finished.append(done)
+                return
             done = Finished(run, agent, started, attempt)
-            budget = budget_error(exc)
-            done.error = describe(exc)
-            if budget is not None:
-                done.budget_error = budget
-            elif attempt < s.retry.attempts:
-                attempt += 1
-                await asyncio.sleep(s.retry.delay(attempt))
-                continue
+            fill(done, reply)
+            if hold is not None:
+                hold.settle(done.tokens, done.cost, done.calls)
             jr.finished.append(done)
             return
-        done = Finished(run, agent, started, attempt)
-        fill(done, reply)
-        if hold is not None:
-            hold.settle(done.tokens, done.cost, done.calls)
-        jr.finished.append(done)
-        return
+    except Exception as exc:  # a bug: settled as failed, never lost (its first step may
+        jr.lost(run, exc)  # run without a task, where nobody would see it raise)
 
 
 async def _send(jr: JobRun, req: SubtaskRequest, worker: AgentId) -> Any:

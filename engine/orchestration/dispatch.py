@@ -27,6 +27,7 @@ import numpy as np
 
 from engine.errors import OrchestrationError
 from engine.messages import AgentId
+from engine.runtime._eager import start_eager
 from engine.scheduling import Scheduler
 
 __all__ = ["Dispatcher", "Owner", "Run"]
@@ -54,9 +55,10 @@ class Owner(Protocol):
         """``run``'s task was created (it may be cancelled before it ever runs)."""
         ...
 
-    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
-        """``run``'s task is done, however it ended (``execute`` raising is a bug: the
-        owner settles the run as failed)."""
+    def ended(self, run: Run, task: asyncio.Task[None] | None) -> None:
+        """``run`` is done, however it ended; ``task`` is None when it finished in its
+        first step, without a task (``execute`` raising is a bug: the owner settles the
+        run as failed)."""
         ...
 
     @property
@@ -283,14 +285,24 @@ class Dispatcher:
             for tid in ids.tolist():
                 run = runs[tid]
                 pool = by_id[run.pool]
-                if pool.free:
-                    self._start(run, pool, pool.free.pop())
+                free = pool.free
+                if free:
+                    worker = free.pop()
+                    if not self._start(run, pool, worker):
+                        self._give(pool, worker)  # finished at once: the key is free again
                 else:
                     pool.backlog.append(run)
             if len(ids) < _POP:
                 return
 
-    def _start(self, run: Run, pool: _Pool, worker: AgentId) -> None:
+    def _start(self, run: Run, pool: _Pool, worker: AgentId) -> bool:
+        """Start ``run`` on ``worker``: True while its task runs (the key stays out), False
+        when it finished in its first step (the key is free again, the owner has heard).
+
+        PERF: the first step runs at once (``start_eager``): a worker that answers without
+        suspending (in process, a model that does not wait) costs no task, no ``call_soon``
+        and no loop iteration; one that suspends continues in a task as before.
+        """
         loop = self._loop
         assert loop is not None
         self.running += 1
@@ -299,15 +311,27 @@ class Dispatcher:
         run.worker = worker
         run.agent = pool.names[worker]
         owner = run.owner
-        task = loop.create_task(owner.execute(run, worker), context=owner.context)
+        # in a copy of the job's context (current_query), which a task continuing it keeps
+        task = owner.context.run(start_eager, loop, owner.execute(run, worker))
+        if task is None:
+            run.d = None
+            self.running -= 1
+            owner.ended(run, None)
+            return False
         owner.started(run, task)
         task.add_done_callback(run)
+        return True
 
     def _released(self, pool: _Pool, worker: AgentId) -> None:
         self.running -= 1
+        self._give(pool, worker)
+
+    def _give(self, pool: _Pool, worker: AgentId) -> None:
+        """``worker``'s key is free: the next run waiting for one takes it, else it waits."""
         while pool.backlog:
             run = pool.backlog.popleft()
-            if run.tid in self._runs:  # not cancelled while it waited for a key
-                self._start(run, pool, worker)
+            # not cancelled while it waited for a key; one that finishes at once gives it
+            # back, so the next one may take it (a loop, not a recursion)
+            if run.tid in self._runs and self._start(run, pool, worker):
                 return
         pool.free.append(worker)

@@ -417,7 +417,10 @@ class JobRun:
     def started(self, run: Run, task: asyncio.Task[None]) -> None:
         self.tasks[run] = task
 
-    def ended(self, run: Run, task: asyncio.Task[None]) -> None:
+    def ended(self, run: Run, task: asyncio.Task[None] | None) -> None:
+        if task is None:  # it finished in its first step (attempts() settles its own bugs)
+            self.wake()
+            return
         self.tasks.pop(run, None)
         if not task.cancelled():
             exc = task.exception()

@@ -69,13 +69,12 @@ class SubtaskRequest(Message, tag="engine.SubtaskRequest"):
 
     def prompt(self) -> str:
         """The subtask as a user message: task, this subtask and the inputs it builds on."""
-        parts = []
+        text = f"Your subtask ({self.subtask}): {self.description}"
         if self.task:
-            parts.append(f"Overall task: {self.task}")
-        parts.append(f"Your subtask ({self.subtask}): {self.description}")
-        for sid, text in self.inputs.items():
-            parts.append(f"Result of {sid}:\n{text}")
-        return "\n\n".join(parts)
+            text = f"Overall task: {self.task}\n\n{text}"
+        for sid, out in self.inputs.items():
+            text = f"{text}\n\nResult of {sid}:\n{out}"
+        return text
 
 
 class SubtaskResult(Message, tag="engine.SubtaskResult"):
