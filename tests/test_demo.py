@@ -194,6 +194,14 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _foreground() -> None:
+    """In the child: Ctrl-C as in a terminal's foreground job. A test run started as a
+    background job (`make test &`, nohup) has SIGINT ignored, children inherit that, and
+    Python then rightly leaves it ignored: the demo ran to the end through the test's
+    SIGINT (exit 0 after 55 s) in a loop of `make test` started so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "demo", "--out", str(tmp_path / "out"), *args],
@@ -202,6 +210,7 @@ def _demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subp
         text=True,
         env=env or _env(tmp_path),
         cwd=str(tmp_path),
+        preexec_fn=_foreground,
     )
 
 
