@@ -216,20 +216,17 @@ def compare_timing(
     errors: list[str] = []
     done = 0
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, contextlib.ExitStack() as st:
-        workers = {}
-        for side in (base, head):
-            w = _Worker(
-                side,
-                paths,
-                Path(tmp) / f"{side.name}.log",
-                select=select,
-                max_time=max_time,
-                min_rounds=min_rounds,
-                marker=marker,
-                package=package,
-            )
-            st.callback(w.close)
-            workers[side.name] = w
+        workers = _pair(
+            st,
+            Path(tmp),
+            (base, head),
+            paths,
+            select=select,
+            max_time=max_time,
+            min_rounds=min_rounds,
+            marker=marker,
+            package=package,
+        )
         started = 0.0
         for i in range(rounds + 1):
             t0 = time.monotonic()
@@ -241,10 +238,7 @@ def compare_timing(
                     if failed and side is head:
                         errors.append("head: benchmarks failed or did not import (see below)")
                     continue
-                for name, stats in raw.items():
-                    values.setdefault(name, {"base": [], "head": []})[side.name].append(
-                        float(stats[stat])
-                    )
+                _record(values, raw, side.name, stat)
             if i == 0:
                 started = time.monotonic()
                 continue
@@ -314,26 +308,39 @@ def _alternate(
     ``rounds`` interleaved rounds; the per-round ``stat`` of each benchmark by side."""
     values: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, contextlib.ExitStack() as st:
-        workers = {}
-        for side in (base, head):
-            w = _Worker(
-                side,
-                nodeids,
-                Path(tmp) / f"{side.name}.log",
-                select=None,
-                max_time=max_time,
-                min_rounds=min_rounds,
-                package=package,
-            )
-            st.callback(w.close)
-            workers[side.name] = w
+        workers = _pair(
+            st,
+            Path(tmp),
+            (base, head),
+            nodeids,
+            select=None,
+            max_time=max_time,
+            min_rounds=min_rounds,
+            package=package,
+        )
         for i in range(rounds + 1):
             for side in (base, head) if i % 2 == 0 else (head, base):
                 raw, _ = workers[side.name].run(Path(tmp) / f"{side.name}-{i}.json")
-                if i == 0:
-                    continue
-                for name, stats in raw.items():
-                    values.setdefault(name, {"base": [], "head": []})[side.name].append(
-                        float(stats[stat])
-                    )
+                if i:  # round 0 warms up
+                    _record(values, raw, side.name, stat)
     return values
+
+
+def _pair(
+    st: contextlib.ExitStack, tmp: Path, sides: tuple[Side, Side], paths: Sequence[Path], **kw: Any
+) -> dict[str, _Worker]:
+    """One benchmark process per side, closed with ``st``; logs in ``tmp``."""
+    workers = {}
+    for side in sides:
+        w = _Worker(side, paths, tmp / f"{side.name}.log", **kw)
+        st.callback(w.close)
+        workers[side.name] = w
+    return workers
+
+
+def _record(
+    values: dict[str, dict[str, list[float]]], raw: dict[str, dict[str, Any]], side: str, stat: str
+) -> None:
+    """Add one round's ``stat`` of each benchmark in ``raw`` to ``side``'s values."""
+    for name, stats in raw.items():
+        values.setdefault(name, {"base": [], "head": []})[side].append(float(stats[stat]))
