@@ -279,6 +279,67 @@ def test_chaos_kills_a_node_and_loses_no_job(tmp_path: Path) -> None:
     _gone(tmp_path, r)
 
 
+def test_a_failed_scrape_does_not_put_back_older_counts(tmp_path: Path) -> None:
+    """The chaos reads its victim's counts just before the kill (they die with it). A
+    read the once-a-second watch started earlier, failing at the kill, must not put its
+    older figures back: the one refused call counted in between would be lost."""
+    import asyncio
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from engine.demo.procs import Child
+    from engine.demo.workload import Demo, Options
+
+    first_in, release_first = threading.Event(), threading.Event()
+    seen: list[int] = []
+    refused = 'engine_llm_calls_total{kind="draft",status="refused"} 1.0\n'
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(len(seen))
+            if len(seen) == 1:  # the watch's read: held, then the process "dies"
+                first_in.set()
+                release_first.wait(30)
+                self.close_connection = True
+                return  # no reply: the read fails
+            body = refused.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child = Child("node-1", "node", proc, tmp_path / "log")
+        child.metrics_url = f"http://127.0.0.1:{server.server_address[1]}"
+        demo = Demo(Options(out=str(tmp_path / "out")), view=None)
+        demo.remote[child.name] = (child, None)
+
+        async def race() -> tuple[bool, bool]:
+            watch = asyncio.ensure_future(demo._scrape(child))
+            assert await asyncio.to_thread(first_in.wait, 30)
+            chaos = asyncio.ensure_future(demo._scrape(child))  # the read before the kill
+            await asyncio.sleep(0)
+            release_first.set()
+            return await watch, await chaos
+
+        watch_ok, chaos_ok = asyncio.run(race())
+    finally:
+        release_first.set()
+        proc.kill()
+        proc.wait()
+        server.shutdown()
+        server.server_close()
+    assert (watch_ok, chaos_ok) == (False, True) and len(seen) == 2
+    from engine.demo.stats import llm_figures
+
+    assert llm_figures(demo.remote["node-1"][1]).refused == 1
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_chaos_loses_no_job_10_times(tmp_path: Path) -> None:

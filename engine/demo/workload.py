@@ -114,6 +114,7 @@ class Demo:
         self.metrics: Any = None
         self.model: Any = None
         self.remote: dict[str, tuple[Child, Any]] = {}  # name -> (child, its last metrics)
+        self._scrape_locks: dict[str, asyncio.Lock] = {}
         self.chaos: dict[str, Any] = {}
         self._chaos: asyncio.Future[None] | None = None
         self.store_counts: dict[str, int] = {}
@@ -333,7 +334,9 @@ class Demo:
     async def _kill_and_restart(self) -> None:
         assert self.procs is not None and self.progress is not None
         victim = self.procs.nodes[0]
-        await self._scrape(victim)  # its counts up to the kill
+        for _ in range(3):  # its counts up to the kill (they die with it)
+            if await self._scrape(victim):
+                break
         at = self.progress.jobs.finished
         self.procs.kill(victim)
         self.chaos = {"killed": victim.name, "pid": victim.pid, "after_jobs": at}
@@ -350,12 +353,22 @@ class Demo:
             self.chaos["new_slots"] = share
         self.progress.event(f"chaos: {name} (pid {child.pid}) took its place, {share} new slots")
 
-    async def _scrape(self, child: Child) -> None:
-        s = self.remote.get(child.name, (child, None))[1]
-        if child.alive and child.metrics_url:
-            with contextlib.suppress(Exception):
+    async def _scrape(self, child: Child) -> bool:
+        """Read ``child``'s metrics; True when this read succeeded.
+
+        One read per child at a time, and a failed read keeps what is stored *now*: a
+        read that started before the chaos's last read of its victim and failed at the
+        kill must not put its older figures back (they would lose the counts between)."""
+        lock = self._scrape_locks.setdefault(child.name, asyncio.Lock())
+        async with lock:
+            if not (child.alive and child.metrics_url):
+                return False
+            try:
                 s = samples(await asyncio.to_thread(scrape, child.metrics_url, 3.0))
-        self.remote[child.name] = (child, s)
+            except Exception:
+                return False
+            self.remote[child.name] = (child, s)
+            return True
 
     async def _scrape_all(self) -> None:
         await asyncio.gather(*(self._scrape(c) for c, _ in list(self.remote.values())))
