@@ -69,6 +69,7 @@ class Report(msgspec.Struct, kw_only=True):
     chaos: dict[str, Any]
     outputs: dict[str, str]
     audit_records: int
+    refusals: int
     profile_samples: int
     endpoints: list[str]
     interrupted: bool = False
@@ -145,6 +146,7 @@ class Report(msgspec.Struct, kw_only=True):
                 "summary": str(out.summary),
             },
             audit_records=demo.audit_records,
+            refusals=demo.refusals,
             endpoints=demo.endpoints(),
             profile_samples=demo.profile_samples,
             interrupted=demo.interrupted,
@@ -245,7 +247,7 @@ def summary_table(r: Report) -> RenderableType:
     )
     t.add_row(
         "budget refusals",
-        f"{llm.refused:,} calls refused (BudgetExceeded) · {r.budget_stops} "
+        f"{r.refusals:,} calls refused (BudgetExceeded) · {r.budget_stops} "
         + ("job stopped by its budget" if r.budget_stops == 1 else "jobs stopped by their budget"),
     )
     if r.chaos:

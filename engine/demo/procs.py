@@ -176,7 +176,11 @@ class Processes:
                 "--metrics-port", "0", "--metrics-host", "127.0.0.1",
                 "--heartbeat", "0.5",
             ],
-            {**env, "ENGINE_DEMO_NODE": name},
+            {
+                **env,
+                "ENGINE_DEMO_NODE": name,
+                "ENGINE_DEMO_AUDIT": str(self.logs / f"{name}.audit.log"),
+            },
         )  # fmt: skip
         text = await self._ready(child, ("serving", "\nmetrics on http"), timeout)
         self._urls(child, text)

@@ -123,6 +123,17 @@ _state: State | None = None
 _lock = threading.Lock()
 
 
+def _audit() -> Any:
+    """The node's audit log (``ENGINE_DEMO_AUDIT``): its refused model calls, written as
+    they happen, so that they outlive the node (a SIGKILL loses its metrics)."""
+    path = os.environ.get("ENGINE_DEMO_AUDIT")
+    if not path:
+        return None
+    from engine.observe.audit import AuditLog
+
+    return AuditLog(path)
+
+
 def install(s: State | None) -> None:
     """Use ``s`` for this process's workers (the demo does, running them in process)."""
     global _state
@@ -139,7 +150,7 @@ def state() -> State:
 
             path = os.environ.get("ENGINE_DEMO_CORPUS")
             corpus = Corpus.load(path) if path else load_corpus()
-            _state = State(corpus, demo_model())
+            _state = State(corpus, demo_model(audit=_audit()))
         return _state
 
 

@@ -119,6 +119,7 @@ class Demo:
         self._chaos: asyncio.Future[None] | None = None
         self.store_counts: dict[str, int] = {}
         self.audit_records = 0
+        self.refusals = 0
         self.profile_samples = 0
         self.interrupted = False
         self.error = ""
@@ -426,6 +427,7 @@ class Demo:
 
         with contextlib.suppress(Exception):
             self.audit_records = verify(self.out.audit).records
+        self.refusals = _refusals([self.out.audit, *sorted(self.out.logs.glob("*.audit.log"))])
         self.out.corpus.unlink(missing_ok=True)
         self.out.summary.write_bytes(msgspec.json.format(msgspec.json.encode(self.report())))
 
@@ -452,6 +454,19 @@ class Demo:
         from engine.demo.display import Report
 
         return Report.of(self)
+
+
+def _refusals(logs: list[Path]) -> int:
+    """``budget.refused`` records in the verified ``logs`` (a log that fails to verify
+    counts none: its records cannot be trusted)."""
+    from engine.observe.audit import BUDGET_REFUSED, records, verify
+
+    n = 0
+    for log in logs:
+        with contextlib.suppress(Exception):
+            verify(log)
+            n += sum(1 for r in records(log) if r["event"] == BUDGET_REFUSED)
+    return n
 
 
 def _name(name: str, labels: frozenset[tuple[str, str]]) -> str:
