@@ -65,19 +65,21 @@ def test_asyncio_timeout_and_suspension_work_in_the_first_step() -> None:
     asyncio.run(main())
 
 
+async def _held(outcome: list[str]) -> None:
+    """Wait until cancelled, and say so."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        outcome.append("cancelled")
+        raise
+
+
 def test_cancelling_the_task_reaches_the_coroutine() -> None:
     outcome: list[str] = []
 
-    async def held() -> None:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            outcome.append("cancelled")
-            raise
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        task = await in_callback(lambda: start_eager(loop, held()))
+        task = await in_callback(lambda: start_eager(loop, _held(outcome)))
         assert isinstance(task, asyncio.Task)
         await asyncio.sleep(0)
         task.cancel()
@@ -94,11 +96,7 @@ def test_a_cancel_asked_for_in_the_first_step_reaches_the_task() -> None:
         me = asyncio.current_task()
         assert me is not None
         me.cancel()  # before the coroutine has a task of its own
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            outcome.append("cancelled")
-            raise
+        await _held(outcome)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

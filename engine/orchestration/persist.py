@@ -206,7 +206,6 @@ class Persist:
         )
 
     async def records(self, job_id: str) -> list[LedgerRecord]:
-
         """Every record of the job, in append order."""
         out: list[LedgerRecord] = []
         after = 0
