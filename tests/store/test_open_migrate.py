@@ -10,7 +10,7 @@ import pytest
 
 import engine.store
 from engine.cli import main as cli
-from engine.store import SchemaVersionError, StoreError, StoreNotFound
+from engine.store import LedgerEntry, SchemaVersionError, StoreError, StoreNotFound
 from engine.store._url import mask, parse_url
 from engine.store.migrations import LATEST, MIGRATIONS, Migration
 from tests.agents_for_tests import uv
@@ -138,3 +138,53 @@ def test_cli_store_migrate_and_version(
     assert f"schema {LATEST} (up to date)" in capsys.readouterr().out
     assert cli(["store", "migrate", "redis://nope"]) == 2
     assert "unsupported store URL scheme" in capsys.readouterr().err
+
+
+@uv
+async def test_a_schema_1_store_migrates_to_2_keeping_its_ledgers(
+    sql_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 rebuilds SQLite's ledger table (no AUTOINCREMENT, no (job_id, seq) index):
+    a store written by schema-1 code opens with every entry, its seq and its idempotence."""
+    first = MIGRATIONS[:1]
+    monkeypatch.setattr("engine.store._sql.MIGRATIONS", first)
+    monkeypatch.setattr("engine.store._sql.LATEST", 1)
+    async with sql_backend.open() as s:
+        assert await s.schema_version() == 1
+        await s.append_ledger("a", [LedgerEntry(id=f"a{i}", data=b"%d" % i) for i in range(3)])
+        await s.append_ledger("b", [LedgerEntry(id="b0", data=b"x", ledger="task")])
+        await s.append_ledger("a", [LedgerEntry(id="a3", data=b"3", ledger="progress")])
+        await s.put_checkpoint("a", 1, b"state")
+        before = await s.read_ledger("a")
+    monkeypatch.undo()
+    with pytest.raises(SchemaVersionError, match="older"):
+        await sql_backend.open(migrate=False)
+    async with sql_backend.open() as s:
+        assert await s.schema_version() == LATEST
+        after = await s.read_ledger("a")
+        assert [(e.id, e.seq, e.data, e.ledger) for e in after] == [
+            (e.id, e.seq, e.data, e.ledger) for e in before
+        ]
+        assert [e.id for e in await s.read_ledger("a", ledger="progress")] == ["a3"]
+        assert [e.id for e in await s.read_ledger("a", after=before[1].seq)] == ["a2", "a3"]
+        again = [LedgerEntry(id="a0", data=b"again"), LedgerEntry(id="a4", data=b"4")]
+        await s.append_ledger("a", again)
+        now = await s.read_ledger("a")
+        assert [e.id for e in now] == ["a0", "a1", "a2", "a3", "a4"]  # a0 kept its first data
+        assert now[0].data == b"0" and now[-1].seq > before[-1].seq
+        assert [e.id for e in await s.read_ledger("b")] == ["b0"]
+        ck = await s.get_checkpoint("a")
+        assert ck is not None and ck.state == b"state"
+    if sql_backend.kind == "sqlite":
+        with sqlite3.connect(sql_backend.url.removeprefix("sqlite:///")) as conn:
+            (table,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'engine_ledger'"
+            ).fetchone()
+            assert "AUTOINCREMENT" not in table.upper()
+            indexes = {r[1] for r in conn.execute("PRAGMA index_list(engine_ledger)")}
+            assert indexes == {"engine_ledger_id"}
+            plan = conn.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM engine_ledger WHERE job_id = 'a' AND seq > 0 "
+                "ORDER BY seq LIMIT 10"
+            ).fetchall()
+            assert "engine_ledger_id" in plan[0][-1]  # a job's rows, not a table scan

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.store.migrations import m0001_initial
+from engine.store.migrations import m0001_initial, m0002_ledger_pages
 
 __all__ = ["LATEST", "MIGRATIONS", "SCHEMA_TABLE", "Migration"]
 
@@ -30,6 +30,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", m0001_initial.SQLITE, m0001_initial.POSTGRES),
+    Migration(2, "ledger_pages", m0002_ledger_pages.SQLITE, m0002_ledger_pages.POSTGRES),
 )
 
 LATEST = MIGRATIONS[-1].version
