@@ -112,7 +112,9 @@ def _statement(
     the insert with its ledger and retention as separate statements) synced 3 times per
     put, and each pipelined statement cost a send of its own.
     """
-    if d.counts_now or (not ledger and keep is None):
+    if d.counts_now:  # the row count tells (see _inserted)
+        return sql, params
+    if not ledger and keep is None:
         return sql + " RETURNING version", params
     text = (
         f"WITH ck AS ({sql} RETURNING version, "
@@ -130,6 +132,16 @@ def _statement(
         text += _retention_cte(keep)
         extra += (ck.job_id,) * (3 if keep == 1 else 4)
     return text + " SELECT version FROM ck", (*params, *extra)
+
+
+def _inserted(d: Dialect, sql: str, params: tuple[Any, ...], one: bool) -> Op:
+    """Whether the insert went in. SQLite reads the row count: PERF, no RETURNING row to
+    fetch, one ``sqlite3_step`` (and one GIL release and re-take in the store's writer
+    thread) less per checkpoint."""
+    if d.counts_now:
+        cur = yield X(sql, params, autocommit=one)
+        return cur.rowcount > 0
+    return bool((yield Q(sql, params, autocommit=one)))
 
 
 def put_checkpoint(
@@ -164,11 +176,11 @@ def put_checkpoint(
         params = (ck.job_id, ck.version, base, delta, *cols, ck.version, prev, ck.job_id, prev,
                   ck.job_id, prev, *name)  # fmt: skip
         sql, params = _statement(d, _INSERT_DELTA + free, params, ck, keep, ledger)
-        went_in = bool((yield Q(sql, params, autocommit=one)))
+        went_in = yield from _inserted(d, sql, params, one)
     if not went_in:
         params = (ck.job_id, ck.version, 0, ck.state, *cols, ck.job_id, ck.version, *name)
         sql, params = _statement(d, _INSERT + free, params, ck, keep, ledger)
-        went_in = whole = bool((yield Q(sql, params, autocommit=one)))
+        went_in = whole = yield from _inserted(d, sql, params, one)
     if not went_in:
         raise StoreConflict(
             f"checkpoint version {ck.version} of job {ck.job_id!r} is not above its latest"
