@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -22,9 +23,10 @@ from engine import Agent, AgentId, Message, Runtime, handler
 from engine.mesh import Broker, MeshClient, Node
 from engine.mesh._metrics import MeshCollector
 from engine.observe import Metrics
-from engine.observe.health import broker_checks, node_checks
+from engine.observe.health import broker_checks, node_checks, postgres_writable
 from engine.observe.instrument import instrument_cache, serve
 from tests._wait import until
+from tests.store.pg_server import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "docs" / "operations"
@@ -93,6 +95,34 @@ def test_runtime_ready_until_a_mailbox_is_full() -> None:
             assert (await aprobe(url + "/healthz"))[0] == 200  # alive all the same
 
     engine.run(main())
+
+
+def test_broker_readiness_checks_a_postgresql_store(pg: PgServer) -> None:
+    """With a PostgreSQL store, ``/readyz`` asks the server for a write transaction on a
+    connection of its own: a database that refuses new connections makes the broker not
+    ready (its pool's open connections would not notice), and ready again once it accepts."""
+    name = f"readyz_{os.getpid()}"
+    b = Broker("tcp://127.0.0.1:0", heartbeat=0.1, store=pg.fresh_database_url(name))
+    b.start()
+    srv = serve(b, 0)
+    try:
+        assert probe(srv.url + "/readyz") == (200, "ready\nloop: ok\nqueue: ok\nstore: ok\n")
+        pg._admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false', "postgres")
+        try:
+            code, body = probe(srv.url + "/readyz")
+        finally:
+            pg._admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true', "postgres")
+        assert code == 503 and "store: store postgresql://" in body and "not writable" in body
+        assert probe(srv.url + "/readyz")[0] == 200
+    finally:
+        srv.close()
+        b.stop()
+
+
+def test_postgres_readiness_reason_masks_the_password() -> None:
+    reason = postgres_writable("postgresql://engine:s3cret@127.0.0.1:1/engine", timeout=1)
+    assert reason is not None and "s3cret" not in reason
+    assert reason.startswith("store postgresql://engine:***@127.0.0.1:1/engine is not writable: ")
 
 
 def test_broker_readiness_checks_loop_queue_and_store(tmp_path: Path) -> None:

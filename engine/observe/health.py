@@ -10,7 +10,7 @@ What each component reports (see docs/operations/README.md):
 - a runtime: ``mailboxes`` (no agent's mailbox at its bound) and, with a mesh transport,
   ``broker`` (heard from within three heartbeats);
 - a broker: ``loop`` (its thread runs), ``queue`` (messages held below ``max_queued``),
-  ``store`` (its SQLite file accepts a write transaction);
+  ``store`` (its SQLite file, or its PostgreSQL server, accepts a write transaction);
 - a node: ``broker`` (heard from within three heartbeats).
 """
 
@@ -26,6 +26,7 @@ __all__ = [
     "broker_checks",
     "node_checks",
     "peer_reachable",
+    "postgres_writable",
     "run_checks",
     "runtime_checks",
     "sqlite_writable",
@@ -75,6 +76,28 @@ def sqlite_writable(path: str) -> str | None:
     return None
 
 
+def postgres_writable(url: str, *, timeout: float = 2.0) -> str | None:
+    """The PostgreSQL server at ``url`` answers within ``timeout`` seconds and accepts a
+    write transaction (begun and rolled back on a connection of its own: nothing changes).
+    The reason names the server with any password masked."""
+    import psycopg
+
+    from engine.store._url import mask, parse_url
+
+    where = mask(url)
+    try:
+        conninfo = parse_url(url).target
+        with psycopg.connect(conninfo, connect_timeout=max(1, round(timeout)),
+                             autocommit=True) as conn:  # fmt: skip
+            conn.execute("BEGIN READ WRITE")
+            conn.execute("SELECT 1")
+            conn.execute("ROLLBACK")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"store {where} is not writable: {first}"
+    return None
+
+
 def runtime_checks(rt: Any) -> dict[str, Check]:
     """Checks of an in-process :class:`engine.Runtime`."""
 
@@ -102,9 +125,12 @@ def broker_checks(broker: Any) -> dict[str, Check]:
         return None if held < bound else f"queue at its bound ({held}/{bound} messages)"
 
     checks: dict[str, Check] = {"loop": loop, "queue": queue}
-    path = broker.store.path  # the SQLite file, None for an in-memory store
+    path = broker.store.path  # the SQLite file, None for an in-memory or PostgreSQL store
+    url = getattr(broker.store, "url", "")
     if path is not None:
         checks["store"] = lambda: sqlite_writable(str(path))
+    elif url.startswith(("postgresql", "postgres")):
+        checks["store"] = lambda: postgres_writable(url)
     return checks
 
 
