@@ -9,7 +9,7 @@ between two ``os.sched_yield`` markers, so callgrind's second dump holds exactly
     grep totals: cg.out.2    # / CALLS = instructions per call
 
 ``BUDGET=none`` (the bench's in-process job without a budget: ``req.budget()`` is None),
-``tokens`` (a job budget of tokens), ``grant`` (a remote worker's grant: tokens, cost and
+``tokens`` (a job budget of tokens), ``grant`` (a remote worker's grant of tokens and
 calls). ``ATTR=1`` runs the calls inside an ``attribution(agent=..., job=...)`` block.
 """
 
@@ -33,7 +33,7 @@ def _budget() -> Budget | None:
     if BUDGET == "tokens":
         return Budget(tokens=10**12, name="job:bench")
     if BUDGET == "grant":
-        return Budget(tokens=10**12, cost=10.0**6, calls=10**9, name="subtask grant")
+        return Budget(tokens=10**12, calls=10**9, name="subtask grant")
     raise SystemExit(f"BUDGET must be none, tokens or grant, got {BUDGET!r}")
 
 
