@@ -35,6 +35,10 @@ _current: contextvars.ContextVar[Attribution] = contextvars.ContextVar(
     "engine_llm_attribution", default=_NONE
 )
 
+#: The ambient attribution: :func:`current_attribution` with no field given, without its
+#: frame (the pipeline's usual case).
+ambient_attribution: Final = _current.get
+
 
 @contextmanager
 def attribution(

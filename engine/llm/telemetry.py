@@ -273,7 +273,7 @@ class Telemetry:
         if tracer is None:
             return False
         # PERF: a proxy with no global provider set records nothing (what _resolve would
-        # find after two ABC isinstance checks): ~2,000 of a ~45,000-instruction scripted
+        # find after two ABC isinstance checks): ~1,000 of a ~45,000-instruction scripted
         # call (callgrind, benches/llm_call_instructions.py).
         if self._proxy and _trace._TRACER_PROVIDER is None:
             return False
