@@ -145,14 +145,20 @@ class Reservation:
             return
         self.done = True
         used_calls = self.calls if calls is None else calls
+        # PERF: acquire/release rather than ``with``: ~1,100 instructions less per budget
+        # (callgrind, benches/llm_call_instructions.py BUDGET=tokens)
         for b in self.budgets:
-            with b._lock:
+            lock = b._lock
+            lock.acquire()
+            try:
                 b.reserved_tokens -= self.tokens
                 b.reserved_cost -= self.cost
                 b.reserved_calls -= self.calls
                 b.used_tokens += tokens
                 b.used_cost += cost
                 b.used_calls += used_calls
+            finally:
+                lock.release()
 
     def release(self) -> None:
         """Give the reservation back (the call failed before using anything)."""
@@ -185,7 +191,12 @@ def reserve(budgets: Sequence[Budget], tokens: int, cost: float, calls: int = 1)
     if tokens < 0 or cost < 0 or calls < 0:
         raise ValueError("a reservation needs tokens, cost and calls >= 0")
     # Lock in a fixed order (by id) so two calls sharing budgets never deadlock.
-    ordered = tuple(sorted(set(budgets), key=id))
+    # PERF: one budget in a tuple (a call's usual case) is its own order: ~1,000
+    # instructions less (callgrind, benches/llm_call_instructions.py BUDGET=tokens)
+    if type(budgets) is tuple and len(budgets) == 1:
+        ordered: tuple[Budget, ...] = budgets
+    else:
+        ordered = tuple(sorted(set(budgets), key=id))
     for b in ordered:
         b._lock.acquire()
     try:

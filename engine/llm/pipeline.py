@@ -261,13 +261,22 @@ class BaseLLM:
     def _reserve(self, req: ChatRequest, ctx: CallContext) -> tuple[ChatRequest, Reservation]:
         """Reserve the estimate on the call's budgets (raises BudgetExceeded, sends nothing)."""
         budgets = ctx.budgets
-        if any(b.tokens is not None or b.cost is not None for b in budgets):
+        # PERF: one loop, not two any() generators: ~2,000 instructions less
+        # (callgrind, benches/llm_call_instructions.py BUDGET=tokens)
+        sized = priced = False  # some budget limits tokens or cost / cost
+        for b in budgets:
+            if b.cost is not None:
+                sized = priced = True
+                break
+            if b.tokens is not None:
+                sized = True
+        if sized:
             if req.max_tokens is None:  # the reservation must bound the reply
                 req = msgspec.structs.replace(req, max_tokens=self.default_max_tokens)
             completion = req.max_tokens or self.default_max_tokens
             prompt = estimate_tokens(req)
             est_cost = 0.0
-            if any(b.cost is not None for b in budgets):
+            if priced:
                 price = self._price_bound(req.kind)
                 if price is None:
                     _, model = self._label(req.kind)
