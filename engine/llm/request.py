@@ -106,6 +106,20 @@ def checked_request(
     specs, objs = (None, None) if tools is None else _tools(tools)
     if not isinstance(kind, str) or not kind or len(kind) > 64:
         raise ValueError(f"kind must be a non-empty str of at most 64 chars, got {kind!r}")
+    if (
+        specs is None
+        and response_format is None
+        and max_tokens is None
+        and temperature is None
+        and seed is None
+        and top_p is None
+        and stop is None
+        and timeout is None
+        and extra is None
+    ):
+        # PERF: nothing else to check or convert, and every other field its default:
+        # ~700 instructions per call (benches/llm_call_instructions.py)
+        return ChatRequest(messages=msgs, kind=kind)
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
