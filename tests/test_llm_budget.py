@@ -150,3 +150,15 @@ def test_thousand_concurrent_calls_race_for_the_last_of_a_budget(
         assert budget.used_tokens <= budget.tokens
     if budget.cost is not None:
         assert budget.used_cost <= budget.cost
+
+
+def test_one_budget_as_a_tuple_a_list_or_twice_is_reserved_once() -> None:
+    b = Budget(tokens=100, calls=5, name="job:1")
+    for budgets in ((b,), [b], (b, b)):
+        r = reserve(budgets, 10, 0.0)
+        assert r.budgets == (b,) and (b.reserved_tokens, b.reserved_calls) == (10, 1)
+        r.settle(4, 0.0)
+    assert (b.used_tokens, b.used_calls, b.reserved_tokens) == (12, 3, 0)
+    with pytest.raises(BudgetExceeded, match="tokens limit 100"):
+        reserve((b,), 89, 0.0)
+    assert b.reserved_tokens == 0

@@ -293,3 +293,55 @@ async def test_a_cancelled_call_is_no_failed_call() -> None:
     labels = {"provider": "scripted", "model": "scripted", "kind": "act", "status": "error"}
     assert metrics.registry.get_sample_value("engine_llm_calls_total", labels) is None
     assert budget.reserved_tokens == 0  # the reservation went back
+
+
+def test_tallied_latencies_land_in_the_buckets_prometheus_would_put_them() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from engine.llm import ScriptedProvider
+    from engine.llm.base import ChatResult, Usage
+    from engine.observe.metrics import TASK_BUCKETS
+
+    metrics = Metrics()
+    tel = ScriptedProvider(default="ok", metrics=metrics).telemetry
+    ref = Histogram("ref", "reference", buckets=TASK_BUCKETS, registry=CollectorRegistry())
+    res = ChatResult(text="ok", usage=Usage(3, 1), model="scripted", provider="scripted")
+    # below, at and just past the first bound (the fast path), then the bisected rest
+    for seconds in (0.0, 2e-5, 0.001, 0.0010001, 0.005, 0.007, 1.0, 299.9, 300.0, 301.0):
+        tel.ok(res, "act", seconds)
+        ref.observe(seconds)
+    ours = {
+        s.labels["le"]: s.value
+        for fam in metrics.registry.collect()
+        if fam.name == "engine_llm_call_duration_seconds"
+        for s in fam.samples
+        if s.name.endswith("_bucket") and s.labels.get("model") == "scripted"
+    }
+    theirs = {
+        s.labels["le"]: s.value
+        for fam in ref.collect()
+        for s in fam.samples
+        if s.name.endswith("_bucket")
+    }
+    assert ours == theirs and ours["0.001"] == 3 and ours["+Inf"] == 10
+
+
+@uv
+async def test_a_proxy_tracer_records_once_a_global_provider_is_set(
+    spans: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    from engine.llm import ScriptedProvider
+
+    tp, exporter = spans
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # no global provider yet
+    llm = ScriptedProvider(default="ok")
+    assert not llm.telemetry.tracing
+    await llm.chat("hi")
+    assert not exporter.get_finished_spans()
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", tp)  # the application sets one
+    assert llm.telemetry.tracing
+    await llm.chat("hi", kind="act")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat scripted"

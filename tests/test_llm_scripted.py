@@ -259,3 +259,64 @@ async def test_usage_ledger_totals_across_alternating_attributions_and_models() 
     assert ledger.total.calls == 6 and ledger.total.prompt_tokens == 2 * 4 + 4 * 2
     assert ledger.of(agent="agent0").calls == 3 and ledger.of(agent="agent1").calls == 3
     assert ledger.by_model()["m-a"].calls == 4 and ledger.by_model()["m-b"].calls == 2
+
+
+@uv
+async def test_answers_at_once_only_where_send_would_answer_the_same() -> None:
+    from engine.llm.request import ChatRequest
+    from engine.llm.telemetry import CallSpan
+
+    class Counting(ScriptedProvider):
+        """Sends its own way: every call must still reach this _send."""
+
+        sent = 0
+
+        async def _send(self, req: ChatRequest, span: CallSpan) -> ChatResult:
+            self.sent += 1
+            return await super()._send(req, span)
+
+    plain = ScriptedProvider(default=Reply("ok", usage=Usage(3, 1)))
+    counting = Counting(default=Reply("ok", usage=Usage(3, 1)))
+    limited = ScriptedProvider(default=Reply("ok", usage=Usage(3, 1)), max_concurrency=1)
+    results = [await llm.chat("hi", kind="act") for llm in (plain, counting, limited)]
+    assert counting.sent == 1
+    assert limited.limits.concurrency == 1 and len(limited.calls) == 1
+    same = {(r.text, r.usage, r.model, r.provider, r.finish_reason, r.cost) for r in results}
+    assert same == {("ok", Usage(3, 1), "scripted", "scripted", "stop", 0.0)}
+
+
+@uv
+async def test_ledger_totals_of_free_priced_and_cached_calls() -> None:
+    from engine.llm import LLMCache
+
+    free = ScriptedProvider(default=Reply("ok", usage=Usage(10, 2)))
+    priced = ScriptedProvider(
+        default=Reply("ok", usage=Usage(10, 2)),
+        prices={"scripted": (1.0, 2.0)},
+        ledger=free.ledger,
+        cache=LLMCache(),
+    )
+    await free.chat("a")
+    paid = await priced.chat("b", temperature=0)  # deterministic: cached afterwards
+    hit = await priced.chat("b", temperature=0)
+    assert paid.cost == pytest.approx(14e-6) and hit.cached == "exact" and hit.cost == 0.0
+    total = free.ledger.total
+    assert (total.calls, total.prompt_tokens, total.completion_tokens, total.cached) == (
+        3,
+        20,
+        4,
+        1,
+    )
+    assert type(total.cost) is float and total.cost == paid.cost
+    assert type(total.cached) is int
+    assert free.ledger.by_model()["scripted"].cost == paid.cost
+
+
+def test_a_request_with_defaults_equals_one_built_field_by_field() -> None:
+    from engine.llm.request import ChatRequest, make_request
+
+    plain = make_request("hi", kind="act")
+    assert plain == ChatRequest(messages=[{"role": "user", "content": "hi"}], kind="act")
+    assert make_request("hi", kind="act", extra={}, tools=[]) == plain  # the general path
+    with pytest.raises(ValueError, match="kind must be"):
+        make_request("hi", kind="")

@@ -145,14 +145,20 @@ class Reservation:
             return
         self.done = True
         used_calls = self.calls if calls is None else calls
+        # PERF: acquire/release rather than ``with``: ~1,100 instructions less per budget
+        # (callgrind, benches/llm_call_instructions.py BUDGET=tokens)
         for b in self.budgets:
-            with b._lock:
+            lock = b._lock
+            lock.acquire()
+            try:
                 b.reserved_tokens -= self.tokens
                 b.reserved_cost -= self.cost
                 b.reserved_calls -= self.calls
                 b.used_tokens += tokens
                 b.used_cost += cost
                 b.used_calls += used_calls
+            finally:
+                lock.release()
 
     def release(self) -> None:
         """Give the reservation back (the call failed before using anything)."""
@@ -184,6 +190,22 @@ def reserve(budgets: Sequence[Budget], tokens: int, cost: float, calls: int = 1)
         return NO_HOLD
     if tokens < 0 or cost < 0 or calls < 0:
         raise ValueError("a reservation needs tokens, cost and calls >= 0")
+    if type(budgets) is tuple and len(budgets) == 1:
+        # PERF: one budget (a call's usual case) needs no order and no loops: ~5,000
+        # instructions less (callgrind, benches/llm_call_instructions.py BUDGET=tokens)
+        b = budgets[0]
+        lock = b._lock
+        lock.acquire()
+        try:
+            refusal = b._refusal(tokens, cost, calls)
+            if refusal is not None:
+                raise refusal
+            b.reserved_tokens += tokens
+            b.reserved_cost += cost
+            b.reserved_calls += calls
+        finally:
+            lock.release()
+        return Reservation(budgets, tokens, cost, calls)
     # Lock in a fixed order (by id) so two calls sharing budgets never deadlock.
     ordered = tuple(sorted(set(budgets), key=id))
     for b in ordered:

@@ -18,13 +18,18 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from engine.errors import BudgetExceeded, PriceUnknown
-from engine.llm.accounting import Attribution, UsageLedger, current_attribution
+from engine.llm.accounting import (
+    Attribution,
+    UsageLedger,
+    ambient_attribution,
+    current_attribution,
+)
 from engine.llm.base import ChatResult, Messages, StreamDelta, ToolsArg, Usage
 from engine.llm.budget import NO_HOLD as _NO_HOLD
 from engine.llm.budget import Budget, Reservation, reserve
 from engine.llm.cache import LLMCache, Probe
 from engine.llm.prices import Price, PriceTable
-from engine.llm.request import ChatRequest, estimate_tokens, make_request
+from engine.llm.request import ChatRequest, checked_request, estimate_tokens
 from engine.llm.telemetry import NOOP_SPAN as _NO_SPAN
 from engine.llm.telemetry import CallSpan, Telemetry, now
 from engine.observe.audit import BUDGET_REFUSED
@@ -114,6 +119,14 @@ class BaseLLM:
     async def _send(self, req: ChatRequest, span: CallSpan) -> ChatResult:
         raise NotImplementedError
 
+    #: True when :meth:`_answer` may give the reply without awaiting :meth:`_send`.
+    _at_once: bool = False
+
+    def _answer(self, req: ChatRequest) -> ChatResult | None:
+        """The reply at once, exactly as ``_send`` would give it, or None to await ``_send``
+        (an LLM that never waits, e.g. the scripted one, sets ``_at_once``)."""
+        return None
+
     def _open_stream(
         self, req: ChatRequest, span: CallSpan
     ) -> AsyncIterator[StreamDelta | ChatResult]:
@@ -142,20 +155,19 @@ class BaseLLM:
         extra: Mapping[str, Any] | None = None,
     ) -> ChatResult:
         """One chat completion; see :class:`~engine.llm.LLM` for the arguments."""
-        req = make_request(
-            messages,
-            tools=tools,
-            response_format=response_format,
-            kind=kind,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            top_p=top_p,
-            stop=stop,
-            timeout=timeout,
-            extra=extra,
+        req = checked_request(
+            messages, tools, response_format, kind, max_tokens, temperature, seed, top_p, stop,
+            timeout, extra,
+        )  # fmt: skip
+        # PERF: no budget and no attribution given (a worker's usual call) skip the two
+        # helpers' frames: ~500 instructions per call (benches/llm_call_instructions.py)
+        ctx = CallContext(
+            () if budget is None else _budgets(budget),
+            cache,
+            ambient_attribution()
+            if agent is None and job is None and tenant is None
+            else current_attribution(agent, job, tenant),
         )
-        ctx = CallContext(_budgets(budget), cache, current_attribution(agent, job, tenant))
         if req.response_format is not None:
             from engine.llm.structured import chat_structured
 
@@ -184,18 +196,10 @@ class BaseLLM:
         """Stream the reply: ``async for delta in llm.stream(...)``; see :class:`ChatStream`."""
         from engine.llm.stream import ChatStream
 
-        req = make_request(
-            messages,
-            tools=tools,
-            kind=kind,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            top_p=top_p,
-            stop=stop,
-            timeout=timeout,
-            extra=extra,
-        )
+        req = checked_request(
+            messages, tools, None, kind, max_tokens, temperature, seed, top_p, stop, timeout,
+            extra,
+        )  # fmt: skip
         ctx = CallContext(_budgets(budget), cache, current_attribution(agent, job, tenant))
         return ChatStream(self, req, ctx)
 
@@ -265,13 +269,22 @@ class BaseLLM:
     def _reserve(self, req: ChatRequest, ctx: CallContext) -> tuple[ChatRequest, Reservation]:
         """Reserve the estimate on the call's budgets (raises BudgetExceeded, sends nothing)."""
         budgets = ctx.budgets
-        if any(b.tokens is not None or b.cost is not None for b in budgets):
+        # PERF: one loop, not two any() generators: ~2,000 instructions less
+        # (callgrind, benches/llm_call_instructions.py BUDGET=tokens)
+        sized = priced = False  # some budget limits tokens or cost / cost
+        for b in budgets:
+            if b.cost is not None:
+                sized = priced = True
+                break
+            if b.tokens is not None:
+                sized = True
+        if sized:
             if req.max_tokens is None:  # the reservation must bound the reply
                 req = msgspec.structs.replace(req, max_tokens=self.default_max_tokens)
             completion = req.max_tokens or self.default_max_tokens
             prompt = estimate_tokens(req)
             est_cost = 0.0
-            if any(b.cost is not None for b in budgets):
+            if priced:
                 price = self._price_bound(req.kind)
                 if price is None:
                     _, model = self._label(req.kind)
@@ -346,7 +359,11 @@ class BaseLLM:
                 temperature=req.temperature,
             )
         try:
-            result = await self._send(req, span)
+            # PERF: no coroutine to create and drive for a reply given at once: ~700
+            # instructions per scripted call (benches/llm_call_instructions.py)
+            result = self._answer(req) if self._at_once else None
+            if result is None:
+                result = await self._send(req, span)
         except BaseException as exc:
             held.release()
             span.fail(exc)
@@ -354,7 +371,12 @@ class BaseLLM:
                 provider, model = self._label(req.kind)
                 tel.call_failed(provider, model, req.kind)
             raise
-        self._settle(req, ctx, held, result)
+        # PERF: _settle inline: ~600 instructions per call (benches/llm_call_instructions.py)
+        usage = result.usage
+        result.cost = cost = self.prices.cost(result.model, usage)
+        if held is not _NO_HOLD:
+            held.settle(usage.prompt_tokens + usage.completion_tokens, cost)
+        self.ledger.record(ctx.who, result.model, usage, cost)
         result.latency = _clock() - t0
         if span is not _NO_SPAN:
             span.finish(result, req.kind)
