@@ -509,14 +509,16 @@ class JobRun:
         s = self.s
         job = self.job
         audit = s.audit
-        emit = job.emit
-        for sid, o, _ in events:
-            emit(
-                "subtask.finished",
-                sid,
-                {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error},
-            )
-            if audit is not None:
+        job.emit_each(
+            time.time(),
+            "subtask.finished",
+            [
+                (sid, {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error})
+                for sid, o, _ in events
+            ],
+        )
+        if audit is not None:
+            for sid, o, _ in events:
                 audit.append(
                     "task.completed",
                     {"job": job.id, "subtask": sid, "status": o.status, "agent": o.agent},
@@ -525,7 +527,7 @@ class JobRun:
             for _sid, o, seconds in events:
                 status = "ok" if o.status == "completed" else "error"
                 s.metrics.task_finished(status, max(0.0, seconds))
-        emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
+        job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
         if self.uncovered and self.progress_task is None and not self.replanning:
             self._start_progress()
 
