@@ -12,7 +12,7 @@ them all) and :func:`layers` orders a valid plan for the scheduler.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -180,9 +180,37 @@ def _levels(subtasks: list[Subtask], done: Collection[str] = ()) -> list[list[in
     # 20 in-process timings of the benchmark's plan. A plan about to run is ordered once
     # (checked_levels), not once to validate it and again to schedule it.
     index = {st.id: i for i, st in enumerate(subtasks)}
+    get = index.get
+    # PERF: a plan listing each subtask after its dependencies (what the plan prompt asks
+    # for) is levelled in one pass: Kahn's levels are the longest-path depths (one more
+    # than the deepest dependency's), plan order within each. 122 -> 90 bytecodes per
+    # subtask of the benchmark's plan (sys.settrace opcode counts).
+    depth: list[int] = []
+    out: list[list[int]] = []
+    for i, st in enumerate(subtasks):
+        d = 0
+        for dep in st.depends_on:
+            j = get(dep)
+            if j is None or j == i or dep in done:
+                continue
+            if j > i:
+                return _kahn(subtasks, done, get)  # a dependency listed later
+            if depth[j] >= d:
+                d = depth[j] + 1
+        depth.append(d)
+        if d == len(out):
+            out.append([i])
+        else:
+            out[d].append(i)
+    return out
+
+
+def _kahn(
+    subtasks: list[Subtask], done: Collection[str], get: Callable[[str], int | None]
+) -> list[list[int]]:
+    """:func:`_levels` of any plan (``get``: subtask id -> plan index)."""
     waiting = [0] * len(subtasks)
     children: list[list[int]] = [[] for _ in subtasks]
-    get = index.get
     for i, st in enumerate(subtasks):
         for dep in st.depends_on:
             j = get(dep)
