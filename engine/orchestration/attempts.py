@@ -173,10 +173,13 @@ def fill(done: Finished, reply: Any) -> None:
     """Take a worker's reply (hostile until checked) into ``done``."""
     if isinstance(reply, SubtaskResult):
         output = reply.output
-        done.tokens = reply.tokens if reply.tokens > 0 else 0
-        cost = reply.cost
-        done.cost = cost if isinstance(cost, float) and math.isfinite(cost) and cost > 0 else 0.0
-        done.calls = reply.calls if reply.calls > 0 else 0
+        tokens, cost, calls = reply.tokens, reply.cost, reply.calls
+        if tokens > 0:  # else the default 0
+            done.tokens = tokens
+        if isinstance(cost, float) and cost > 0 and math.isfinite(cost):  # else 0.0
+            done.cost = cost
+        if calls > 0:
+            done.calls = calls
         if reply.transcript:
             done.transcript = [t[:MAX_OUTPUT] for t in reply.transcript[:200]]
     elif isinstance(reply, str):

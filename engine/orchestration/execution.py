@@ -355,8 +355,7 @@ class JobRun:
                     tids.append(i)
                 run.deps = tuple(tids)
             batch.append(run)
-        for run in batch:
-            self.runs[run.subtask.id] = run
+            live[st.id] = run  # a later subtask finds it in ``index`` first
         d.push(batch, self.job.tenant, self.job.priority)
         tm = self.s.task_metrics
         if tm is not None:
@@ -544,9 +543,11 @@ class JobRun:
         recorded = self.restored.answer
         if recorded is not None and recorded.gen == self.gen:
             return recorded.answer
-        results = {sid: self.outputs[sid] for sid in self.subtasks if sid in self.outputs}
-        for sid in self.outputs:
-            results.setdefault(sid, self.outputs[sid])
+        outputs = self.outputs
+        results = {sid: outputs[sid] for sid in self.subtasks if sid in outputs}
+        if len(results) < len(outputs):  # then those of earlier generations
+            for sid in outputs:
+                results.setdefault(sid, outputs[sid])
         ans = await calls.summarize(self, results)
         self.note([ans.record("summarize", AnswerEntry(self.gen, ans.text), ans.text)])
         return ans.text  # recorded by _finish, in the job's last step
