@@ -32,7 +32,8 @@ five swings with the neighbours, CPU time much less.
 
 Where LangGraph's threads run matters more than load: with its event loop and the threads it
 hands work to (aiosqlite's connection, the executor running sync nodes) on one core, it is
-up to twice as fast (wall clock and CPU time) as on an idle 2-core machine. ``ORCH_BENCH_CPUS=0`` pins the whole run to core 0, LangGraph's best case;
+up to twice as fast (wall clock and CPU time) as on an idle 2-core machine.
+``ORCH_BENCH_CPUS=0`` pins the whole run to core 0, LangGraph's best case;
 docs/performance.md has both.
 """
 
