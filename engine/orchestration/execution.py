@@ -439,7 +439,8 @@ class JobRun:
         d = self.s.dispatcher
         ok: list[Run] = []
         records: list[LedgerRecord] = []
-        events: list[tuple[str, SubtaskOutcome, float]] = []
+        events: list[SubtaskOutcome] = []  # outcome.id is the subtask's id
+        seconds: list[float] | None = [] if self.s.metrics is not None else None
         gen = self.gen
         runs, outputs, outcomes = self.runs, self.outputs, self.outcomes
         attempts, uncovered = self.attempts, self.uncovered
@@ -468,7 +469,9 @@ class JobRun:
             )
             records.append(step_record(run, done, status))
             outcomes[sid] = outcome
-            events.append((sid, outcome, done.finished - done.started))
+            events.append(outcome)
+            if seconds is not None:
+                seconds.append(done.finished - done.started)
             tokens += done.tokens
             cost += done.cost
             uncovered.append(f"{run.gen}:{sid}")
@@ -502,9 +505,9 @@ class JobRun:
         # never be durable before the records it built on.
         d.complete(ok)
         await self.record(records)
-        self._after_step(events)  # "subtask.finished" means recorded
+        self._after_step(events, seconds)  # "subtask.finished" means recorded
 
-    def _after_step(self, events: list[tuple[str, SubtaskOutcome, float]]) -> None:
+    def _after_step(self, events: list[SubtaskOutcome], seconds: list[float] | None) -> None:
         s = self.s
         job = self.job
         audit = s.audit
@@ -512,20 +515,20 @@ class JobRun:
             time.time(),
             "subtask.finished",
             [
-                (sid, {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error})
-                for sid, o, _ in events
+                (o.id, {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error})
+                for o in events
             ],
         )
         if audit is not None:
-            for sid, o, _ in events:
+            for o in events:
                 audit.append(
                     "task.completed",
-                    {"job": job.id, "subtask": sid, "status": o.status, "agent": o.agent},
+                    {"job": job.id, "subtask": o.id, "status": o.status, "agent": o.agent},
                 )
-        if s.metrics is not None:
-            for _sid, o, seconds in events:
+        if s.metrics is not None and seconds is not None:
+            for o, took in zip(events, seconds, strict=True):
                 status = "ok" if o.status == "completed" else "error"
-                s.metrics.task_finished(status, max(0.0, seconds))
+                s.metrics.task_finished(status, max(0.0, took))
         job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
         if self.uncovered and self.progress_task is None and not self.replanning:
             self._start_progress()
