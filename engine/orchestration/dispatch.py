@@ -313,17 +313,16 @@ class Dispatcher:
         assert loop is not None
         self.running += 1
         self.dispatched += 1
-        run.d = self
         run.worker = worker
         run.agent = pool.names[worker]
         owner = run.owner
         # in a copy of the job's context (current_query), which a task continuing it keeps
         task = owner.context.run(start_eager, loop, owner.execute(run, worker))
         if task is None:
-            run.d = None
             self.running -= 1
             owner.ended(run, None)
             return False
+        run.d = self  # its done callback gives the key back
         owner.started(run, task)
         task.add_done_callback(run)
         return True
