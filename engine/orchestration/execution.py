@@ -126,19 +126,19 @@ class JobRun:
     async def record(
         self, records: Sequence[LedgerRecord] = (), end: JobResult | None = None
     ) -> None:
-        """Append ``records`` (and the noted ones) and write the next checkpoint: one step;
-        with ``end``, the job's last one, committed with its result and lease release.
+        """Append ``records`` (subtask steps) and the noted ones, and write the next
+        checkpoint: one step; with ``end``, the job's last one, committed with its result
+        and lease release.
 
         Only the driver calls this, one step at a time, so the store sees the job's
         writes in order.
         """
-        batch = [*self.noted, *records]
-        self.noted = []
+        noted, self.noted = self.noted, []
         self.step += 1
         if end is None:
-            await self.s.persist.step(self.job.id, batch, self._checkpoint())
+            await self.s.persist.step(self.job.id, noted, self._checkpoint(), records)
         else:
-            await self.s.persist.end(self.job.id, batch, self._checkpoint(), end)
+            await self.s.persist.end(self.job.id, [*noted, *records], self._checkpoint(), end)
 
     def note(self, records: Sequence[LedgerRecord]) -> None:
         """Queue records for the driver's next step (progress calls finish off the driver)."""
