@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -295,10 +296,13 @@ class JobRun:
 
     def _pending(self) -> list[Subtask]:
         """Subtasks of the plan neither settled nor live in the scheduler."""
+        runs, failures, outputs = self.runs, self.failures, self.outputs
+        if not (runs or failures or outputs):  # PERF: a first plan, no test per subtask
+            return list(self.subtasks.values())
         return [
             st
             for sid, st in self.subtasks.items()
-            if sid not in self.runs and sid not in self.failures and sid not in self.outputs
+            if sid not in runs and sid not in failures and sid not in outputs
         ]
 
     def _push_pending(self) -> None:
@@ -316,7 +320,7 @@ class JobRun:
         known, self.plan_levels = self.plan_levels, None
         if known is not None and known[0] is self.plan and len(pending) == len(self.subtasks):
             subs = known[0].subtasks  # a new plan, nothing of it settled: as validated
-            order = [subs[i] for level in known[1] for i in level]
+            order = list(map(subs.__getitem__, itertools.chain.from_iterable(known[1])))
         else:
             ids = {st.id for st in pending}
             met = set(self.subtasks) - ids
@@ -561,17 +565,8 @@ class JobRun:
         job = self.job
         if status is not JobStatus.COMPLETED and self.restored.end is None:
             now = time.time()
-            rec = LedgerRecord(
-                "orchestrator",
-                "end",
-                "",
-                digest(reason),
-                now,
-                now,
-                0,
-                0.0,
-                EndEntry(status.value, reason, error),
-            )
+            body = EndEntry(status.value, reason, error)
+            rec = LedgerRecord("orchestrator", "end", "", digest(reason), now, now, 0, 0.0, body)
             self.note([rec])
         job.status = status
         result = JobResult(
