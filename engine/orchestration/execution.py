@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
     BudgetExceeded,
@@ -443,7 +443,7 @@ class JobRun:
         d = self.s.dispatcher
         ok: list[Run] = []
         records: list[LedgerRecord] = []
-        events: list[SubtaskOutcome] = []  # outcome.id is the subtask's id
+        events: list[tuple[str, dict[str, Any]]] = []  # their "subtask.finished" events
         seconds: list[float] | None = [] if self.s.metrics is not None else None
         gen = self.gen
         runs, outputs, outcomes = self.runs, self.outputs, self.outcomes
@@ -460,23 +460,16 @@ class JobRun:
                 self.error = done.budget_error
             error = done.error
             status = "failed" if error else "completed"
+            agent, t = done.agent, done.tokens
             outcome = SubtaskOutcome(
-                sid,
-                st.capability,
-                status,
-                done.output,
-                error,
-                done.agent,
-                done.attempts,
-                done.tokens,
-                done.cost,
+                sid, st.capability, status, done.output, error, agent, done.attempts, t, done.cost
             )
             records.append(step_record(run, done, status))
             outcomes[sid] = outcome
-            events.append(outcome)
+            events.append((sid, {"status": status, "agent": agent, "tokens": t, "error": error}))
             if seconds is not None:
                 seconds.append(done.finished - done.started)
-            tokens += done.tokens
+            tokens += t
             cost += done.cost
             uncovered.append(f"{run.gen}:{sid}")
             if not error:
@@ -511,27 +504,22 @@ class JobRun:
         await self.record(records)
         self._after_step(events, seconds)  # "subtask.finished" means recorded
 
-    def _after_step(self, events: list[SubtaskOutcome], seconds: list[float] | None) -> None:
+    def _after_step(
+        self, events: list[tuple[str, dict[str, Any]]], seconds: list[float] | None
+    ) -> None:
         s = self.s
         job = self.job
         audit = s.audit
-        job.emit_each(
-            time.time(),
-            "subtask.finished",
-            [
-                (o.id, {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error})
-                for o in events
-            ],
-        )
-        if audit is not None:
-            for o in events:
+        job.emit_each(time.time(), "subtask.finished", events)
+        if audit is not None:  # (read before any subscriber runs)
+            for sid, e in events:
                 audit.append(
                     "task.completed",
-                    {"job": job.id, "subtask": o.id, "status": o.status, "agent": o.agent},
+                    {"job": job.id, "subtask": sid, "status": e["status"], "agent": e["agent"]},
                 )
         if s.metrics is not None and seconds is not None:
-            for o, took in zip(events, seconds, strict=True):
-                status = "ok" if o.status == "completed" else "error"
+            for (_, e), took in zip(events, seconds, strict=True):
+                status = "ok" if e["status"] == "completed" else "error"
                 s.metrics.task_finished(status, max(0.0, took))
         job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
         if self.uncovered and self.progress_task is None and not self.replanning:
