@@ -41,11 +41,12 @@ __all__ = [
 _NONE: list[str] = []  # no transcript
 
 
-class Finished(msgspec.Struct):
+class Finished(msgspec.Struct, eq=False):
     """A finished attempt waiting to be settled (``finished``: when it was made).
 
     PERF: a Struct, built in C with its defaults, rather than a class whose ``__init__``
-    is a Python frame of twelve stores per subtask.
+    is a Python frame of twelve stores per subtask (``eq=False``: compared by identity,
+    as before).
     """
 
     run: Run
