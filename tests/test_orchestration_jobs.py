@@ -99,6 +99,23 @@ async def test_a_chain_runs_in_order_and_is_recorded_in_both_ledgers() -> None:
 
 
 @uv
+async def test_a_late_subscriber_is_replayed_the_events_a_live_one_saw() -> None:
+    llm = scripted(chain(3))
+    async with orchestrator(llm, EchoWorker) as orch:
+        watched = await orch.submit("count to three")
+        live = [e async for e in watched.events()]
+        unwatched = await orch.submit("count to three")
+        await unwatched.result()  # nobody listened while it ran: its history holds them
+        late = [e async for e in unwatched.events()]
+    assert [(e.kind, e.subtask) for e in late] == [(e.kind, e.subtask) for e in live]
+    for evs in (live, late):
+        done = [e for e in evs if e.kind == "subtask.finished"]
+        assert [e.subtask for e in done] == ["s0", "s1", "s2"]
+        assert all(e.data["status"] == "completed" and e.data["error"] == "" for e in done)
+        assert all(e.data["tokens"] > 0 and e.data["agent"] for e in done)
+
+
+@uv
 async def test_progress_calls_are_batched_at_high_fan_out() -> None:
     llm = scripted(layered(400, 2))
     async with orchestrator(llm, EchoWorker, concurrency=200) as orch:

@@ -122,6 +122,20 @@ def test_checked_levels_are_the_layers_the_plan_is_scheduled_by(plan: Plan) -> N
 
 
 @given(dags(), st.data())
+def test_levels_of_a_plan_in_dependency_order_are_kahns_levels(
+    plan: Plan, data: st.DataObject
+) -> None:
+    from engine.orchestration.plans import _kahn, _levels
+
+    ordered = [sub for layer in layers(plan) for sub in layer]  # each after its dependencies
+    ids = [sub.id for sub in ordered]
+    done = set(data.draw(st.lists(st.sampled_from(ids), max_size=3))) if ids else set()
+    for subs in (ordered, plan.subtasks, [*ordered, s("self", "self", ids[0] if ids else "x")]):
+        index = {sub.id: i for i, sub in enumerate(subs)}
+        assert _levels(subs, done) == _kahn(subs, done, index.get)
+
+
+@given(dags(), st.data())
 def test_a_back_edge_is_always_found_as_a_cycle(plan: Plan, data: st.DataObject) -> None:
     chained = [sub for sub in plan.subtasks if sub.depends_on]
     if not chained:

@@ -308,7 +308,7 @@ async def test_a_steps_subtask_records_are_one_store_entry_read_back_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from engine.orchestration import persist as persist_mod
-    from engine.orchestration.ledgers import LedgerRecord, ProgressEntry
+    from engine.orchestration.ledgers import LedgerRecord, ProgressEntry, encode_entry
     from engine.orchestration.persist import Persist
     from engine.orchestration.state import JobCheckpoint
 
@@ -329,6 +329,16 @@ async def test_a_steps_subtask_records_are_one_store_entry_read_back_in_order(
         step1 = [note, *(rec(i) for i in range(40))]
         await p.step("j", step1, ck(1))
         assert [e.id for e in await store.read_ledger("j")] == ["progress:0", "steps:1"]
+        # the list encoded at once holds the same bytes as each record encoded alone
+        for n in (1, 15, 16, 40):
+            records = [rec(i) for i in range(n)]
+            (entry,) = persist_mod._step_entries(7, records)
+            assert entry.id == "steps:7"
+            assert entry.data == persist_mod._list([encode_entry(r) for r in records])
+            # subtask records passed apart from the others: the same entries
+            apart = persist_mod._entries(7, [note, records[0]], records[1:])
+            assert apart == persist_mod._entries(7, [note, *records])
+            assert [e.id for e in apart] == ["progress:0", "steps:7"]
         monkeypatch.setattr(persist_mod, "STEP_ENTRY_BYTES", 1_000)  # split a big step
         step2 = [rec(i) for i in range(40, 50)]
         await p.step("j", step2, ck(2))

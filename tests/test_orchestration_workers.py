@@ -148,3 +148,7 @@ async def test_a_job_feeds_task_metrics_and_audit_records(tmp_path: Path) -> Non
     assert "engine_task_duration_seconds_count 3.0" in text
     events = [r["event"] for r in records(tmp_path / "audit.log")]
     assert events.count("task.assigned") == 3 and events.count("task.completed") == 3
+    done = [r["data"] for r in records(tmp_path / "audit.log") if r["event"] == "task.completed"]
+    assert sorted(d["subtask"] for d in done) == ["s0", "s1", "s2"]
+    assert {d["status"] for d in done} == {"completed"}
+    assert all(d["agent"].startswith(f"{EchoWorker.type_name}/") for d in done), done

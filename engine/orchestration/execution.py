@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
@@ -30,7 +31,6 @@ from engine.errors import (
     QueryCancelled,
     StallError,
 )
-from engine.messages import AgentId
 from engine.orchestration import _budget, calls
 from engine.orchestration.attempts import Finished, attempts, dropped_record, step_record
 from engine.orchestration.dispatch import Run
@@ -127,19 +127,19 @@ class JobRun:
     async def record(
         self, records: Sequence[LedgerRecord] = (), end: JobResult | None = None
     ) -> None:
-        """Append ``records`` (and the noted ones) and write the next checkpoint: one step;
-        with ``end``, the job's last one, committed with its result and lease release.
+        """Append ``records`` (subtask steps) and the noted ones, and write the next
+        checkpoint: one step; with ``end``, the job's last one, committed with its result
+        and lease release.
 
         Only the driver calls this, one step at a time, so the store sees the job's
         writes in order.
         """
-        batch = [*self.noted, *records]
-        self.noted = []
+        noted, self.noted = self.noted, []
         self.step += 1
         if end is None:
-            await self.s.persist.step(self.job.id, batch, self._checkpoint())
+            await self.s.persist.step(self.job.id, noted, self._checkpoint(), records)
         else:
-            await self.s.persist.end(self.job.id, batch, self._checkpoint(), end)
+            await self.s.persist.end(self.job.id, [*noted, *records], self._checkpoint(), end)
 
     def note(self, records: Sequence[LedgerRecord]) -> None:
         """Queue records for the driver's next step (progress calls finish off the driver)."""
@@ -296,10 +296,13 @@ class JobRun:
 
     def _pending(self) -> list[Subtask]:
         """Subtasks of the plan neither settled nor live in the scheduler."""
+        runs, failures, outputs = self.runs, self.failures, self.outputs
+        if not (runs or failures or outputs):  # PERF: a first plan, no test per subtask
+            return list(self.subtasks.values())
         return [
             st
             for sid, st in self.subtasks.items()
-            if sid not in self.runs and sid not in self.failures and sid not in self.outputs
+            if sid not in runs and sid not in failures and sid not in outputs
         ]
 
     def _push_pending(self) -> None:
@@ -317,7 +320,7 @@ class JobRun:
         known, self.plan_levels = self.plan_levels, None
         if known is not None and known[0] is self.plan and len(pending) == len(self.subtasks):
             subs = known[0].subtasks  # a new plan, nothing of it settled: as validated
-            order = [subs[i] for level in known[1] for i in level]
+            order = list(map(subs.__getitem__, itertools.chain.from_iterable(known[1])))
         else:
             ids = {st.id for st in pending}
             met = set(self.subtasks) - ids
@@ -356,8 +359,7 @@ class JobRun:
                     tids.append(i)
                 run.deps = tuple(tids)
             batch.append(run)
-        for run in batch:
-            self.runs[run.subtask.id] = run
+            live[st.id] = run  # a later subtask finds it in ``index`` first
         d.push(batch, self.job.tenant, self.job.priority)
         tm = self.s.task_metrics
         if tm is not None:
@@ -411,15 +413,16 @@ class JobRun:
         self.wake()
 
     # -- running one subtask (the dispatcher calls this in a task) ---------------------
-    def execute(self, run: Run, worker: AgentId) -> Coroutine[Any, Any, None]:
-        return attempts(self, run, worker)  # no coroutine frame of its own
+    #: Run one subtask: ``self.execute(run, worker)`` is ``attempts(self, run, worker)``
+    #: (PERF: the function itself as the method, no frame of its own per subtask)
+    execute = attempts
 
     def started(self, run: Run, task: asyncio.Task[None]) -> None:
         self.tasks[run] = task
 
     def ended(self, run: Run, task: asyncio.Task[None] | None) -> None:
         if task is None:  # it finished in its first step (attempts() settles its own bugs)
-            self.wake()
+            self._wake.set()  # self.wake(), one frame less per subtask
             return
         self.tasks.pop(run, None)
         if not task.cancelled():
@@ -440,7 +443,8 @@ class JobRun:
         d = self.s.dispatcher
         ok: list[Run] = []
         records: list[LedgerRecord] = []
-        events: list[tuple[str, SubtaskOutcome, float]] = []
+        events: list[tuple[str, dict[str, Any]]] = []  # their "subtask.finished" events
+        seconds: list[float] | None = [] if self.s.metrics is not None else None
         gen = self.gen
         runs, outputs, outcomes = self.runs, self.outputs, self.outcomes
         attempts, uncovered = self.attempts, self.uncovered
@@ -456,21 +460,16 @@ class JobRun:
                 self.error = done.budget_error
             error = done.error
             status = "failed" if error else "completed"
+            agent, t = done.agent, done.tokens
             outcome = SubtaskOutcome(
-                sid,
-                st.capability,
-                status,
-                done.output,
-                error,
-                done.agent,
-                done.attempts,
-                done.tokens,
-                done.cost,
+                sid, st.capability, status, done.output, error, agent, done.attempts, t, done.cost
             )
             records.append(step_record(run, done, status))
             outcomes[sid] = outcome
-            events.append((sid, outcome, done.finished - done.started))
-            tokens += done.tokens
+            events.append((sid, {"status": status, "agent": agent, "tokens": t, "error": error}))
+            if seconds is not None:
+                seconds.append(done.finished - done.started)
+            tokens += t
             cost += done.cost
             uncovered.append(f"{run.gen}:{sid}")
             if not error:
@@ -503,29 +502,26 @@ class JobRun:
         # never be durable before the records it built on.
         d.complete(ok)
         await self.record(records)
-        self._after_step(events)  # "subtask.finished" means recorded
+        self._after_step(events, seconds)  # "subtask.finished" means recorded
 
-    def _after_step(self, events: list[tuple[str, SubtaskOutcome, float]]) -> None:
+    def _after_step(
+        self, events: list[tuple[str, dict[str, Any]]], seconds: list[float] | None
+    ) -> None:
         s = self.s
         job = self.job
         audit = s.audit
-        emit = job.emit
-        for sid, o, _ in events:
-            emit(
-                "subtask.finished",
-                sid,
-                {"status": o.status, "agent": o.agent, "tokens": o.tokens, "error": o.error},
-            )
-            if audit is not None:
+        job.emit_each(time.time(), "subtask.finished", events)
+        if audit is not None:  # (read before any subscriber runs)
+            for sid, e in events:
                 audit.append(
                     "task.completed",
-                    {"job": job.id, "subtask": sid, "status": o.status, "agent": o.agent},
+                    {"job": job.id, "subtask": sid, "status": e["status"], "agent": e["agent"]},
                 )
-        if s.metrics is not None:
-            for _sid, o, seconds in events:
-                status = "ok" if o.status == "completed" else "error"
-                s.metrics.task_finished(status, max(0.0, seconds))
-        emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
+        if s.metrics is not None and seconds is not None:
+            for (_, e), took in zip(events, seconds, strict=True):
+                status = "ok" if e["status"] == "completed" else "error"
+                s.metrics.task_finished(status, max(0.0, took))
+        job.emit("tokens", data={"tokens": self.tokens, "cost": self.cost})
         if self.uncovered and self.progress_task is None and not self.replanning:
             self._start_progress()
 
@@ -542,9 +538,11 @@ class JobRun:
         recorded = self.restored.answer
         if recorded is not None and recorded.gen == self.gen:
             return recorded.answer
-        results = {sid: self.outputs[sid] for sid in self.subtasks if sid in self.outputs}
-        for sid in self.outputs:
-            results.setdefault(sid, self.outputs[sid])
+        outputs = self.outputs
+        results = {sid: outputs[sid] for sid in self.subtasks if sid in outputs}
+        if len(results) < len(outputs):  # then those of earlier generations
+            for sid in outputs:
+                results.setdefault(sid, outputs[sid])
         ans = await calls.summarize(self, results)
         self.note([ans.record("summarize", AnswerEntry(self.gen, ans.text), ans.text)])
         return ans.text  # recorded by _finish, in the job's last step
@@ -555,17 +553,8 @@ class JobRun:
         job = self.job
         if status is not JobStatus.COMPLETED and self.restored.end is None:
             now = time.time()
-            rec = LedgerRecord(
-                "orchestrator",
-                "end",
-                "",
-                digest(reason),
-                now,
-                now,
-                0,
-                0.0,
-                EndEntry(status.value, reason, error),
-            )
+            body = EndEntry(status.value, reason, error)
+            rec = LedgerRecord("orchestrator", "end", "", digest(reason), now, now, 0, 0.0, body)
             self.note([rec])
         job.status = status
         result = JobResult(
