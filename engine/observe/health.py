@@ -89,12 +89,11 @@ def postgres_writable(url: str, *, timeout: float = 2.0) -> str | None:
         conninfo = parse_url(url).target
         with psycopg.connect(conninfo, connect_timeout=max(1, round(timeout)),
                              autocommit=True) as conn:  # fmt: skip
-            conn.execute("BEGIN READ WRITE")
-            conn.execute("SELECT 1")
+            conn.execute("BEGIN READ WRITE")  # a read-only standby refuses this
             conn.execute("ROLLBACK")
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"store {where} is not writable: {first}"
+        lines = str(exc).strip().splitlines()
+        return f"store {where} is not writable: {lines[0] if lines else type(exc).__name__}"
     return None
 
 
